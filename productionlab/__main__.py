@@ -1,0 +1,3 @@
+from productionlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""The app plane: the data API for clients."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+from productionlab.factory import base_app
+from productionlab.kv_routes import kv_blueprint
+from productionlab.settings import Settings
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
+    app, auth = base_app(settings, client)
+    app.register_blueprint(kv_blueprint(auth, read_role="reader", write_role="writer"))
+    return app

@@ -1,0 +1,147 @@
+"""``productionlab`` — one command line for running and operating the store.
+
+Operator commands read the same ``PLAB_*`` settings as the planes and talk to
+redis directly as the control plane's user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from productionlab.settings import ConfigError, Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(plane: str = "cp") -> Settings:
+    return Settings.from_env(plane=plane)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from productionlab.requestlog import configure_logging
+    from productionlab.serve import serve
+
+    configure_logging()
+    serve(args.plane, args.host, args.port)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from productionlab.localstack import LocalStack, StackConfig, StackError
+
+    try:
+        LocalStack(StackConfig.from_env()).run_forever()
+    except StackError as exc:
+        print(f"productionlab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from productionlab.secretgen import ensure_secrets, ensure_tls
+
+    directory = Path(args.dir)
+    paths = ensure_secrets(directory)
+    cert, key = ensure_tls(directory, hostnames=tuple(args.hostname))
+    for path in [*paths.values(), cert, key]:
+        print(path)
+    return 0
+
+
+def cmd_render_nginx(args: argparse.Namespace) -> int:
+    from productionlab.render import EdgeConfig
+
+    values = json.loads(Path(args.values).read_text()) if args.values else {}
+    print(EdgeConfig(**values).render(), end="")
+    return 0
+
+
+def _user_store():
+    from productionlab.store.connection import connect
+    from productionlab.users import UserStore
+
+    settings = _settings()
+    return UserStore(
+        connect(settings),
+        settings.audit_key.encode(),
+        settings.secret_key.encode(),
+        htpasswd_path=settings.htpasswd_path,
+    )
+
+
+def _operator():
+    import getpass
+
+    from productionlab.audit import Actor
+
+    return Actor(f"cli:{getpass.getuser()}")
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    for user in _user_store().all():
+        print(json.dumps(user.public()))
+    return 0
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    user, password = _user_store().create(args.name, args.role, args.prefix or [], _operator())
+    print(json.dumps({**user.public(), "password": password}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="productionlab", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run one plane under Waitress")
+    serve.add_argument("plane", choices=["ap", "cp"])
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, required=True)
+    serve.set_defaults(handler=cmd_serve)
+
+    run = commands.add_parser("run", help="run the whole local stack in the foreground")
+    run.set_defaults(handler=cmd_run)
+
+    secrets = commands.add_parser("secrets", help="generate missing secrets and a TLS certificate")
+    secrets.add_argument("--dir", default="secrets")
+    secrets.add_argument("--hostname", action="append", default=["localhost"])
+    secrets.set_defaults(handler=cmd_secrets)
+
+    render = commands.add_parser("render-nginx", help="print the edge config for given values")
+    render.add_argument("--values", help="JSON file of EdgeConfig fields")
+    render.set_defaults(handler=cmd_render_nginx)
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
+    users.add_parser("list", help="list users").set_defaults(handler=cmd_users_list)
+    create = users.add_parser("create", help="create a user; prints its password once")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=["reader", "writer", "admin"])
+    create.add_argument("--prefix", action="append", help="a key prefix grant (repeatable)")
+    create.set_defaults(handler=cmd_users_create)
+
+    for register in EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+# Other modules add their commands here (audit, backup, tokens, check-prod).
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"productionlab: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

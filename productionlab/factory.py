@@ -1,0 +1,64 @@
+"""What both planes share: the short list of extensions every app gets."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+from productionlab import errors, headers, limits, metrics, requestlog
+from productionlab.audit import AuditLog
+from productionlab.auth import Authenticator
+from productionlab.auth import init_app as init_auth
+from productionlab.health import health_blueprint
+from productionlab.kv import KVStore
+from productionlab.kv_routes import TailConverter
+from productionlab.settings import Settings
+from productionlab.store.connection import connect
+from productionlab.store.durability import Durability
+from productionlab.users import UserStore
+
+
+def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Flask, Authenticator]:
+    app = Flask(f"productionlab.{settings.plane}")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body,
+        PLAB_MAX_PATH_VALUE=settings.max_path_value,
+        JSON_SORT_KEYS=False,
+        DEBUG=False,
+        PROPAGATE_EXCEPTIONS=False,
+        TRAP_HTTP_EXCEPTIONS=False,
+        SECRET_KEY=settings.secret_key,
+    )
+    app.url_map.converters["tail"] = TailConverter
+    app.extensions["plab_settings"] = settings
+    client = client or connect(settings)
+    app.extensions["plab_redis"] = client
+
+    requestlog.init_app(app, settings.plane)
+    errors.init_app(app)
+    headers.init_app(app)
+    metrics.init_app(app, settings.plane)
+
+    audit_key = settings.audit_key.encode()
+    durability = Durability(
+        client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
+    )
+    app.extensions["plab_durability"] = durability
+    app.extensions["plab_kv"] = KVStore(client, audit_key, durability)
+    app.extensions["plab_audit"] = AuditLog(client, audit_key)
+    users = UserStore(
+        client,
+        audit_key,
+        cache_secret=settings.secret_key.encode(),
+        cache_seconds=settings.verify_cache_seconds,
+        htpasswd_path=settings.htpasswd_path if settings.plane == "cp" else None,
+    )
+    users.start_listener()
+    app.extensions["plab_users"] = users
+    guard = limits.LoginGuard(
+        client, audit_key, settings.login_failures_per_minute, settings.address_failures_per_minute
+    )
+    user_limit = limits.init_app(app, settings, client)
+    auth = init_auth(app, users, guard, user_limit)
+    app.register_blueprint(health_blueprint())
+    return app, auth

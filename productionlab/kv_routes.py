@@ -1,0 +1,234 @@
+"""The KV routes, one blueprint served by both planes: parse, authorize, call
+the core, render. The app plane asks reader/writer roles; the control plane
+asks admin for everything.
+
+Keys are parsed from the raw request line, not the decoded path, so that an
+encoded slash (``%2F``) cannot turn one key into a key plus a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from urllib.parse import quote, unquote, unquote_to_bytes
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.routing import PathConverter
+
+from productionlab.audit import Actor
+from productionlab.auth import Authenticator, current_user, require_grant
+from productionlab.errors import BadRequest, Forbidden, InvalidKey, InvalidValue, PayloadTooLarge
+from productionlab.kv import (
+    KEY_RE,
+    MAX_LIST_LIMIT,
+    MAX_TTL,
+    PREFIX_RE,
+    KVStore,
+    effective_prefixes,
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class TailConverter(PathConverter):
+    """Like ``path`` but also matching newlines, so a CRLF in a path reaches
+    our validation (and a 400) instead of falling through to a 404."""
+
+    regex = r"(?s:.+?)"
+    part_isolating = False
+
+
+def store() -> KVStore:
+    return current_app.extensions["plab_kv"]
+
+
+def actor() -> Actor:
+    return Actor(current_user().name, request.remote_addr or "", g.get("request_id", ""))
+
+
+def raw_path() -> str:
+    """The path as the client sent it, percent-encoding intact."""
+    raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI")
+    if not raw:
+        raw = quote(request.environ.get("PATH_INFO", ""), safe="/%")
+    raw = raw.split("?", 1)[0]
+    if "://" in raw:  # absolute-form request target
+        raw = "/" + raw.split("://", 1)[1].partition("/")[2]
+    return raw
+
+
+def raw_tail(route_prefix: str) -> str:
+    path = raw_path()
+    if not path.startswith(route_prefix):
+        raise InvalidKey()
+    return path[len(route_prefix) :]
+
+
+def parse_key(raw: str) -> str:
+    try:
+        key = unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise InvalidKey() from exc
+    if not KEY_RE.match(key):
+        raise InvalidKey()
+    return key
+
+
+def parse_path_value(raw: str) -> bytes:
+    value = unquote_to_bytes(raw)
+    limit = current_app.config["PLAB_MAX_PATH_VALUE"]
+    if len(value) > limit:
+        raise PayloadTooLarge(f"a value in the path is at most {limit} bytes; PUT larger ones")
+    if not value:
+        raise InvalidValue("the value is empty")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidValue("a value in the path must be UTF-8") from exc
+    if _CONTROL.search(text):
+        raise InvalidValue("a value in the path cannot hold control characters")
+    return value
+
+
+def parse_ttl() -> int | None:
+    raw = request.args.get("ttl")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL:
+        raise BadRequest(f"ttl is a whole number of seconds from 1 to {MAX_TTL}")
+    return int(raw)
+
+
+def parse_if_match() -> list[str] | None:
+    if "If-Match" not in request.headers:
+        return None
+    tags = request.if_match
+    if tags.star_tag:
+        return ["*"]
+    versions = [t for t in tags.as_set() if t.isdigit()]
+    return versions or ["none"]
+
+
+def wants_if_absent() -> bool:
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return False
+    if header.strip() != "*":
+        raise BadRequest("writes support only If-None-Match: *")
+    return True
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def written(key: str, version: int, created: bool) -> Response:
+    response = jsonify({"key": key, "version": version})
+    response.status_code = 201 if created else 200
+    response.headers["ETag"] = etag(version)
+    if created:
+        response.headers["Location"] = f"/v1/kv/{key}"
+    return response
+
+
+def kv_blueprint(auth: Authenticator, read_role: str, write_role: str) -> Blueprint:
+    bp = Blueprint("kv", __name__)
+
+    @bp.post("/write/")
+    @bp.post("/write/<tail:_rest>")
+    @auth.require(write_role)
+    def write(_rest: str = "") -> Response:
+        tail = raw_tail("/write/")
+        raw_key, slash, raw_value = tail.partition("/")
+        key = parse_key(raw_key)
+        if not slash:
+            raise InvalidValue("use /write/<key>/<value>")
+        value = parse_path_value(raw_value)
+        require_grant(key)
+        result = store().put(key, value, actor(), ttl=parse_ttl())
+        return written(key, result.version, result.created)
+
+    @bp.get("/read/")
+    @bp.get("/read/<tail:_rest>")
+    @auth.require(read_role)
+    def read(_rest: str = "") -> Response:
+        key = parse_key(raw_tail("/read/"))
+        require_grant(key)
+        item = store().get(key)
+        try:
+            value: str = item.value.decode("utf-8")
+            body = {"key": key, "value": value, "version": item.version}
+        except UnicodeDecodeError:
+            body = {
+                "key": key,
+                "value": base64.b64encode(item.value).decode(),
+                "encoding": "base64",
+                "version": item.version,
+            }
+        response = jsonify(body)
+        response.headers["ETag"] = etag(item.version)
+        return response
+
+    @bp.route("/v1/kv/", methods=["GET", "PUT", "DELETE"])
+    @bp.route("/v1/kv/<tail:_rest>", methods=["GET", "PUT", "DELETE"])
+    @auth.require(read_role)
+    def item(_rest: str = "") -> Response:
+        key = parse_key(raw_tail("/v1/kv/"))
+        if request.method in ("PUT", "DELETE"):
+            if write_role not in current_user().roles:
+                raise Forbidden(f"writing needs the {write_role} role")
+            require_grant(key)
+            if request.method == "PUT":
+                return put_item(key)
+            store().delete(key, actor(), if_match=parse_if_match())
+            return Response(status=204)
+        require_grant(key)
+        found = store().get(key)
+        tag = etag(found.version)
+        if request.if_none_match.contains(str(found.version)):
+            return Response(status=304, headers={"ETag": tag})
+        return Response(found.value, mimetype="application/octet-stream", headers={"ETag": tag})
+
+    def put_item(key: str) -> Response:
+        if_absent = wants_if_absent()
+        if_match = parse_if_match()
+        if if_absent and if_match is not None:
+            raise BadRequest("give If-Match or If-None-Match, not both")
+        value = request.get_data(cache=False)
+        result = store().put(
+            key, value, actor(), ttl=parse_ttl(), if_match=if_match, if_absent=if_absent
+        )
+        return written(key, result.version, result.created)
+
+    @bp.get("/v1/kv")
+    @auth.require(read_role)
+    def listing() -> Response:
+        prefix = request.args.get("prefix", "")
+        if not PREFIX_RE.match(prefix):
+            raise BadRequest("prefix matches ^[A-Za-z0-9_-]{0,256}$")
+        raw_limit = request.args.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+            raise BadRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
+        after = decode_cursor(request.args.get("cursor", ""))
+        prefixes = effective_prefixes(current_user().grants, prefix)
+        keys, last = store().list_keys(prefixes, after, int(raw_limit))
+        return jsonify({"keys": keys, "next_cursor": encode_cursor(last) if last else None})
+
+    return bp
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    if not cursor:
+        return ""
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("cursor is not one this service gave out") from exc
+    if not KEY_RE.match(key):
+        raise BadRequest("cursor is not one this service gave out")
+    return key

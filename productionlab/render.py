@@ -1,0 +1,108 @@
+"""Config files are templates rendered from settings: the edge's nginx.conf
+and redis.conf. Nothing is a hand-edited copy per environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
+NGINX_TEMPLATE = Path(
+    os.environ.get(
+        "PLAB_NGINX_TEMPLATE", Path(__file__).parent.parent / "nginx" / "nginx.conf.template"
+    )
+)
+
+EDGE_ERRORS = (
+    (400, "bad_request", "the request is malformed or the key is invalid"),
+    (401, "unauthorized", "authentication required"),
+    (403, "forbidden", "forbidden"),
+    (404, "not_found", "no such route"),
+    (405, "method_not_allowed", "method not allowed"),
+    (408, "request_timeout", "the request took too long"),
+    (413, "payload_too_large", "the body is too large"),
+    (414, "uri_too_long", "the URI is too long"),
+    (429, "rate_limited", "too many requests"),
+    (431, "headers_too_large", "the request headers are too large"),
+    (500, "internal", "internal error"),
+    (503, "unavailable", "the service is unavailable; retry later"),
+)
+
+
+def _environment(directory: Path) -> Environment:
+    return Environment(  # noqa: S701 - renders config files, not HTML
+        loader=FileSystemLoader(str(directory)),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+    )
+
+
+@dataclass
+class EdgeConfig:
+    ap_servers: list[str]
+    cp_server: str
+    tls_cert: str
+    tls_key: str
+    htpasswd: str
+    https_listen: str = "127.0.0.1:8443"
+    http_listen: str = "127.0.0.1:8080"
+    public_https_port: int = 8443
+    pid_path: str = "/tmp/nginx.pid"  # noqa: S108 - overridden by every caller
+    temp_dir: str = "/tmp/nginx"  # noqa: S108
+    error_log: str = "stderr"
+    access_log: str = "/dev/stdout"
+    user: str | None = None
+    worker_processes: str = "auto"
+    edge_rate: int = 50
+    edge_burst: int = 100
+    admin_rate: int = 5
+    admin_burst: int = 10
+    max_body: str = "1m"
+    body_buffer: str = "1m"
+    conn_limit: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def render(self, template: Path = NGINX_TEMPLATE) -> str:
+        suffix = "" if self.public_https_port == 443 else f":{self.public_https_port}"
+        values = {**self.__dict__, **self.extra, "https_port_suffix": suffix, "errors": EDGE_ERRORS}
+        return _environment(template.parent).get_template(template.name).render(**values)
+
+
+@dataclass
+class RedisUser:
+    name: str
+    password: str
+    extra: str = ""
+
+    @property
+    def password_sha256(self) -> str:
+        return hashlib.sha256(self.password.encode()).hexdigest()
+
+
+def render_redis_conf(
+    *,
+    port: int,
+    data_dir: str,
+    users: list[RedisUser],
+    appendfsync: str = "everysec",
+    bind: str | None = "127.0.0.1",
+    logfile: str = "",
+    pidfile: str | None = None,
+    maxmemory: str = "0",
+) -> str:
+    template = _environment(PACKAGE_TEMPLATES).get_template("redis.conf.j2")
+    return template.render(
+        port=port,
+        data_dir=data_dir,
+        users=users,
+        appendfsync=appendfsync,
+        bind=bind,
+        logfile=logfile,
+        pidfile=pidfile,
+        maxmemory=maxmemory,
+    )

@@ -1,0 +1,62 @@
+"""Request ids and one JSON log line per request.
+
+The line holds request id, user, route, method, status and latency, never a
+password, token or value: only the route pattern is logged, not the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+
+from flask import Flask, Response, g, request
+from pythonjsonlogger.json import JsonFormatter
+
+ACCESS = logging.getLogger("productionlab.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for every logger (ours, Waitress's, the libraries')."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def init_app(app: Flask, plane: str) -> None:
+    @app.before_request
+    def assign_request_id() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16)
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        user = g.get("user")
+        ACCESS.info(
+            "request",
+            extra={
+                "plane": plane,
+                "request_id": g.get("request_id", ""),
+                "user": user.name if user is not None else None,
+                "method": request.method,
+                "route": request.url_rule.rule if request.url_rule else None,
+                "status": response.status_code,
+                "latency_ms": round(
+                    (time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2
+                ),
+                "client": request.remote_addr,
+            },
+        )
+        return response

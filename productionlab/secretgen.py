@@ -1,0 +1,112 @@
+"""Generate the secrets and the self-signed TLS certificate a deployment needs.
+
+Files are created once (0600) and never overwritten: running it again keeps
+what exists, so data encrypted or signed with them stays readable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from productionlab.settings import SECRET_NAMES
+
+REDIS_PASSWORDS = ("redis_ap_password", "redis_cp_password")
+ALL_SECRETS = (*SECRET_NAMES, *REDIS_PASSWORDS)
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+
+
+def ensure_secrets(directory: Path, names: tuple[str, ...] = ALL_SECRETS) -> dict[str, Path]:
+    """One file per secret, 32 random bytes as hex; existing files are kept."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    paths = {}
+    for name in names:
+        path = directory / name
+        if not path.exists():
+            write_private(path, (secrets.token_hex(32) + "\n").encode())
+        paths[name] = path
+    return paths
+
+
+def ensure_tls(
+    directory: Path,
+    hostnames: tuple[str, ...] = ("localhost",),
+    addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+    days: int = 365,
+) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for local use; kept if it exists."""
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "productionlab self-signed"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    for path in (cert_path, key_path):
+        if path.exists():
+            path.unlink()
+    write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return cert_path, key_path

@@ -1,0 +1,241 @@
+"""Settings: built from the environment once, validated once, passed in.
+
+Every variable is prefixed ``PLAB_``; every secret may instead be given as
+``PLAB_<NAME>_FILE`` naming a file (the compose-secrets convention).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+SECRET_NAMES = ("secret_key", "token_key", "audit_key", "backup_key")
+MIN_SECRET_BITS = 256
+KNOWN_DEFAULTS = frozenset(
+    {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
+)
+DURABILITY_MODES = ("everysec", "strict")
+ENVIRONMENTS = ("development", "production", "test")
+_RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
+_SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
+
+
+class ConfigError(Exception):
+    """Start-up configuration is unusable; the message lists every problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("refusing to start:\n  - " + "\n  - ".join(problems))
+
+
+def parse_size(text: str) -> int:
+    """Parse an nginx-style size (``1m``, ``512k``, ``4096``) into bytes."""
+    match = _SIZE_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (expected e.g. 1m, 512k, 4096)")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def secret_entropy_bits(secret: str) -> float:
+    """A conservative estimate of a secret's entropy from its alphabet and length.
+
+    Generated secrets (hex or base64url of 32+ random bytes) pass; words,
+    short strings and low-variety strings do not.
+    """
+    if not secret:
+        return 0.0
+    alphabet = 0
+    if re.search(r"[a-z]", secret):
+        alphabet += 26
+    if re.search(r"[A-Z]", secret):
+        alphabet += 26
+    if re.search(r"[0-9]", secret):
+        alphabet += 10
+    if re.search(r"[^A-Za-z0-9]", secret):
+        alphabet += 32
+    if re.fullmatch(r"[0-9a-f]+", secret):
+        alphabet = 16
+    distinct = len(set(secret))
+    per_char = math.log2(max(2, min(alphabet, distinct * 2)))
+    return len(secret) * per_char
+
+
+def secret_problem(name: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return f"PLAB_{name.upper()} is missing (set it or PLAB_{name.upper()}_FILE)"
+    lowered = value.strip().lower()
+    if lowered in KNOWN_DEFAULTS or any(lowered.startswith(d) for d in KNOWN_DEFAULTS):
+        return f"PLAB_{name.upper()} is a default or example value"
+    bits = secret_entropy_bits(value)
+    if bits < MIN_SECRET_BITS:
+        return (
+            f"PLAB_{name.upper()} is weak (about {bits:.0f} bits; at least "
+            f"{MIN_SECRET_BITS} bits, e.g. 32 random bytes as hex, are required)"
+        )
+    return None
+
+
+def read_secret(environ: Mapping[str, str], name: str) -> str | None:
+    """Return ``PLAB_<NAME>`` or the contents of the file ``PLAB_<NAME>_FILE``."""
+    var = f"PLAB_{name.upper()}"
+    direct, file_path = environ.get(var), environ.get(var + "_FILE")
+    if direct and file_path:
+        raise ConfigError([f"both {var} and {var}_FILE are set; give one"])
+    if file_path:
+        try:
+            return Path(file_path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"{var}_FILE={file_path} cannot be read: {exc.strerror}"]) from exc
+    return direct
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    plane: str = "ap"
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    secret_key: str = field(default="", repr=False)
+    token_key: str = field(default="", repr=False)
+    audit_key: str = field(default="", repr=False)
+    backup_key: str = field(default="", repr=False)
+    durability: str = "everysec"
+    user_rate: str = "6000/minute"
+    rate_limits_enabled: bool = True
+    login_failures_per_minute: int = 10
+    address_failures_per_minute: int = 100
+    max_body: int = 1024 * 1024
+    max_path_value: int = 4096
+    threads: int = 8
+    state_dir: Path = Path("var")
+    htpasswd_path: Path | None = None
+    verify_cache_seconds: float = 60.0
+    trusted_proxy: str | None = "127.0.0.1"
+    debug: bool = False
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def strict_durability(self) -> bool:
+        return self.durability == "strict"
+
+    @property
+    def redis_pool_size(self) -> int:
+        """One connection per Waitress thread, plus the pub/sub listener and a spare."""
+        return self.threads + 2
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, plane: str = "ap") -> Settings:
+        environ = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str, default: str) -> str:
+            return environ.get(f"PLAB_{name}", default)
+
+        def integer(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError:
+                problems.append(f"PLAB_{name}={raw!r} is not an integer")
+                return default
+
+        try:
+            max_body = parse_size(get("MAX_BODY", "1m"))
+        except ValueError as exc:
+            problems.append(f"PLAB_MAX_BODY: {exc}")
+            max_body = 1024 * 1024
+        htpasswd = get("HTPASSWD", "")
+        settings = cls(
+            env=get("ENV", "development"),
+            plane=plane,
+            redis_url=get("REDIS_URL", "redis://127.0.0.1:6390/0"),
+            redis_username=get("REDIS_USERNAME", "") or None,
+            redis_password=read_secret(environ, "redis_password"),
+            secret_key=read_secret(environ, "secret_key") or "",
+            token_key=read_secret(environ, "token_key") or "",
+            audit_key=read_secret(environ, "audit_key") or "",
+            backup_key=read_secret(environ, "backup_key") or "",
+            durability=get("DURABILITY", "everysec"),
+            user_rate=get("USER_RATE", "6000/minute"),
+            rate_limits_enabled=get("RATE_LIMITS", "on").lower() not in ("off", "0", "false"),
+            login_failures_per_minute=integer("LOGIN_FAILURES", 10),
+            max_body=max_body,
+            threads=integer("THREADS", 8),
+            state_dir=Path(get("STATE_DIR", "var")),
+            htpasswd_path=Path(htpasswd) if htpasswd else None,
+            verify_cache_seconds=float(integer("VERIFY_CACHE_SECONDS", 60)),
+            trusted_proxy=get("TRUSTED_PROXY", "127.0.0.1") or None,
+            debug=get("DEBUG", "0").lower() in ("1", "true", "on"),
+        )
+        settings.validate(extra_problems=problems)
+        return settings
+
+    def with_overrides(self, **changes: object) -> Settings:
+        updated = replace(self, **changes)
+        updated.validate()
+        return updated
+
+    def validate(self, extra_problems: list[str] | None = None) -> None:
+        """Refuse to start on any problem. Weak secrets are fatal in production only."""
+        problems = list(extra_problems or [])
+        warnings: list[str] = []
+        if self.env not in ENVIRONMENTS:
+            problems.append(f"PLAB_ENV={self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
+        if self.plane not in ("ap", "cp"):
+            problems.append(f"plane {self.plane!r} is not ap or cp")
+        if self.durability not in DURABILITY_MODES:
+            problems.append(
+                f"PLAB_DURABILITY={self.durability!r} is not one of {', '.join(DURABILITY_MODES)}"
+            )
+        if not _RATE_RE.match(self.user_rate):
+            problems.append(f"PLAB_USER_RATE={self.user_rate!r} is not like '6000/minute'")
+        if not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+        ):
+            problems.append(f"PLAB_REDIS_URL={self.redis_url!r} has an unknown scheme")
+        if not 1 <= self.threads <= 256:
+            problems.append(f"PLAB_THREADS={self.threads} must be between 1 and 256")
+        if not 1 <= self.login_failures_per_minute <= 10_000:
+            problems.append("PLAB_LOGIN_FAILURES must be between 1 and 10000")
+        if not 1 <= self.max_body <= 1024**3:
+            problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
+        secrets = {name: getattr(self, name) for name in SECRET_NAMES}
+        if self.production:
+            secrets["redis_password"] = self.redis_password
+        for name, value in secrets.items():
+            if not value:
+                problems.append(
+                    f"PLAB_{name.upper()} is missing (set it or PLAB_{name.upper()}_FILE)"
+                )
+                continue
+            issue = secret_problem(name, value)
+            if issue:
+                (problems if self.production else warnings).append(issue)
+        if len({v for v in secrets.values() if v}) < len([v for v in secrets.values() if v]):
+            (problems if self.production else warnings).append(
+                "two secrets share one value; each must be generated separately"
+            )
+        if self.production and self.debug:
+            problems.append("PLAB_DEBUG is on in production")
+        if self.production and not self.rate_limits_enabled:
+            problems.append("PLAB_RATE_LIMITS is off in production")
+        if problems:
+            raise ConfigError(problems)
+        object.__setattr__(self, "_warnings", tuple(warnings))
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return getattr(self, "_warnings", ())

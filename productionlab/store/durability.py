@@ -1,0 +1,76 @@
+"""What a 2xx on a write means, and making it true.
+
+``everysec``: the write is in redis's AOF buffer and fsynced within a second.
+``strict``: the write is fsynced before we answer. Redis >= 7.2 gives that per
+write with ``WAITAOF 1 0``; older servers give it only with
+``appendfsync always``, which we check (cached for a few seconds) and refuse
+writes with 503 when it does not hold, rather than acknowledge a weaker promise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from productionlab.errors import Unavailable
+
+log = logging.getLogger("productionlab.durability")
+CHECK_EVERY = 5.0
+WAITAOF_TIMEOUT_MS = 2000
+
+
+class Durability:
+    """``strict`` refuses writes it cannot make durable; ``fsync_when_possible``
+    (the control plane's break-glass writes) waits for the fsync whenever the
+    server supports WAITAOF, without refusing on older servers."""
+
+    def __init__(self, client: redis.Redis, strict: bool, fsync_when_possible: bool = False):
+        self.client = client
+        self.strict = strict
+        self.fsync_when_possible = fsync_when_possible
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._problem: str | None = None
+        self._waitaof: bool | None = None
+
+    def _probe(self) -> None:
+        info = self.client.info("server")
+        major, minor = (int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
+        self._waitaof = (major, minor) >= (7, 2)
+        persistence = self.client.info("persistence")
+        problem = None
+        if not persistence.get("aof_enabled"):
+            problem = "redis has AOF disabled"
+        elif persistence.get("aof_last_write_status", "ok") != "ok":
+            problem = "redis reports failing AOF writes"
+        elif self.strict and not self._waitaof:
+            fsync = self.client.config_get("appendfsync").get("appendfsync")
+            if fsync != "always":
+                problem = f"strict durability needs appendfsync always on redis < 7.2 (got {fsync})"
+        self._problem = problem
+        self._checked_at = time.monotonic()
+
+    def problem(self, fresh: bool = False) -> str | None:
+        """Why acknowledged writes would not be durable as promised, or None."""
+        with self._lock:
+            if fresh or time.monotonic() - self._checked_at > CHECK_EVERY:
+                self._probe()
+            return self._problem
+
+    def before_write(self) -> None:
+        if self.strict:
+            problem = self.problem()
+            if problem:
+                log.error("refusing write: %s", problem)
+                raise Unavailable("durability cannot be guaranteed now")
+
+    def after_write(self) -> None:
+        if (self.strict or self.fsync_when_possible) and self._waitaof is None:
+            self.problem()
+        if (self.strict or self.fsync_when_possible) and self._waitaof:
+            local, _replicas = self.client.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+            if int(local) < 1:
+                raise Unavailable("the write was not fsynced in time; its state is unknown")

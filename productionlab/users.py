@@ -1,0 +1,463 @@
+"""The user store: users, roles and grants in redis, password hashing, the
+verification cache and the edge's htpasswd.
+
+Passwords are stored as argon2id hashes (slow, salted). Paying that hash on
+every request would cap throughput, so a successful verification is cached in
+memory under an HMAC of the credential for a short time; the cache is
+dropped in every process the moment any user changes (a pub/sub message), and
+bypassed entirely while that subscription is down.
+
+The edge (nginx) checks basic auth too, per request, against a salted SHA-1
+(``{SSHA}``) rendered into its htpasswd. That hash is fast on purpose: the
+passwords are generated with 256 bits of entropy, so a fast hash cannot be
+brute-forced, while a slow one at the edge would divide throughput by ~100.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
+from productionlab.errors import BadRequest, Conflict, NotFound
+from productionlab.kv import PREFIX_RE
+
+log = logging.getLogger("productionlab.users")
+
+ROLES = ("reader", "writer", "admin")
+ROLE_IMPLIES = {
+    "reader": ("reader",),
+    "writer": ("reader", "writer"),
+    "admin": ("reader", "writer", "admin"),
+}
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+USER = "{plab}:user:"
+USERS = "{plab}:users"
+EVENTS = "{plab}:users:events"
+ADMIN_NAME = "admin"
+# OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
+HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+_SAVE = (
+    LUA_PRELUDE
+    + r"""
+local item, index, events = KEYS[3], KEYS[4], KEYS[5]
+local mode, name, action = ARGV[7], ARGV[8], ARGV[9]
+local exists = redis.call('EXISTS', item) == 1
+if mode == 'create' and exists then return 0 end
+if mode ~= 'create' and not exists then return -1 end
+for i = 10, #ARGV, 2 do redis.call('HSET', item, ARGV[i], ARGV[i + 1]) end
+redis.call('HINCRBY', item, 'gen', 1)
+redis.call('SADD', index, name)
+audit(action, name, 'ok', '')
+redis.call('PUBLISH', events, name)
+return 1
+"""
+)
+
+_DELETE = (
+    LUA_PRELUDE
+    + r"""
+local item, index, events = KEYS[3], KEYS[4], KEYS[5]
+local name = ARGV[7]
+if redis.call('DEL', item) == 0 then return 0 end
+redis.call('SREM', index, name)
+audit('user.delete', name, 'ok', '')
+redis.call('PUBLISH', events, name)
+return 1
+"""
+)
+
+
+def generate_password() -> str:
+    """256 bits from the OS CSPRNG, URL-safe: what makes the fast edge hash acceptable."""
+    return secrets.token_urlsafe(32)
+
+
+def edge_hash(password: str) -> str:
+    """nginx ``{SSHA}``: base64(sha1(password + salt) + salt)."""
+    salt = os.urandom(16)
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - see module docstring
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest("user names match ^[a-z0-9][a-z0-9_-]{0,63}$")
+    return name
+
+
+def validate_role(role: object) -> str:
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    return str(role)
+
+
+def validate_prefixes(prefixes: object) -> list[str]:
+    if not isinstance(prefixes, list) or len(prefixes) > 100:
+        raise BadRequest("prefixes must be a list of at most 100 key prefixes")
+    cleaned: list[str] = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not (prefix == "*" or PREFIX_RE.match(prefix)):
+            raise BadRequest("each prefix is '*' or matches ^[A-Za-z0-9_-]{0,256}$")
+        if prefix not in cleaned:
+            cleaned.append(prefix)
+    return cleaned
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    prefixes: tuple[str, ...]
+    disabled: bool = False
+    created: float = 0.0
+    updated: float = 0.0
+    generation: int = 0
+    password_hash: str = field(default="", repr=False)
+    edge_hash: str = field(default="", repr=False)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ROLE_IMPLIES.get(self.role, ())
+
+    def covers(self, key: str) -> bool:
+        """Whether this user's grants cover ``key``. Admins see every key."""
+        if self.role == "admin":
+            return True
+        return any(p in ("*", "") or key.startswith(p) for p in self.prefixes)
+
+    @property
+    def grants(self) -> tuple[str, ...]:
+        return ("*",) if self.role == "admin" else self.prefixes
+
+    def public(self) -> dict:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "prefixes": list(self.prefixes),
+            "disabled": self.disabled,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_hash(cls, data: dict[bytes, bytes]) -> User:
+        def text(name: str) -> str:
+            return data.get(name.encode(), b"").decode()
+
+        return cls(
+            name=text("name"),
+            role=text("role"),
+            prefixes=tuple(json.loads(text("prefixes") or "[]")),
+            disabled=text("disabled") == "1",
+            created=float(text("created") or 0),
+            updated=float(text("updated") or 0),
+            generation=int(text("gen") or 0),
+            password_hash=text("pw"),
+            edge_hash=text("edge"),
+        )
+
+
+class VerificationCache:
+    """Successful verifications, keyed by HMAC(secret, name NUL password).
+
+    The HMAC means a memory dump does not reveal reusable credentials, and
+    the dict lookup never compares secrets directly.
+    """
+
+    def __init__(self, secret: bytes, ttl: float, max_entries: int = 10_000):
+        self._secret = secret
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[bytes, tuple[float, User]] = {}
+        self._lock = threading.Lock()
+        self.enabled = False
+
+    def _key(self, name: str, password: str) -> bytes:
+        return hmac.new(self._secret, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+
+    def get(self, name: str, password: str) -> User | None:
+        if not self.enabled or self._ttl <= 0:
+            return None
+        key = self._key(name, password)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, user = entry
+        if expires < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return user
+
+    def put(self, name: str, password: str, user: User) -> None:
+        if not self.enabled or self._ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[self._key(name, password)] = (time.monotonic() + self._ttl, user)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class UserStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        audit_key: bytes,
+        cache_secret: bytes,
+        cache_seconds: float = 60.0,
+        htpasswd_path: Path | None = None,
+    ):
+        self.client = client
+        self.audit_key = audit_key
+        self.cache = VerificationCache(cache_secret, cache_seconds)
+        self.htpasswd_path = htpasswd_path
+        self._save = client.register_script(_SAVE)
+        self._delete = client.register_script(_DELETE)
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.on_change: list = []
+
+    # --- reading -----------------------------------------------------------
+    def get(self, name: str) -> User:
+        data = self.client.hgetall(USER + validate_name(name))
+        if not data:
+            raise NotFound(f"no user {name!r}")
+        return User.from_hash(data)
+
+    def all(self) -> list[User]:
+        names = sorted(n.decode() for n in self.client.smembers(USERS))
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(USER + name)
+        return [User.from_hash(d) for d in pipe.execute() if d]
+
+    # --- verification ------------------------------------------------------
+    def verify(self, name: str, password: str) -> User | None:
+        """The user if the password is right and the user enabled, else None.
+
+        Runs the slow hash on a cache miss even for unknown users, so timing
+        does not reveal which names exist.
+        """
+        cached = self.cache.get(name, password)
+        if cached is not None:
+            return cached
+        if not NAME_RE.match(name or "") or len(password) > 1024:
+            _burn(password)
+            return None
+        data = self.client.hgetall(USER + name)
+        if not data:
+            _burn(password)
+            return None
+        user = User.from_hash(data)
+        try:
+            HASHER.verify(user.password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        if user.disabled:
+            return None
+        self.cache.put(name, password, user)
+        return user
+
+    # --- changing ----------------------------------------------------------
+    def _write(
+        self, mode: str, name: str, action: str, actor: Actor, fields: dict[str, str]
+    ) -> int:
+        flat: list[str] = []
+        for key, value in fields.items():
+            flat += [key, value]
+        result = int(
+            self._save(
+                keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
+                args=[*actor.audit_args(self.audit_key), mode, name, action, *flat],
+            )
+        )
+        if result == 1:
+            self.changed()
+        return result
+
+    def create(
+        self,
+        name: str,
+        role: str,
+        prefixes: Iterable[str],
+        actor: Actor,
+        password: str | None = None,
+    ) -> tuple[User, str]:
+        """Create a user with a generated password; the password is returned this once."""
+        validate_name(name)
+        validate_role(role)
+        prefixes = validate_prefixes(list(prefixes))
+        password = password or generate_password()
+        now = f"{time.time():.3f}"
+        fields = {
+            "name": name,
+            "role": role,
+            "prefixes": json.dumps(prefixes),
+            "pw": HASHER.hash(password),
+            "edge": edge_hash(password),
+            "disabled": "0",
+            "created": now,
+            "updated": now,
+        }
+        if self._write("create", name, "user.create", actor, fields) == 0:
+            raise Conflict(f"user {name!r} already exists")
+        return self.get(name), password
+
+    def update(self, name: str, actor: Actor, action: str, **changes: str) -> User:
+        validate_name(name)
+        changes["updated"] = f"{time.time():.3f}"
+        if self._write("update", name, action, actor, changes) < 0:
+            raise NotFound(f"no user {name!r}")
+        return self.get(name)
+
+    def set_grants(self, name: str, role: str, prefixes: Iterable[str], actor: Actor) -> User:
+        return self.update(
+            name,
+            actor,
+            "user.grants",
+            role=validate_role(role),
+            prefixes=json.dumps(validate_prefixes(list(prefixes))),
+        )
+
+    def set_disabled(self, name: str, disabled: bool, actor: Actor) -> User:
+        action = "user.disable" if disabled else "user.enable"
+        return self.update(name, actor, action, disabled="1" if disabled else "0")
+
+    def rotate_password(self, name: str, actor: Actor) -> tuple[User, str]:
+        password = generate_password()
+        user = self.update(
+            name, actor, "user.rotate", pw=HASHER.hash(password), edge=edge_hash(password)
+        )
+        return user, password
+
+    def delete(self, name: str, actor: Actor) -> None:
+        validate_name(name)
+        deleted = self._delete(
+            keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
+            args=[*actor.audit_args(self.audit_key), name],
+        )
+        if not int(deleted):
+            raise NotFound(f"no user {name!r}")
+        self.changed()
+
+    def changed(self) -> None:
+        """This process changed a user: drop its cache now and re-render the edge file."""
+        self.cache.clear()
+        self.render_htpasswd()
+        for callback in self.on_change:
+            callback()
+
+    # --- first start -------------------------------------------------------
+    def ensure_admin(self, password_file: Path) -> str | None:
+        """Create ``admin`` on first start, writing its password to a 0600 file.
+
+        Returns the file's path when it created the user, else None.
+        """
+        if self.client.exists(USER + ADMIN_NAME):
+            return None
+        password = generate_password()
+        password_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        os.chmod(password_file, 0o600)
+        try:
+            self.create(ADMIN_NAME, "admin", ["*"], Actor("system"), password=password)
+        except Conflict:
+            return None  # another process won the race; its password file stands
+        return str(password_file)
+
+    # --- the edge's htpasswd ------------------------------------------------
+    def render_htpasswd(self) -> None:
+        """Write the edge's htpasswd atomically (temp file, fsync, rename)."""
+        if self.htpasswd_path is None:
+            return
+        users = [u for u in self.all() if not u.disabled and u.edge_hash]
+        body = "".join(f"{u.name}:{u.edge_hash}\n" for u in users)
+        write_atomic(self.htpasswd_path, body, mode=0o640)
+
+    # --- cross-process invalidation ----------------------------------------
+    def start_listener(self) -> None:
+        """Follow user changes from every process; the cache is only on while subscribed."""
+        if self._listener is not None:
+            return
+        self._listener = threading.Thread(target=self._listen, name="users-events", daemon=True)
+        self._listener.start()
+
+    def stop_listener(self) -> None:
+        self._stop.set()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(EVENTS)
+                self.cache.clear()
+                self.cache.enabled = True
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self.cache.clear()
+                        if self.htpasswd_path is not None:
+                            self.render_htpasswd()
+            except redis.RedisError as exc:
+                log.warning("user events subscription lost (%s); cache off", type(exc).__name__)
+            finally:
+                self.cache.enabled = False
+                self.cache.clear()
+                try:
+                    pubsub.close()
+                except redis.RedisError:
+                    pass
+            self._stop.wait(0.5)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return HASHER.hash(secrets.token_urlsafe(16))
+
+
+def _burn(password: str) -> None:
+    """Spend the same time as a real verification for an unknown user."""
+    try:
+        HASHER.verify(_dummy_hash(), password or "-")
+    except (VerificationError, InvalidHashError):
+        pass
+
+
+def write_atomic(path: Path, body: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise

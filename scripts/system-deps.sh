@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the OS packages the local stack and the tests need, when missing.
+# As root: apt-get installs them. Otherwise: name them and stop.
+set -euo pipefail
+declare -A package_of=(
+  [redis-server]=redis-server [nginx]=nginx [wrk]=wrk [docker]=docker.io
+  [docker-compose]=docker-compose [debootstrap]=debootstrap [openssl]=openssl
+)
+missing=()
+for binary in "$@"; do
+  if ! command -v "$binary" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$binary" ]; then
+    missing+=("${package_of[$binary]:-$binary}")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "productionlab needs these Debian packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts the packaged services; ours run under our own supervisor.
+for service in redis-server nginx; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+  service "$service" stop >/dev/null 2>&1 || true
+done

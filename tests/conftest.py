@@ -1,0 +1,142 @@
+"""Real-process fixtures: redis-server (AOF on), the planes under Waitress and
+nginx from the project's template, on free loopback ports in a temp dir.
+
+A missing binary is an error, never a skip: CI must prove the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from productionlab.localstack import LocalStack, StackConfig
+
+
+def state_dir(prefix: str = "plab-test-") -> Path:
+    """A temp dir nginx's unprivileged workers can traverse (pytest's are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PLAB_TEST_TMP", "/tmp")))
+    os.chmod(path, 0o711)
+    return path
+
+
+@dataclass
+class Client:
+    """A client of the edge, the way `curl` users see it."""
+
+    stack: LocalStack
+    name: str | None = None
+    password: str | None = None
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # the machine's CA bundle / proxy variables must not apply
+        session.verify = str(self.stack.tls_cert)
+        if self.name is not None:
+            session.auth = (self.name, self.password or "")
+        return session
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 15)
+        with self.session() as session:
+            return session.request(method, self.stack.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def direct(self, method: str, plane_port: int, path: str, **kwargs) -> requests.Response:
+        """Straight to one Waitress process, bypassing the edge (defence-in-depth tests)."""
+        kwargs.setdefault("timeout", 15)
+        auth = (self.name, self.password or "") if self.name else None
+        with requests.Session() as session:
+            session.trust_env = False
+            return session.request(
+                method, f"http://{self.stack.config.bind}:{plane_port}{path}", auth=auth, **kwargs
+            )
+
+
+def start_stack(**overrides) -> LocalStack:
+    overrides.setdefault("ap_workers", 2)
+    overrides.setdefault("threads", 8)
+    stack = LocalStack(StackConfig.ephemeral(state_dir(), **overrides))
+    stack.start(timeout=60)
+    return stack
+
+
+def stop_stack(stack: LocalStack) -> None:
+    stack.stop()
+    if os.environ.get("PLAB_KEEP_TEST_STATE") != "1":
+        shutil.rmtree(stack.state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    """One stack for the session, edge limits raised so ordinary tests are not throttled.
+
+    Rate-limit tests start their own stack with the defaults.
+    """
+    stack = start_stack(edge_rate=5000, edge_burst=5000, admin_rate=1000, admin_burst=1000)
+    yield stack
+    stop_stack(stack)
+
+
+@pytest.fixture
+def stack_factory() -> Iterator[Callable[..., LocalStack]]:
+    started: list[LocalStack] = []
+
+    def make(**overrides) -> LocalStack:
+        stack = start_stack(**overrides)
+        started.append(stack)
+        return stack
+
+    yield make
+    for stack in started:
+        stop_stack(stack)
+
+
+def admin_of(stack: LocalStack) -> Client:
+    return Client(stack, "admin", stack.admin_password_file.read_text().strip())
+
+
+@pytest.fixture
+def admin(stack: LocalStack) -> Client:
+    return admin_of(stack)
+
+
+@pytest.fixture
+def anonymous(stack: LocalStack) -> Client:
+    return Client(stack)
+
+
+def create_user(admin: Client, role: str, prefixes: list[str]) -> Client:
+    name = f"u{secrets.token_hex(6)}"
+    response = admin.post("/admin/users", json={"name": name, "role": role, "prefixes": prefixes})
+    assert response.status_code == 201, response.text
+    return Client(admin.stack, name, response.json()["password"])
+
+
+@pytest.fixture
+def make_user(admin: Client) -> Callable[[str, list[str]], Client]:
+    return lambda role, prefixes: create_user(admin, role, prefixes)
+
+
+@pytest.fixture
+def key() -> str:
+    """A fresh key per test, so tests never see each other's data."""
+    return f"k-{secrets.token_hex(8)}"
