@@ -5,13 +5,14 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
-from productionlab import errors, headers, limits, metrics, requestlog
+from productionlab import errors, headers, limits, metrics, requestlog, tokens
 from productionlab.audit import AuditLog
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
 from productionlab.kv import KVStore
 from productionlab.kv_routes import TailConverter
+from productionlab.openapi import openapi_blueprint
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
@@ -60,5 +61,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     )
     user_limit = limits.init_app(app, settings, client)
     auth = init_auth(app, users, guard, user_limit)
+    tokens.init_app(app, auth)  # Bearer access tokens on both planes
     app.register_blueprint(health_blueprint())
+    app.register_blueprint(openapi_blueprint())
     return app, auth
