@@ -123,23 +123,26 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def written(key: str, version: int, created: bool) -> Response:
+def written(key: str, version: int, created: bool, url_prefix: str = "") -> Response:
     response = jsonify({"key": key, "version": version})
     response.status_code = 201 if created else 200
     response.headers["ETag"] = etag(version)
     if created:
-        response.headers["Location"] = f"/v1/kv/{key}"
+        response.headers["Location"] = f"{url_prefix}/v1/kv/{key}"
     return response
 
 
-def kv_blueprint(auth: Authenticator, read_role: str, write_role: str) -> Blueprint:
-    bp = Blueprint("kv", __name__)
+def kv_blueprint(
+    auth: Authenticator, read_role: str, write_role: str, url_prefix: str = ""
+) -> Blueprint:
+    """The KV routes; the control plane mounts them under ``/ops``."""
+    bp = Blueprint("kv", __name__, url_prefix=url_prefix or None)
 
     @bp.post("/write/")
     @bp.post("/write/<tail:_rest>")
     @auth.require(write_role)
     def write(_rest: str = "") -> Response:
-        tail = raw_tail("/write/")
+        tail = raw_tail(url_prefix + "/write/")
         raw_key, slash, raw_value = tail.partition("/")
         key = parse_key(raw_key)
         if not slash:
@@ -147,13 +150,13 @@ def kv_blueprint(auth: Authenticator, read_role: str, write_role: str) -> Bluepr
         value = parse_path_value(raw_value)
         require_grant(key)
         result = store().put(key, value, actor(), ttl=parse_ttl())
-        return written(key, result.version, result.created)
+        return written(key, result.version, result.created, url_prefix)
 
     @bp.get("/read/")
     @bp.get("/read/<tail:_rest>")
     @auth.require(read_role)
     def read(_rest: str = "") -> Response:
-        key = parse_key(raw_tail("/read/"))
+        key = parse_key(raw_tail(url_prefix + "/read/"))
         require_grant(key)
         item = store().get(key)
         try:
@@ -174,7 +177,7 @@ def kv_blueprint(auth: Authenticator, read_role: str, write_role: str) -> Bluepr
     @bp.route("/v1/kv/<tail:_rest>", methods=["GET", "PUT", "DELETE"])
     @auth.require(read_role)
     def item(_rest: str = "") -> Response:
-        key = parse_key(raw_tail("/v1/kv/"))
+        key = parse_key(raw_tail(url_prefix + "/v1/kv/"))
         if request.method in ("PUT", "DELETE"):
             if write_role not in current_user().roles:
                 raise Forbidden(f"writing needs the {write_role} role")
@@ -199,7 +202,7 @@ def kv_blueprint(auth: Authenticator, read_role: str, write_role: str) -> Bluepr
         result = store().put(
             key, value, actor(), ttl=parse_ttl(), if_match=if_match, if_absent=if_absent
         )
-        return written(key, result.version, result.created)
+        return written(key, result.version, result.created, url_prefix)
 
     @bp.get("/v1/kv")
     @auth.require(read_role)

@@ -61,8 +61,10 @@ def secret_entropy_bits(secret: str) -> float:
     if re.fullmatch(r"[0-9a-f]+", secret):
         alphabet = 16
     distinct = len(set(secret))
-    per_char = math.log2(max(2, min(alphabet, distinct * 2)))
-    return len(secret) * per_char
+    if distinct < min(10, len(secret) // 4):
+        # Few distinct characters (repeats, patterns): count only what varies.
+        return len(secret) * math.log2(max(2, distinct))
+    return len(secret) * math.log2(alphabet)
 
 
 def secret_problem(name: str, value: str | None) -> str | None:

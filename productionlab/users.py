@@ -51,6 +51,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 USER = "{plab}:user:"
 USERS = "{plab}:users"
 EVENTS = "{plab}:users:events"
+# One counter for every user change: a user's ``gen`` never repeats, not even
+# for a deleted user created again, so tokens bound to a generation die with it.
+GENERATION = "{plab}:users:gen"
 ADMIN_NAME = "admin"
 # OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -58,13 +61,13 @@ HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _SAVE = (
     LUA_PRELUDE
     + r"""
-local item, index, events = KEYS[3], KEYS[4], KEYS[5]
+local item, index, events, generation = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local mode, name, action = ARGV[7], ARGV[8], ARGV[9]
 local exists = redis.call('EXISTS', item) == 1
 if mode == 'create' and exists then return 0 end
 if mode ~= 'create' and not exists then return -1 end
 for i = 10, #ARGV, 2 do redis.call('HSET', item, ARGV[i], ARGV[i + 1]) end
-redis.call('HINCRBY', item, 'gen', 1)
+redis.call('HSET', item, 'gen', redis.call('INCR', generation))
 redis.call('SADD', index, name)
 audit(action, name, 'ok', '')
 redis.call('PUBLISH', events, name)
@@ -190,6 +193,7 @@ class VerificationCache:
         self._entries: dict[bytes, tuple[float, User]] = {}
         self._lock = threading.Lock()
         self.enabled = False
+        self.epoch = 0
 
     def _key(self, name: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{name}\0{password}".encode(), hashlib.sha256).digest()
@@ -207,16 +211,21 @@ class VerificationCache:
             return None
         return user
 
-    def put(self, name: str, password: str, user: User) -> None:
+    def put(self, name: str, password: str, user: User, epoch: int | None = None) -> None:
+        """Cache a verification that began at ``epoch``; a clear since then wins,
+        so a user read just before a change is never cached after it."""
         if not self.enabled or self._ttl <= 0:
             return
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             if len(self._entries) >= self._max:
                 self._entries.clear()
             self._entries[self._key(name, password)] = (time.monotonic() + self._ttl, user)
 
     def clear(self) -> None:
         with self._lock:
+            self.epoch += 1
             self._entries.clear()
 
 
@@ -266,6 +275,7 @@ class UserStore:
         if not NAME_RE.match(name or "") or len(password) > 1024:
             _burn(password)
             return None
+        epoch = self.cache.epoch
         data = self.client.hgetall(USER + name)
         if not data:
             _burn(password)
@@ -277,7 +287,7 @@ class UserStore:
             return None
         if user.disabled:
             return None
-        self.cache.put(name, password, user)
+        self.cache.put(name, password, user, epoch)
         return user
 
     # --- changing ----------------------------------------------------------
@@ -289,7 +299,7 @@ class UserStore:
             flat += [key, value]
         result = int(
             self._save(
-                keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
+                keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS, GENERATION],
                 args=[*actor.audit_args(self.audit_key), mode, name, action, *flat],
             )
         )
@@ -308,7 +318,7 @@ class UserStore:
         """Create a user with a generated password; the password is returned this once."""
         validate_name(name)
         validate_role(role)
-        prefixes = validate_prefixes(list(prefixes))
+        prefixes = validate_prefixes(prefixes)
         password = password or generate_password()
         now = f"{time.time():.3f}"
         fields = {
@@ -338,12 +348,16 @@ class UserStore:
             actor,
             "user.grants",
             role=validate_role(role),
-            prefixes=json.dumps(validate_prefixes(list(prefixes))),
+            prefixes=json.dumps(validate_prefixes(prefixes)),
         )
 
     def set_disabled(self, name: str, disabled: bool, actor: Actor) -> User:
         action = "user.disable" if disabled else "user.enable"
         return self.update(name, actor, action, disabled="1" if disabled else "0")
+
+    def revoke_tokens(self, name: str, actor: Actor) -> User:
+        """A new generation for the user: every token issued before dies."""
+        return self.update(name, actor, "user.revoke_tokens")
 
     def rotate_password(self, name: str, actor: Actor) -> tuple[User, str]:
         password = generate_password()

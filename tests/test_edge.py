@@ -1,0 +1,222 @@
+"""The edge: TLS only, redirects, key grammar before Python, JSON errors,
+security headers, request ids, and what it refuses to expose."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+import requests
+
+BAD_KEYS = [
+    "a.b",  # dot
+    "a%2Fb",  # encoded slash
+    "a%00b",  # NUL
+    "a%0D%0Ab",  # CRLF
+    "%C3%A9t%C3%A9",  # non-ASCII
+    "k" * 257,  # too long
+    "a%20b",  # space
+    "a..b",
+]
+# Dot segments are resolved before routing: the request is for another path
+# entirely, which the edge answers 400 or 404, and no key is touched.
+DOT_SEGMENTS = ["..", "%2E%2E", ".", "%2e"]
+
+
+@pytest.mark.parametrize("bad", BAD_KEYS)
+@pytest.mark.parametrize("route", ["/read/{k}", "/v1/kv/{k}"])
+def test_edge_rejects_bad_keys_with_json_400(admin, route, bad):
+    response = admin.get(route.format(k=bad))
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"] in ("bad_request", "invalid_key")
+
+
+@pytest.mark.parametrize("bad", BAD_KEYS)
+def test_bad_keys_on_write_are_400_and_store_nothing(admin, stack, bad):
+    client = stack.redis_client()
+    before = client.zcard("{plab}:kv-index")
+    response = admin.post(f"/write/{bad}/value")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] in ("bad_request", "invalid_key")
+    assert client.zcard("{plab}:kv-index") == before
+    client.close()
+
+
+@pytest.mark.parametrize("bad", DOT_SEGMENTS)
+def test_dot_segments_never_address_a_key(admin, stack, bad):
+    client = stack.redis_client()
+    before = client.zcard("{plab}:kv-index")
+    for response in (
+        admin.get(f"/read/{bad}"),
+        admin.post(f"/write/{bad}/v"),
+        admin.put(f"/v1/kv/{bad}", data=b"v"),
+    ):
+        assert response.status_code in (400, 404)
+        assert response.json()["error"]["code"] in ("bad_request", "not_found", "invalid_key")
+    assert client.zcard("{plab}:kv-index") == before
+    client.close()
+
+
+def test_bad_keys_never_reach_python(admin, stack):
+    """A malformed key is answered by nginx: no upstream is contacted."""
+    admin.get("/read/a.b", headers={"X-Request-ID": "edge-only-check"})
+    log = (stack.log_dir / "edge-access.log").read_text()
+    stack_lines = [line for line in log.splitlines() if "edge-only-check" in line]
+    # The access log is buffered for up to a second: wait for our line.
+    import time
+
+    deadline = time.monotonic() + 5
+    while not stack_lines and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = (stack.log_dir / "edge-access.log").read_text()
+        stack_lines = [line for line in log.splitlines() if "edge-only-check" in line]
+    assert stack_lines, "request not in the edge access log"
+    assert '"upstream":""' in stack_lines[-1]
+    assert '"status":400' in stack_lines[-1]
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a%2Fb", "k" * 257, "%C3%A9"])
+def test_apps_check_keys_again(admin, stack, bad):
+    """Defence in depth: straight to an app process, the same keys get 400."""
+    port = stack.config.ap_ports[0]
+    for method, path in (
+        ("GET", f"/read/{bad}"),
+        ("POST", f"/write/{bad}/v"),
+        ("PUT", f"/v1/kv/{bad}"),
+    ):
+        response = admin.direct(method, port, path)
+        assert response.status_code == 400, (method, path)
+        assert response.json()["error"]["code"] == "invalid_key"
+
+
+def test_http_redirects_to_https_with_json(stack):
+    response = requests.get(
+        f"http://{stack.config.bind}:{stack.config.http_port}/read/x",
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert response.status_code == 301
+    assert (
+        response.headers["Location"]
+        == f"https://{stack.config.bind}:{stack.config.https_port}/read/x"
+    )
+    assert response.json()["error"]["code"] == "https_required"
+
+
+def test_tls_versions_below_1_2_refused(stack):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection((stack.config.bind, stack.config.https_port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError):
+            context.wrap_socket(raw)
+
+
+def test_tls_1_2_and_1_3_accepted(stack):
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(cafile=str(stack.tls_cert))
+        context.minimum_version = context.maximum_version = version
+        with socket.create_connection(
+            (stack.config.bind, stack.config.https_port), timeout=5
+        ) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.version() == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+
+
+def test_security_headers_on_every_answer(admin, anonymous, key):
+    for response in (
+        admin.get("/health"),
+        admin.post(f"/write/{key}/v"),
+        admin.get(f"/read/{key}"),
+        anonymous.get(f"/read/{key}"),
+        admin.get("/read/a.b"),
+        admin.get("/nope"),
+    ):
+        headers = response.headers
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert headers["Server"] == "nginx", "no version, no framework name"
+        assert (
+            len(
+                headers.get_all("X-Content-Type-Options")
+                if hasattr(headers, "get_all")
+                else [headers["X-Content-Type-Options"]]
+            )
+            == 1
+        )
+
+
+def test_request_id_is_generated_or_passed_through(admin, key):
+    generated = admin.get("/health").headers["X-Request-ID"]
+    assert len(generated) >= 16
+    mine = admin.get(f"/read/{key}", headers={"X-Request-ID": "trace-123"})
+    assert mine.headers["X-Request-ID"] == "trace-123"
+    assert mine.json()["request_id"] == "trace-123"
+    hostile = admin.get("/health", headers={"X-Request-ID": "bad id\twith junk"})
+    assert hostile.headers["X-Request-ID"] != "bad id\twith junk"
+
+
+def test_health_answered_by_edge_without_internals(anonymous):
+    response = anonymous.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_ready_through_edge(anonymous):
+    response = anonymous.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/ops/metrics", "/admin/../metrics", "/nope", "/ops/health"]
+)
+def test_edge_does_not_expose_internal_routes(admin, path):
+    response = admin.get(path)
+    assert response.status_code in (400, 404)
+    assert "plab_http_requests_total" not in response.text
+    assert response.json()["error"]["code"] in ("bad_request", "not_found")
+
+
+def test_unknown_methods_are_405_json(admin, key):
+    response = admin.request("TRACE", f"/read/{key}")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_body_over_limit_is_413_json_at_the_edge(admin, key, stack):
+    response = admin.put(f"/v1/kv/{key}", data=b"z" * (stack.max_body_bytes() + 1024))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert admin.get(f"/v1/kv/{key}").status_code == 404
+
+
+def test_app_enforces_the_same_body_limit(admin, key, stack):
+    port = stack.config.ap_ports[0]
+    response = admin.direct("PUT", port, f"/v1/kv/{key}", data=b"z" * (stack.max_body_bytes() + 1))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_huge_headers_get_json_431(admin):
+    response = admin.get("/health", headers={"X-Big": "a" * 9000})
+    assert response.status_code in (400, 431)
+    assert response.json()["error"]["code"] in ("headers_too_large", "bad_request")
+
+
+def test_forwarded_headers_are_trusted_only_from_the_edge(admin, stack, key):
+    """A client cannot spoof its address: the edge overwrites X-Forwarded-For,
+    and the apps ignore it from anyone but the edge's address."""
+    admin.post(f"/write/{key}/v", headers={"X-Forwarded-For": "203.0.113.9"})
+    client = stack.redis_client()
+    entries = [e for e in client.lrange("{plab}:audit", -50, -1) if key.encode() in e]
+    client.close()
+    assert entries and b"203.0.113.9" not in entries[-1]
+    assert b'"client":"127.0.0.1"' in entries[-1]

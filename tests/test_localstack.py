@@ -1,0 +1,136 @@
+"""The local stack as `make run` runs it: redis outages, full restarts, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from productionlab.localstack import LocalStack, StackConfig, free_port
+from tests.conftest import Client, admin_of, state_dir, stop_stack
+
+
+def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
+    stack = stack_factory(ap_workers=1, restart_redis=False)
+    admin = admin_of(stack)
+    assert admin.post("/write/outage-key/before").status_code == 201
+    stack.kill("redis")
+    for response in (
+        admin.post("/write/outage-key/during"),
+        admin.get("/read/outage-key"),
+        admin.put("/v1/kv/outage-key", data=b"x"),
+        admin.get("/v1/kv"),
+        admin.get("/ready"),
+        admin.get("/admin/users"),
+    ):
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"].isdigit()
+        body = response.json()
+        assert body == {"status": "unavailable"} or body["error"]["code"] == "unavailable"
+        assert "Traceback" not in response.text
+    assert admin.direct("GET", stack.config.cp_port, "/ready").status_code == 503
+    assert admin.get("/health").status_code == 200
+    stack.restart("redis")
+    deadline = time.monotonic() + 15
+    while admin.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "not ready 15 s after redis returned"
+        time.sleep(0.2)
+    assert admin.get("/read/outage-key").json()["value"] == "before"
+    assert admin.post("/write/outage-key/after").status_code == 200
+
+
+def test_data_survives_a_full_stop_and_start():
+    directory = state_dir()
+    config = StackConfig.ephemeral(directory, ap_workers=1)
+    first = LocalStack(config)
+    first.start(timeout=60)
+    try:
+        admin = admin_of(first)
+        password = admin.password
+        version = admin.put("/v1/kv/durable", data=b"kept").json()["version"]
+        admin.post("/admin/users", json={"name": "kept-user", "role": "reader", "prefixes": []})
+    finally:
+        first.stop()
+    second = LocalStack(config)
+    second.start(timeout=60)
+    try:
+        admin = admin_of(second)
+        assert admin.password == password, "the admin password is not regenerated"
+        got = admin.get("/v1/kv/durable")
+        assert got.content == b"kept"
+        assert got.headers["ETag"] == f'"{version}"'
+        assert admin.get("/admin/users/kept-user").status_code == 200
+        assert admin.put("/v1/kv/durable2", data=b"x").json()["version"] > version
+        assert (second.redis_dir / "appendonly").is_dir()
+    finally:
+        stop_stack(second)
+
+
+def _children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_run_command_serves_and_stops_cleanly_on_sigterm():
+    """`productionlab run` (what `make run` executes) starts everything, then SIGTERM
+    stops every process it started."""
+    directory = state_dir()
+    ports = {name: free_port() for name in ("HTTPS", "HTTP", "CP", "REDIS", "AP")}
+    env = {
+        **os.environ,
+        "PLAB_STATE_DIR": str(directory),
+        "PLAB_AP_WORKERS": "1",
+        **{f"PLAB_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "productionlab", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert json.loads(line) == {"event": "ready", "url": f"https://127.0.0.1:{ports['HTTPS']}"}
+        children = _children_of(process.pid)
+        assert len(children) == 4, children  # redis, cp, one ap, nginx
+        stack = LocalStack(StackConfig(state_dir=directory, https_port=ports["HTTPS"]))
+        admin = Client(
+            stack, "admin", (directory / "secrets" / "admin.password").read_text().strip()
+        )
+        assert admin.post("/write/run-key/v").status_code == 201
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        for pid in children:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_missing_binary_is_a_clear_error(monkeypatch):
+    from productionlab import localstack
+
+    monkeypatch.setattr(localstack, "find_binary", lambda name: None)
+    stack = LocalStack(StackConfig.ephemeral(state_dir()))
+    with pytest.raises(localstack.StackError) as failure:
+        stack.start()
+    assert "redis-server" in str(failure.value) and "nginx" in str(failure.value)

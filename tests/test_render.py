@@ -1,0 +1,65 @@
+"""The edge and redis configs are rendered from one template each."""
+
+from __future__ import annotations
+
+import subprocess
+
+from productionlab.localstack import LocalStack, StackConfig, find_binary
+from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
+from tests.conftest import state_dir
+
+
+def default_edge() -> str:
+    return EdgeConfig(
+        ap_servers=["127.0.0.1:8101", "127.0.0.1:8102"],
+        cp_server="127.0.0.1:8201",
+        tls_cert="/x/tls.crt",
+        tls_key="/x/tls.key",
+        htpasswd="/x/htpasswd",
+    ).render()
+
+
+def test_edge_defaults_match_the_contract():
+    conf = default_edge()
+    assert "rate=50r/s" in conf and "burst=100 nodelay" in conf
+    assert "rate=5r/s" in conf and "burst=10 nodelay" in conf
+    assert "client_max_body_size 1m;" in conf
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in conf
+    assert "server_tokens off;" in conf
+    assert "server 127.0.0.1:8101" in conf and "server 127.0.0.1:8102" in conf
+    assert "keepalive 64;" in conf
+
+
+def test_local_stack_renders_valid_nginx_config():
+    stack = LocalStack(
+        StackConfig.ephemeral(state_dir(), ap_workers=3, edge_rate=7, edge_burst=9, max_body="2m")
+    )
+    stack.prepare()
+    conf_path = stack.state / "nginx" / "nginx.conf"
+    conf = conf_path.read_text()
+    assert "rate=7r/s" in conf and "burst=9 nodelay" in conf
+    assert "client_max_body_size 2m;" in conf
+    assert conf.count("max_fails=1") == 3
+    nginx = find_binary("nginx")
+    assert nginx, "nginx must be installed"
+    check = subprocess.run(
+        [nginx, "-t", "-p", str(stack.state / "nginx"), "-c", str(conf_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_redis_conf_has_aof_acl_and_no_plaintext_password():
+    conf = render_redis_conf(
+        port=6390, data_dir="/data", users=[RedisUser("plab-ap", "s3cret-password-value")]
+    )
+    assert "appendonly yes" in conf
+    assert "appendfsync everysec" in conf
+    assert "user default off" in conf
+    assert "s3cret-password-value" not in conf
+    assert "user plab-ap on #" in conf
+    assert "-@dangerous" in conf
+    strict = render_redis_conf(port=1, data_dir="/d", users=[], appendfsync="always")
+    assert "appendfsync always" in strict

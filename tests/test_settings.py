@@ -1,0 +1,138 @@
+"""Start-up validation: production refuses missing, default or weak secrets."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from productionlab.settings import ConfigError, Settings, parse_size, secret_entropy_bits
+
+
+def strong_env(**extra: str) -> dict[str, str]:
+    env = {
+        f"PLAB_{n}": secrets.token_hex(32)
+        for n in ("SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
+    }
+    env.update(extra)
+    return env
+
+
+def test_strong_production_settings_start():
+    settings = Settings.from_env(strong_env(PLAB_ENV="production"))
+    assert settings.production
+    assert settings.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "name", ["SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD"]
+)
+def test_production_refuses_missing_secret(name):
+    env = strong_env(PLAB_ENV="production")
+    del env[f"PLAB_{name}"]
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(env)
+    assert f"PLAB_{name} is missing" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "changeme",
+        "secret",
+        "short",
+        "a" * 80,
+        "password123456789",
+        "0123456789abcdef0123456789abcdef",
+    ],
+)
+def test_production_refuses_weak_or_default_secret(weak):
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=weak))
+    assert "PLAB_AUDIT_KEY" in str(failure.value)
+
+
+def test_development_warns_on_weak_secret_but_starts():
+    settings = Settings.from_env(strong_env(PLAB_AUDIT_KEY="changeme"))
+    assert any("PLAB_AUDIT_KEY" in w for w in settings.warnings)
+
+
+def test_development_still_refuses_missing_secret():
+    env = strong_env()
+    del env["PLAB_TOKEN_KEY"]
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_production_refuses_reused_secrets():
+    shared = secrets.token_hex(32)
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(
+            strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=shared, PLAB_BACKUP_KEY=shared)
+        )
+    assert "share one value" in str(failure.value)
+
+
+def test_secret_from_file(tmp_path):
+    path = tmp_path / "audit"
+    value = secrets.token_hex(32)
+    path.write_text(value + "\n")
+    env = strong_env()
+    del env["PLAB_AUDIT_KEY"]
+    env["PLAB_AUDIT_KEY_FILE"] = str(path)
+    assert Settings.from_env(env).audit_key == value
+
+
+def test_secret_file_unreadable_is_clear(tmp_path):
+    env = strong_env()
+    del env["PLAB_AUDIT_KEY"]
+    env["PLAB_AUDIT_KEY_FILE"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(env)
+    assert "PLAB_AUDIT_KEY_FILE" in str(failure.value)
+
+
+def test_secret_and_file_together_refused(tmp_path):
+    path = tmp_path / "audit"
+    path.write_text(secrets.token_hex(32))
+    with pytest.raises(ConfigError):
+        Settings.from_env(strong_env(PLAB_AUDIT_KEY_FILE=str(path)))
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PLAB_ENV", "staging"),
+        ("PLAB_DURABILITY", "sometimes"),
+        ("PLAB_USER_RATE", "lots"),
+        ("PLAB_MAX_BODY", "1x"),
+        ("PLAB_REDIS_URL", "http://x"),
+        ("PLAB_THREADS", "0"),
+        ("PLAB_THREADS", "many"),
+    ],
+)
+def test_bad_values_are_refused_with_their_name(variable, value):
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(**{variable: value}))
+    assert variable in str(failure.value)
+
+
+def test_production_refuses_debug_and_disabled_limits():
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_DEBUG="1", PLAB_RATE_LIMITS="off"))
+    assert "PLAB_DEBUG" in str(failure.value)
+    assert "PLAB_RATE_LIMITS" in str(failure.value)
+
+
+def test_sizes():
+    assert parse_size("1m") == 1024 * 1024
+    assert parse_size("512k") == 512 * 1024
+    assert parse_size("4096") == 4096
+    with pytest.raises(ValueError):
+        parse_size("1 mb")
+
+
+def test_entropy_estimate_orders_secrets():
+    assert secret_entropy_bits(secrets.token_hex(32)) >= 256
+    assert secret_entropy_bits(secrets.token_urlsafe(32)) >= 256
+    assert secret_entropy_bits("hunter2") < 64
