@@ -106,7 +106,7 @@ def parse_if_match() -> list[str] | None:
     tags = request.if_match
     if tags.star_tag:
         return ["*"]
-    versions = [t for t in tags.as_set() if t.isdigit()]
+    versions = [t for t in tags.as_set() if t and t.isdigit()]
     return versions or ["none"]
 
 

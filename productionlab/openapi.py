@@ -1,0 +1,535 @@
+"""The OpenAPI 3 document of each plane, served at ``GET /openapi.json``.
+
+Written by hand (not derived from the routes) so that it is a claim the
+tests can check: ``tests/test_openapi.py`` walks ``app.url_map`` and fails on
+any route this document does not describe, and schemathesis fuzzes the live
+planes against it (no 5xx, no answer outside the schema).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+KEY_PATTERN = "^[A-Za-z0-9_-]{1,256}$"
+PREFIX_PATTERN = "^[A-Za-z0-9_-]{0,256}$"
+NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
+
+# Flask rules that are degenerate forms of a documented path: the empty-tail
+# routes exist only so that a missing key gets a JSON 400, not a 404.
+RULE_ALIASES = {
+    "/write/": "/write/{key}/{value}",
+    "/write/<tail:_rest>": "/write/{key}/{value}",
+    "/read/": "/read/{key}",
+    "/read/<tail:_rest>": "/read/{key}",
+    "/v1/kv/": "/v1/kv/{key}",
+    "/v1/kv/<tail:_rest>": "/v1/kv/{key}",
+}
+OPS_PREFIX = "/ops"  # where the control plane mounts the KV routes
+
+
+def documented_path(rule: str) -> str:
+    """The OpenAPI path that documents the Flask ``rule``."""
+    prefix = OPS_PREFIX if rule.startswith(OPS_PREFIX + "/") else ""
+    bare = rule[len(prefix) :]
+    if bare in RULE_ALIASES:
+        return prefix + RULE_ALIASES[bare]
+    return prefix + re.sub(r"<(?:[a-z_]+:)?([A-Za-z_]+)>", r"{\1}", bare)
+
+
+_ERROR_TEXT = {
+    "400": "Malformed request: bad key, value, header or query parameter",
+    "401": "No or wrong credentials",
+    "403": "The caller's role or grants do not cover this",
+    "404": "No such key or resource",
+    "409": "Conflict with the current state",
+    "412": "The If-Match / If-None-Match precondition failed",
+    "413": "The value or body is too large",
+    "429": "Rate limited, or too many failed logins",
+    "503": "The store is unavailable or cannot promise durability now; retry later",
+}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(code: str) -> dict:
+    response: dict[str, Any] = {"description": _ERROR_TEXT[code], "content": _json(_ref("Error"))}
+    if code in ("429", "503"):
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    if code == "401":
+        response["headers"] = {"WWW-Authenticate": {"$ref": "#/components/headers/Authenticate"}}
+    return response
+
+
+def _errors(*codes: str) -> dict:
+    return {code: _error(code) for code in codes}
+
+
+AUTHED = ("400", "401", "403", "404", "429", "503")
+
+
+def _ok(description: str, schema: dict | None = None, headers: dict | None = None) -> dict:
+    response: dict[str, Any] = {"description": description}
+    if schema is not None:
+        response["content"] = _json(schema)
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _op(
+    summary: str,
+    responses: dict,
+    *,
+    parameters: list | None = None,
+    body: dict | None = None,
+    public: bool = False,
+    errors: tuple[str, ...] = AUTHED,
+) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {**responses, **_errors(*errors)},
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = body
+    if public:
+        operation["security"] = []
+    return operation
+
+
+def _path_param(name: str, schema: dict, description: str = "") -> dict:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _query(name: str, schema: dict, description: str = "") -> dict:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+KEY = _path_param("key", {"type": "string", "pattern": KEY_PATTERN})
+NAME = _path_param("name", {"type": "string", "pattern": NAME_PATTERN})
+TTL = _query("ttl", {"type": "integer", "minimum": 1, "maximum": 315360000}, "expiry in seconds")
+ETAG = {"ETag": {"$ref": "#/components/headers/ETag"}}
+
+
+def _schemas() -> dict:
+    string = {"type": "string"}
+    integer = {"type": "integer"}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "request_id"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": string, "message": string},
+                },
+                "request_id": string,
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "ready", "unavailable"]}},
+        },
+        "Written": {
+            "type": "object",
+            "required": ["key", "version"],
+            "properties": {"key": string, "version": {"type": "integer", "minimum": 1}},
+        },
+        "Read": {
+            "type": "object",
+            "required": ["key", "value", "version"],
+            "properties": {
+                "key": string,
+                "value": string,
+                "version": {"type": "integer", "minimum": 1},
+                "encoding": {"type": "string", "enum": ["base64"]},
+            },
+        },
+        "KeyPage": {
+            "type": "object",
+            "required": ["keys", "next_cursor"],
+            "properties": {
+                "keys": {"type": "array", "items": {"type": "string", "pattern": KEY_PATTERN}},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "User": {
+            "type": "object",
+            "required": ["name", "role", "prefixes", "disabled"],
+            "properties": {
+                "name": string,
+                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "prefixes": {"type": "array", "items": string},
+                "disabled": {"type": "boolean"},
+                "created": {"type": "number"},
+                "updated": {"type": "number"},
+            },
+        },
+        "UserWithPassword": {
+            "allOf": [
+                _ref("User"),
+                {"type": "object", "required": ["password"], "properties": {"password": string}},
+            ]
+        },
+        "UserList": {
+            "type": "object",
+            "required": ["users"],
+            "properties": {"users": {"type": "array", "items": _ref("User")}},
+        },
+        "NewUser": {
+            "type": "object",
+            "required": ["name", "role"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "pattern": NAME_PATTERN},
+                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "prefixes": {
+                    "type": "array",
+                    "maxItems": 100,
+                    "items": {"type": "string", "pattern": "^(\\*|[A-Za-z0-9_-]{0,256})$"},
+                },
+            },
+        },
+        "GrantChange": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {
+                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "prefixes": {
+                    "type": "array",
+                    "maxItems": 100,
+                    "items": {"type": "string", "pattern": "^(\\*|[A-Za-z0-9_-]{0,256})$"},
+                },
+            },
+        },
+        "AuditPage": {
+            "type": "object",
+            "required": ["entries", "next_since"],
+            "properties": {
+                "entries": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["seq", "action", "target", "outcome", "mac"],
+                        "properties": {
+                            "seq": integer,
+                            "prev": string,
+                            "ts": string,
+                            "actor": string,
+                            "action": string,
+                            "target": string,
+                            "outcome": string,
+                            "request_id": string,
+                            "client": string,
+                            "version": string,
+                            "mac": string,
+                        },
+                    },
+                },
+                "next_since": {"type": ["integer", "null"]},
+            },
+        },
+        "AuditVerify": {
+            "type": "object",
+            "required": ["ok", "checked"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "checked": integer,
+                "first_bad_seq": {"type": ["integer", "null"]},
+                "first_bad_index": {"type": ["integer", "null"]},
+                "reason": string,
+            },
+        },
+        "Stats": {
+            "type": "object",
+            "required": ["keys", "users", "audit_entries"],
+            "properties": {
+                "keys": integer,
+                "users": integer,
+                "audit_entries": integer,
+                "redis_used_memory": {"type": ["integer", "null"]},
+                "aof_enabled": {"type": "boolean"},
+                "aof_last_write_status": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def _probe_paths() -> dict:
+    status = _ref("Status")
+    return {
+        "/health": {
+            "get": _op("The process runs", {"200": _ok("Alive", status)}, public=True, errors=())
+        },
+        "/ready": {
+            "get": _op(
+                "Redis answers and AOF writes are healthy",
+                {"200": _ok("Ready", status)},
+                public=True,
+                errors=("503",),
+            )
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (the edge does not route this)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": _json({"type": "object"}),
+                    }
+                },
+            }
+        },
+    }
+
+
+def _kv_paths() -> dict:
+    written = {
+        "200": _ok("Overwritten", _ref("Written"), ETAG),
+        "201": _ok("Created", _ref("Written"), ETAG),
+    }
+    if_match = {
+        "name": "If-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": 'write only if the current version is one of these ETags ("*": exists)',
+    }
+    if_none_match_put = {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": ["*"]},
+        "description": "write only if the key does not exist",
+    }
+    if_none_match_get = {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "304 when the current version is one of these ETags",
+    }
+    raw = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "/write/{key}/{value}": {
+            "post": _op(
+                "Write a value given in the path (at most 4096 bytes after URL-decoding)",
+                written,
+                parameters=[
+                    KEY,
+                    _path_param(
+                        "value",
+                        {"type": "string", "minLength": 1},
+                        "UTF-8 text without control characters",
+                    ),
+                    TTL,
+                ],
+                errors=(*AUTHED, "413"),
+            )
+        },
+        "/read/{key}": {
+            "get": _op(
+                "Read a value as JSON (base64 when it is not UTF-8)",
+                {"200": _ok("The value", _ref("Read"), ETAG)},
+                parameters=[KEY],
+            )
+        },
+        "/v1/kv/{key}": {
+            "get": _op(
+                "Read the raw value",
+                {
+                    "200": {"description": "The raw value", "headers": ETAG, "content": raw},
+                    "304": {"description": "Not modified", "headers": ETAG},
+                },
+                parameters=[KEY, if_none_match_get],
+            ),
+            "head": _op(
+                "The raw value's headers",
+                {
+                    "200": {"description": "Exists", "headers": ETAG},
+                    "304": {"description": "Not modified", "headers": ETAG},
+                },
+                parameters=[KEY, if_none_match_get],
+            ),
+            "put": _op(
+                "Write the raw body; compare-and-set with If-Match / If-None-Match: *",
+                written,
+                parameters=[KEY, TTL, if_match, if_none_match_put],
+                body={"required": False, "content": raw},
+                errors=(*AUTHED, "412", "413"),
+            ),
+            "delete": _op(
+                "Delete a key; compare-and-set with If-Match",
+                {"204": {"description": "Deleted"}},
+                parameters=[KEY, if_match],
+                errors=(*AUTHED, "412"),
+            ),
+        },
+        "/v1/kv": {
+            "get": _op(
+                "One page of the keys the caller may see",
+                {"200": _ok("A page of keys", _ref("KeyPage"))},
+                parameters=[
+                    _query("prefix", {"type": "string", "pattern": PREFIX_PATTERN}),
+                    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+            )
+        },
+    }
+
+
+def _admin_paths() -> dict:
+    user = _ref("User")
+    with_password = _ref("UserWithPassword")
+    json_body = {"application/json": {"schema": _ref("NewUser")}}
+    errors = (*AUTHED, "409")
+    return {
+        "/admin/users": {
+            "post": _op(
+                "Create a user; the generated password is shown this once",
+                {"201": _ok("Created", with_password)},
+                body={"required": True, "content": json_body},
+                errors=errors,
+            ),
+            "get": _op("The users, never their secrets", {"200": _ok("Users", _ref("UserList"))}),
+        },
+        "/admin/users/{name}": {
+            "get": _op("One user", {"200": _ok("The user", user)}, parameters=[NAME]),
+            "patch": _op(
+                "Change a user's role and/or key-prefix grants",
+                {"200": _ok("The user", user)},
+                parameters=[NAME],
+                body={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("GrantChange")}},
+                },
+            ),
+            "delete": _op("Delete a user", {"204": {"description": "Deleted"}}, parameters=[NAME]),
+        },
+        "/admin/users/{name}/disable": {
+            "post": _op("Disable a user", {"200": _ok("The user", user)}, parameters=[NAME])
+        },
+        "/admin/users/{name}/enable": {
+            "post": _op("Enable a user", {"200": _ok("The user", user)}, parameters=[NAME])
+        },
+        "/admin/users/{name}/rotate": {
+            "post": _op(
+                "Give a user a new generated password",
+                {"200": _ok("The user and the new password", with_password)},
+                parameters=[NAME],
+            )
+        },
+        "/admin/audit": {
+            "get": _op(
+                "Audit entries, oldest first",
+                {"200": _ok("A page of entries", _ref("AuditPage"))},
+                parameters=[
+                    _query("since", {"type": "integer", "minimum": 1}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _query("actor", {"type": "string"}),
+                ],
+            )
+        },
+        "/admin/audit/verify": {
+            "post": _op(
+                "Verify the audit chain",
+                {
+                    "200": _ok("The chain is intact", _ref("AuditVerify")),
+                    "409": _ok("The chain is broken", _ref("AuditVerify")),
+                },
+            )
+        },
+        "/admin/stats": {
+            "get": _op("Counts and store health", {"200": _ok("Stats", _ref("Stats"))})
+        },
+    }
+
+
+def build(plane: str) -> dict:
+    """The OpenAPI 3.1 document of ``plane`` (``ap`` or ``cp``)."""
+    paths = _probe_paths()
+    if plane == "cp":
+        paths.update({OPS_PREFIX + path: item for path, item in _kv_paths().items()})
+        paths.update(_admin_paths())
+        description = (
+            "Control plane: the admin API, and the KV routes for operators under /ops (admin role)."
+        )
+    else:
+        paths.update(_kv_paths())
+        description = "App plane: the data API (reader / writer roles, key-prefix grants)."
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"productionlab {plane}", "version": "1", "description": description},
+        "servers": [{"url": "/"}],
+        "security": [{"basic": []}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "headers": {
+                "ETag": {"description": "The version, quoted", "schema": {"type": "string"}},
+                "RetryAfter": {
+                    "description": "Seconds to wait",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+                "Authenticate": {
+                    "description": "The Basic challenge",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def openapi_blueprint() -> Blueprint:
+    bp = Blueprint("openapi", __name__)
+
+    @bp.get("/openapi.json")
+    def document() -> Response:
+        return jsonify(build(current_app.extensions["plab_settings"].plane))
+
+    return bp
