@@ -1,0 +1,95 @@
+"""JSON request logs (never a secret or value), Prometheus metrics, probes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+def wait_for_line(path, needle: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines():
+            if needle in line:
+                return json.loads(line)
+        time.sleep(0.1)
+    raise AssertionError(f"{needle} not logged in {path}")
+
+
+def test_one_json_line_per_request_without_secrets_or_values(stack, make_user, key):
+    writer = make_user("writer", ["*"])
+    secret_value = "value-that-must-not-be-logged"
+    response = writer.post(f"/write/{key}/{secret_value}", headers={"X-Request-ID": f"log-{key}"})
+    assert response.status_code == 201
+    lines = []
+    for log in stack.log_dir.glob("ap*.log"):
+        lines += [json.loads(line) for line in log.read_text().splitlines() if f"log-{key}" in line]
+    assert len(lines) == 1
+    entry = lines[0]
+    assert entry["request_id"] == f"log-{key}"
+    assert entry["user"] == writer.name
+    assert entry["route"] == "/write/<tail:_rest>"
+    assert entry["status"] == 201
+    assert entry["latency_ms"] >= 0
+    everything = "".join(p.read_text(errors="replace") for p in stack.log_dir.iterdir())
+    assert secret_value not in everything
+    assert writer.password not in everything
+
+
+def test_edge_access_log_is_json_and_names_routes_not_paths(stack, admin, key):
+    admin.post(f"/write/{key}/edge-secret-value", headers={"X-Request-ID": f"edge-{key}"})
+    entry = wait_for_line(stack.log_dir / "edge-access.log", f"edge-{key}")
+    assert entry["route"] == "/write"
+    assert entry["status"] == 201
+    assert "edge-secret-value" not in (stack.log_dir / "edge-access.log").read_text()
+
+
+def test_metrics_count_requests_per_route(stack, admin, key):
+    port = stack.config.ap_ports[0]
+    before = admin.direct("GET", port, "/metrics").text
+    for _ in range(3):
+        admin.direct("GET", port, f"/read/{key}")
+    after = admin.direct("GET", port, "/metrics")
+    assert after.status_code == 200
+    assert after.headers["Content-Type"].startswith("text/plain")
+
+    def count(text: str) -> float:
+        for line in text.splitlines():
+            if (
+                line.startswith("plab_http_requests_total{")
+                and 'route="/read/<tail:_rest>"' in line
+                and 'status="404"' in line
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    assert count(after.text) - count(before) == 3
+    assert "plab_http_request_duration_seconds_bucket" in after.text
+
+
+def test_health_and_ready_on_each_plane(stack, anonymous):
+    for port in [*stack.config.ap_ports, stack.config.cp_port]:
+        health = anonymous.direct("GET", port, "/health")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        ready = anonymous.direct("GET", port, "/ready")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_apps_send_no_server_header(stack, anonymous):
+    response = anonymous.direct("GET", stack.config.ap_ports[0], "/health")
+    assert "Server" not in response.headers
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "X-Request-ID" in response.headers
+
+
+def test_framework_errors_are_json(stack, admin):
+    port = stack.config.ap_ports[0]
+    for method, path, status in (
+        ("GET", "/nope", 404),
+        ("DELETE", "/read/x", 405),
+        ("POST", "/v1/kv", 405),
+    ):
+        response = admin.direct(method, port, path)
+        assert response.status_code == status
+        assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
+        assert "<html" not in response.text.lower()
