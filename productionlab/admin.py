@@ -1,15 +1,23 @@
 """The admin API under ``/admin/`` (admin role): users, grants, credentials,
-the audit log and stats. Every change goes through the user store or the KV
-core, which write the audit entry atomically with the change."""
+tokens, the audit log, backups, the production check and stats. Every change
+goes through the user store, the token service or the KV core, which write the
+audit entry atomically with the change; actions that change nothing in redis
+(backups, checks) get an entry of their own."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from productionlab import backup, checkprod
 from productionlab.audit import Actor, AuditLog
 from productionlab.auth import Authenticator, current_user
-from productionlab.errors import BadRequest
+from productionlab.errors import BadRequest, Conflict, NotFound
 from productionlab.kv import INDEX
+from productionlab.settings import Settings
+from productionlab.tokens import TokenService
 from productionlab.users import UserStore
 
 
@@ -19,6 +27,19 @@ def users() -> UserStore:
 
 def audit_log() -> AuditLog:
     return current_app.extensions["plab_audit"]
+
+
+def tokens() -> TokenService:
+    return current_app.extensions["plab_tokens"]
+
+
+def settings() -> Settings:
+    return current_app.extensions["plab_settings"]
+
+
+def backup_dir(config: Settings) -> Path:
+    """``PLAB_BACKUP_DIR``, else ``<PLAB_STATE_DIR>/backups``."""
+    return Path(os.environ.get("PLAB_BACKUP_DIR") or config.state_dir / "backups")
 
 
 def actor() -> Actor:
@@ -76,6 +97,8 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         if unknown or not body:
             raise BadRequest("give role and/or prefixes")
         current = users().get(name)
+        if name == current_user().name and body.get("role", "admin") != "admin":
+            raise BadRequest("you cannot take the admin role from yourself")
         user = users().set_grants(
             name,
             body.get("role", current.role),
@@ -102,6 +125,30 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         user, password = users().rotate_password(name, actor())
         return jsonify({**user.public(), "password": password})
 
+    @bp.post("/users/<name>/revoke-tokens")
+    @admin_only
+    def revoke_user_tokens(name: str) -> Response:
+        return jsonify(users().revoke_tokens(name, actor()).public())
+
+    @bp.get("/tokens")
+    @admin_only
+    def list_tokens() -> Response:
+        name = request.args.get("user", "")
+        users().get(name)
+        return jsonify({"families": tokens().families(name)})
+
+    @bp.post("/tokens/<family>/revoke")
+    @admin_only
+    def revoke_family(family: str) -> Response:
+        if not tokens().revoke_family(family, actor()):
+            raise NotFound(f"no token family {family!r}")
+        return jsonify({"family": family, "revoked": True})
+
+    @bp.get("/tokens/keys")
+    @admin_only
+    def token_keys() -> Response:
+        return jsonify(tokens().key_ids())
+
     @bp.delete("/users/<name>")
     @admin_only
     def delete_user(name: str) -> Response:
@@ -116,8 +163,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         since = int_arg("since", 1, 1, 2**62)
         limit = int_arg("limit", 100, 1, 1000)
         actor_name = request.args.get("actor") or None
-        entries = audit_log().entries(since=since, limit=limit, actor=actor_name)
-        next_since = entries[-1]["seq"] + 1 if len(entries) == limit else None
+        entries, next_since = audit_log().page(since=since, limit=limit, actor=actor_name)
         return jsonify({"entries": entries, "next_since": next_since})
 
     @bp.post("/audit/verify")
@@ -127,6 +173,61 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         response = jsonify(result.as_dict())
         response.status_code = 200 if result.ok else 409
         return response
+
+    @bp.get("/audit/head")
+    @admin_only
+    def audit_head() -> Response:
+        return jsonify(audit_log().head())
+
+    @bp.post("/audit/trim")
+    @admin_only
+    def trim_audit() -> Response:
+        body = json_body()
+        keep = body.get("keep")
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise BadRequest('give {"keep": N} with N at least 1')
+        dropped, first = audit_log().trim(actor(), keep)
+        return jsonify({"dropped": dropped, "first": first or None})
+
+    @bp.get("/backups")
+    @admin_only
+    def list_backups() -> Response:
+        return jsonify({"backups": backup.list_backups(backup_dir(settings()))})
+
+    @bp.post("/backups")
+    @admin_only
+    def create_backup() -> Response:
+        config = settings()
+        client = current_app.extensions["plab_redis"]
+        summary = backup.create_backup(
+            client, config.backup_key, backup_dir(config), progress=False
+        )
+        audit_log().append(actor(), "backup.create", summary.path.name, "ok")
+        response = jsonify(summary.as_dict())
+        response.status_code = 201
+        return response
+
+    @bp.post("/backups/<name>/verify")
+    @admin_only
+    def verify_backup(name: str) -> Response:
+        config = settings()
+        try:
+            path = backup.backup_path(backup_dir(config), name)
+        except (backup.BackupError, FileNotFoundError):
+            raise NotFound(f"no backup {name!r}") from None
+        try:
+            contents = backup.verify_backup(path, config.backup_key)
+        except backup.BackupError as exc:
+            audit_log().append(actor(), "backup.verify", name, "failed")
+            raise Conflict(str(exc)) from None
+        audit_log().append(actor(), "backup.verify", name, "ok")
+        return jsonify({"name": name, "ok": True, "keys": contents.keys, "digest": contents.digest})
+
+    @bp.get("/check-prod")
+    @admin_only
+    def check_prod() -> Response:
+        findings = checkprod.check()
+        return jsonify({"ok": not findings, "findings": findings})
 
     @bp.get("/stats")
     @admin_only

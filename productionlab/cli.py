@@ -12,6 +12,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
+from productionlab.backup import BackupError
+from productionlab.errors import APIError
 from productionlab.settings import ConfigError, Settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -60,39 +64,6 @@ def cmd_render_nginx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_store():
-    from productionlab.store.connection import connect
-    from productionlab.users import UserStore
-
-    settings = _settings()
-    return UserStore(
-        connect(settings),
-        settings.audit_key.encode(),
-        settings.secret_key.encode(),
-        htpasswd_path=settings.htpasswd_path,
-    )
-
-
-def _operator():
-    import getpass
-
-    from productionlab.audit import Actor
-
-    return Actor(f"cli:{getpass.getuser()}")
-
-
-def cmd_users_list(args: argparse.Namespace) -> int:
-    for user in _user_store().all():
-        print(json.dumps(user.public()))
-    return 0
-
-
-def cmd_users_create(args: argparse.Namespace) -> int:
-    user, password = _user_store().create(args.name, args.role, args.prefix or [], _operator())
-    print(json.dumps({**user.public(), "password": password}))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="productionlab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -115,17 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--values", help="JSON file of EdgeConfig fields")
     render.set_defaults(handler=cmd_render_nginx)
 
-    users = commands.add_parser("users", help="manage users").add_subparsers(
-        dest="users_command", required=True, metavar="ACTION"
-    )
-    users.add_parser("list", help="list users").set_defaults(handler=cmd_users_list)
-    create = users.add_parser("create", help="create a user; prints its password once")
-    create.add_argument("name")
-    create.add_argument("--role", required=True, choices=["reader", "writer", "admin"])
-    create.add_argument("--prefix", action="append", help="a key prefix grant (repeatable)")
-    create.set_defaults(handler=cmd_users_create)
+    from productionlab.opscli import REGISTRARS
 
-    for register in EXTRA_COMMANDS:
+    for register in (*REGISTRARS, *EXTRA_COMMANDS):
         register(commands)
     return parser
 
@@ -141,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 2
+    except (APIError, BackupError) as exc:
+        print(f"productionlab: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"productionlab: no such file: {exc.filename or exc}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(f"productionlab: redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

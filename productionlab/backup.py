@@ -1,0 +1,632 @@
+"""Encrypted backups of the key-value data: create, verify, restore, drill.
+
+File format (``.plab-backup``)::
+
+    MAGIC (8 bytes) | header length (4, big-endian) | header (JSON) | chunk*
+
+The header names the format, the key id of the backup key, a random salt and
+nonce prefix. Each chunk is ``length (4) | AES-256-GCM ciphertext+tag`` of at
+most 1 MiB of plaintext; its nonce is the prefix plus the chunk's index and its
+associated data is the SHA-256 of magic+length+header, the index and a last-chunk
+flag. So a flipped byte anywhere (header included), a dropped, repeated or
+reordered chunk, or a truncated file fails authentication.
+
+The file key is HKDF-SHA256 of ``PLAB_BACKUP_KEY`` with the per-file salt; the
+key id is derived from the secret alone, so a backup made with another key is
+refused by name before any decryption is tried.
+
+The plaintext is JSON lines: a start record (the version counter), one record
+per key (key, value as base64, version, remaining TTL in ms) and an end record
+(key count and digest). Keys are read in lexical order from the key index, a
+batch at a time inside MULTI, so each key is consistent; a backup of a busy
+store is not one point in time (writes during it may or may not be included).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
+from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
+
+MAGIC = b"PLABBK1\n"
+FORMAT = "productionlab-backup"
+SUFFIX = ".plab-backup"
+CHUNK = 1024 * 1024
+BATCH = 500
+
+_RESTORE = (
+    LUA_PRELUDE
+    + r"""
+local counter, index = KEYS[3], KEYS[4]
+local item_prefix, overwrite = ARGV[7], ARGV[8] == '1'
+local restored, highest = 0, 0
+for i = 9, #ARGV, 4 do
+  local key, value, version, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local item = item_prefix .. key
+  if overwrite or redis.call('EXISTS', item) == 0 then
+    redis.call('DEL', item)
+    redis.call('HSET', item, 'v', value, 'ver', version)
+    if ttl > 0 then redis.call('PEXPIRE', item, ttl) end
+    redis.call('ZADD', index, 0, key)
+    audit('kv.restore', key, 'restored', version)
+    restored = restored + 1
+  end
+  if tonumber(version) > highest then highest = tonumber(version) end
+end
+local current = tonumber(redis.call('GET', counter) or '0')
+if highest > current then redis.call('SET', counter, highest) end
+return restored
+"""
+)
+
+
+class BackupError(Exception):
+    """The backup cannot be made, read or restored; the message says why."""
+
+
+# --- keys -------------------------------------------------------------------------
+def _secret_bytes(secret: str) -> bytes:
+    text = secret.strip()
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode()
+
+
+def key_id(secret: str) -> str:
+    return hashlib.sha256(b"productionlab backup key id\0" + _secret_bytes(secret)).hexdigest()[:16]
+
+
+def file_key(secret: str, salt: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=salt, info=b"productionlab backup v1"
+    ).derive(_secret_bytes(secret))
+
+
+# --- progress -------------------------------------------------------------------
+class Progress:
+    """A progress bar on a terminal; nothing at all when stderr is a log."""
+
+    def __init__(self, total: int, label: str, stream: IO[str] | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total, self.label, self.done = max(total, 1), label, 0
+        self._last = 0.0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            share = min(1.0, self.done / self.total)
+            bar = "#" * int(share * 30)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} keys")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- reading the live data ----------------------------------------------------
+@dataclass(frozen=True)
+class Record:
+    key: str
+    value: bytes
+    version: int
+    ttl_ms: int
+
+    def as_json(self) -> dict:
+        return {
+            "k": self.key,
+            "v": base64.b64encode(self.value).decode(),
+            "ver": self.version,
+            "ttl": self.ttl_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Record:
+        return cls(data["k"], base64.b64decode(data["v"]), int(data["ver"]), int(data["ttl"]))
+
+
+class Digest:
+    """SHA-256 over every (key, value, version) in key order: TTLs shrink, so not them."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.count = 0
+
+    def add(self, record: Record) -> None:
+        key = record.key.encode()
+        self._hash.update(struct.pack(">I", len(key)) + key)
+        self._hash.update(struct.pack(">Q", len(record.value)) + record.value)
+        self._hash.update(struct.pack(">Q", record.version))
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
+    """Every live key in lexical order, a batch at a time (each batch in MULTI)."""
+    after = "-"
+    while True:
+        keys = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
+        if not keys:
+            return
+        pipe = client.pipeline(transaction=True)
+        for key in keys:
+            pipe.hmget(ITEM + key.decode(), "v", "ver")
+            pipe.pttl(ITEM + key.decode())
+        results = pipe.execute()
+        for key, (value, version), ttl in zip(keys, results[::2], results[1::2], strict=True):
+            if version is None:
+                continue  # expired or deleted since it was indexed
+            yield Record(key.decode(), value or b"", int(version), max(0, int(ttl)))
+        after = "(" + keys[-1].decode()
+
+
+def live_digest(client: redis.Redis) -> Digest:
+    digest = Digest()
+    for record in read_records(client):
+        digest.add(record)
+    return digest
+
+
+# --- writing and reading files ------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    path: Path
+    keys: int
+    digest: str
+    kv_version: int
+    key_id: str
+    created: str
+    size: int
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.path.name,
+            "keys": self.keys,
+            "digest": self.digest,
+            "kv_version": self.kv_version,
+            "key_id": self.key_id,
+            "created": self.created,
+            "size": self.size,
+        }
+
+
+class _ChunkWriter:
+    def __init__(self, handle: IO[bytes], aead: AESGCM, nonce_prefix: bytes, header_hash: bytes):
+        self.handle, self.aead = handle, aead
+        self.nonce_prefix, self.header_hash = nonce_prefix, header_hash
+        self.buffer = bytearray()
+        self.index = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) > CHUNK:
+            self._emit(bytes(self.buffer[:CHUNK]), last=False)
+            del self.buffer[:CHUNK]
+
+    def close(self) -> None:
+        self._emit(bytes(self.buffer), last=True)
+
+    def _emit(self, plain: bytes, last: bool) -> None:
+        nonce = self.nonce_prefix + struct.pack(">I", self.index)
+        sealed = self.aead.encrypt(nonce, plain, _chunk_aad(self.header_hash, self.index, last))
+        self.handle.write(struct.pack(">I", len(sealed)) + sealed)
+        self.index += 1
+
+
+def _chunk_aad(header_hash: bytes, index: int, last: bool) -> bytes:
+    return header_hash + struct.pack(">I?", index, last)
+
+
+def create_backup(
+    client: redis.Redis,
+    secret: str,
+    directory: Path,
+    *,
+    name: str | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Write one encrypted backup file into ``directory`` (atomically: temp, fsync, rename)."""
+    if not secret:
+        raise BackupError("PLAB_BACKUP_KEY is not set")
+    directory.mkdir(parents=True, exist_ok=True)
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = directory / (name or f"plab-{created}{SUFFIX}")
+    salt, nonce_prefix = os.urandom(16), os.urandom(8)
+    header = json.dumps(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "key_id": key_id(secret),
+            "salt": base64.b64encode(salt).decode(),
+            "nonce_prefix": base64.b64encode(nonce_prefix).decode(),
+            "created": created,
+            "cipher": "AES-256-GCM",
+            "kdf": "HKDF-SHA256",
+        },
+        separators=(",", ":"),
+    ).encode()
+    prefix = MAGIC + struct.pack(">I", len(header)) + header
+    aead = AESGCM(file_key(secret, salt))
+    kv_version = int(client.get(VERSION_COUNTER) or 0)
+    bar = Progress(int(client.zcard(INDEX)), "backup") if progress else None
+    digest = Digest()
+    descriptor, temp = tempfile.mkstemp(dir=directory, prefix=".backup-")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(prefix)
+            writer = _ChunkWriter(handle, aead, nonce_prefix, hashlib.sha256(prefix).digest())
+            writer.write(_line({"start": FORMAT, "kv_version": kv_version}))
+            for record in read_records(client):
+                writer.write(_line(record.as_json()))
+                digest.add(record)
+                if bar is not None and digest.count % 100 == 0:
+                    bar.advance(100)
+            writer.write(_line({"end": True, "count": digest.count, "digest": digest.hexdigest()}))
+            writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o600)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    finally:
+        if bar is not None:
+            bar.advance(digest.count % 100)
+            bar.close()
+    return Summary(
+        path,
+        digest.count,
+        digest.hexdigest(),
+        kv_version,
+        key_id(secret),
+        created,
+        path.stat().st_size,
+    )
+
+
+def _line(data: dict) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def read_header(path: Path) -> tuple[dict, bytes]:
+    with open(path, "rb") as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            raise BackupError(f"{path.name} is not a productionlab backup")
+        raw_length = handle.read(4)
+        if len(raw_length) != 4:
+            raise BackupError(f"{path.name} is truncated")
+        (length,) = struct.unpack(">I", raw_length)
+        if length > 64 * 1024:
+            raise BackupError(f"{path.name} has a corrupt header")
+        header = handle.read(length)
+    try:
+        data = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BackupError(f"{path.name} has a corrupt header") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != 1:
+        raise BackupError(f"{path.name} has an unknown format")
+    return data, MAGIC + raw_length + header
+
+
+def iter_backup(path: Path, secret: str) -> Iterator[dict]:
+    """Decrypt and yield the JSON records. Raises BackupError on any tampering.
+
+    Records are yielded as chunks authenticate; callers that change anything
+    must consume the whole file once first (see :func:`verify_backup`).
+    """
+    header, prefix = read_header(path)
+    if header.get("key_id") != key_id(secret):
+        raise BackupError(
+            f"{path.name} was made with backup key {header.get('key_id')!r}; "
+            f"the configured PLAB_BACKUP_KEY has id {key_id(secret)!r}"
+        )
+    try:
+        salt = base64.b64decode(header["salt"])
+        nonce_prefix = base64.b64decode(header["nonce_prefix"])
+    except (KeyError, ValueError) as exc:
+        raise BackupError(f"{path.name} has a corrupt header") from exc
+    if len(nonce_prefix) != 8:
+        raise BackupError(f"{path.name} has a corrupt header")
+    aead = AESGCM(file_key(secret, salt))
+    header_hash = hashlib.sha256(prefix).digest()
+    pending = b""
+    ended = False
+    with open(path, "rb") as handle:
+        handle.seek(len(prefix))
+        index = 0
+        while True:
+            raw_length = handle.read(4)
+            if not raw_length:
+                break
+            if len(raw_length) != 4 or ended:
+                raise BackupError(f"{path.name} is corrupt (data after the last chunk)")
+            (length,) = struct.unpack(">I", raw_length)
+            sealed = handle.read(length)
+            if len(sealed) != length or length > CHUNK + 16:
+                raise BackupError(f"{path.name} is truncated or corrupt")
+            nonce = nonce_prefix + struct.pack(">I", index)
+            plain = None
+            for last in (False, True):
+                try:
+                    plain = aead.decrypt(nonce, sealed, _chunk_aad(header_hash, index, last))
+                    ended = last
+                    break
+                except InvalidTag:
+                    continue
+            if plain is None:
+                raise BackupError(
+                    f"{path.name} failed authentication at chunk {index}: "
+                    "it is corrupt or was tampered with"
+                )
+            index += 1
+            lines = (pending + plain).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield json.loads(line)
+    if not ended:
+        raise BackupError(f"{path.name} is truncated (no final chunk)")
+    if pending:
+        raise BackupError(f"{path.name} is corrupt (a partial record at the end)")
+
+
+@dataclass(frozen=True)
+class Contents:
+    keys: int
+    digest: str
+    kv_version: int
+
+
+def verify_backup(path: Path, secret: str) -> Contents:
+    """Read the whole file: authentication, record count and digest must all hold."""
+    digest = Digest()
+    kv_version, end = 0, None
+    for data in iter_backup(path, secret):
+        if "start" in data:
+            kv_version = int(data.get("kv_version", 0))
+        elif "end" in data:
+            end = data
+        else:
+            digest.add(Record.from_json(data))
+    if end is None or end.get("count") != digest.count or end.get("digest") != digest.hexdigest():
+        raise BackupError(f"{path.name} does not match its own summary")
+    return Contents(digest.count, digest.hexdigest(), kv_version)
+
+
+def restore_backup(
+    client: redis.Redis,
+    path: Path,
+    secret: str,
+    actor: Actor,
+    audit_key: bytes,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Load a verified backup. Refuses a store that has keys unless ``overwrite``.
+
+    With ``overwrite`` the backup's keys replace existing ones; keys not in the
+    backup are left alone. Each restored key gets its own audit entry.
+    """
+    contents = verify_backup(path, secret)
+    existing = int(client.zcard(INDEX))
+    if existing and not overwrite:
+        raise BackupError(
+            f"the store already holds {existing} keys; restore into an empty store "
+            "or pass --overwrite"
+        )
+    script = client.register_script(_RESTORE)
+    bar = Progress(contents.keys, "restore") if progress else None
+    restored = 0
+    batch: list[Record] = []
+
+    def flush() -> int:
+        args: list = [*actor.audit_args(audit_key), ITEM, "1" if overwrite else "0"]
+        for record in batch:
+            args += [record.key, record.value, record.version, record.ttl_ms]
+        count = int(script(keys=[*AUDIT_KEYS, VERSION_COUNTER, INDEX], args=args))
+        if bar is not None:
+            bar.advance(len(batch))
+        batch.clear()
+        return count
+
+    try:
+        for data in iter_backup(path, secret):
+            if "start" in data or "end" in data:
+                continue
+            batch.append(Record.from_json(data))
+            if len(batch) >= 200:
+                restored += flush()
+        if batch:
+            restored += flush()
+        current = int(client.get(VERSION_COUNTER) or 0)
+        if contents.kv_version > current:
+            client.set(VERSION_COUNTER, contents.kv_version)
+    finally:
+        if bar is not None:
+            bar.close()
+    return restored
+
+
+def list_backups(directory: Path) -> list[dict]:
+    listed = []
+    if not directory.is_dir():
+        return listed
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        entry = {"name": path.name, "size": path.stat().st_size}
+        try:
+            header, _ = read_header(path)
+            entry.update(created=header.get("created"), key_id=header.get("key_id"))
+        except BackupError as exc:
+            entry["error"] = str(exc)
+        listed.append(entry)
+    return listed
+
+
+def backup_path(directory: Path, name: str) -> Path:
+    """A backup in ``directory`` by file name only (no paths from clients)."""
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(SUFFIX):
+        raise BackupError(f"{name!r} is not a backup file name")
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(name)
+    return path
+
+
+# --- the drill ----------------------------------------------------------------
+class TempRedis:
+    """A throwaway redis-server (free port, temp dir, AOF on, a random password)."""
+
+    def __init__(self, binary: str | None = None):
+        from productionlab.localstack import find_binary, free_port
+
+        self.binary = binary or find_binary("redis-server")
+        if self.binary is None:
+            raise BackupError("redis-server is not installed; the drill needs it")
+        self.port = free_port()
+        self.password = secrets.token_hex(24)
+        self.directory = Path(tempfile.mkdtemp(prefix="plab-drill-"))
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> redis.Redis:
+        conf = self.directory / "redis.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nappendonly yes\n"
+            f'save ""\ndaemonize no\nlogfile "{self.directory / "redis.log"}"\n'
+            f"requirepass {self.password}\n"
+        )
+        os.chmod(conf, 0o600)
+        self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
+            [self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=10
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.client.ping()
+                return self.client
+            except redis.RedisError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise BackupError("the drill's redis-server did not start") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        with contextlib.suppress(Exception):
+            self.client.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class DrillReport:
+    ok: bool
+    backup: str
+    backup_keys: int
+    restored_keys: int
+    live_keys: int
+    backup_digest: str
+    restored_digest: str
+    live_digest: str
+    seconds: float
+
+    def lines(self) -> list[str]:
+        verdict = "PASS" if self.ok else "FAIL"
+        return [
+            f"drill {verdict}: {self.backup}",
+            f"  backup:   {self.backup_keys} keys, digest {self.backup_digest[:16]}",
+            f"  restored: {self.restored_keys} keys, digest {self.restored_digest[:16]} "
+            f"(temporary redis-server, AOF on)",
+            f"  live:     {self.live_keys} keys, digest {self.live_digest[:16]}"
+            + ("" if self.live_digest == self.backup_digest else " (changed since the backup)"),
+            f"  took {self.seconds:.1f}s",
+        ]
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "lines": self.lines()}
+
+
+def drill(
+    client: redis.Redis,
+    secret: str,
+    directory: Path,
+    audit_key: bytes,
+    *,
+    path: Path | None = None,
+    progress: bool = True,
+) -> DrillReport:
+    """Back up now (or take ``path``), restore into a temporary redis-server, and
+    compare key count and digest with the backup and with the live data.
+
+    Passes when the restored data equals the backup and the backup equals the
+    live data (a store written to during the drill fails it: run it again, or
+    drill an existing file, whose comparison with live data is only reported).
+    """
+    started = time.monotonic()
+    fresh = path is None
+    if path is None:
+        summary = create_backup(client, secret, directory, progress=progress)
+        path = summary.path
+    contents = verify_backup(path, secret)
+    with TempRedis() as scratch:
+        restore_backup(
+            scratch, path, secret, Actor("drill"), audit_key, overwrite=False, progress=progress
+        )
+        restored = live_digest(scratch)
+        aof = scratch.info("persistence").get("aof_enabled")
+    live = live_digest(client)
+    matches_backup = restored.count == contents.keys and restored.hexdigest() == contents.digest
+    ok = bool(matches_backup and aof)
+    if ok and fresh:
+        ok = live.count == contents.keys and live.hexdigest() == contents.digest
+    return DrillReport(
+        ok,
+        path.name,
+        contents.keys,
+        restored.count,
+        live.count,
+        contents.digest,
+        restored.hexdigest(),
+        live.hexdigest(),
+        time.monotonic() - started,
+    )

@@ -1,0 +1,168 @@
+"""``productionlab check-prod``: is this configuration fit for production?
+
+It reads the same ``PLAB_*`` settings as the planes, looks at the TLS
+certificate and asks the running redis, and reports one line per finding.
+Unlike start-up validation it never stops at the first problem: it lists them
+all, so one run tells an operator everything to fix.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from productionlab.settings import SECRET_NAMES, ConfigError, Settings, secret_problem
+from productionlab.store.connection import connect
+
+EXPIRY_WARNING_DAYS = 14
+
+
+def load_settings(environ: Mapping[str, str]) -> tuple[Settings | None, list[str]]:
+    """Settings as the planes would see them, or None and the reasons they cannot exist.
+
+    Production validation refuses weak secrets outright; to inspect everything
+    anyway the settings are built leniently (as development), then given their
+    real environment back, and every check runs on them.
+    """
+    lenient = dict(environ)
+    lenient["PLAB_ENV"] = "development"
+    try:
+        settings = Settings.from_env(lenient, plane="cp")
+    except ConfigError as exc:
+        return None, [f"config: {problem}" for problem in exc.problems]
+    return replace(settings, env=environ.get("PLAB_ENV", "development")), []
+
+
+def secret_findings(settings: Settings) -> list[str]:
+    findings = []
+    values = {name: getattr(settings, name) for name in SECRET_NAMES}
+    values["redis_password"] = settings.redis_password
+    for name, value in values.items():
+        problem = secret_problem(name, value)
+        if problem:
+            findings.append(f"secret: {problem}")
+    present = [v for v in values.values() if v]
+    if len(set(present)) < len(present):
+        findings.append("secret: two secrets share one value; generate each separately")
+    return findings
+
+
+def tls_findings(cert_path: Path, production: bool, now: datetime.datetime) -> list[str]:
+    if not cert_path.is_file():
+        return [f"tls: certificate {cert_path} is missing (set PLAB_TLS_CERT)"]
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError:
+        return [f"tls: {cert_path} is not a PEM certificate"]
+    findings = []
+    expires = cert.not_valid_after_utc
+    if expires <= now:
+        findings.append(f"tls: certificate {cert_path} expired on {expires:%Y-%m-%d}")
+    elif expires - now < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        days = (expires - now).days
+        findings.append(
+            f"tls: certificate {cert_path} expires in {days} days ({expires:%Y-%m-%d}); "
+            f"renew it (warning threshold {EXPIRY_WARNING_DAYS} days)"
+        )
+    if production and is_self_signed(cert):
+        findings.append(f"tls: certificate {cert_path} is self-signed; clients cannot verify it")
+    return findings
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    key = cert.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(
+                cert.signature,
+                cert.tbs_certificate_bytes,
+                padding.PKCS1v15(),
+                cert.signature_hash_algorithm,
+            )
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(
+                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+            )
+        else:
+            key.verify(cert.signature, cert.tbs_certificate_bytes)  # type: ignore[call-arg]
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
+
+
+def redis_findings(settings: Settings) -> list[str]:
+    findings = []
+    if not settings.redis_password:
+        findings.append("redis: no password configured (PLAB_REDIS_PASSWORD[_FILE])")
+    try:
+        client = connect(settings, pool_size=2)
+        aof = client.config_get("appendonly").get("appendonly")
+        persistence = client.info("persistence")
+    except redis.RedisError as exc:
+        return [*findings, f"redis: cannot inspect {settings.redis_url}: {type(exc).__name__}"]
+    if aof != "yes" and not persistence.get("aof_enabled"):
+        findings.append("redis: AOF persistence is off (appendonly no)")
+    elif persistence.get("aof_last_write_status") not in (None, "ok"):
+        findings.append("redis: AOF writes are failing")
+    fsync = client.config_get("appendfsync").get("appendfsync")
+    if fsync == "no":
+        findings.append("redis: appendfsync is 'no'; acknowledged writes can be lost")
+    client.close()
+    if _accepts_anonymous(settings):
+        findings.append("redis: accepts commands without a password (default user is on)")
+    return findings
+
+
+def _accepts_anonymous(settings: Settings) -> bool:
+    anonymous = replace(settings, redis_username=None, redis_password=None)
+    try:
+        client = connect(anonymous, pool_size=1)
+        client.ping()
+    except redis.AuthenticationError:
+        return False
+    except redis.ResponseError as exc:
+        return "NOAUTH" not in str(exc) and "NOPERM" not in str(exc)
+    except redis.RedisError:
+        return False
+    client.close()
+    return True
+
+
+def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    findings = []
+    if not settings.rate_limits_enabled:
+        findings.append("rate limits: PLAB_RATE_LIMITS is off")
+    for name in ("EDGE_RATE", "EDGE_BURST", "ADMIN_RATE", "ADMIN_BURST"):
+        raw = environ.get(f"PLAB_{name}")
+        if raw is not None and (not raw.isdigit() or int(raw) <= 0):
+            findings.append(f"rate limits: PLAB_{name}={raw!r} disables or breaks the edge limit")
+    return findings
+
+
+def check(environ: Mapping[str, str] | None = None, *, with_redis: bool = True) -> list[str]:
+    """Every finding, one line each; an empty list means fit for production."""
+    environ = os.environ if environ is None else environ
+    settings, findings = load_settings(environ)
+    if settings is None:
+        return findings
+    if settings.env != "production":
+        findings.append(f"env: PLAB_ENV is {settings.env!r}, not 'production'")
+    if settings.debug:
+        findings.append("debug: PLAB_DEBUG is on")
+    findings += secret_findings(settings)
+    cert = Path(environ.get("PLAB_TLS_CERT") or settings.state_dir / "tls" / "tls.crt")
+    findings += tls_findings(cert, settings.production, datetime.datetime.now(datetime.UTC))
+    findings += rate_findings(settings, environ)
+    if with_redis:
+        findings += redis_findings(settings)
+    return list(dict.fromkeys(findings))
