@@ -36,7 +36,7 @@ from pathlib import Path
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, clean
+from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
 from productionlab.errors import BadRequest, Unauthorized
 from productionlab.settings import Settings, read_secret
 from productionlab.users import USER, User, UserStore
@@ -46,6 +46,11 @@ FAMILY = "{plab}:tok:fam:"
 USER_FAMILIES = "{plab}:tok:user:"
 # Refusals the refresh script has already written to the audit log.
 AUDITED_REFUSALS = ("unknown_family", "family_revoked", "reuse")
+# Refusals that may be guessing (count towards the brute-force guard); the
+# others are genuine tokens that expired or were revoked.
+FORGERY_SIGNS = ("malformed", "unknown_key", "bad_signature")
+# The brute-force guard counts forged refresh tokens per address under this name.
+GUARD_NAME = "-refresh"
 ACCESS_TTL = 15 * 60
 REFRESH_TTL = 7 * 24 * 3600
 
@@ -396,6 +401,10 @@ def service() -> TokenService:
     return current_app.extensions["plab_tokens"]
 
 
+def audit_log() -> AuditLog:
+    return current_app.extensions["plab_audit"]
+
+
 def init_app(app: Flask, auth) -> TokenService:
     """Accept Bearer access tokens on every authenticated route of this plane."""
     tokens = build_service(
@@ -435,12 +444,15 @@ def token_blueprint(auth) -> Blueprint:
         if not isinstance(token, str) or not token:
             raise BadRequest('the body must be {"refresh_token": "..."}')
         address = request.remote_addr or "-"
-        auth.guard.check(address, "-")
+        auth.guard.check(address, GUARD_NAME)
         try:
             pair = service().refresh(token, _actor)
         except TokenError as exc:
-            if str(exc) not in AUDITED_REFUSALS:
-                auth.guard.failed(address, "-", f"refresh_{exc}")
+            reason = str(exc)
+            if reason in FORGERY_SIGNS:
+                auth.guard.failed(address, GUARD_NAME, f"refresh_{reason}")
+            elif reason not in AUDITED_REFUSALS:
+                audit_log().append(_actor("-"), "token.refresh", "-", reason)
             raise Unauthorized("the refresh token is not valid") from None
         return jsonify(pair.as_dict())
 
