@@ -1,0 +1,330 @@
+"""The tamper-evident audit log: one entry per change, atomic with it, no
+secrets in it; verification names the first bad entry for every kind of
+tampering; paging; retention that keeps verification working."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Client, admin_of, create_user, start_stack, stop_stack
+
+AUDIT = "{plab}:audit"
+META = "{plab}:audit:meta"
+
+
+def cli(stack, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "productionlab", *args],
+        env={**stack.plane_env("cp"), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def tail(stack, count: int = 50) -> list[dict]:
+    client = stack.redis_client()
+    raw = client.lrange(AUDIT, -count, -1)
+    client.close()
+    return [json.loads(item) for item in raw]
+
+
+# --- one entry per change, on the shared stack ------------------------------------
+def entries_for(stack, target: str) -> list[dict]:
+    return [e for e in tail(stack, 400) if e["target"] == target]
+
+
+def test_write_and_delete_each_leave_one_entry(stack, admin, key):
+    response = admin.post(f"/write/{key}/v", headers={"X-Request-ID": "req-audit-1"})
+    assert response.status_code == 201
+    version = response.json()["version"]
+    (entry,) = entries_for(stack, key)
+    assert entry["action"] == "kv.put" and entry["outcome"] == "created"
+    assert entry["actor"] == "admin" and entry["version"] == str(version)
+    assert entry["request_id"] == "req-audit-1"
+    assert entry["client"] == "127.0.0.1"
+    assert float(entry["ts"]) > 1.7e9
+    assert set(entry) == {
+        "seq", "prev", "ts", "actor", "action", "target", "outcome",
+        "request_id", "client", "version", "mac",
+    }  # fmt: skip
+    assert admin.delete(f"/v1/kv/{key}").status_code == 204
+    assert [e["action"] for e in entries_for(stack, key)] == ["kv.put", "kv.delete"]
+    # a refused compare-and-set is recorded as refused, and changes nothing
+    assert admin.put(f"/v1/kv/{key}", data=b"x", headers={"If-Match": '"1"'}).status_code == 412
+    assert entries_for(stack, key)[-1]["outcome"] == "precondition_failed"
+    assert admin.get(f"/read/{key}").status_code == 404
+
+
+def test_failed_logins_and_admin_actions_are_audited(stack, admin):
+    name = f"ghost{secrets.token_hex(4)}"
+    port = stack.config.ap_ports[0]
+    assert Client(stack, name, "wrong").direct("GET", port, "/read/some-key").status_code == 401
+    (failure,) = entries_for(stack, name)
+    assert failure["action"] == "auth.failure" and failure["outcome"] == "bad_credentials"
+    assert failure["actor"] == "-"
+    created = admin.post("/admin/users", json={"name": name, "role": "reader", "prefixes": []})
+    assert created.status_code == 201
+    assert entries_for(stack, name)[-1]["action"] == "user.create"
+    assert entries_for(stack, name)[-1]["actor"] == "admin"
+    assert admin.post(f"/admin/users/{name}/disable").status_code == 200
+    assert admin.delete(f"/admin/users/{name}").status_code == 204
+    actions = [e["action"] for e in entries_for(stack, name)]
+    assert actions == ["auth.failure", "user.create", "user.disable", "user.delete"]
+
+
+def test_entries_never_hold_values_passwords_or_tokens(stack, admin, make_user, key):
+    marker = f"secret-value-{secrets.token_hex(8)}"
+    user = make_user("writer", [key])
+    assert user.post(f"/write/{key}/{marker}").status_code == 201
+    assert user.put(f"/v1/kv/{key}", data=marker.encode() + b"-body").status_code == 200
+    pair = user.post("/auth/token").json()
+    Client(stack, user.name, user.password + "x").direct("GET", stack.config.ap_ports[0], "/read/x")
+    rotated = admin.post(f"/admin/users/{user.name}/rotate").json()["password"]
+    client = stack.redis_client()
+    raw = b"\n".join(client.lrange(AUDIT, 0, -1)).decode()
+    client.close()
+    for secret in (marker, user.password, rotated, pair["access_token"], pair["refresh_token"]):
+        assert secret not in raw
+    for part in pair["refresh_token"].split(".")[2:]:
+        assert part not in raw
+
+
+def test_paging_and_actor_filter(stack, admin, make_user, key):
+    user = make_user("writer", [key])
+    for index in range(5):
+        assert user.post(f"/write/{key}/v{index}").status_code in (200, 201)
+    mine = admin.get("/admin/audit", params={"actor": user.name, "limit": 1000}).json()
+    assert [e["action"] for e in mine["entries"]] == ["kv.put"] * 5
+    first_seq = mine["entries"][0]["seq"]
+    page1 = admin.get("/admin/audit", params={"since": first_seq, "limit": 2, "actor": user.name})
+    assert page1.status_code == 200
+    body = page1.json()
+    assert [e["seq"] for e in body["entries"]] == [e["seq"] for e in mine["entries"][:2]]
+    page2 = admin.get(
+        "/admin/audit", params={"since": body["next_since"], "limit": 2, "actor": user.name}
+    ).json()
+    assert [e["seq"] for e in page2["entries"]] == [e["seq"] for e in mine["entries"][2:4]]
+    unfiltered = admin.get("/admin/audit", params={"since": first_seq, "limit": 3}).json()
+    assert [e["seq"] for e in unfiltered["entries"]] == [first_seq, first_seq + 1, first_seq + 2]
+    assert unfiltered["next_since"] == first_seq + 3
+    for bad in ({"since": "0"}, {"since": "x"}, {"limit": "0"}, {"limit": "1001"}, {"limit": "-1"}):
+        response = admin.get("/admin/audit", params=bad)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "bad_request"
+
+
+def test_verify_passes_on_the_shared_stack(stack, admin):
+    response = admin.post("/admin/audit/verify")
+    assert response.status_code == 200, response.text
+    assert response.json()["ok"] is True and response.json()["checked"] > 0
+
+
+# --- tampering, on a stack of its own ---------------------------------------------
+@pytest.fixture(scope="module")
+def own() -> Iterator:
+    stack = start_stack(edge_rate=1000, edge_burst=1000, admin_rate=1000, admin_burst=1000)
+    admin = admin_of(stack)
+    writer = create_user(admin, "writer", ["t-"])
+    for index in range(12):
+        assert writer.post(f"/write/t-{index}/value{index}").status_code == 201
+    yield stack
+    stop_stack(stack)
+
+
+@pytest.fixture
+def redis_of(own):
+    """The own stack's redis, restored to its state before the test afterwards."""
+    client = own.redis_client()
+    entries, meta = client.lrange(AUDIT, 0, -1), client.hgetall(META)
+    yield client
+    pipe = client.pipeline()
+    pipe.delete(AUDIT, META)
+    pipe.rpush(AUDIT, *entries)
+    pipe.hset(META, mapping=meta)
+    pipe.execute()
+    client.close()
+
+
+def verify_cli(stack) -> tuple[int, str]:
+    result = cli(stack, "audit", "verify")
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_untampered_log_verifies(own, redis_of):
+    code, output = verify_cli(own)
+    assert code == 0, output
+    assert "audit: OK" in output
+
+
+def entry_at(client, index: int) -> dict:
+    return json.loads(client.lindex(AUDIT, index))
+
+
+def assert_names(stack, seq: int, reason_part: str) -> None:
+    code, output = verify_cli(stack)
+    assert code != 0
+    assert f"seq {seq}" in output, output
+    assert reason_part in output, output
+    response = admin_of(stack).post("/admin/audit/verify")
+    assert response.status_code == 409
+    assert response.json()["ok"] is False and response.json()["first_bad_seq"] == seq
+
+
+def test_modification_is_detected(own, redis_of):
+    entry = entry_at(redis_of, 5)
+    entry["actor"] = "someone-else"
+    redis_of.lset(AUDIT, 5, json.dumps(entry))
+    assert_names(own, entry["seq"], "MAC")
+
+
+def test_modified_outcome_is_detected(own, redis_of):
+    entry = entry_at(redis_of, 7)
+    entry["outcome"] = "deleted"
+    redis_of.lset(AUDIT, 7, json.dumps(entry))
+    assert_names(own, entry["seq"], "MAC")
+
+
+def test_deletion_is_detected(own, redis_of):
+    victim = redis_of.lindex(AUDIT, 4)
+    seq = json.loads(victim)["seq"]
+    assert redis_of.lrem(AUDIT, 1, victim) == 1
+    assert_names(own, seq + 1, f"where {seq} was expected")
+
+
+def test_deleting_the_newest_entry_is_detected(own, redis_of):
+    last = json.loads(redis_of.rpop(AUDIT))
+    assert_names(own, last["seq"], "written")
+
+
+def test_deleting_the_oldest_entry_without_a_trim_is_detected(own, redis_of):
+    first = json.loads(redis_of.lpop(AUDIT))
+    assert_names(own, first["seq"] + 1, f"where {first['seq']} was expected")
+
+
+def test_hiding_a_head_deletion_in_the_meta_is_detected(own, redis_of):
+    """Forging what a trim records (first, first_prev) is not enough: no trim entry."""
+    dropped = [json.loads(redis_of.lpop(AUDIT)) for _ in range(3)]
+    kept = entry_at(redis_of, 0)
+    redis_of.hset(META, mapping={"first": kept["seq"], "first_prev": dropped[-1]["mac"]})
+    assert_names(own, kept["seq"], "no trim")
+
+
+def test_insertion_is_detected(own, redis_of):
+    pivot = redis_of.lindex(AUDIT, 3)
+    forged = json.loads(pivot)
+    forged.update(action="kv.delete", target="t-1", outcome="deleted")
+    redis_of.linsert(AUDIT, "AFTER", pivot, json.dumps(forged))
+    assert_names(own, forged["seq"], "sequence")
+
+
+def test_insertion_with_renumbering_is_detected(own, redis_of):
+    """A forger who renumbers everything after the insertion still cannot make MACs."""
+    entries = [json.loads(e) for e in redis_of.lrange(AUDIT, 0, -1)]
+    forged = dict(entries[3], action="user.create", target="mallory", prev=entries[3]["mac"])
+    rewritten = [*entries[:4], forged, *entries[4:]]
+    for seq, entry in enumerate(rewritten, start=1):
+        entry["seq"] = seq
+    redis_of.delete(AUDIT)
+    redis_of.rpush(AUDIT, *[json.dumps(e) for e in rewritten])
+    redis_of.hincrby(META, "seq", 1)
+    assert_names(own, 5, "MAC")
+
+
+def test_reordering_is_detected(own, redis_of):
+    a, b = redis_of.lindex(AUDIT, 2), redis_of.lindex(AUDIT, 3)
+    redis_of.lset(AUDIT, 2, b)
+    redis_of.lset(AUDIT, 3, a)
+    assert_names(own, json.loads(b)["seq"], "sequence")
+
+
+def test_admin_verify_names_the_first_bad_entry(own, redis_of):
+    entry = entry_at(redis_of, 2)
+    entry["target"] = "t-other"
+    redis_of.lset(AUDIT, 2, json.dumps(entry))
+    later = entry_at(redis_of, 6)
+    later["actor"] = "x"
+    redis_of.lset(AUDIT, 6, json.dumps(later))
+    body = admin_of(own).post("/admin/audit/verify").json()
+    assert body["first_bad_seq"] == entry["seq"] and body["first_bad_index"] == 2
+
+
+# --- retention ----------------------------------------------------------------------
+def test_trim_keeps_verification_working(own, redis_of, tmp_path):
+    before = redis_of.llen(AUDIT)
+    archive = tmp_path / "archive.jsonl"
+    result = cli(own, "audit", "trim", "--keep", "5", "--archive", str(archive))
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(e) for e in redis_of.lrange(AUDIT, 0, -1)]
+    assert len(entries) == 6  # the five kept and the trim's own entry
+    assert entries[-1]["action"] == "audit.trim"
+    assert entries[-1]["target"] == f"first:{entries[0]['seq']}"
+    meta = redis_of.hgetall(META)
+    assert int(meta[b"first"]) == entries[0]["seq"]
+    archived = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert len(archived) == before - 5
+    assert archived[-1]["mac"] == meta[b"first_prev"].decode() == entries[0]["prev"]
+    code, output = verify_cli(own)
+    assert code == 0, output
+    # paging still addresses entries by seq after the trim
+    admin = admin_of(own)
+    page = admin.get("/admin/audit", params={"since": entries[2]["seq"], "limit": 2}).json()
+    assert [e["seq"] for e in page["entries"]] == [entries[2]["seq"], entries[3]["seq"]]
+    early = admin.get("/admin/audit", params={"since": 1, "limit": 1}).json()
+    assert early["entries"][0]["seq"] == entries[0]["seq"]
+    # new entries keep chaining after a trim
+    assert admin.post("/ops/write/t-after/x").status_code == 201
+    assert verify_cli(own)[0] == 0
+    # and dropping one more from the head without a trim is caught
+    redis_of.lpop(AUDIT)
+    assert verify_cli(own)[0] != 0
+
+
+def test_trim_by_retention_setting_and_route(own, redis_of):
+    result = cli(own, "audit", "trim", env={"PLAB_AUDIT_RETENTION": "8"})
+    assert result.returncode == 0, result.stderr
+    assert redis_of.llen(AUDIT) == 9
+    assert cli(own, "audit", "trim").stdout.startswith("audit: no retention set")
+    admin = admin_of(own)
+    response = admin.post("/admin/audit/trim", json={"keep": 3})
+    assert response.status_code == 200
+    assert redis_of.llen(AUDIT) == 4
+    assert admin.post("/admin/audit/verify").json()["ok"] is True
+    for bad in ({"keep": 0}, {"keep": "3"}, {}, {"keep": True}):
+        assert admin.post("/admin/audit/trim", json=bad).status_code == 400
+    assert redis_of.llen(AUDIT) == 4
+
+
+# --- atomicity ------------------------------------------------------------------------
+def test_a_failing_append_leaves_neither_change_nor_entry(own, redis_of):
+    """Redis does not roll back a script: the append must fail before the change."""
+    admin = admin_of(own)
+    redis_of.rename(AUDIT, "{plab}:audit-saved")
+    redis_of.set(AUDIT, "not a list")
+    try:
+        counter = redis_of.get("{plab}:kv-version")
+        failed = admin.post("/ops/write/t-atomic/x")
+        assert failed.status_code == 503
+        assert failed.headers["Retry-After"]
+        assert redis_of.exists("{plab}:kv:t-atomic") == 0
+        assert redis_of.get("{plab}:kv-version") == counter
+        users_before = redis_of.smembers("{plab}:users")
+        assert (
+            admin.post(
+                "/admin/users", json={"name": "atomic", "role": "reader", "prefixes": []}
+            ).status_code
+            == 503
+        )
+        assert redis_of.smembers("{plab}:users") == users_before
+        assert redis_of.exists("{plab}:user:atomic") == 0
+    finally:
+        redis_of.delete(AUDIT)
+        redis_of.rename("{plab}:audit-saved", AUDIT)
+    assert verify_cli(own)[0] == 0
+    assert admin.get("/ops/read/t-atomic").status_code == 404
