@@ -80,6 +80,7 @@ class StackConfig:
     threads: int = 8
     restart_apps: bool = True
     restart_redis: bool = True
+    ready_path: str = "/ready"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -362,7 +363,7 @@ class LocalStack:
                 self.plane_env("cp"),
                 self.config.restart_apps,
             ).start()
-            self.wait_http(self.config.cp_port, "/ready", timeout)
+            self.wait_http(self.config.cp_port, self.config.ready_path, timeout)
             self.wait_file(self.admin_password_file, timeout)
             for index, port in enumerate(self.config.ap_ports):
                 self._add(
@@ -382,7 +383,7 @@ class LocalStack:
                     self.config.restart_apps,
                 ).start()
             for port in self.config.ap_ports:
-                self.wait_http(port, "/ready", timeout)
+                self.wait_http(port, self.config.ready_path, timeout)
             conf = str(self.state / "nginx" / "nginx.conf")
             prefix = str(self.state / "nginx")
             check = subprocess.run(  # noqa: S603

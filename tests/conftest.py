@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from productionlab.localstack import LocalStack, StackConfig
+from productionlab.localstack import LocalStack, StackConfig, StackError
 
 
 def state_dir(prefix: str = "plab-test-") -> Path:
@@ -72,11 +72,20 @@ class Client:
 
 
 def start_stack(**overrides) -> LocalStack:
+    """Start a stack on free ports; retry with new ports if one was taken meanwhile
+    (other suites on this machine pick free ports too)."""
     overrides.setdefault("ap_workers", 2)
     overrides.setdefault("threads", 8)
-    stack = LocalStack(StackConfig.ephemeral(state_dir(), **overrides))
-    stack.start(timeout=60)
-    return stack
+    for attempt in range(3):
+        stack = LocalStack(StackConfig.ephemeral(state_dir(), **overrides))
+        try:
+            stack.start(timeout=60)
+            return stack
+        except StackError as exc:
+            shutil.rmtree(stack.state, ignore_errors=True)
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop_stack(stack: LocalStack) -> None:

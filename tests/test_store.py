@@ -1,0 +1,148 @@
+"""The redis connection (URL forms, pool sizing) and the durability promise."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+
+import redis
+
+from productionlab.localstack import find_binary, free_port
+from productionlab.settings import Settings
+from productionlab.store.connection import connect
+from tests.conftest import admin_of, state_dir
+
+
+def settings_for(url: str, **extra) -> Settings:
+    keys = {
+        name: secrets.token_hex(32)
+        for name in ("secret_key", "token_key", "audit_key", "backup_key")
+    }
+    return Settings(redis_url=url, **keys, **extra)
+
+
+def test_pool_is_sized_to_the_servers_threads(stack):
+    settings = settings_for(
+        f"redis://127.0.0.1:{stack.config.redis_port}/0",
+        threads=5,
+        redis_username="plab-ap",
+        redis_password=stack.secret("redis_ap_password"),
+    )
+    client = connect(settings)
+    pool = client.connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert pool.max_connections == 7
+    assert client.ping()
+    client.close()
+
+
+def test_wrong_redis_password_is_refused(stack):
+    settings = settings_for(
+        f"redis://127.0.0.1:{stack.config.redis_port}/0",
+        redis_username="plab-ap",
+        redis_password="wrong",
+    )
+    client = connect(settings)
+    try:
+        client.ping()
+        raise AssertionError("ping with a wrong password succeeded")
+    except redis.AuthenticationError:
+        pass
+    finally:
+        client.close()
+
+
+def test_plane_users_cannot_run_dangerous_commands(stack):
+    client = stack.redis_client("ap")
+    for command in (
+        ("FLUSHALL",),
+        ("KEYS", "*"),
+        ("CONFIG", "SET", "appendonly", "no"),
+        ("MONITOR",),
+        ("DEBUG", "SLEEP", "0"),
+        ("SHUTDOWN",),
+    ):
+        try:
+            client.execute_command(*command)
+            raise AssertionError(f"{command[0]} was allowed")
+        except (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError) as refusal:
+            assert "no permissions" in str(refusal) or "not allowed" in str(refusal)
+    try:
+        client.set("outside-our-prefix", "x")
+        raise AssertionError("a key outside {plab}: was writable")
+    except redis.exceptions.NoPermissionError:
+        pass
+    client.close()
+
+
+def test_sentinel_url_finds_the_master():
+    redis_server = find_binary("redis-server")
+    assert redis_server, "redis-server must be installed"
+    directory = state_dir("plab-sentinel-")
+    master_port, sentinel_port = free_port(), free_port()
+    conf = directory / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+    )
+    master = subprocess.Popen(
+        [
+            redis_server,
+            "--port",
+            str(master_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    sentinel = subprocess.Popen([redis_server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        client = connect(settings_for(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"))
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.set("{plab}:probe", "via-sentinel")
+                break
+            except redis.RedisError:
+                assert time.monotonic() < deadline, "sentinel never served the master"
+                time.sleep(0.2)
+        direct = redis.Redis(port=master_port)
+        assert direct.get("{plab}:probe") == b"via-sentinel"
+        direct.close()
+    finally:
+        for process in (sentinel, master):
+            process.terminate()
+            process.wait(10)
+
+
+def test_strict_durability_refuses_writes_redis_cannot_fsync(stack_factory):
+    """PLAB_DURABILITY=strict against a redis with appendfsync everysec (redis < 7.2):
+    writes get 503 and /ready is 503, rather than a weaker promise."""
+    stack = stack_factory(
+        ap_workers=1,
+        durability="everysec",
+        ready_path="/health",
+        extra_env={"PLAB_DURABILITY": "strict"},
+    )
+    admin = admin_of(stack)
+    response = admin.post("/write/strict-key/v")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert admin.get("/ready").status_code == 503
+    assert admin.get("/ops/read/strict-key").status_code == 404
+
+
+def test_strict_durability_with_appendfsync_always(stack_factory):
+    stack = stack_factory(ap_workers=1, durability="strict")
+    admin = admin_of(stack)
+    assert admin.post("/write/strict-key/v").status_code == 201
+    client = stack.redis_client()
+    assert client.config_get("appendfsync") == {"appendfsync": "always"}
+    client.close()
