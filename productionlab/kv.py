@@ -5,7 +5,10 @@ Each key lives in a redis hash ``{plab}:kv:<key>`` with fields ``v`` (value)
 and ``ver`` (version). Versions come from one global counter, so a key that
 is deleted and written again never reuses a version (no ABA for If-Match).
 Every change is one Lua script: the check, the write, the version and the
-audit entry happen atomically, in one round trip.
+audit entry happen atomically, in one round trip. The caller's per-user rate
+limit charge (a :class:`~productionlab.limits.Ticket`) rides in the same
+script, so a request costs one round trip in all, and a limited request
+changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import redis
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
 from productionlab.errors import InvalidKey, NotFound, PreconditionFailed
+from productionlab.limits import LIMIT_LUA, Ticket, refused
 from productionlab.store.durability import Durability
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -30,9 +34,14 @@ MAX_LIST_LIMIT = 1000
 
 _PUT = (
     LUA_PRELUDE
+    + LIMIT_LUA
     + r"""
 local item, counter, index = KEYS[3], KEYS[4], KEYS[5]
 local key, value, ttl_ms, cond, expected = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11]
+if KEYS[6] then
+  local wait = take_limit(KEYS[6], tonumber(ARGV[12]), tonumber(ARGV[13]))
+  if wait > 0 then return {-2, wait} end
+end
 local current = redis.call('HGET', item, 'ver')
 if cond == 'absent' and current then
   audit('kv.put', key, 'precondition_failed', current)
@@ -62,9 +71,14 @@ return {0, version}
 
 _DELETE = (
     LUA_PRELUDE
+    + LIMIT_LUA
     + r"""
 local item, index = KEYS[3], KEYS[4]
 local key, expected = ARGV[7], ARGV[8]
+if KEYS[5] then
+  local wait = take_limit(KEYS[5], tonumber(ARGV[9]), tonumber(ARGV[10]))
+  if wait > 0 then return {-2, wait} end
+end
 local current = redis.call('HGET', item, 'ver')
 if not current then
   return {0, ''}
@@ -81,6 +95,17 @@ redis.call('DEL', item)
 redis.call('ZREM', index, key)
 audit('kv.delete', key, 'deleted', current)
 return {1, current}
+"""
+)
+
+# A read that takes the caller's rate-limit charge in the same round trip.
+_GET = (
+    LIMIT_LUA
+    + r"""
+local wait = take_limit(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if wait > 0 then return {-1, wait} end
+local found = redis.call('HMGET', KEYS[1], 'v', 'ver')
+return {0, found[1], found[2]}
 """
 )
 
@@ -164,9 +189,18 @@ class KVStore:
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._list = client.register_script(_LIST)
+        self._get = client.register_script(_GET)
 
-    def get(self, key: str) -> Item:
-        value, version = self.client.hmget(ITEM + validate_key(key), "v", "ver")
+    def get(self, key: str, limit: Ticket | None = None) -> Item:
+        """The item at ``key``; 404 if absent; 429 (nothing read) if ``limit`` is spent."""
+        item = ITEM + validate_key(key)
+        if limit is None or limit.limit <= 0:
+            value, version = self.client.hmget(item, "v", "ver")
+        else:
+            status, *found = self._get(keys=[item, limit.counter], args=limit.args())
+            if int(status) < 0:
+                refused(int(found[0]))
+            value, version = found
         if version is None:
             raise NotFound(f"key {key!r} not found")
         return Item(key, value or b"", int(version))
@@ -180,6 +214,7 @@ class KVStore:
         ttl: int | None = None,
         if_match: list[str] | None = None,
         if_absent: bool = False,
+        limit: Ticket | None = None,
     ) -> PutResult:
         validate_key(key)
         cond, expected = "", ""
@@ -189,10 +224,14 @@ class KVStore:
             cond, expected = "match", ",".join(if_match)
         ttl_ms = ttl * 1000 if ttl else 0
         self.durability.before_write()
-        status, version = self._put(
-            keys=[*AUDIT_KEYS, ITEM + key, VERSION_COUNTER, INDEX],
-            args=[*actor.audit_args(self.audit_key), key, value, ttl_ms, cond, expected],
-        )
+        keys = [*AUDIT_KEYS, ITEM + key, VERSION_COUNTER, INDEX]
+        args = [*actor.audit_args(self.audit_key), key, value, ttl_ms, cond, expected]
+        if limit is not None and limit.limit > 0:
+            keys.append(limit.counter)
+            args += limit.args()
+        status, version = self._put(keys=keys, args=args)
+        if int(status) == -2:
+            refused(int(version))
         if int(status) < 0:
             raise PreconditionFailed(
                 "the key already exists" if if_absent else "the version does not match",
@@ -201,13 +240,24 @@ class KVStore:
         self.durability.after_write()
         return PutResult(key, int(version), created=int(status) == 0)
 
-    def delete(self, key: str, actor: Actor, *, if_match: list[str] | None = None) -> int:
+    def delete(
+        self,
+        key: str,
+        actor: Actor,
+        *,
+        if_match: list[str] | None = None,
+        limit: Ticket | None = None,
+    ) -> int:
         validate_key(key)
         self.durability.before_write()
-        status, version = self._delete(
-            keys=[*AUDIT_KEYS, ITEM + key, INDEX],
-            args=[*actor.audit_args(self.audit_key), key, ",".join(if_match or [])],
-        )
+        keys = [*AUDIT_KEYS, ITEM + key, INDEX]
+        args = [*actor.audit_args(self.audit_key), key, ",".join(if_match or [])]
+        if limit is not None and limit.limit > 0:
+            keys.append(limit.counter)
+            args += limit.args()
+        status, version = self._delete(keys=keys, args=args)
+        if int(status) == -2:
+            refused(int(version))
         if int(status) == 0:
             raise NotFound(f"key {key!r} not found")
         if int(status) < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from urllib.parse import quote, unquote, unquote_to_bytes
 
@@ -27,8 +28,10 @@ from productionlab.kv import (
     KVStore,
     effective_prefixes,
 )
+from productionlab.limits import rides_on_store, take_ticket
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class TailConverter(PathConverter):
@@ -76,6 +79,8 @@ def parse_key(raw: str) -> str:
 
 
 def parse_path_value(raw: str) -> bytes:
+    if _BAD_ESCAPE.search(raw):  # nginx refuses these too: the two layers agree
+        raise InvalidValue("a % in the path starts a two-digit hex escape")
     value = unquote_to_bytes(raw)
     limit = current_app.config["PLAB_MAX_PATH_VALUE"]
     if len(value) > limit:
@@ -123,13 +128,21 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer without Flask's JSON provider: the hot routes' bodies are plain dicts."""
+    return Response(
+        json.dumps(body, separators=(",", ":")) + "\n",
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
+
+
 def written(key: str, version: int, created: bool, url_prefix: str = "") -> Response:
-    response = jsonify({"key": key, "version": version})
-    response.status_code = 201 if created else 200
-    response.headers["ETag"] = etag(version)
+    headers = {"ETag": etag(version)}
     if created:
-        response.headers["Location"] = f"{url_prefix}/v1/kv/{key}"
-    return response
+        headers["Location"] = f"{url_prefix}/v1/kv/{key}"
+    return json_response({"key": key, "version": version}, 201 if created else 200, headers)
 
 
 def kv_blueprint(
@@ -141,6 +154,7 @@ def kv_blueprint(
     @bp.post("/write/")
     @bp.post("/write/<tail:_rest>")
     @auth.require(write_role)
+    @rides_on_store
     def write(_rest: str = "") -> Response:
         tail = raw_tail(url_prefix + "/write/")
         raw_key, slash, raw_value = tail.partition("/")
@@ -149,7 +163,7 @@ def kv_blueprint(
             raise InvalidValue("use /write/<key>/<value>")
         value = parse_path_value(raw_value)
         require_grant(key)
-        result = store().put(key, value, actor(), ttl=parse_ttl())
+        result = store().put(key, value, actor(), ttl=parse_ttl(), limit=take_ticket())
         return written(key, result.version, result.created, url_prefix)
 
     @bp.get("/read/")
@@ -169,13 +183,12 @@ def kv_blueprint(
                 "encoding": "base64",
                 "version": item.version,
             }
-        response = jsonify(body)
-        response.headers["ETag"] = etag(item.version)
-        return response
+        return json_response(body, headers={"ETag": etag(item.version)})
 
     @bp.route("/v1/kv/", methods=["GET", "PUT", "DELETE"])
     @bp.route("/v1/kv/<tail:_rest>", methods=["GET", "PUT", "DELETE"])
     @auth.require(read_role)
+    @rides_on_store
     def item(_rest: str = "") -> Response:
         key = parse_key(raw_tail(url_prefix + "/v1/kv/"))
         if request.method in ("PUT", "DELETE"):
@@ -184,10 +197,10 @@ def kv_blueprint(
             require_grant(key)
             if request.method == "PUT":
                 return put_item(key)
-            store().delete(key, actor(), if_match=parse_if_match())
+            store().delete(key, actor(), if_match=parse_if_match(), limit=take_ticket())
             return Response(status=204)
         require_grant(key)
-        found = store().get(key)
+        found = store().get(key, limit=take_ticket())
         tag = etag(found.version)
         if request.if_none_match.contains(str(found.version)):
             return Response(status=304, headers={"ETag": tag})
@@ -200,7 +213,13 @@ def kv_blueprint(
             raise BadRequest("give If-Match or If-None-Match, not both")
         value = request.get_data(cache=False)
         result = store().put(
-            key, value, actor(), ttl=parse_ttl(), if_match=if_match, if_absent=if_absent
+            key,
+            value,
+            actor(),
+            ttl=parse_ttl(),
+            if_match=if_match,
+            if_absent=if_absent,
+            limit=take_ticket(),
         )
         return written(key, result.version, result.created, url_prefix)
 

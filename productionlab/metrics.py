@@ -40,15 +40,29 @@ class Metrics:
 def init_app(app: Flask, plane: str) -> Metrics:
     metrics = Metrics(plane)
     app.extensions["plab_metrics"] = metrics
+    # Label children are looked up once per (method, route, status) and kept:
+    # ``labels()`` validates and locks on every call.
+    counters: dict[tuple[str, str, int], Counter] = {}
+    histograms: dict[str, Histogram] = {}
 
     @app.after_request
     def observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(plane, request.method, route, str(response.status_code)).inc()
+        status = response.status_code
+        index = (request.method, route, status)
+        counter = counters.get(index)
+        if counter is None:
+            counter = counters.setdefault(
+                index, metrics.requests.labels(plane, request.method, route, str(status))
+            )
+        counter.inc()
         started = g.get("started")
         if started is not None:
-            metrics.latency.labels(plane, route).observe(time.perf_counter() - started)
-        if response.status_code == 503:
+            histogram = histograms.get(route)
+            if histogram is None:
+                histogram = histograms.setdefault(route, metrics.latency.labels(plane, route))
+            histogram.observe(time.perf_counter() - started)
+        if status == 503:
             metrics.redis_errors.labels(plane).inc()
         return response
 

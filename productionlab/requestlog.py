@@ -2,10 +2,15 @@
 
 The line holds request id, user, route, method, status and latency, never a
 password, token or value: only the route pattern is logged, not the path.
+
+The per-request line is written as one ``json.dumps`` straight to stderr (the
+same fields the JSON formatter gives every other logger): going through
+``logging`` and python-json-logger cost more than the rest of a cached read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -42,21 +47,27 @@ def init_app(app: Flask, plane: str) -> None:
 
     @app.after_request
     def log_request(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
+        request_id = g.get("request_id", "")
+        response.headers["X-Request-ID"] = request_id
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return response
         user = g.get("user")
-        ACCESS.info(
-            "request",
-            extra={
-                "plane": plane,
-                "request_id": g.get("request_id", ""),
-                "user": user.name if user is not None else None,
-                "method": request.method,
-                "route": request.url_rule.rule if request.url_rule else None,
-                "status": response.status_code,
-                "latency_ms": round(
-                    (time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2
-                ),
-                "client": request.remote_addr,
-            },
-        )
+        now = time.time()
+        started = g.get("started")
+        line = {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            + f",{int(now % 1 * 1000):03d}",
+            "level": "INFO",
+            "logger": ACCESS.name,
+            "message": "request",
+            "plane": plane,
+            "request_id": request_id,
+            "user": user.name if user is not None else None,
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started else 0.0,
+            "client": request.remote_addr,
+        }
+        sys.stderr.write(json.dumps(line) + "\n")
         return response
