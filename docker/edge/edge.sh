@@ -1,0 +1,34 @@
+#!/bin/sh
+# The edge's PID 1: nginx in the foreground with the rendered config, and a
+# watch on the app plane's replicas. nginx (open source) resolves `ap` only
+# when it loads its config; when `docker compose up --scale ap=N` changes the
+# replicas, this reloads nginx so the edge uses every one of them.
+set -eu
+conf=${PLAB_EDGE_CONF:-/var/lib/productionlab/edge/nginx.conf}
+upstream=${PLAB_AP_HOST:-ap}
+every=${PLAB_EDGE_RESOLVE_SECONDS:-5}
+
+replicas() {
+  getent ahostsv4 "$upstream" | awk '{ print $1 }' | sort -u | tr '\n' ' '
+}
+
+mkdir -p /tmp/nginx
+nginx -e stderr -t -q -c "$conf"
+nginx -e stderr -c "$conf" &
+master=$!
+trap 'kill -QUIT "$master" 2>/dev/null; wait "$master"; exit 0' TERM INT QUIT
+known=$(replicas || true)
+echo "edge: nginx started; app plane replicas: ${known:-none}" >&2
+while kill -0 "$master" 2>/dev/null; do
+  sleep "$every" &
+  wait $! || true
+  current=$(replicas || true)
+  if [ -n "$current" ] && [ "$current" != "$known" ]; then
+    echo "edge: app plane replicas now ${current}(were ${known:-none}); reloading nginx" >&2
+    if nginx -e stderr -t -q -c "$conf"; then
+      kill -HUP "$master"
+      known=$current
+    fi
+  fi
+done
+wait "$master"

@@ -1,0 +1,164 @@
+"""One real compose deployment for the whole e2e session: stand-in base
+images, the project's images built by ``docker compose build``, secrets from
+``productionlab.deploy``, ``docker compose up``. Torn down even on failure,
+and the dockerd the session started (if any) is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets as random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from e2e.harness import (
+    Compose,
+    DockerDaemon,
+    HarnessError,
+    free_port,
+    import_standin,
+    log,
+    prepare_wheels,
+)
+from productionlab.deploy import prepare_secrets
+
+STATE = "/var/lib/productionlab/state"
+IMAGES = {
+    "PLAB_AP_IMAGE": "productionlab-ap:e2e",
+    "PLAB_CP_IMAGE": "productionlab-cp:e2e",
+    "PLAB_EDGE_IMAGE": "productionlab-edge:e2e",
+}
+
+
+@dataclass
+class Client:
+    """A client of the edge through the published loopback port, as curl users see it."""
+
+    deployment: Deployment
+    name: str | None = None
+    password: str | None = None
+    patient: bool = True  # wait out the edge's 429s (Retry-After) as a polite client does
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 20)
+        with requests.Session() as session:
+            session.trust_env = False
+            session.verify = str(self.deployment.cert)
+            if self.name is not None:
+                session.auth = (self.name, self.password or "")
+            for _ in range(20):
+                response = session.request(method, self.deployment.url + path, **kwargs)
+                if response.status_code != 429 or not self.patient:
+                    return response
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+            return response
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+
+@dataclass
+class Deployment:
+    daemon: DockerDaemon
+    compose: Compose
+    secrets_dir: Path
+    https_port: int
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def cert(self) -> Path:
+        return self.secrets_dir / "tls.crt"
+
+    def admin_password(self) -> str:
+        return self.compose.exec("cp", "cat", f"{STATE}/secrets/admin.password").stdout.strip()
+
+    def admin(self) -> Client:
+        return Client(self, "admin", self.admin_password())
+
+    def anonymous(self, patient: bool = True) -> Client:
+        return Client(self, patient=patient)
+
+    def wait_for(self, path: str, status: int = 200, timeout: float = 180) -> None:
+        """Poll an edge route until it answers ``status`` (a start-up bound, not a benchmark)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                response = self.anonymous().get(path, timeout=5)
+                if response.status_code == status:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            time.sleep(1)
+        raise HarnessError(f"{path} did not answer {status} in {timeout}s (last: {last})")
+
+    def up(self, *extra: str) -> None:
+        self.compose("up", "--detach", "--no-build", *extra)
+        self.compose.wait_healthy("edge")
+        self.wait_for("/health")
+        self.wait_for("/ready")
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    started = time.monotonic()
+    daemon = DockerDaemon()
+    work = tmp_path_factory.mktemp("compose")
+    compose = None
+    try:
+        daemon.start()
+        base = import_standin(daemon)
+        prepare_wheels(sys.executable)
+        secrets_dir = work / "secrets"
+        prepare_secrets(secrets_dir)
+        https_port, http_port = free_port(), free_port()
+        compose = Compose(
+            daemon,
+            f"plabe2e{random.token_hex(3)}",
+            {
+                **IMAGES,
+                "PLAB_PYTHON_IMAGE": base,
+                "PLAB_NGINX_IMAGE": base,
+                "PLAB_REDIS_IMAGE": base,
+                "PLAB_PIP_OPTIONS": "--no-index",
+                "PLAB_SECRETS_DIR": str(secrets_dir),
+                "PLAB_BIND": "127.0.0.1",
+                "PLAB_HTTPS_PORT": str(https_port),
+                "PLAB_HTTP_PORT": str(http_port),
+                "PLAB_HEALTH_INTERVAL": "2s",
+            },
+        )
+        log(f"compose: {' '.join(compose.argv)} build (project {compose.project})")
+        compose("build", timeout=1800)
+        deployment = Deployment(daemon, compose, secrets_dir, https_port, http_port)
+        log("compose: up")
+        deployment.up()
+        log(f"deployment ready after {time.monotonic() - started:.0f}s")
+        yield deployment
+    finally:
+        if compose is not None:
+            (work / "compose.log").write_text(compose.logs())
+            log(f"compose logs: {work / 'compose.log'}")
+            log("compose: down --volumes")
+            compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+            if not daemon.owned:
+                daemon.docker("image", "rm", *IMAGES.values(), check=False)
+        daemon.stop()
+        log(f"e2e session took {time.monotonic() - started:.0f}s")

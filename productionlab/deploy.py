@@ -1,0 +1,162 @@
+"""The Docker compose deployment's two preparation steps.
+
+``secrets`` (run on the host by ``make secrets``) creates every secret, the
+TLS certificate and redis.conf under one directory that compose mounts as
+secrets. ``edge-config`` (run in the ``edge-config`` init container) renders
+the edge's nginx.conf from the one template in ``nginx/`` with the paths and
+names of the compose topology and the ``PLAB_*`` limits of its environment.
+
+Run as ``python -m productionlab.deploy COMMAND``; ``register`` adds the same
+commands to the ``productionlab`` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
+from productionlab.secretgen import ALL_SECRETS, ensure_secrets, ensure_tls
+from productionlab.users import write_atomic
+
+# Paths and names inside the containers: docker-compose.yml uses the same ones.
+APP_PORT = 8000
+EDGE_HTTPS_PORT = 8443
+EDGE_HTTP_PORT = 8080
+EDGE_DIR = Path("/var/lib/productionlab/edge")
+EDGE_CONF = EDGE_DIR / "nginx.conf"
+HTPASSWD = EDGE_DIR / "htpasswd"
+SECRETS_MOUNT = Path("/run/secrets")
+REDIS_PORT = 6379
+REDIS_DATA = "/data"
+# The healthcheck's redis user may run PING and nothing else; it needs no password.
+HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping nopass")
+
+
+def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """The edge of the compose topology: upstreams by service name, secrets by mount."""
+    environ = os.environ if environ is None else environ
+
+    def get(name: str, default: object) -> str:
+        return environ.get(f"PLAB_{name}", str(default))
+
+    return EdgeConfig(
+        ap_servers=[f"{get('AP_HOST', 'ap')}:{APP_PORT}"],
+        cp_server=f"{get('CP_HOST', 'cp')}:{APP_PORT}",
+        tls_cert=str(SECRETS_MOUNT / "tls_crt"),
+        tls_key=str(SECRETS_MOUNT / "tls_key"),
+        htpasswd=str(HTPASSWD),
+        https_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}",
+        http_listen=f"0.0.0.0:{EDGE_HTTP_PORT}",
+        public_https_port=int(get("HTTPS_PORT", 8443)),
+        pid_path="/tmp/nginx/nginx.pid",  # noqa: S108 - the edge's tmpfs
+        temp_dir="/tmp/nginx",  # noqa: S108
+        error_log="stderr",
+        access_log="/dev/stdout",
+        user=None,  # nginx runs as its container's non-root user
+        worker_processes=get("EDGE_WORKERS", "2"),
+        edge_rate=int(get("EDGE_RATE", 50)),
+        edge_burst=int(get("EDGE_BURST", 100)),
+        admin_rate=int(get("ADMIN_RATE", 5)),
+        admin_burst=int(get("ADMIN_BURST", 10)),
+        max_body=get("MAX_BODY", "1m"),
+        body_buffer=get("MAX_BODY", "1m"),
+    )
+
+
+def write_edge_config(path: Path = EDGE_CONF, environ: Mapping[str, str] | None = None) -> Path:
+    write_atomic(path, edge_config(environ).render(), mode=0o644)
+    return path
+
+
+def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "384mb") -> str:
+    """redis.conf for the ``redis`` service: one ACL user per plane, passwords as SHA-256."""
+
+    def password(name: str) -> str:
+        return (directory / name).read_text().strip()
+
+    return render_redis_conf(
+        port=REDIS_PORT,
+        data_dir=REDIS_DATA,
+        bind="0.0.0.0",  # noqa: S104 - the container's interfaces; the network is internal
+        appendfsync="always" if durability == "strict" else "everysec",
+        maxmemory=maxmemory,
+        users=[
+            RedisUser("plab-ap", password("redis_ap_password")),
+            RedisUser("plab-cp", password("redis_cp_password")),
+            HEALTH_USER,
+        ],
+    )
+
+
+def prepare_secrets(
+    directory: Path,
+    hostnames: tuple[str, ...] = ("localhost",),
+    addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+    durability: str = "everysec",
+    maxmemory: str = "384mb",
+) -> list[Path]:
+    """Create what is missing; keep what exists; (re)render redis.conf from the passwords.
+
+    Compose bind-mounts file secrets with their host owner and mode, and the
+    containers run as their own non-root users, so the files are made readable
+    (0444) while the directory stays private to its owner (0700): no other user
+    of the host can reach them, and each container sees only the ones it is given.
+    """
+    paths = list(ensure_secrets(directory, ALL_SECRETS).values())
+    paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
+    conf_path = directory / "redis.conf"
+    body = redis_conf(directory, durability=durability, maxmemory=maxmemory)
+    if not conf_path.exists() or conf_path.read_text() != body:
+        write_atomic(conf_path, body, mode=0o444)
+    paths.append(conf_path)
+    os.chmod(directory, 0o700)
+    for path in paths:
+        os.chmod(path, 0o444)
+    return paths
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    hostnames = tuple(dict.fromkeys(["localhost", *(args.hostname or [])]))
+    addresses = tuple(dict.fromkeys(["127.0.0.1", "::1", *(args.address or [])]))
+    for path in prepare_secrets(
+        Path(args.dir), hostnames, addresses, args.durability, args.redis_maxmemory
+    ):
+        print(path)
+    return 0
+
+
+def cmd_edge_config(args: argparse.Namespace) -> int:
+    path = write_edge_config(Path(args.out))
+    print(f"edge-config: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction, secrets_name: str = "compose-secrets") -> None:
+    """Add ``compose-secrets`` and ``edge-config`` to a CLI (see ``cli.EXTRA_COMMANDS``)."""
+    prepare = commands.add_parser(
+        secrets_name, help="secrets, TLS certificate and redis.conf for docker compose"
+    )
+    prepare.add_argument("--dir", default="secrets")
+    prepare.add_argument("--hostname", action="append", help="a DNS name for the certificate")
+    prepare.add_argument("--address", action="append", help="an IP address for the certificate")
+    prepare.add_argument("--durability", choices=["everysec", "strict"], default="everysec")
+    prepare.add_argument("--redis-maxmemory", default="384mb")
+    prepare.set_defaults(handler=cmd_secrets)
+    edge = commands.add_parser("edge-config", help="render the compose edge's nginx.conf")
+    edge.add_argument("--out", default=str(EDGE_CONF))
+    edge.set_defaults(handler=cmd_edge_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m productionlab.deploy", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), "secrets")
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
