@@ -31,9 +31,15 @@ lint: venv
 	$(VENV)/bin/ruff check productionlab tests bench
 	$(VENV)/bin/ruff format --check productionlab tests bench
 
-## secrets: generate compose secrets and a TLS certificate under secrets/
+## secrets: compose secrets, a TLS certificate and redis.conf under secrets/ (docs/COMPOSE.md)
 secrets: venv
-	$(PY) -m productionlab secrets --dir secrets
+	$(PY) -m productionlab.deploy secrets --dir secrets
+
+## e2e: build the images and drive a real `docker compose up` through the edge (as root;
+## starts its own dockerd when none answers; see docs/COMPOSE.md)
+e2e: venv
+	scripts/system-deps.sh docker docker-compose debootstrap
+	$(PY) -m pytest e2e -v -s -p no:cacheprovider $(E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
