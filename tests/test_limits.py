@@ -24,7 +24,14 @@ def default_limits_stack():
     """Per-user limit 20/minute in the apps; the edge generous so only the apps limit."""
     from tests.conftest import start_stack, stop_stack
 
-    stack = start_stack(ap_workers=1, user_rate="20/minute", edge_rate=1000, edge_burst=1000)
+    stack = start_stack(
+        ap_workers=1,
+        user_rate="20/minute",
+        edge_rate=1000,
+        edge_burst=1000,
+        admin_rate=1000,
+        admin_burst=1000,
+    )
     yield stack
     stop_stack(stack)
 
@@ -125,3 +132,31 @@ def test_brute_force_guard_in_the_app(default_limits_stack):
     client.close()
     assert len(failures) >= 10
     assert b"guess" not in b"".join(failures)
+
+
+def test_brute_force_through_the_edge_is_cut_off_by_the_app(default_limits_stack):
+    """The edge refuses bad credentials first, then hands the refusal to the app,
+    which counts it: the 11th failure in a minute is a 429, and each is audited."""
+    from tests.conftest import Client
+
+    stack = default_limits_stack
+    victim = create_user(admin_of(stack), "reader", ["*"])
+    guesser = Client(stack, victim.name, "not-it")
+    statuses = [guesser.get("/read/x").status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    cut_off = guesser.get("/read/x")
+    assert cut_off.status_code == 429
+    assert "failed logins" in cut_off.json()["error"]["message"]
+    assert int(cut_off.headers["Retry-After"]) >= 1
+    assert Client(stack, victim.name, victim.password).get("/read/x").status_code == 429
+    other = create_user(admin_of(stack), "reader", ["*"])
+    assert Client(stack, other.name, "not-it").get("/read/x").status_code == 401
+    assert other.get("/read/x").status_code == 404
+
+
+def test_missing_credentials_are_not_counted_as_failures(default_limits_stack):
+    from tests.conftest import Client
+
+    stack = default_limits_stack
+    anonymous = Client(stack)
+    assert [anonymous.get("/read/x").status_code for _ in range(12)] == [401] * 12
