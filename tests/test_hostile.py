@@ -1,0 +1,645 @@
+"""A corpus of hostile requests over raw sockets, through the edge (TLS) and
+straight to an app-plane process (defence in depth): request smuggling
+shapes, header injection, huge and slow headers and bodies, invalid UTF-8,
+overlong percent-encodings, NUL, absolute-form targets.
+
+Each is answered with a 4xx or a closed connection, never a 5xx; no answer
+shows a stack trace or a server version; the store is unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+CANARY = "hostile-canary"
+SMUGGLED = "smuggled"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    name: str
+    parts: tuple[bytes, ...]  # sent one after another
+    pause: float = 0.0  # between parts (slow attacks)
+    wait: float = 8.0  # how long to wait for an answer or a close
+    direct: bool = False  # also sent straight to the planes (app-level validation)
+    read_ok: bool = False  # a read that RFC 9112 lets a server accept leniently: 2xx allowed
+
+
+def build_corpus(auth: str) -> list[Hostile]:
+    a = f"Authorization: Basic {auth}\r\n".encode()
+    host = b"Host: localhost\r\n"
+    close = b"Connection: close\r\n"
+    smuggled = f"POST /write/{SMUGGLED}/x HTTP/1.1\r\n".encode() + host + a + b"\r\n"
+    read = f"GET /read/{CANARY} HTTP/1.1\r\n".encode()
+    write = f"POST /write/{CANARY}/changed HTTP/1.1\r\n".encode()
+
+    def chunked(body: bytes) -> bytes:
+        return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+    corpus = [
+        # --- request smuggling shapes -------------------------------------
+        Hostile(
+            "cl-te",
+            (
+                write
+                + host
+                + a
+                + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"0\r\n\r\n"
+                + smuggled,
+            ),
+        ),
+        Hostile(
+            "te-cl",
+            (
+                write
+                + host
+                + a
+                + b"Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n"
+                + chunked(smuggled),
+            ),
+        ),
+        Hostile(
+            "double-cl",
+            (
+                write
+                + host
+                + a
+                + b"Content-Length: 0\r\nContent-Length: "
+                + str(len(smuggled)).encode()
+                + b"\r\n\r\n"
+                + smuggled,
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "cl-comma-list",
+            (write + host + a + b"Content-Length: 0, 70\r\n\r\n" + smuggled,),
+            direct=True,
+        ),
+        Hostile(
+            "cl-plus-sign",
+            (write + host + a + b"Content-Length: +4\r\n" + close + b"\r\nabcd",),
+            direct=True,
+        ),
+        Hostile(
+            "cl-negative",
+            (write + host + a + b"Content-Length: -1\r\n" + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "cl-hex",
+            (write + host + a + b"Content-Length: 0x10\r\n" + close + b"\r\n" + b"a" * 16,),
+            direct=True,
+        ),
+    ]
+    for te in (
+        b"Transfer-Encoding: xchunked",
+        b"Transfer-Encoding : chunked",
+        b"Transfer-Encoding:\tchunked\x0b",
+        b"Transfer-Encoding: chunked, identity",
+        b"Transfer-Encoding: identity, chunked",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x",
+        b"Transfer-Encoding:\r\n chunked",
+        b" Transfer-Encoding: chunked",
+        b"Transfer-Encoding: \x00chunked",
+        b"Transfer-Encoding: CHUNKED\xff",
+    ):
+        corpus.append(
+            Hostile(
+                "te-obfuscated:" + te.decode("latin-1").encode("unicode_escape").decode(),
+                (
+                    write
+                    + host
+                    + a
+                    + te
+                    + b"\r\nContent-Length: 4\r\n\r\n"
+                    + b"0\r\n\r\n"
+                    + smuggled,
+                ),
+            )
+        )
+    corpus += [
+        Hostile(
+            "chunk-size-overflow",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Transfer-Encoding: chunked\r\n"
+                + close
+                + b"\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
+            ),
+        ),
+        Hostile(
+            "chunk-size-garbage",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Transfer-Encoding: chunked\r\n"
+                + close
+                + b"\r\nzz\r\nabc\r\n0\r\n\r\n",
+            ),
+        ),
+        Hostile(
+            "get-with-body-smuggle",
+            (
+                read
+                + host
+                + a
+                + b"Content-Length: "
+                + str(len(smuggled)).encode()
+                + b"\r\n\r\n"
+                + smuggled,
+            ),
+            read_ok=True,
+        ),
+        # --- header injection ----------------------------------------------
+        Hostile(
+            "bare-lf-in-header",
+            (read + host + a + b"X-A: 1\nX-B: 2\r\n" + close + b"\r\n",),
+            read_ok=True,
+        ),
+        Hostile("bare-cr-in-header", (write + host + a + b"X-A: 1\rX-B: 2\r\n" + close + b"\r\n",)),
+        Hostile("nul-in-header", (write + host + a + b"X-A: a\x00b\r\n" + close + b"\r\n",)),
+        Hostile("obs-fold", (write + host + a + b"X-A: a\r\n folded\r\n" + close + b"\r\n",)),
+        Hostile(
+            "header-no-colon",
+            (read + host + a + b"NoColonHere\r\n" + close + b"\r\n",),
+            read_ok=True,
+        ),
+        Hostile("space-before-colon", (write + host + a + b"Host : evil\r\n" + close + b"\r\n",)),
+        Hostile("duplicate-host", (write + host + b"Host: evil\r\n" + a + close + b"\r\n",)),
+        Hostile(
+            "crlf-in-path-value",
+            (
+                f"POST /write/{CANARY}/a\r\nX-Injected: 1 HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+        ),
+        Hostile(
+            "encoded-crlf-value",
+            (
+                f"POST /write/{CANARY}/a%0d%0aSet-Cookie:%20x HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "injected-request-id",
+            (read + host + a + b"X-Request-ID: a\r\n\r\nGET / HTTP/1.1\r\n" + close + b"\r\n",),
+            read_ok=True,
+        ),
+        # --- huge headers ----------------------------------------------------
+        Hostile(
+            "huge-header",
+            (write + host + a + b"X-Big: " + b"a" * 70_000 + b"\r\n" + close + b"\r\n",),
+        ),
+        Hostile(
+            "many-headers",
+            (
+                write
+                + host
+                + a
+                + b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+                + close
+                + b"\r\n",
+            ),
+        ),
+        Hostile(
+            "huge-uri",
+            (
+                b"POST /write/"
+                + CANARY.encode()
+                + b"/"
+                + b"v" * 100_000
+                + b" HTTP/1.1\r\n"
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "huge-auth",
+            (
+                write
+                + host
+                + b"Authorization: Basic "
+                + base64.b64encode(b"u:" + b"p" * 30_000)
+                + b"\r\n"
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        # --- slowloris -------------------------------------------------------
+        Hostile(
+            "slow-headers",
+            tuple([write + host] + [b"X-Slow-%d: x\r\n" % i for i in range(40)]),
+            pause=0.5,
+            wait=25,
+        ),
+        Hostile("stalled-headers", (write + host + a + b"X-Never: ends",), wait=25),
+        Hostile(
+            "slow-body",
+            tuple(
+                [
+                    f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                    + host
+                    + a
+                    + b"Content-Length: 100\r\n\r\n"
+                ]
+                + [b"z"] * 40
+            ),
+            pause=0.5,
+            wait=25,
+        ),
+        Hostile(
+            "stalled-body",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Content-Length: 100\r\n\r\nzz",
+            ),
+            wait=25,
+        ),
+        # --- invalid UTF-8, overlong encodings, NUL ---------------------------
+        Hostile(
+            "raw-invalid-utf8-key",
+            (b"GET /read/\xff\xfe HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "raw-invalid-utf8-value",
+            (
+                f"POST /write/{CANARY}/".encode()
+                + b"\xc3\x28 HTTP/1.1\r\n"
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "overlong-slash-key",
+            (b"GET /read/%C0%AF HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "overlong-slash-value",
+            (f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "overlong-traversal",
+            (b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "overlong-3byte",
+            (f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "surrogate-value",
+            (f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "encoded-nul-key",
+            (b"GET /read/a%00b HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "encoded-nul-value",
+            (f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "raw-nul-path",
+            (f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "encoded-slash-in-key",
+            (f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "bad-percent",
+            (f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        # --- request targets and lines --------------------------------------
+        Hostile(
+            "absolute-form-other-host",
+            (
+                f"GET http://evil.example/read/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            read_ok=True,
+        ),
+        Hostile(
+            "absolute-form-bad-key",
+            (b"GET https://localhost/read/a%2Fb HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            direct=True,
+        ),
+        Hostile(
+            "authority-form", (b"CONNECT localhost:443 HTTP/1.1\r\n" + host + a + close + b"\r\n",)
+        ),
+        Hostile("asterisk-form", (b"OPTIONS * HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
+        Hostile("trace", (b"TRACE / HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
+        Hostile(
+            "lowercase-method",
+            (f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+        ),
+        Hostile(
+            "unknown-method",
+            (f"FOO /read/{CANARY} HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+        ),
+        Hostile("http09", (f"GET /read/{CANARY}\r\n".encode(),)),
+        Hostile(
+            "bad-version",
+            (f"GET /read/{CANARY} HTTP/9.9\r\n".encode() + host + a + close + b"\r\n",),
+        ),
+        Hostile("h2-preface", (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",)),
+        Hostile(
+            "extra-spaces",
+            (f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            read_ok=True,
+        ),
+        Hostile(
+            "tab-in-line",
+            (f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+        ),
+        Hostile(
+            "dot-segments",
+            (
+                f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "encoded-dot-segments",
+            (
+                f"POST /read/%2e%2e/write/{CANARY}/dots HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + close
+                + b"\r\n",
+            ),
+            direct=True,
+        ),
+        Hostile("no-host-http11", (write + a + close + b"\r\n",)),
+        Hostile("binary-garbage", (os.urandom(512) + b"\r\n\r\n",)),
+        Hostile("empty-lines-only", (b"\r\n" * 5000,), wait=25),
+        # --- bodies -----------------------------------------------------------
+        Hostile(
+            "body-over-limit-declared",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Content-Length: 999999999\r\n"
+                + close
+                + b"\r\nabc",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "expect-continue-over-limit",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Expect: 100-continue\r\nContent-Length: 999999999\r\n"
+                + close
+                + b"\r\n",
+            ),
+        ),
+        Hostile(
+            "if-match-garbage",
+            (
+                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b'If-Match: "", W/, ,,"\xff"\r\nContent-Length: 1\r\n'
+                + close
+                + b"\r\nz",
+            ),
+            direct=True,
+        ),
+        Hostile(
+            "ttl-overflow",
+            (
+                f"PUT /v1/kv/{CANARY}?ttl=99999999999999999999999 HTTP/1.1\r\n".encode()
+                + host
+                + a
+                + b"Content-Length: 1\r\n"
+                + close
+                + b"\r\nz",
+            ),
+            direct=True,
+        ),
+    ]
+    return corpus
+
+
+@dataclass
+class Outcome:
+    name: str
+    statuses: list[int]
+    closed: bool
+    raw: bytes
+
+
+def exchange(connect, item: Hostile) -> Outcome:
+    sock = connect()
+    data = b""
+    closed = False
+    try:
+        for index, part in enumerate(item.parts):
+            if index and item.pause:
+                time.sleep(item.pause)
+            try:
+                sock.sendall(part)
+            except OSError:
+                closed = True
+                break
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + item.wait
+        while not closed and time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+    return Outcome(item.name, [int(s) for s in STATUS_LINE.findall(data)], closed, data)
+
+
+def edge_connector(stack):
+    context = ssl.create_default_context(cafile=str(stack.tls_cert))
+
+    def connect():
+        raw = socket.create_connection((stack.config.bind, stack.config.https_port), timeout=10)
+        return context.wrap_socket(raw, server_hostname="localhost")
+
+    return connect
+
+
+def plane_connector(stack, port: int):
+    def connect():
+        return socket.create_connection((stack.config.bind, port), timeout=10)
+
+    return connect
+
+
+def store_fingerprint(stack) -> dict:
+    client = stack.redis_client()
+    try:
+        return {
+            "version_counter": client.get("{plab}:kv-version"),
+            "keys": client.zcard("{plab}:kv-index"),
+            "canary": client.hgetall(f"{{plab}}:kv:{CANARY}"),
+            "smuggled": client.exists(f"{{plab}}:kv:{SMUGGLED}"),
+        }
+    finally:
+        client.close()
+
+
+def run_corpus(connect, corpus: list[Hostile]) -> list[Outcome]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        return list(pool.map(lambda item: exchange(connect, item), corpus))
+
+
+@pytest.fixture(scope="module")
+def hostile_stack(request):
+    from conftest import start_stack, stop_stack
+
+    stack = start_stack(edge_rate=5000, edge_burst=5000)
+    request.addfinalizer(lambda: stop_stack(stack))
+    return stack
+
+
+@pytest.mark.parametrize("target", ["edge", "ap-direct", "cp-direct"])
+def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, target):
+    stack = hostile_stack
+    password = stack.admin_password_file.read_text().strip()
+    auth = base64.b64encode(f"admin:{password}".encode()).decode()
+    setup = requests.put(
+        f"{stack.url}/v1/kv/{CANARY}",
+        data=b"original",
+        auth=("admin", password),
+        verify=str(stack.tls_cert),
+        timeout=10,
+    )
+    assert setup.status_code in (200, 201)
+    if target == "edge":
+        connect = edge_connector(stack)
+    elif target == "ap-direct":
+        connect = plane_connector(stack, stack.config.ap_ports[0])
+    else:
+        connect = plane_connector(stack, stack.config.cp_port)
+    corpus = build_corpus(auth)
+    if target != "edge":  # parser-level shapes are the edge's job; the apps validate meaning
+        corpus = [h for h in corpus if h.direct]
+    if target == "cp-direct":  # the control plane serves the KV routes under /ops
+        corpus = [
+            Hostile(
+                h.name,
+                tuple(
+                    p.replace(b" /write/", b" /ops/write/")
+                    .replace(b" /read/", b" /ops/read/")
+                    .replace(b" /v1/kv/", b" /ops/v1/kv/")
+                    for p in h.parts
+                ),
+                h.pause,
+                h.wait,
+                h.direct,
+                h.read_ok,
+            )
+            for h in corpus
+        ]
+    before = store_fingerprint(stack)
+    outcomes = run_corpus(connect, corpus)
+    after = store_fingerprint(stack)
+    by_name = {h.name: h for h in corpus}
+
+    problems = []
+    summary: dict[str, int] = {}
+    for outcome in outcomes:
+        for status in outcome.statuses:
+            summary[str(status)] = summary.get(str(status), 0) + 1
+        if not outcome.statuses:
+            summary["closed-without-answer"] = summary.get("closed-without-answer", 0) + 1
+            if not outcome.closed:
+                problems.append((outcome.name, "neither answered nor closed"))
+        allowed = (200,) if by_name[outcome.name].read_ok else ()
+        if any(not (400 <= s < 500 or s in allowed) for s in outcome.statuses):
+            problems.append((outcome.name, outcome.statuses, outcome.raw[:300]))
+        for leak in (b"Traceback", b"nginx/", b"Werkzeug", b"waitress", b"<html"):
+            if leak.lower() in outcome.raw.lower():
+                problems.append((outcome.name, f"leaks {leak!r}", outcome.raw[:300]))
+    figures = {"target": target, "inputs": len(corpus), "answers": summary}
+    print(f"\nFIGURES hostile-{target}: {json.dumps(figures, sort_keys=True)}")
+    directory = os.environ.get("PLAB_FIGURES_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / f"hostile-{target}.json").write_text(json.dumps(figures, indent=2))
+    # Nothing is desynchronised: ordinary requests after the corpus get their own answers.
+    with requests.Session() as session:
+        session.trust_env = False
+        for _ in range(30):
+            ok = session.get(
+                f"{stack.url}/read/{CANARY}",
+                auth=("admin", password),
+                verify=str(stack.tls_cert),
+                timeout=10,
+            )
+            if ok.status_code != 200 or ok.json().get("value") != "original":
+                problems.append(("follow-up", ok.status_code, ok.text[:200]))
+    assert problems == []
+    assert after == before, "the hostile corpus changed the store"
+    assert after["canary"][b"v"] == b"original" and after["smuggled"] == 0
