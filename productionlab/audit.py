@@ -107,7 +107,7 @@ class Actor:
 
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     if len(key) > _BLOCK:
-        key = hashlib.sha1(key).digest()  # noqa: S324 - HMAC key reduction per RFC 2104
+        key = hashlib.sha1(key).digest()  # noqa: S324 - HMAC key reduction, RFC 2104  # nosec B324
     key = key.ljust(_BLOCK, b"\0")
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 

@@ -34,7 +34,7 @@ import secrets
 import shutil
 import signal
 import struct
-import subprocess
+import subprocess  # runs our own redis-server for restore drills  # nosec B404
 import sys
 import tempfile
 import time
@@ -528,7 +528,7 @@ class TempRedis:
             f"requirepass {self.password}\n"
         )
         os.chmod(conf, 0o600)
-        self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
+        self.process = subprocess.Popen(  # noqa: S603 - our binary, our config  # nosec B603
             [self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.client = redis.Redis(

@@ -52,8 +52,8 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
         https_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}",
         http_listen=f"0.0.0.0:{EDGE_HTTP_PORT}",
         public_https_port=int(get("HTTPS_PORT", 8443)),
-        pid_path="/tmp/nginx/nginx.pid",  # noqa: S108 - the edge's tmpfs
-        temp_dir="/tmp/nginx",  # noqa: S108
+        pid_path="/tmp/nginx/nginx.pid",  # noqa: S108 - the edge's private tmpfs  # nosec B108
+        temp_dir="/tmp/nginx",  # noqa: S108 - the edge's private tmpfs  # nosec B108
         error_log="stderr",
         access_log="/dev/stdout",
         user=None,  # nginx runs as its container's non-root user
@@ -81,7 +81,7 @@ def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "
     return render_redis_conf(
         port=REDIS_PORT,
         data_dir=REDIS_DATA,
-        bind="0.0.0.0",  # noqa: S104 - the container's interfaces; the network is internal
+        bind="0.0.0.0",  # noqa: S104 - in-container; the network is internal  # nosec B104
         appendfsync="always" if durability == "strict" else "everysec",
         maxmemory=maxmemory,
         users=[

@@ -34,7 +34,7 @@ EDGE_ERRORS = (
 
 
 def _environment(directory: Path) -> Environment:
-    return Environment(  # noqa: S701 - renders config files, not HTML
+    return Environment(  # noqa: S701 - renders config files, not HTML  # nosec B701
         loader=FileSystemLoader(str(directory)),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -52,8 +52,8 @@ class EdgeConfig:
     https_listen: str = "127.0.0.1:8443"
     http_listen: str = "127.0.0.1:8080"
     public_https_port: int = 8443
-    pid_path: str = "/tmp/nginx.pid"  # noqa: S108 - overridden by every caller
-    temp_dir: str = "/tmp/nginx"  # noqa: S108
+    pid_path: str = "/tmp/nginx.pid"  # noqa: S108 - every caller overrides it  # nosec B108
+    temp_dir: str = "/tmp/nginx"  # noqa: S108 - every caller overrides it  # nosec B108
     error_log: str = "stderr"
     access_log: str = "/dev/stdout"
     user: str | None = None

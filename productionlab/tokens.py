@@ -156,7 +156,7 @@ class TokenPair:
         return {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
-            "token_type": "Bearer",
+            "token_type": "Bearer",  # the OAuth token type, not a secret  # nosec B105
             "expires_in": self.expires_in,
             "refresh_expires_in": self.refresh_expires_in,
         }

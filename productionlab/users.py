@@ -97,7 +97,7 @@ def generate_password() -> str:
 def edge_hash(password: str) -> str:
     """nginx ``{SSHA}``: base64(sha1(password + salt) + salt)."""
     salt = os.urandom(16)
-    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - see module docstring
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - see docstring  # nosec B324
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
