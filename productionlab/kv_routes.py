@@ -169,10 +169,11 @@ def kv_blueprint(
     @bp.get("/read/")
     @bp.get("/read/<tail:_rest>")
     @auth.require(read_role)
+    @rides_on_store
     def read(_rest: str = "") -> Response:
         key = parse_key(raw_tail(url_prefix + "/read/"))
         require_grant(key)
-        item = store().get(key)
+        item = store().get(key, limit=take_ticket())
         try:
             value: str = item.value.decode("utf-8")
             body = {"key": key, "value": value, "version": item.version}
