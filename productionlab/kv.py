@@ -24,8 +24,10 @@ from productionlab.errors import InvalidKey, NotFound, PreconditionFailed
 from productionlab.limits import LIMIT_LUA, Ticket, refused
 from productionlab.store.durability import Durability
 
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,256}$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let
+# "key\n" (sent as key%0A) through.
+KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{1,256}\Z")
+PREFIX_RE = re.compile(r"\A[A-Za-z0-9_-]{0,256}\Z")
 ITEM = "{plab}:kv:"
 VERSION_COUNTER = "{plab}:kv-version"
 INDEX = "{plab}:kv-index"

@@ -1,0 +1,255 @@
+"""Property tests (hypothesis) against the real stack: key validation, value
+encoding round trips, and the compare-and-set state machine checked step by
+step against a model."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+from urllib.parse import quote
+
+import pytest
+import requests
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+
+from productionlab.kv import validate_key
+
+EXAMPLES = int(os.environ.get("PLAB_PROPERTY_EXAMPLES", "150"))
+COMMON = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+KEY_ALPHABET = "ABCxyz019_-"
+valid_keys = st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")
+# Mostly near-misses: valid characters with one hostile character or length edge.
+near_keys = st.one_of(
+    st.text(min_size=0, max_size=300),
+    st.builds(
+        lambda a, bad, b: a + bad + b,
+        st.text(KEY_ALPHABET, max_size=10),
+        st.sampled_from([*"./\\%?#:;@&=+$, \t\r\n\x00\x7féü€", "..", "%2F", "\u2028"]),
+        st.text(KEY_ALPHABET, max_size=10),
+    ),
+    st.text(KEY_ALPHABET, min_size=255, max_size=258),
+)
+
+
+class Direct:
+    """One app-plane process, as admin, without the edge (fast, no TLS)."""
+
+    def __init__(self, stack):
+        self.base = f"http://{stack.config.bind}:{stack.config.ap_ports[0]}"
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.auth = ("admin", stack.admin_password_file.read_text().strip())
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 15)
+        return self.session.request(method, self.base + path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def direct(stack):
+    return Direct(stack)
+
+
+@COMMON
+@given(key=st.one_of(valid_keys, near_keys))
+@example(key="abc\n")  # "$" matches before a trailing newline: found by this test
+@example(key="\nabc")
+@example(key="k" * 257)
+def test_key_validation_matches_the_contract_everywhere(direct, key):
+    valid = re.fullmatch(r"[A-Za-z0-9_-]{1,256}", key) is not None
+    try:
+        validate_key(key)
+        core_ok = True
+    except Exception:
+        core_ok = False
+    assert core_ok == valid
+    response = direct.request("GET", "/read/" + quote(key, safe=""))
+    if valid:
+        assert response.status_code in (200, 404), response.text
+    else:
+        assert response.status_code == 400, (key, response.status_code, response.text)
+        assert response.json()["error"]["code"] in ("invalid_key", "bad_request")
+
+
+@COMMON
+@given(value=st.binary(min_size=0, max_size=4096))
+def test_raw_values_round_trip_byte_for_byte(direct, value):
+    key = f"prop-raw-{secrets.token_hex(6)}"
+    put = direct.request("PUT", f"/v1/kv/{key}", data=value)
+    assert put.status_code == 201, put.text
+    got = direct.request("GET", f"/v1/kv/{key}")
+    assert got.status_code == 200 and got.content == value
+    assert got.headers["ETag"] == f'"{put.json()["version"]}"'
+    read = direct.request("GET", f"/read/{key}").json()
+    try:
+        assert read["value"] == value.decode("utf-8") and "encoding" not in read
+    except UnicodeDecodeError:
+        assert read["encoding"] == "base64" and base64.b64decode(read["value"]) == value
+
+
+printable = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=300
+).filter(lambda t: len(t.encode()) <= 4096)
+
+
+@COMMON
+@given(text=printable)
+def test_path_values_round_trip_after_url_decoding(direct, text):
+    key = f"prop-path-{secrets.token_hex(6)}"
+    write = direct.request("POST", f"/write/{key}/" + quote(text, safe=""))
+    assert write.status_code == 201, (text, write.text)
+    assert direct.request("GET", f"/read/{key}").json()["value"] == text
+
+
+@COMMON
+@given(
+    prefix=st.text(min_size=0, max_size=5).filter(lambda t: "\n" not in t),
+    control=st.sampled_from([chr(c) for c in [*range(32), 127]]),
+    suffix=st.text(max_size=5),
+)
+def test_path_values_with_control_characters_are_400_and_change_nothing(
+    direct, prefix, control, suffix
+):
+    key = f"prop-ctl-{secrets.token_hex(6)}"
+    assert direct.request("POST", f"/write/{key}/before").status_code == 201
+    bad = direct.request("POST", f"/write/{key}/" + quote(prefix + control + suffix, safe=""))
+    assert bad.status_code == 400
+    assert direct.request("GET", f"/read/{key}").json()["value"] == "before"
+
+
+class CompareAndSet(RuleBasedStateMachine):
+    """The store against a dict: unconditional and conditional puts and deletes,
+    with current, stale and made-up versions, on a few keys."""
+
+    direct: Direct  # set by the test
+
+    versions = Bundle("versions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        run = secrets.token_hex(4)
+        self.keys = [f"cas-{run}-{n}" for n in range(3)]
+        self.model: dict[str, tuple[bytes, int]] = {}
+        self.highest = 0
+
+    def _check_version(self, response: requests.Response) -> int:
+        version = int(response.json()["version"])
+        assert version > self.highest, "versions only grow, never reused"
+        assert response.headers["ETag"] == f'"{version}"'
+        self.highest = version
+        return version
+
+    @initialize(target=versions)
+    def seed(self):
+        return 0
+
+    @rule(target=versions, index=st.integers(0, 2), value=st.binary(max_size=64))
+    def put(self, index, value):
+        key = self.keys[index]
+        response = self.direct.request("PUT", f"/v1/kv/{key}", data=value)
+        assert response.status_code == (200 if key in self.model else 201)
+        version = self._check_version(response)
+        self.model[key] = (value, version)
+        return version
+
+    @rule(target=versions, index=st.integers(0, 2), value=st.binary(max_size=64))
+    def put_if_absent(self, index, value):
+        key = self.keys[index]
+        response = self.direct.request(
+            "PUT", f"/v1/kv/{key}", data=value, headers={"If-None-Match": "*"}
+        )
+        if key in self.model:
+            assert response.status_code == 412
+            assert response.headers["ETag"] == f'"{self.model[key][1]}"'
+            return self.model[key][1]
+        assert response.status_code == 201
+        version = self._check_version(response)
+        self.model[key] = (value, version)
+        return version
+
+    @rule(
+        target=versions,
+        index=st.integers(0, 2),
+        value=st.binary(max_size=64),
+        seen=versions,
+        use_current=st.booleans(),
+    )
+    def put_if_match(self, index, value, seen, use_current):
+        key = self.keys[index]
+        current = self.model.get(key)
+        expected = current[1] if (use_current and current) else seen
+        response = self.direct.request(
+            "PUT", f"/v1/kv/{key}", data=value, headers={"If-Match": f'"{expected}"'}
+        )
+        if current is not None and current[1] == expected:
+            assert response.status_code == 200
+            version = self._check_version(response)
+            self.model[key] = (value, version)
+            return version
+        assert response.status_code == 412
+        return expected
+
+    @rule(index=st.integers(0, 2), seen=versions, use_current=st.booleans())
+    def delete_if_match(self, index, seen, use_current):
+        key = self.keys[index]
+        current = self.model.get(key)
+        expected = current[1] if (use_current and current) else seen
+        response = self.direct.request(
+            "DELETE", f"/v1/kv/{key}", headers={"If-Match": f'"{expected}"'}
+        )
+        if current is None:
+            assert response.status_code == 404
+        elif current[1] == expected:
+            assert response.status_code == 204
+            del self.model[key]
+        else:
+            assert response.status_code == 412
+
+    @rule(index=st.integers(0, 2))
+    def delete(self, index):
+        key = self.keys[index]
+        response = self.direct.request("DELETE", f"/v1/kv/{key}")
+        assert response.status_code == (204 if key in self.model else 404)
+        self.model.pop(key, None)
+
+    @rule(index=st.integers(0, 2))
+    def conditional_get(self, index):
+        key = self.keys[index]
+        current = self.model.get(key)
+        if current is None:
+            return
+        response = self.direct.request(
+            "GET", f"/v1/kv/{key}", headers={"If-None-Match": f'"{current[1]}"'}
+        )
+        assert response.status_code == 304
+
+    @invariant()
+    def store_matches_model(self):
+        for key in self.keys:
+            response = self.direct.request("GET", f"/v1/kv/{key}")
+            if key in self.model:
+                value, version = self.model[key]
+                assert response.status_code == 200
+                assert response.content == value
+                assert response.headers["ETag"] == f'"{version}"'
+            else:
+                assert response.status_code == 404
+
+
+def test_compare_and_set_state_machine(direct):
+    CompareAndSet.direct = direct
+    CompareAndSet.TestCase.settings = settings(
+        max_examples=int(os.environ.get("PLAB_CAS_EXAMPLES", "40")),
+        stateful_step_count=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    CompareAndSet.TestCase().runTest()
