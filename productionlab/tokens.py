@@ -38,7 +38,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
 from productionlab.errors import BadRequest, Unauthorized
-from productionlab.settings import Settings, read_secret
+from productionlab.settings import ConfigError, Settings, read_secret
 from productionlab.users import USER, User, UserStore
 
 PREFIX = "plab1"
@@ -383,15 +383,21 @@ def signing_keys(settings: Settings, environ: dict | None = None) -> list[str]:
 def lifetimes(environ: dict | None = None) -> tuple[int, int]:
     """``PLAB_TOKEN_TTL`` (access, seconds) and ``PLAB_REFRESH_TTL`` (refresh, seconds)."""
     environ = dict(os.environ) if environ is None else environ
-    access = int(environ.get("PLAB_TOKEN_TTL", ACCESS_TTL))
-    refresh = int(environ.get("PLAB_REFRESH_TTL", REFRESH_TTL))
+    try:
+        access = int(environ.get("PLAB_TOKEN_TTL", ACCESS_TTL))
+        refresh = int(environ.get("PLAB_REFRESH_TTL", REFRESH_TTL))
+    except ValueError:
+        raise ValueError("PLAB_TOKEN_TTL and PLAB_REFRESH_TTL are whole seconds") from None
     if not 10 <= access <= 24 * 3600 or not access < refresh <= 90 * 24 * 3600:
         raise ValueError("PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)")
     return access, refresh
 
 
 def build_service(settings: Settings, client: redis.Redis, users: UserStore) -> TokenService:
-    access, refresh = lifetimes()
+    try:
+        access, refresh = lifetimes()
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     return TokenService(
         client, users, settings.audit_key.encode(), signing_keys(settings), access, refresh
     )

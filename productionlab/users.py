@@ -245,6 +245,7 @@ class UserStore:
         self._save = client.register_script(_SAVE)
         self._delete = client.register_script(_DELETE)
         self._listener: threading.Thread | None = None
+        self._render_lock = threading.Lock()
         self._stop = threading.Event()
         self.on_change: list = []
 
@@ -408,9 +409,12 @@ class UserStore:
         """Write the edge's htpasswd atomically (temp file, fsync, rename)."""
         if self.htpasswd_path is None:
             return
-        users = [u for u in self.all() if not u.disabled and u.edge_hash]
-        body = "".join(f"{u.name}:{u.edge_hash}\n" for u in users)
-        write_atomic(self.htpasswd_path, body, mode=0o640)
+        # Read and write under one lock: the last render to start reads the newest
+        # users, so a slower render of older state can never land after it.
+        with self._render_lock:
+            users = [u for u in self.all() if not u.disabled and u.edge_hash]
+            body = "".join(f"{u.name}:{u.edge_hash}\n" for u in users)
+            write_atomic(self.htpasswd_path, body, mode=0o640)
 
     # --- cross-process invalidation ----------------------------------------
     def start_listener(self) -> None:
