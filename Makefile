@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test e2e bench lint audit secrets venv system-deps clean
+.PHONY: run test e2e bench lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,30 @@ run: venv system-deps
 	$(PY) -m productionlab run
 
 ## test: the test suite against real redis, Waitress and nginx
-test: venv system-deps
+test: venv system-deps tls-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## fuzz: the bad-input proofs alone: schemathesis (OpenAPI), hypothesis properties, hostile corpus
+fuzz: venv system-deps
+	$(PY) -m pytest tests/test_openapi.py tests/test_properties.py tests/test_hostile.py $(PYTEST_ARGS)
+
+## security: bandit on productionlab/ (each suppression is a `# nosec BXXX` with its reason)
+security: venv
+	$(VENV)/bin/bandit -r productionlab -q --severity-level low --confidence-level low
+
+## audit-deps: pip-audit on the pinned requirements; exit 2 (UNVERIFIED) when its
+##             vulnerability service cannot be reached - never a silent pass
+audit-deps: venv
+	$(PY) scripts/audit_deps.py requirements.txt requirements-dev.txt requirements-tls.txt
+
+## tls-venv: sslyze in its own virtualenv (it pins an older cryptography than the service)
+TLS_VENV ?= .venv-tls
+tls-venv: $(TLS_VENV)/.installed
+
+$(TLS_VENV)/.installed: requirements-tls.txt
+	$(PYTHON) -m venv $(TLS_VENV)
+	$(TLS_VENV)/bin/pip install -q -r requirements-tls.txt
+	touch $@
 
 ## lint: ruff lint and format check
 lint: venv
@@ -42,4 +64,4 @@ e2e: venv
 	$(PY) -m pytest e2e -v -s -p no:cacheprovider $(E2E_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TLS_VENV) .pytest_cache .ruff_cache
