@@ -4,6 +4,7 @@ edge's htpasswd, and cache invalidation in every process."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -167,15 +168,23 @@ def test_deleted_user_is_refused_everywhere(stack, admin, make_user, key):
 
 
 def test_htpasswd_is_replaced_atomically(stack, make_user):
-    before = stack.htpasswd.stat().st_ino
-    user = make_user("reader", ["*"])
+    """A reader holding the old file keeps a complete old copy: the new file was
+    renamed into place, never rewritten in place (nginx never sees half a file)."""
+    with open(stack.htpasswd, encoding="utf-8") as old:
+        user = make_user("reader", ["*"])
+        assert os.fstat(old.fileno()).st_nlink == 0  # the old file was replaced
+        assert user.name not in old.read()
     after = stack.htpasswd.stat()
-    assert after.st_ino != before  # a new file renamed into place, never rewritten in place
     assert after.st_mode & 0o777 == 0o640
-    assert any(
-        line.startswith(user.name + ":{SSHA}") for line in stack.htpasswd.read_text().splitlines()
-    )
-    leftovers = [p.name for p in stack.htpasswd.parent.iterdir() if p.name.startswith(".htpasswd")]
+    lines = stack.htpasswd.read_text().splitlines()
+    assert any(line.startswith(user.name + ":{SSHA}") for line in lines)
+    # renders still in flight (the control plane's listener) finish; none leave a temp file
+    deadline = time.monotonic() + 5
+    while True:
+        leftovers = [p.name for p in stack.htpasswd.parent.iterdir() if p.name.startswith(".")]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert leftovers == []
 
 
