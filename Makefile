@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test e2e bench lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv
+.PHONY: run test e2e bench soak bench-deps lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,24 @@ tls-venv: $(TLS_VENV)/.installed
 $(TLS_VENV)/.installed: requirements-tls.txt
 	$(PYTHON) -m venv $(TLS_VENV)
 	$(TLS_VENV)/bin/pip install -q -r requirements-tls.txt
+	touch $@
+
+## bench: naive baseline vs hardened stack (and Webdis if installed) under wrk -> docs/BENCHMARKS.md
+##        BENCH_SMOKE=1: a ~20 s smoke that writes its report to a temp dir
+BENCH_SMOKE ?=
+bench: venv system-deps bench-deps
+	scripts/system-deps.sh wrk
+	$(PY) bench/run.py $(if $(BENCH_SMOKE),--smoke)
+
+## soak: 10 minutes at a fixed rate through the edge; memory and errors -> docs/BENCHMARKS.md
+soak: venv system-deps bench-deps
+	scripts/system-deps.sh wrk
+	$(PY) bench/run.py --soak
+
+bench-deps: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: bench/requirements.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -q -r bench/requirements.txt
 	touch $@
 
 ## lint: ruff lint and format check

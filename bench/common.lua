@@ -1,0 +1,53 @@
+-- Shared by the wrk scripts: keys, paths, auth and a JSON summary on stdout.
+-- Environment: BENCH_AUTH (an Authorization header value, optional),
+-- BENCH_KEYS (how many preloaded keys), BENCH_READ / BENCH_WRITE (path prefixes),
+-- BENCH_WRITE_METHOD, BENCH_WRITE_RATIO (0..1), BENCH_DELAY_MS (pacing, soak only).
+local M = {}
+M.keys = tonumber(os.getenv("BENCH_KEYS") or "256")
+M.read_prefix = os.getenv("BENCH_READ") or "/read/"
+M.write_prefix = os.getenv("BENCH_WRITE") or "/write/"
+M.write_method = os.getenv("BENCH_WRITE_METHOD") or "POST"
+M.delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+local auth = os.getenv("BENCH_AUTH")
+
+function M.headers()
+  local h = {}
+  if auth and auth ~= "" then h["Authorization"] = auth end
+  return h
+end
+
+local counter = 0
+local threads = 0
+function M.setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+
+function M.init(args)
+  math.randomseed(os.time() * 100 + (thread_id or 0))
+end
+
+function M.read()
+  local k = math.random(0, M.keys - 1)
+  return wrk.format("GET", M.read_prefix .. "bench-" .. k, M.headers())
+end
+
+function M.write()
+  counter = counter + 1
+  local k = math.random(0, M.keys - 1)
+  local path = M.write_prefix .. "bench-" .. k .. "/v" .. counter
+  return wrk.format(M.write_method, path, M.headers())
+end
+
+function M.done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+    '"max_us":%d,"mean_us":%.1f,"err_connect":%d,"err_read":%d,"err_write":%d,' ..
+    '"err_status":%d,"err_timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write,
+    e.status, e.timeout))
+end
+
+return M
