@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 from flask import Flask
+from flask.sessions import SessionInterface
 
 from productionlab import errors, headers, limits, metrics, requestlog, tokens
 from productionlab.audit import AuditLog
@@ -19,6 +20,16 @@ from productionlab.store.durability import Durability
 from productionlab.users import UserStore
 
 
+class NoSessions(SessionInterface):
+    """Neither plane uses cookie sessions: skip building a signing serializer per request."""
+
+    def open_session(self, app, request):
+        return None
+
+    def save_session(self, app, session, response) -> None:
+        return None
+
+
 def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Flask, Authenticator]:
     app = Flask(f"productionlab.{settings.plane}")
     app.config.update(
@@ -31,6 +42,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
         SECRET_KEY=settings.secret_key,
     )
     app.url_map.converters["tail"] = TailConverter
+    app.session_interface = NoSessions()
     app.extensions["plab_settings"] = settings
     client = client or connect(settings)
     app.extensions["plab_redis"] = client

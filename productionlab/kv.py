@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
 from productionlab.errors import InvalidKey, NotFound, PreconditionFailed
@@ -193,13 +195,22 @@ class KVStore:
         self._list = client.register_script(_LIST)
         self._get = client.register_script(_GET)
 
+    def _eval(self, script: Script, keys: list, args: list) -> list:
+        """EVALSHA straight through ``execute_command`` (redis-py's ``Script.__call__``
+        adds a deprecation-checking wrapper per call); loads the script when redis lost it."""
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
     def get(self, key: str, limit: Ticket | None = None) -> Item:
         """The item at ``key``; 404 if absent; 429 (nothing read) if ``limit`` is spent."""
         item = ITEM + validate_key(key)
         if limit is None or limit.limit <= 0:
             value, version = self.client.hmget(item, "v", "ver")
         else:
-            status, *found = self._get(keys=[item, limit.counter], args=limit.args())
+            status, *found = self._eval(self._get, [item, limit.counter], limit.args())
             if int(status) < 0:
                 refused(int(found[0]))
             value, version = found
@@ -231,7 +242,7 @@ class KVStore:
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
             args += limit.args()
-        status, version = self._put(keys=keys, args=args)
+        status, version = self._eval(self._put, keys, args)
         if int(status) == -2:
             refused(int(version))
         if int(status) < 0:
