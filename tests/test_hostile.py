@@ -643,3 +643,26 @@ def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, tar
     assert problems == []
     assert after == before, "the hostile corpus changed the store"
     assert after["canary"][b"v"] == b"original" and after["smuggled"] == 0
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/read/abc%0A"),
+        ("GET", "/v1/kv/abc%0A"),
+        ("POST", "/write/abc%0A/v"),
+        ("GET", "/ops/read/abc%0A"),
+        ("GET", "/ops/v1/kv/abc%0A"),
+    ],
+)
+def test_the_edge_itself_refuses_a_key_with_a_trailing_newline(hostile_stack, method, path):
+    """PCRE's ``$`` matches before a final newline; the edge's key regexes end in ``\\z``.
+
+    ``bad_request`` is the edge's own answer (the apps would say ``invalid_key``)."""
+    stack = hostile_stack
+    password = stack.admin_password_file.read_text().strip()
+    response = requests.request(
+        method, stack.url + path, auth=("admin", password), verify=str(stack.tls_cert), timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
