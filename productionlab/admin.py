@@ -6,7 +6,6 @@ audit entry atomically with the change; actions that change nothing in redis
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -39,7 +38,7 @@ def settings() -> Settings:
 
 def backup_dir(config: Settings) -> Path:
     """``PLAB_BACKUP_DIR``, else ``<PLAB_STATE_DIR>/backups``."""
-    return Path(os.environ.get("PLAB_BACKUP_DIR") or config.state_dir / "backups")
+    return config.backup_dir
 
 
 def actor() -> Actor:

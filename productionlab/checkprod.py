@@ -160,7 +160,7 @@ def check(environ: Mapping[str, str] | None = None, *, with_redis: bool = True) 
     if settings.debug:
         findings.append("debug: PLAB_DEBUG is on")
     findings += secret_findings(settings)
-    cert = Path(environ.get("PLAB_TLS_CERT") or settings.state_dir / "tls" / "tls.crt")
+    cert = settings.tls_cert_path
     findings += tls_findings(cert, settings.production, datetime.datetime.now(datetime.UTC))
     findings += rate_findings(settings, environ)
     if with_redis:

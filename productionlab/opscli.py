@@ -168,7 +168,7 @@ def cmd_tokens_keys(args: argparse.Namespace) -> int:
 
 def cmd_tokens_rotate_key(args: argparse.Namespace) -> int:
     """Make a new signing key; the old one becomes ``<file>.previous`` (verify-only)."""
-    from productionlab.tokens import REFRESH_TTL, SigningKey, lifetimes
+    from productionlab.tokens import SigningKey
     from productionlab.users import write_atomic
 
     settings = Settings.from_env(plane="cp")
@@ -179,10 +179,7 @@ def cmd_tokens_rotate_key(args: argparse.Namespace) -> int:
         print(f"productionlab: {path} does not exist (give --file)", file=sys.stderr)
         return 1
     previous = Path(f"{path}.previous")
-    try:
-        refresh_ttl = lifetimes()[1]
-    except ValueError:
-        refresh_ttl = REFRESH_TTL
+    refresh_ttl = settings.refresh_ttl
     now = datetime.datetime.now(datetime.UTC)
     if previous.exists() and not args.force:
         age = now.timestamp() - previous.stat().st_mtime
@@ -280,12 +277,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def retention_from_env() -> int | None:
-    raw = os.environ.get("PLAB_AUDIT_RETENTION", "").strip()
-    if not raw or raw == "0":
-        return None
-    if not raw.isdigit():
-        raise ValueError(f"PLAB_AUDIT_RETENTION={raw!r} is not a number of entries")
-    return int(raw)
+    return Settings.from_env(plane="cp").audit_retention
 
 
 def cmd_audit_trim(args: argparse.Namespace) -> int:

@@ -120,6 +120,12 @@ class Settings:
     verify_cache_seconds: float = 60.0
     trusted_proxy: str | None = "127.0.0.1"
     debug: bool = False
+    token_key_previous: str = field(default="", repr=False)
+    token_ttl: int = 15 * 60
+    refresh_ttl: int = 7 * 24 * 3600
+    audit_retention: int | None = None
+    tls_cert: Path | None = None
+    backup_dir_override: Path | None = None
 
     @property
     def production(self) -> bool:
@@ -137,6 +143,14 @@ class Settings:
     @property
     def secrets_dir(self) -> Path:
         return self.state_dir / "secrets"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup_dir_override or self.state_dir / "backups"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.tls_cert or self.state_dir / "tls" / "tls.crt"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, plane: str = "ap") -> Settings:
@@ -160,6 +174,13 @@ class Settings:
             problems.append(f"PLAB_MAX_BODY: {exc}")
             max_body = 1024 * 1024
         htpasswd = get("HTPASSWD", "")
+        previous = read_secret(environ, "token_key_previous") or ""
+        key_file = environ.get("PLAB_TOKEN_KEY_FILE")
+        if not previous and key_file and Path(key_file + ".previous").is_file():
+            # What `productionlab tokens rotate-key` leaves next to the new key.
+            previous = Path(key_file + ".previous").read_text(encoding="utf-8").strip()
+        retention = integer("AUDIT_RETENTION", 0)
+        tls_cert, backup_dir = get("TLS_CERT", ""), get("BACKUP_DIR", "")
         settings = cls(
             env=get("ENV", "development"),
             plane=plane,
@@ -181,6 +202,12 @@ class Settings:
             verify_cache_seconds=float(integer("VERIFY_CACHE_SECONDS", 60)),
             trusted_proxy=get("TRUSTED_PROXY", "127.0.0.1") or None,
             debug=get("DEBUG", "0").lower() in ("1", "true", "on"),
+            token_key_previous=previous,
+            token_ttl=integer("TOKEN_TTL", 15 * 60),
+            refresh_ttl=integer("REFRESH_TTL", 7 * 24 * 3600),
+            audit_retention=retention or None,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            backup_dir_override=Path(backup_dir) if backup_dir else None,
         )
         settings.validate(extra_problems=problems)
         return settings
@@ -214,6 +241,14 @@ class Settings:
             problems.append("PLAB_LOGIN_FAILURES must be between 1 and 10000")
         if not 1 <= self.max_body <= 1024**3:
             problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
+        if not 10 <= self.token_ttl <= 24 * 3600 or not (
+            self.token_ttl < self.refresh_ttl <= 90 * 24 * 3600
+        ):
+            problems.append(
+                "PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)"
+            )
+        if self.audit_retention is not None and self.audit_retention < 0:
+            problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
         secrets = {name: getattr(self, name) for name in SECRET_NAMES}
         if self.production:
             secrets["redis_password"] = self.redis_password

@@ -26,19 +26,17 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
 from productionlab.errors import BadRequest, Unauthorized
-from productionlab.settings import ConfigError, Settings, read_secret
+from productionlab.settings import Settings
 from productionlab.users import USER, User, UserStore
 
 PREFIX = "plab1"
@@ -361,43 +359,18 @@ class TokenService:
 
 
 # --- configuration ------------------------------------------------------------
-def signing_keys(settings: Settings, environ: dict | None = None) -> list[str]:
-    """The current key first, then the previous one if configured.
-
-    The previous key comes from ``PLAB_TOKEN_KEY_PREVIOUS`` / ``_FILE`` or, when
-    the current key is a file, from the file next to it named ``<name>.previous``
-    (what ``productionlab tokens rotate-key`` writes).
-    """
-    environ = dict(os.environ) if environ is None else environ
+def signing_keys(settings: Settings) -> list[str]:
+    """The current key first, then the previous one while it is configured
+    (``PLAB_TOKEN_KEY_PREVIOUS`` / ``_FILE``, or ``<key file>.previous``)."""
     keys = [settings.token_key]
-    previous = read_secret(environ, "token_key_previous")
-    if not previous and environ.get("PLAB_TOKEN_KEY_FILE"):
-        sibling = Path(environ["PLAB_TOKEN_KEY_FILE"] + ".previous")
-        if sibling.exists():
-            previous = sibling.read_text(encoding="utf-8").strip()
+    previous = settings.token_key_previous
     if previous and previous != settings.token_key:
         keys.append(previous)
     return keys
 
 
-def lifetimes(environ: dict | None = None) -> tuple[int, int]:
-    """``PLAB_TOKEN_TTL`` (access, seconds) and ``PLAB_REFRESH_TTL`` (refresh, seconds)."""
-    environ = dict(os.environ) if environ is None else environ
-    try:
-        access = int(environ.get("PLAB_TOKEN_TTL", ACCESS_TTL))
-        refresh = int(environ.get("PLAB_REFRESH_TTL", REFRESH_TTL))
-    except ValueError:
-        raise ValueError("PLAB_TOKEN_TTL and PLAB_REFRESH_TTL are whole seconds") from None
-    if not 10 <= access <= 24 * 3600 or not access < refresh <= 90 * 24 * 3600:
-        raise ValueError("PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)")
-    return access, refresh
-
-
 def build_service(settings: Settings, client: redis.Redis, users: UserStore) -> TokenService:
-    try:
-        access, refresh = lifetimes()
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from None
+    access, refresh = settings.token_ttl, settings.refresh_ttl
     return TokenService(
         client, users, settings.audit_key.encode(), signing_keys(settings), access, refresh
     )

@@ -136,3 +136,40 @@ def test_entropy_estimate_orders_secrets():
     assert secret_entropy_bits(secrets.token_hex(32)) >= 256
     assert secret_entropy_bits(secrets.token_urlsafe(32)) >= 256
     assert secret_entropy_bits("hunter2") < 64
+
+
+def test_token_lifetimes_are_validated():
+    settings = Settings.from_env(strong_env(PLAB_TOKEN_TTL="600", PLAB_REFRESH_TTL="3600"))
+    assert (settings.token_ttl, settings.refresh_ttl) == (600, 3600)
+    for access, refresh in (("5", "3600"), ("7200", "3600"), ("600", str(100 * 86400))):
+        with pytest.raises(ConfigError) as failure:
+            Settings.from_env(strong_env(PLAB_TOKEN_TTL=access, PLAB_REFRESH_TTL=refresh))
+        assert "PLAB_TOKEN_TTL" in str(failure.value)
+
+
+def test_previous_token_key_is_found_next_to_the_key_file(tmp_path):
+    current, previous = secrets.token_hex(32), secrets.token_hex(32)
+    (tmp_path / "token_key").write_text(current)
+    (tmp_path / "token_key.previous").write_text(previous + "\n")
+    env = strong_env(PLAB_TOKEN_KEY_FILE=str(tmp_path / "token_key"))
+    del env["PLAB_TOKEN_KEY"]
+    settings = Settings.from_env(env)
+    assert settings.token_key == current
+    assert settings.token_key_previous == previous
+
+
+def test_paths_and_retention_settings(tmp_path):
+    settings = Settings.from_env(strong_env(PLAB_STATE_DIR=str(tmp_path)))
+    assert settings.backup_dir == tmp_path / "backups"
+    assert settings.tls_cert_path == tmp_path / "tls" / "tls.crt"
+    assert settings.audit_retention is None
+    tuned = Settings.from_env(
+        strong_env(PLAB_BACKUP_DIR="/b", PLAB_TLS_CERT="/c.crt", PLAB_AUDIT_RETENTION="500")
+    )
+    assert (str(tuned.backup_dir), str(tuned.tls_cert_path), tuned.audit_retention) == (
+        "/b",
+        "/c.crt",
+        500,
+    )
+    with pytest.raises(ConfigError):
+        Settings.from_env(strong_env(PLAB_AUDIT_RETENTION="many"))
