@@ -3,27 +3,27 @@
 #
 # PYTHON_IMAGE is the base of both stages (the official slim image by
 # default); PIP_OPTIONS lets an offline build use only the wheels put in
-# docker/wheels/ on the host ("--no-index"), as `make e2e` does.
+# docker/wheels/ on the host ("--no-index"), as `make e2e` does. The build
+# context is the repository filtered by .dockerignore: sources, no secrets.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: every dependency as a wheel, installed into a venv -------------
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_OPTIONS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY docker/wheels/ /wheels/
-COPY requirements.txt pyproject.toml ./
-COPY productionlab/ productionlab/
+COPY . /src
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip wheel ${PIP_OPTIONS} --find-links /wheels --wheel-dir /wheels \
-        -r requirements.txt . \
- && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt \
+ && /opt/venv/bin/pip wheel ${PIP_OPTIONS} --find-links /src/docker/wheels \
+        --wheel-dir /wheels -r /src/requirements.txt /src \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels -r /src/requirements.txt \
  && /opt/venv/bin/pip install --no-index --no-deps /wheels/productionlab-*.whl \
- && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
+ && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
+ && install -D -m 0644 /src/nginx/nginx.conf.template \
+        /opt/venv/share/productionlab/nginx.conf.template
 
 # --- runtime: the base image, one non-root user, the venv ------------------
 FROM ${PYTHON_IMAGE} AS runtime
-# A fixed uid/gid the compose file and volumes rely on; nothing runs as root.
+# A fixed uid/gid that the compose file and the volumes rely on.
 RUN groupadd --system --gid 10001 plab \
  && useradd --system --uid 10001 --gid plab --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin plab \
@@ -31,13 +31,12 @@ RUN groupadd --system --gid 10001 plab \
         /var/lib/productionlab/edge /var/lib/productionlab/backups \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /root/.cache
 COPY --from=build /opt/venv /opt/venv
-COPY nginx/nginx.conf.template /opt/productionlab/nginx/nginx.conf.template
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PLAB_ENV=production \
     PLAB_STATE_DIR=/var/lib/productionlab/state \
-    PLAB_NGINX_TEMPLATE=/opt/productionlab/nginx/nginx.conf.template
+    PLAB_NGINX_TEMPLATE=/opt/venv/share/productionlab/nginx.conf.template
 USER 10001:10001
 WORKDIR /var/lib/productionlab
 EXPOSE 8000

@@ -125,7 +125,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         daemon.start()
         base = import_standin(daemon)
-        prepare_wheels(sys.executable)
+        prepare_wheels(daemon, base, [sys.executable, "/usr/bin/python3"])
         secrets_dir = work / "secrets"
         prepare_secrets(secrets_dir)
         https_port, http_port = free_port(), free_port()
@@ -158,7 +158,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             log(f"compose logs: {work / 'compose.log'}")
             log("compose: down --volumes")
             compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
-            if not daemon.owned:
-                daemon.docker("image", "rm", *IMAGES.values(), check=False)
+        # Images stay on a daemon we did not start: they are its build cache.
         daemon.stop()
         log(f"e2e session took {time.monotonic() - started:.0f}s")

@@ -275,10 +275,40 @@ def import_standin(daemon: DockerDaemon) -> str:
     return tag
 
 
-def prepare_wheels(python: str) -> Path:
-    """Every runtime dependency as a wheel in the build context (docker/wheels/)."""
+def python_version(python: str) -> str | None:
+    probe = run(
+        [python, "-c", "import platform, pip; print(platform.python_version())"], check=False
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def prepare_wheels(daemon: DockerDaemon, base: str, pythons: Sequence[str]) -> Path:
+    """Every runtime dependency as a wheel in the build context (docker/wheels/).
+
+    pip evaluates environment markers (``python_full_version < "3.11.3"``) for
+    the interpreter it runs in, so the wheels are prepared by a host Python of
+    the same version as the base image's.
+    """
+    target = daemon.docker(
+        "run",
+        "--rm",
+        "--network=none",
+        "--entrypoint",
+        "python3",
+        base,
+        "-c",
+        "import platform; print(platform.python_version())",
+    ).stdout.strip()
+    versions = {python: python_version(python) for python in pythons}
+    python = next((p for p, v in versions.items() if v == target), None)
+    if python is None:
+        raise HarnessError(
+            f"the base image has Python {target}; no host Python with pip matches it: {versions}"
+        )
     wheels = REPO / "docker" / "wheels"
-    log("wheels: pip wheel -r requirements.txt into docker/wheels/")
+    for stale in wheels.glob("*.whl"):
+        stale.unlink()
+    log(f"wheels: {python} -m pip wheel -r requirements.txt into docker/wheels/")
     run(
         [
             python,
@@ -294,8 +324,6 @@ def prepare_wheels(python: str) -> Path:
         ],
         timeout=900,
     )
-    for stale in wheels.glob("productionlab-*.whl"):
-        stale.unlink()
     return wheels
 
 
