@@ -265,6 +265,75 @@ def _schemas() -> dict:
                 "reason": string,
             },
         },
+        "TokenPair": {
+            "type": "object",
+            "required": ["access_token", "refresh_token", "token_type", "expires_in"],
+            "properties": {
+                "access_token": string,
+                "refresh_token": string,
+                "token_type": {"type": "string", "enum": ["Bearer"]},
+                "expires_in": integer,
+                "refresh_expires_in": integer,
+            },
+        },
+        "TokenFamilies": {
+            "type": "object",
+            "required": ["families"],
+            "properties": {"families": {"type": "array", "items": {"type": "object"}}},
+        },
+        "FamilyRevoked": {
+            "type": "object",
+            "required": ["family", "revoked"],
+            "properties": {"family": string, "revoked": {"type": "boolean"}},
+        },
+        "TokenKeys": {
+            "type": "object",
+            "required": ["current", "previous"],
+            "properties": {"current": string, "previous": {"type": "array", "items": string}},
+        },
+        "AuditTrimmed": {
+            "type": "object",
+            "required": ["dropped", "first"],
+            "properties": {"dropped": integer, "first": {"type": ["integer", "null"]}},
+        },
+        "Backup": {
+            "type": "object",
+            "required": ["name", "keys", "digest"],
+            "properties": {
+                "name": string,
+                "keys": integer,
+                "digest": string,
+                "kv_version": integer,
+                "key_id": string,
+                "created": {"type": ["number", "string"]},
+                "size": integer,
+            },
+        },
+        "BackupList": {
+            "type": "object",
+            "required": ["backups"],
+            "properties": {
+                "backups": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "size"]},
+                }
+            },
+        },
+        "BackupVerified": {
+            "type": "object",
+            "required": ["name", "ok", "keys", "digest"],
+            "properties": {
+                "name": string,
+                "ok": {"type": "boolean"},
+                "keys": integer,
+                "digest": string,
+            },
+        },
+        "CheckProd": {
+            "type": "object",
+            "required": ["ok", "findings"],
+            "properties": {"ok": {"type": "boolean"}, "findings": {"type": "array"}},
+        },
         "Stats": {
             "type": "object",
             "required": ["keys", "users", "audit_entries"],
@@ -478,8 +547,117 @@ def _admin_paths() -> dict:
                 },
             )
         },
+        "/admin/users/{name}/revoke-tokens": {
+            "post": _op(
+                "Revoke every token family of a user",
+                {"200": _ok("The user", user)},
+                parameters=[NAME],
+            )
+        },
+        "/admin/tokens": {
+            "get": _op(
+                "A user's live token families",
+                {"200": _ok("Families", _ref("TokenFamilies"))},
+                parameters=[
+                    {
+                        "name": "user",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": NAME_PATTERN},
+                    }
+                ],
+            )
+        },
+        "/admin/tokens/{family}/revoke": {
+            "post": _op(
+                "Revoke one token family",
+                {"200": _ok("Revoked", _ref("FamilyRevoked"))},
+                parameters=[_path_param("family", {"type": "string"})],
+            )
+        },
+        "/admin/tokens/keys": {
+            "get": _op(
+                "The ids of the token signing keys in use",
+                {"200": _ok("Key ids", _ref("TokenKeys"))},
+            )
+        },
+        "/admin/audit/head": {
+            "get": _op("The audit chain's head", {"200": _ok("Head", {"type": "object"})})
+        },
+        "/admin/audit/trim": {
+            "post": _op(
+                "Drop the oldest audit entries, keeping the newest N (the trim is audited)",
+                {"200": _ok("Trimmed", _ref("AuditTrimmed"))},
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["keep"],
+                                "properties": {"keep": {"type": "integer", "minimum": 1}},
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/admin/backups": {
+            "get": _op("The backups on disk", {"200": _ok("Backups", _ref("BackupList"))}),
+            "post": _op(
+                "Make an encrypted backup now",
+                {"201": _ok("Made", _ref("Backup"))},
+            ),
+        },
+        "/admin/backups/{name}/verify": {
+            "post": _op(
+                "Decrypt and check a backup",
+                {"200": _ok("Intact", _ref("BackupVerified"))},
+                parameters=[_path_param("name", {"type": "string"})],
+                errors=(*AUTHED, "409"),
+            )
+        },
+        "/admin/check-prod": {
+            "get": _op(
+                "Production readiness findings",
+                {"200": _ok("Findings", _ref("CheckProd"))},
+            )
+        },
         "/admin/stats": {
             "get": _op("Counts and store health", {"200": _ok("Stats", _ref("Stats"))})
+        },
+    }
+
+
+def _token_paths() -> dict:
+    pair = _ref("TokenPair")
+    return {
+        "/auth/token": {
+            "post": _op(
+                "Exchange Basic credentials for an access and a refresh token",
+                {"200": _ok("Tokens", pair)},
+                errors=("401", "429", "503"),
+            )
+        },
+        "/auth/refresh": {
+            "post": _op(
+                "Rotate a refresh token (single use; reuse revokes its family)",
+                {"200": _ok("Tokens", pair)},
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["refresh_token"],
+                                "properties": {"refresh_token": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                public=True,
+                errors=("400", "401", "429", "503"),
+            )
         },
     }
 
@@ -490,6 +668,7 @@ def build(plane: str) -> dict:
     if plane == "cp":
         paths.update({OPS_PREFIX + path: item for path, item in _kv_paths().items()})
         paths.update(_admin_paths())
+        paths.update(_token_paths())
         description = (
             "Control plane: the admin API, and the KV routes for operators under /ops (admin role)."
         )
