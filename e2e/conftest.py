@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets as random
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pytest
 import requests
 
 from e2e.harness import (
+    REPO,
     Compose,
     DockerDaemon,
     HarnessError,
@@ -117,10 +120,12 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment() -> Iterator[Deployment]:
     started = time.monotonic()
     daemon = DockerDaemon()
-    work = tmp_path_factory.mktemp("compose")
+    # Not pytest's tmp_path: other pytest sessions on the machine may prune those.
+    work = Path(tempfile.mkdtemp(prefix="plab-e2e-", dir="/var/tmp"))
+    logs = REPO / "var" / "e2e"
     compose = None
     try:
         daemon.start()
@@ -154,10 +159,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployment
     finally:
         if compose is not None:
-            (work / "compose.log").write_text(compose.logs())
-            log(f"compose logs: {work / 'compose.log'}")
+            logs.mkdir(parents=True, exist_ok=True)
+            saved = logs / f"{compose.project}.log"
+            saved.write_text(compose.logs())
+            log(f"compose logs: {saved}")
             log("compose: down --volumes")
             compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
         # Images stay on a daemon we did not start: they are its build cache.
         daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
         log(f"e2e session took {time.monotonic() - started:.0f}s")

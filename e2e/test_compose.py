@@ -164,6 +164,7 @@ def test_root_filesystem_is_read_only(deployment, service):
 
 
 # --- the contract through the edge --------------------------------------------
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls_only_with_the_generated_certificate(deployment):
     health = deployment.anonymous().get("/health")
     assert health.status_code == 200
