@@ -305,6 +305,11 @@ class LocalStack:
                 "PLAB_THREADS": str(self.config.threads),
                 "PLAB_TRUSTED_PROXY": self.config.bind,
                 "PYTHONUNBUFFERED": "1",
+                # argon2id takes 19 MiB per verification; with glibc's dynamic mmap
+                # threshold each Waitress thread's arena would keep that block after a
+                # burst of cache misses (+150 MiB per process). A fixed threshold
+                # returns it to the system on free.
+                "MALLOC_MMAP_THRESHOLD_": "1048576",
             }
         )
         for name in SECRET_NAMES:
