@@ -108,7 +108,7 @@ def run_schemathesis(
         "--max-examples",
         str(max_examples),
         "--max-time",
-        os.environ.get("PLAB_FUZZ_SECONDS", "75"),
+        os.environ.get("PLAB_FUZZ_SECONDS", "55"),
         "--workers",
         "2",
         "--seed",
@@ -127,6 +127,10 @@ def run_schemathesis(
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HTTP_PROXY", "HTTPS_PROXY"))}
     env["NO_COLOR"] = "1"
+    env["SCHEMATHESIS_HOOKS"] = "schemathesis_hooks"  # tests/schemathesis_hooks.py
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")) if p
+    )
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
