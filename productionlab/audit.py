@@ -14,6 +14,7 @@ Entries never hold a value, password or token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -105,6 +106,7 @@ class Actor:
         return [ipad, opad, ts, clean(self.name or "-"), clean(self.request_id), clean(self.client)]
 
 
+@functools.lru_cache(maxsize=8)
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     if len(key) > _BLOCK:
         key = hashlib.sha1(key).digest()  # noqa: S324 - HMAC key reduction, RFC 2104  # nosec B324

@@ -16,6 +16,7 @@ brute-forced, while a slow one at the edge would divide throughput by ~100.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -27,7 +28,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,8 +193,25 @@ class VerificationCache:
         self._max = max_entries
         self._entries: dict[bytes, tuple[float, User]] = {}
         self._lock = threading.Lock()
+        self._flights: dict[bytes, threading.Lock] = {}
         self.enabled = False
         self.epoch = 0
+
+    @contextlib.contextmanager
+    def single_flight(self, name: str, password: str) -> Iterator[None]:
+        """One slow verification per credential at a time in this process.
+
+        When a hot credential's entry expires, every thread that meets it would
+        otherwise run argon2id at once (19 MiB each): the first verifies, the
+        others wait and then find its result in the cache.
+        """
+        key = self._key(name, password)
+        with self._lock:
+            if len(self._flights) >= self._max:
+                self._flights.clear()
+            lock = self._flights.setdefault(key, threading.Lock())
+        with lock:
+            yield
 
     def _key(self, name: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{name}\0{password}".encode(), hashlib.sha256).digest()
@@ -270,6 +288,13 @@ class UserStore:
         Runs the slow hash on a cache miss even for unknown users, so timing
         does not reveal which names exist.
         """
+        cached = self.cache.get(name, password)
+        if cached is not None:
+            return cached
+        with self.cache.single_flight(name, password):
+            return self._verify_slowly(name, password)
+
+    def _verify_slowly(self, name: str, password: str) -> User | None:
         cached = self.cache.get(name, password)
         if cached is not None:
             return cached

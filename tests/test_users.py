@@ -256,3 +256,48 @@ def test_cache_never_keeps_a_verification_begun_before_a_change():
     assert cache.get("x", "pw") is None
     cache.put("x", "pw", user, cache.epoch)
     assert cache.get("x", "pw") is user
+
+
+def test_expired_credential_is_verified_once_not_by_every_thread(stack, make_user):
+    """Single flight: concurrent misses on one credential run argon2id once."""
+    import threading
+
+    from productionlab import users as users_module
+    from productionlab.users import UserStore
+
+    writer = make_user("writer", ["*"])
+    store = UserStore(stack.redis_client(), b"k" * 32, b"s" * 32, cache_seconds=60)
+    store.cache.enabled = True
+    real_hasher = users_module.HASHER
+    calls = []
+
+    class CountingHasher:
+        """The real argon2id hasher, counting its verifications."""
+
+        def verify(self, hashed: str, password: str) -> bool:
+            calls.append(1)
+            return real_hasher.verify(hashed, password)
+
+        def hash(self, password: str) -> str:
+            return real_hasher.hash(password)
+
+    users_module.HASHER = CountingHasher()
+    try:
+        barrier = threading.Barrier(8)
+        results = []
+
+        def verify() -> None:
+            barrier.wait()
+            results.append(store.verify(writer.name, writer.password))
+
+        threads = [threading.Thread(target=verify) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        users_module.HASHER = real_hasher
+        store.client.close()
+    assert all(user is not None and user.name == writer.name for user in results)
+    assert len(results) == 8
+    assert len(calls) == 1
