@@ -31,6 +31,7 @@ from e2e.harness import (
 from productionlab.deploy import prepare_secrets
 
 STATE = "/var/lib/productionlab/state"
+LOGS = REPO / "var" / "e2e"
 IMAGES = {
     "PLAB_AP_IMAGE": "productionlab-ap:e2e",
     "PLAB_CP_IMAGE": "productionlab-cp:e2e",
@@ -112,6 +113,13 @@ class Deployment:
             time.sleep(1)
         raise HarnessError(f"{path} did not answer {status} in {timeout}s (last: {last})")
 
+    def save_logs(self, label: str) -> Path:
+        """Every container's log so far, kept under var/e2e/ for a failed run's reader."""
+        LOGS.mkdir(parents=True, exist_ok=True)
+        saved = LOGS / f"{self.compose.project}-{label}.log"
+        saved.write_text(self.compose.logs())
+        return saved
+
     def up(self, *extra: str) -> None:
         self.compose("up", "--detach", "--no-build", *extra)
         self.compose.wait_healthy("edge")
@@ -125,7 +133,6 @@ def deployment() -> Iterator[Deployment]:
     daemon = DockerDaemon()
     # Not pytest's tmp_path: other pytest sessions on the machine may prune those.
     work = Path(tempfile.mkdtemp(prefix="plab-e2e-", dir="/var/tmp"))
-    logs = REPO / "var" / "e2e"
     compose = None
     try:
         daemon.start()
@@ -159,9 +166,7 @@ def deployment() -> Iterator[Deployment]:
         yield deployment
     finally:
         if compose is not None:
-            logs.mkdir(parents=True, exist_ok=True)
-            saved = logs / f"{compose.project}.log"
-            saved.write_text(compose.logs())
+            saved = Deployment(daemon, compose, work, 0, 0).save_logs("end")
             log(f"compose logs: {saved}")
             log("compose: down --volumes")
             compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)

@@ -92,6 +92,7 @@ class DockerDaemon:
 
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     process: subprocess.Popen | None = None
+    bridge_existed: bool = True
     root: Path | None = None
     log_path: Path | None = None
 
@@ -116,6 +117,7 @@ class DockerDaemon:
         if os.geteuid() != 0:
             raise HarnessError("no usable Docker daemon, and starting one needs root")
         dockerd = binary("dockerd")
+        self.bridge_existed = Path("/sys/class/net/docker0").exists()
         self.root = Path(tempfile.mkdtemp(prefix="plab-e2e-docker-", dir="/var/tmp"))
         exec_root = Path(tempfile.mkdtemp(prefix="plab-e2e-", dir="/run"))
         socket_path = exec_root / "docker.sock"
@@ -159,6 +161,9 @@ class DockerDaemon:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self.process = None
+        if not self.bridge_existed and Path("/sys/class/net/docker0").exists():
+            with contextlib.suppress(HarnessError):
+                run([binary("ip"), "link", "delete", "docker0"], check=False)
         for path in (self.root, getattr(self, "exec_root", None)):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)

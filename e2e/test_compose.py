@@ -250,6 +250,34 @@ def test_limits_body_size_and_edge_rate(deployment):
     assert {r.status_code for r in statuses} <= {401, 429}
 
 
+# --- operating it -------------------------------------------------------------
+def test_check_prod_in_the_control_plane_finds_only_the_self_signed_certificate(deployment):
+    result = deployment.compose.exec(
+        "cp", "python", "-m", "productionlab", "check-prod", check=False
+    )
+    findings = result.stdout.strip().splitlines()
+    assert len(findings) == 1, result.stdout + result.stderr
+    assert "self-signed" in findings[0]
+
+
+def test_encrypted_backup_lands_in_the_backups_volume(deployment):
+    compose = deployment.compose
+    made = compose.exec("cp", "python", "-m", "productionlab", "backup", "create", "--quiet")
+    assert made.returncode == 0, made.stderr
+    listing = compose.exec("cp", "ls", "/var/lib/productionlab/backups").stdout.split()
+    assert listing, made.stdout
+    verified = compose.exec(
+        "cp",
+        "python",
+        "-m",
+        "productionlab",
+        "backup",
+        "verify",
+        f"/var/lib/productionlab/backups/{listing[-1]}",
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 # --- faults and lifecycle -----------------------------------------------------
 def test_ready_is_503_while_redis_is_stopped_and_200_when_it_returns(deployment):
     admin = deployment.admin()
@@ -284,6 +312,7 @@ def test_data_and_users_survive_down_and_up_with_the_volumes_kept(deployment):
     password = deployment.admin_password()
     admin = deployment.admin()
     assert admin.post("/write/e2e-downup/kept").status_code in (200, 201)
+    deployment.save_logs("before-down")
     deployment.compose("down", "--timeout", "20")
     assert deployment.compose.container_ids(all_states=True) == []
     deployment.up()
