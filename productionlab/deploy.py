@@ -43,6 +43,12 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
     def get(name: str, default: object) -> str:
         return environ.get(f"PLAB_{name}", str(default))
 
+    def positive(name: str, default: int) -> int:
+        raw = get(name, default)
+        if not raw.isdigit() or int(raw) <= 0:
+            raise ValueError(f"PLAB_{name}={raw!r} must be a positive integer")
+        return int(raw)
+
     return EdgeConfig(
         ap_servers=[f"{get('AP_HOST', 'ap')}:{APP_PORT}"],
         cp_server=f"{get('CP_HOST', 'cp')}:{APP_PORT}",
@@ -58,10 +64,10 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
         access_log="/dev/stdout",
         user=None,  # nginx runs as its container's non-root user
         worker_processes=get("EDGE_WORKERS", "2"),
-        edge_rate=int(get("EDGE_RATE", 50)),
-        edge_burst=int(get("EDGE_BURST", 100)),
-        admin_rate=int(get("ADMIN_RATE", 5)),
-        admin_burst=int(get("ADMIN_BURST", 10)),
+        edge_rate=positive("EDGE_RATE", 50),
+        edge_burst=positive("EDGE_BURST", 100),
+        admin_rate=positive("ADMIN_RATE", 5),
+        admin_burst=positive("ADMIN_BURST", 10),
         max_body=get("MAX_BODY", "1m"),
         body_buffer=get("MAX_BODY", "1m"),
     )
@@ -130,7 +136,11 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_config(args: argparse.Namespace) -> int:
-    path = write_edge_config(Path(args.out))
+    try:
+        path = write_edge_config(Path(args.out))
+    except ValueError as exc:
+        print(f"edge-config: {exc}", file=sys.stderr)
+        return 2
     print(f"edge-config: wrote {path}", file=sys.stderr)
     return 0
 
