@@ -113,6 +113,12 @@ class Deployment:
             time.sleep(1)
         raise HarnessError(f"{path} did not answer {status} in {timeout}s (last: {last})")
 
+    def publish_on(self, https_port: int, http_port: int) -> None:
+        self.https_port, self.http_port = https_port, http_port
+        ports = {"PLAB_HTTPS_PORT": str(https_port), "PLAB_HTTP_PORT": str(http_port)}
+        self.compose.variables.update(ports)
+        self.compose.env.update(ports)
+
     def save_logs(self, label: str) -> Path:
         """Every container's log so far, kept under var/e2e/ for a failed run's reader."""
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -121,7 +127,16 @@ class Deployment:
         return saved
 
     def up(self, *extra: str) -> None:
-        self.compose("up", "--detach", "--no-build", *extra)
+        for attempt in range(3):
+            try:
+                self.compose("up", "--detach", "--no-build", *extra)
+                break
+            except HarnessError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                log("compose: a published port was taken meanwhile; choosing others")
+                self.compose("down", "--timeout", "10")
+                self.publish_on(free_port(), free_port())
         self.compose.wait_healthy("edge")
         self.wait_for("/health")
         self.wait_for("/ready")
@@ -140,7 +155,6 @@ def deployment() -> Iterator[Deployment]:
         prepare_wheels(daemon, base, [sys.executable, "/usr/bin/python3"])
         secrets_dir = work / "secrets"
         prepare_secrets(secrets_dir)
-        https_port, http_port = free_port(), free_port()
         compose = Compose(
             daemon,
             f"plabe2e{random.token_hex(3)}",
@@ -152,14 +166,13 @@ def deployment() -> Iterator[Deployment]:
                 "PLAB_PIP_OPTIONS": "--no-index",
                 "PLAB_SECRETS_DIR": str(secrets_dir),
                 "PLAB_BIND": "127.0.0.1",
-                "PLAB_HTTPS_PORT": str(https_port),
-                "PLAB_HTTP_PORT": str(http_port),
                 "PLAB_HEALTH_INTERVAL": "2s",
             },
         )
         log(f"compose: {' '.join(compose.argv)} build (project {compose.project})")
         compose("build", timeout=1800)
-        deployment = Deployment(daemon, compose, secrets_dir, https_port, http_port)
+        deployment = Deployment(daemon, compose, secrets_dir, 0, 0)
+        deployment.publish_on(free_port(), free_port())
         log("compose: up")
         deployment.up()
         log(f"deployment ready after {time.monotonic() - started:.0f}s")
