@@ -21,7 +21,7 @@ from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 ACCESS = logging.getLogger("productionlab.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
 
 def configure_logging(level: str = "INFO") -> None:

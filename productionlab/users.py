@@ -48,7 +48,7 @@ ROLE_IMPLIES = {
     "writer": ("reader", "writer"),
     "admin": ("reader", "writer", "admin"),
 }
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
 USER = "{plab}:user:"
 USERS = "{plab}:users"
 EVENTS = "{plab}:users:events"

@@ -97,3 +97,10 @@ def test_generated_password_shown_once(admin, make_user):
     assert len(writer.password) >= 43
     shown = admin.get(f"/admin/users/{writer.name}").json()
     assert "password" not in shown
+
+
+def test_user_names_with_a_trailing_newline_are_refused(admin, stack):
+    """`$` would match before a final newline: a name like "bob\\n" must not reach htpasswd."""
+    response = admin.post("/admin/users", json={"name": "bob\n", "role": "reader", "prefixes": []})
+    assert response.status_code == 400
+    assert "bob\n" not in stack.htpasswd.read_text()
