@@ -24,7 +24,7 @@ run: venv system-deps
 
 ## test: the test suite against real redis, Waitress and nginx
 test: venv system-deps tls-venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 ## fuzz: the bad-input proofs alone: schemathesis (OpenAPI), hypothesis properties, hostile corpus
 fuzz: venv system-deps
