@@ -68,8 +68,8 @@ $(VENV)/.bench-installed: bench/requirements.txt $(VENV)/.installed
 
 ## lint: ruff lint and format check
 lint: venv
-	$(VENV)/bin/ruff check productionlab tests bench
-	$(VENV)/bin/ruff format --check productionlab tests bench
+	$(VENV)/bin/ruff check productionlab tests bench e2e scripts
+	$(VENV)/bin/ruff format --check productionlab tests bench e2e scripts
 
 ## secrets: compose secrets, a TLS certificate and redis.conf under secrets/ (docs/COMPOSE.md)
 secrets: venv
