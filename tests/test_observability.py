@@ -93,3 +93,20 @@ def test_framework_errors_are_json(stack, admin):
         assert response.status_code == status
         assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
         assert "<html" not in response.text.lower()
+
+
+def test_apps_send_security_headers_on_answers_and_errors(stack, admin):
+    port = stack.config.ap_ports[0]
+    for response in (
+        admin.direct("GET", port, "/health"),
+        admin.direct("GET", port, "/nope"),
+        admin.direct("GET", port, "/read/a.b"),
+        admin.direct("GET", port, "/health", headers={"X-Forwarded-Proto": "https"}),
+    ):
+        headers = response.headers
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert headers["Cache-Control"] == "no-store"
+    # The edge (a trusted proxy) says the client used HTTPS: HSTS is sent.
+    assert "Strict-Transport-Security" in response.headers
