@@ -21,9 +21,18 @@ fi
 echo "installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts the packaged services; ours run under our own supervisor.
-for service in redis-server nginx; do
+# Keep the packages from starting their services (a distribution dockerd would
+# take 172.17.0.0/16); ours run under our own supervisor or test.
+added_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  added_policy=1
+fi
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+[ "${status:-0}" -eq 0 ] || exit "$status"
+for service in redis-server nginx docker containerd; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
   service "$service" stop >/dev/null 2>&1 || true
 done
