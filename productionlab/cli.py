@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--values", help="JSON file of EdgeConfig fields")
     render.set_defaults(handler=cmd_render_nginx)
 
+    from productionlab.deploy import register as register_deploy
     from productionlab.opscli import REGISTRARS
 
-    for register in (*REGISTRARS, *EXTRA_COMMANDS):
+    for register in (*REGISTRARS, register_deploy, *EXTRA_COMMANDS):
         register(commands)
     return parser
 
