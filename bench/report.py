@@ -73,11 +73,12 @@ def chart(stats: dict, path: Path) -> bool:
     for axis, title in ((left, "throughput (req/s, median)"), (right, "p99 latency (ms, median)")):
         axis.set_xticks(range(len(WORKLOADS)), [WORKLOAD_NAMES[w] for w in WORKLOADS])
         axis.set_title(title)
-        axis.legend(fontsize=8)
         if "webdis" in systems:
             axis.set_yscale("log")
     fig.suptitle("wrk, 2 threads, 32 keep-alive connections, loopback, 2-core machine")
-    fig.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(systems), fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
