@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -147,6 +148,15 @@ class Load:
     def acked_count(self) -> int:
         with self.tally.lock:
             return len(self.tally.acked)
+
+
+def record(name: str, figures: dict) -> None:
+    """Figures for docs/RELIABILITY.md (printed; also saved when PLAB_FIGURES_DIR is set)."""
+    print(f"\nFIGURES {name}: {json.dumps(figures, sort_keys=True)}")
+    directory = os.environ.get("PLAB_FIGURES_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> float | None:

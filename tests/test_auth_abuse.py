@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import concurrent.futures
 import json
-import os
 import secrets
 from pathlib import Path
 from unittest import mock
@@ -22,6 +21,7 @@ from unittest import mock
 import pytest
 import requests
 from conftest import Client
+from faultkit import record
 
 from productionlab import users as users_module
 from productionlab.users import UserStore
@@ -29,14 +29,6 @@ from productionlab.users import UserStore
 PACKAGE = Path(__file__).resolve().parent.parent / "productionlab"
 PER_PAIR = 10  # settings.login_failures_per_minute default (DESIGN.md)
 PER_ADDRESS = 100  # settings.address_failures_per_minute default
-
-
-def record(name: str, figures: dict) -> None:
-    print(f"\nFIGURES {name}: {json.dumps(figures, sort_keys=True)}")
-    directory = os.environ.get("PLAB_FIGURES_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 def fresh_address() -> str:

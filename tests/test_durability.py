@@ -7,28 +7,25 @@ kill -9) into a private redis without ACLs, so every key can be scanned.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import pytest
-from faultkit import Load, audit_entries, kv_state, partial_state, scratch_redis, wait_until
+from faultkit import (
+    Load,
+    audit_entries,
+    kv_state,
+    partial_state,
+    record,
+    scratch_redis,
+    wait_until,
+)
 
 from productionlab.audit import AuditLog
 
 MIN_ACKED = int(os.environ.get("PLAB_DURABILITY_MIN_ACKED", "8000"))
 KILLS = 4
 RUN_LIMIT = 150.0  # seconds per mode, whatever the machine's speed
-
-
-def record(name: str, figures: dict) -> None:
-    """Figures for docs/RELIABILITY.md (printed; also saved when PLAB_FIGURES_DIR is set)."""
-    print(f"\nFIGURES {name}: {json.dumps(figures, sort_keys=True)}")
-    directory = os.environ.get("PLAB_FIGURES_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 def writes_succeed(stack, auth) -> bool:

@@ -4,27 +4,17 @@ supervisor restarts what died; service resumes by itself."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
-from faultkit import Load, wait_until
+from faultkit import Load, record, wait_until
 
 STOP_SECONDS = float(os.environ.get("PLAB_REDIS_STOP_SECONDS", "30"))
-
-
-def record(name: str, figures: dict) -> None:
-    print(f"\nFIGURES {name}: {json.dumps(figures, sort_keys=True)}")
-    directory = os.environ.get("PLAB_FIGURES_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 @pytest.fixture
