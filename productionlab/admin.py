@@ -54,7 +54,7 @@ def json_body() -> dict:
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} is a whole number from {low} to {high}")
     return int(raw)
 

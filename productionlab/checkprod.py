@@ -144,7 +144,7 @@ def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
         findings.append("rate limits: PLAB_RATE_LIMITS is off")
     for name in ("EDGE_RATE", "EDGE_BURST", "ADMIN_RATE", "ADMIN_BURST"):
         raw = environ.get(f"PLAB_{name}")
-        if raw is not None and (not raw.isdigit() or int(raw) <= 0):
+        if raw is not None and (not (raw.isascii() and raw.isdigit()) or int(raw) <= 0):
             findings.append(f"rate limits: PLAB_{name}={raw!r} disables or breaks the edge limit")
     return findings
 

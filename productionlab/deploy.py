@@ -45,7 +45,7 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
 
     def positive(name: str, default: int) -> int:
         raw = get(name, default)
-        if not raw.isdigit() or int(raw) <= 0:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
             raise ValueError(f"PLAB_{name}={raw!r} must be a positive integer")
         return int(raw)
 

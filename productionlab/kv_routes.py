@@ -100,7 +100,7 @@ def parse_ttl() -> int | None:
     raw = request.args.get("ttl")
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_TTL:
         raise BadRequest(f"ttl is a whole number of seconds from 1 to {MAX_TTL}")
     return int(raw)
 
@@ -111,7 +111,7 @@ def parse_if_match() -> list[str] | None:
     tags = request.if_match
     if tags.star_tag:
         return ["*"]
-    versions = [t for t in tags.as_set() if t and t.isdigit()]
+    versions = [t for t in tags.as_set() if t and t.isascii() and t.isdigit()]
     return versions or ["none"]
 
 
@@ -231,7 +231,10 @@ def kv_blueprint(
         if not PREFIX_RE.match(prefix):
             raise BadRequest("prefix matches ^[A-Za-z0-9_-]{0,256}$")
         raw_limit = request.args.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        if (
+            not (raw_limit.isascii() and raw_limit.isdigit())
+            or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT
+        ):
             raise BadRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
         after = decode_cursor(request.args.get("cursor", ""))
         prefixes = effective_prefixes(current_user().grants, prefix)

@@ -254,3 +254,12 @@ def key_suffix() -> str:
     import secrets
 
     return secrets.token_hex(6)
+
+
+@pytest.mark.parametrize("number", ["%C2%B2", "%D9%A3", "%EF%BC%91"])
+def test_non_ascii_digits_are_400_not_500(admin, key, number):
+    """str.isdigit() accepts '²', '٣' and fullwidth '1', which int() refuses."""
+    assert admin.put(f"/v1/kv/{key}?ttl={number}", data=b"x").status_code == 400
+    assert admin.get(f"/v1/kv?limit={number}").status_code == 400
+    assert admin.get(f"/admin/audit?limit={number}").status_code == 400
+    assert admin.get(f"/v1/kv/{key}").status_code == 404
