@@ -284,11 +284,16 @@ class KVStore:
         """One page of keys under ``prefixes`` (disjoint, sorted), after the key ``after``."""
         if not prefixes:
             return [], None
+        # Ask for one key more than the page: a full page then says for sure
+        # whether another follows, so the last page never points at an empty one.
         found, last, more = self._list(
-            keys=[INDEX], args=[ITEM, after, limit, max(limit * 10, 1000), *prefixes]
+            keys=[INDEX], args=[ITEM, after, limit + 1, max(limit * 10, 1000), *prefixes]
         )
         keys = [k.decode() for k in found]
+        if len(keys) > limit:
+            return keys[:limit], keys[limit - 1]
         last_key = last.decode() if isinstance(last, bytes) else str(last)
+        # A scan that ran out of budget before filling the page still has more to see.
         return keys, (last_key if int(more) else None)
 
     def ttl(self, key: str) -> int | None:

@@ -263,3 +263,15 @@ def test_non_ascii_digits_are_400_not_500(admin, key, number):
     assert admin.get(f"/v1/kv?limit={number}").status_code == 400
     assert admin.get(f"/admin/audit?limit={number}").status_code == 400
     assert admin.get(f"/v1/kv/{key}").status_code == 404
+
+
+def test_last_full_page_has_no_cursor(admin):
+    prefix = "exact-" + key_suffix()
+    for index in range(4):
+        admin.post(f"/write/{prefix}-{index}/v")
+    first = admin.get("/v1/kv", params={"prefix": prefix, "limit": "2"}).json()
+    assert first["keys"] == [f"{prefix}-0", f"{prefix}-1"] and first["next_cursor"]
+    second = admin.get(
+        "/v1/kv", params={"prefix": prefix, "limit": "2", "cursor": first["next_cursor"]}
+    ).json()
+    assert second == {"keys": [f"{prefix}-2", f"{prefix}-3"], "next_cursor": None}
