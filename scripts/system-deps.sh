@@ -22,7 +22,7 @@ echo "installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # Keep the packages from starting their services (a distribution dockerd would
-# take 172.17.0.0/16); ours run under our own supervisor or test.
+# take a private range we must not use); ours run under our own supervisor or test.
 added_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
