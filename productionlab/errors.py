@@ -135,7 +135,8 @@ def init_app(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         if status == 429:
-            headers["Retry-After"] = str(_retry_after_of(exc))
+            # Our own limits raise TooManyRequests with their wait; a bare 429 gets 1 s.
+            headers["Retry-After"] = "1"
             return error_response(429, "rate_limited", "too many requests", headers)
         if status >= 500:
             log.error("http exception %s", status)
@@ -170,13 +171,3 @@ def init_app(app: Flask) -> None:
     def handle_unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
         return error_response(500, "internal", "internal error")
-
-
-def _retry_after_of(exc: HTTPException) -> int:
-    limit = getattr(exc, "limit", None)
-    if limit is not None:
-        try:
-            return max(1, int(limit.limit.get_expiry()))
-        except (AttributeError, TypeError, ValueError):
-            return 1
-    return 1

@@ -268,7 +268,7 @@ class KVStore:
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
             args += limit.args()
-        status, version = self._delete(keys=keys, args=args)
+        status, version = self._eval(self._delete, keys, args)
         if int(status) == -2:
             refused(int(version))
         if int(status) == 0:
@@ -286,8 +286,8 @@ class KVStore:
             return [], None
         # Ask for one key more than the page: a full page then says for sure
         # whether another follows, so the last page never points at an empty one.
-        found, last, more = self._list(
-            keys=[INDEX], args=[ITEM, after, limit + 1, max(limit * 10, 1000), *prefixes]
+        found, last, more = self._eval(
+            self._list, [INDEX], [ITEM, after, limit + 1, max(limit * 10, 1000), *prefixes]
         )
         keys = [k.decode() for k in found]
         if len(keys) > limit:
@@ -295,7 +295,3 @@ class KVStore:
         last_key = last.decode() if isinstance(last, bytes) else str(last)
         # A scan that ran out of budget before filling the page still has more to see.
         return keys, (last_key if int(more) else None)
-
-    def ttl(self, key: str) -> int | None:
-        remaining = self.client.pttl(ITEM + validate_key(key))
-        return None if remaining is None or remaining < 0 else max(1, (remaining + 999) // 1000)

@@ -242,7 +242,8 @@ class LocalStack:
     def _write_nginx_conf(self) -> None:
         nginx_dir = self.state / "nginx"
         temp = nginx_dir / "temp"
-        temp.mkdir(parents=True, exist_ok=True)
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (temp / sub).mkdir(parents=True, exist_ok=True)
         user = None
         if os.geteuid() == 0:
             # nginx's master starts as root here; its workers must not stay root.
@@ -284,10 +285,6 @@ class LocalStack:
             max_body=self.config.max_body,
         )
         (nginx_dir / "nginx.conf").write_text(edge.render())
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (temp / sub).mkdir(exist_ok=True)
-            if user:
-                os.chown(temp / sub, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
 
     # --- processes ----------------------------------------------------------
     def plane_env(self, plane: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SECRET_NAMES = ("secret_key", "token_key", "audit_key", "backup_key")
@@ -211,11 +211,6 @@ class Settings:
         )
         settings.validate(extra_problems=problems)
         return settings
-
-    def with_overrides(self, **changes: object) -> Settings:
-        updated = replace(self, **changes)
-        updated.validate()
-        return updated
 
     def validate(self, extra_problems: list[str] | None = None) -> None:
         """Refuse to start on any problem. Weak secrets are fatal in production only."""

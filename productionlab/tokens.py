@@ -290,7 +290,11 @@ class TokenService:
         return TokenPair(self.sign(access), self.sign(fresh), self.access_ttl, self.refresh_ttl)
 
     def _current_user(self, claims: Claims) -> User:
-        data = self.client.hgetall(USER + claims.sub)
+        return self._still_valid(claims, self.client.hgetall(USER + claims.sub))
+
+    @staticmethod
+    def _still_valid(claims: Claims, data: dict) -> User:
+        """The token's user, unless deleted, disabled or changed since the token was issued."""
         if not data:
             raise TokenError("unknown_user")
         user = User.from_hash(data)
@@ -307,12 +311,7 @@ class TokenService:
         data, revoked = pipe.execute()
         if revoked != b"0":
             raise TokenError("family_revoked")
-        if not data:
-            raise TokenError("unknown_user")
-        user = User.from_hash(data)
-        if user.disabled or user.generation != claims.gen:
-            raise TokenError("user_changed")
-        return user
+        return self._still_valid(claims, data)
 
     def revoke_family(self, family: str, actor: Actor) -> bool:
         if not family.isalnum() or len(family) > 64:

@@ -265,7 +265,6 @@ class UserStore:
         self._listener: threading.Thread | None = None
         self._render_lock = threading.Lock()
         self._stop = threading.Event()
-        self.on_change: list = []
 
     # --- reading -----------------------------------------------------------
     def get(self, name: str) -> User:
@@ -406,8 +405,6 @@ class UserStore:
         """This process changed a user: drop its cache now and re-render the edge file."""
         self.cache.clear()
         self.render_htpasswd()
-        for callback in self.on_change:
-            callback()
 
     # --- first start -------------------------------------------------------
     def ensure_admin(self, password_file: Path) -> str | None:
