@@ -109,7 +109,9 @@ class Answer:
 
 
 def probe_loop(stack, stop: threading.Event, answers: list[Answer], lock: threading.Lock, n: int):
-    """Writes, reads and /ready through the edge and straight to each plane."""
+    """Thread ``n`` probes one kind of request (write, read, /ready through the edge,
+    /ready straight to each plane, operator read), so every kind has requests wholly
+    inside the outage whatever the timing."""
     session = session_for(stack)
     plain = requests.Session()
     plain.trust_env = False
@@ -124,10 +126,10 @@ def probe_loop(stack, stop: threading.Event, answers: list[Answer], lock: thread
         ("ready", lambda i: plain.get(direct_ready[i % len(direct_ready)], timeout=30)),
         ("ops-read", lambda i: session.get(f"{stack.url}/ops/read/seed-{i % 50}", timeout=30)),
     ]
+    what, call = targets[n % len(targets)]
     i = n
     while not stop.is_set():
-        i += 1
-        what, call = targets[i % len(targets)]
+        i += len(targets)
         started = time.monotonic()
         try:
             response = call(i)
@@ -154,7 +156,7 @@ def test_redis_stopped_30s_every_request_503_then_resumes_by_itself(fault_stack)
     stop = threading.Event()
     threads = [
         threading.Thread(target=probe_loop, args=(stack, stop, answers, lock, n), daemon=True)
-        for n in range(5)
+        for n in range(5)  # one thread per kind of request in probe_loop
     ]
     for thread in threads:
         thread.start()
