@@ -114,6 +114,14 @@ def candidates(environ: Mapping[str, str], cwd: Path | None = None) -> list[Path
     return found
 
 
+class StackFileError(ConfigError):
+    """A one-line configuration error about the local stack (no "refusing to start")."""
+
+    def __init__(self, message: str):
+        self.problems = [message]
+        Exception.__init__(self, message)
+
+
 def load(path: Path) -> Descriptor:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -121,9 +129,12 @@ def load(path: Path) -> Descriptor:
         state_dir = Path(body.get("state_dir") or path.parent)
         return Descriptor(path, state_dir, str(body["url"]), body.get("supervisor_pid"), env)
     except OSError as exc:
-        raise ConfigError([f"{path} cannot be read: {exc.strerror}"]) from exc
+        raise StackFileError(f"{path} cannot be read: {exc.strerror}") from exc
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise ConfigError([f"{path} is not a stack descriptor ({exc})"]) from exc
+        raise StackFileError(
+            f"{path} is not a stack descriptor ({type(exc).__name__}: {exc}); "
+            "run `make run` again to rewrite it"
+        ) from exc
 
 
 def find(environ: Mapping[str, str], cwd: Path | None = None) -> Descriptor | None:
@@ -133,7 +144,7 @@ def find(environ: Mapping[str, str], cwd: Path | None = None) -> Descriptor | No
     return None
 
 
-class NoStackFound(ConfigError):
+class NoStackFound(StackFileError):
     """Neither the environment nor a descriptor says which stack to talk to."""
 
     def __init__(self, environ: Mapping[str, str]):
@@ -141,11 +152,10 @@ class NoStackFound(ConfigError):
             where = f"no {Path(environ['PLAB_STATE_DIR']) / FILE_NAME}"
         else:
             where = f"no var/{FILE_NAME} here, in a parent directory or in {CHECKOUT}"
-        self.problems = [
+        super().__init__(
             f"no local stack found ({where}): run `make run` first, "
             "or set the PLAB_* variables (README.md, Configuration)"
-        ]
-        Exception.__init__(self, self.problems[0])
+        )
 
 
 def apply(environ: MutableMapping[str, str], cwd: Path | None = None) -> Descriptor | None:

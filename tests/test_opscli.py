@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from productionlab import stackfile
 from productionlab.localstack import LocalStack, free_port
 from productionlab.settings import SECRET_NAMES
 from tests.conftest import Client
@@ -157,3 +158,66 @@ def test_no_stack_found_says_what_to_do_in_one_line(tmp_path: Path) -> None:
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result.stderr
         assert "make run" in lines[0] and "PLAB_" in lines[0] and str(empty) in lines[0]
+
+
+def test_descriptor_never_holds_an_inline_secret(tmp_path: Path) -> None:
+    plane_env = {
+        "PLAB_REDIS_URL": "redis://127.0.0.1:1/0",
+        "PLAB_SECRET_KEY": "inline-value-must-not-be-written",
+        "PLAB_REDIS_PASSWORD": "another-inline-value",
+        "PLAB_AUDIT_KEY_FILE": "/somewhere/audit_key",
+        "HOME": "/root",
+    }
+    path = stackfile.write(tmp_path, plane_env, "https://127.0.0.1:1", os.getpid())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert "inline" not in text and "HOME" not in text
+    assert stackfile.load(path).env == {
+        "PLAB_AUDIT_KEY_FILE": "/somewhere/audit_key",
+        "PLAB_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+
+
+def test_banner_says_when_the_stacks_supervisor_is_gone(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    stackfile.write(tmp_path, {}, "https://127.0.0.1:1", gone.pid)
+    descriptor = stackfile.find({"PLAB_STATE_DIR": str(tmp_path)})
+    assert descriptor is not None and not descriptor.running
+    assert descriptor.banner() == (
+        f"using the local stack in {tmp_path} (https://127.0.0.1:1, its supervisor is not running)"
+    )
+    stackfile.write(tmp_path, {}, "https://127.0.0.1:1", os.getpid())
+    assert stackfile.find({"PLAB_STATE_DIR": str(tmp_path)}).banner() == (
+        f"using the local stack in {tmp_path} (https://127.0.0.1:1)"
+    )
+
+
+def test_an_unreadable_descriptor_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "stack.json").write_text("{not json")
+    result = cli("users", "list", cwd=tmp_path, env=clean_env(PLAB_STATE_DIR=str(tmp_path)))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "is not a stack descriptor" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stopped_stack_is_still_found(stack_factory, tmp_path: Path) -> None:
+    stopped = stack_factory(ap_workers=1)
+    (tmp_path / "var").symlink_to(stopped.state)
+    made = cli("backup", "create", "--quiet", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    backup = made.stdout.split()[1]
+    stopped.stop()
+
+    # What needs no redis still works: the settings come from the descriptor.
+    verified = cli("backup", "verify", backup, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stderr.splitlines()[0].startswith(
+        f"productionlab: using the local stack in {stopped.state}"
+    )
+    # What needs redis says why it failed and what to do, in one line after the banner.
+    listed = cli("users", "list", cwd=tmp_path)
+    assert listed.returncode == 3
+    lines = listed.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in listed.stderr, listed.stderr
+    assert lines[1].startswith("productionlab: redis: ConnectionError") and "make run" in lines[1]
