@@ -477,7 +477,7 @@ class LocalStack:
             in_state = self.state / name
             if target != in_state:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(target.parent, 0o755)  # noqa: S103 - holds only 0700 dirs  # nosec B103
+                os.chmod(target.parent, 0o711)  # noqa: S103 - traverse only  # nosec B103
                 if in_state.is_dir() and not in_state.is_symlink():
                     # an older layout (or a state dir that moved): its data comes along
                     if target.exists():
