@@ -151,8 +151,10 @@ def ordinary_account() -> pwd.struct_passwd:
         return pwd.getpwnam(ORDINARY_USER)
     except KeyError:
         subprocess.run(
-            [find_binary("useradd") or "useradd", "--system", "--no-create-home"]
-            + ["--shell", "/usr/sbin/nologin", "--user-group", ORDINARY_USER],
+            [
+                *(find_binary("useradd") or "useradd", "--system", "--no-create-home"),
+                *("--shell", "/usr/sbin/nologin", "--user-group", ORDINARY_USER),
+            ],
             check=True,
         )
         return pwd.getpwnam(ORDINARY_USER)
@@ -192,10 +194,9 @@ def copy_runtime_packages(destination: Path) -> None:
             target = destination / file
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    if sys.version_info >= (3, 11):
-        # redis imports async_timeout on Pythons before 3.11.3 (the OS's may be one,
-        # the venv's not); 3.11's asyncio has the same context manager.
-        (destination / "async_timeout.py").write_text("from asyncio import timeout  # noqa\n")
+    # redis imports async_timeout on Pythons before 3.11.3 (the OS's may be one, the
+    # venv's not); 3.11's asyncio has the same context manager.
+    (destination / "async_timeout.py").write_text("from asyncio import timeout  # noqa\n")
 
 
 def test_make_run_as_an_ordinary_user_in_a_home_of_its_own():
