@@ -761,6 +761,9 @@ class LocalStack:
         What the dead leader left in its process group (nginx's workers after their
         master was killed) is killed first, and its ports must be free before the new
         one starts: no orphan keeps answering with an old configuration.
+
+        Call it from the thread that lives as long as the stack (``run_forever`` uses
+        the main thread): a child gets SIGTERM when the thread that started it ends.
         """
         restarted: list[str] = []
         if self._stopping:
