@@ -88,14 +88,6 @@ def preload_modules() -> int:
     return loaded
 
 
-def warm_up(app) -> None:
-    """A few requests through the app in-process, so lazily built state exists."""
-    client = app.test_client()
-    for path in ("/health", "/ready", "/openapi.json", "/nonexistent"):
-        with contextlib.suppress(Exception):
-            client.get(path, headers={"X-Request-ID": "warm-up"})
-
-
 def drop_privileges(user: str) -> None:
     """Become ``user`` (all of real, effective and saved ids; no extra groups)."""
     from productionlab.localstack import die_with_parent
@@ -131,7 +123,6 @@ def serve(
         app = create_app(settings)
     if run_as:
         preload_modules()
-        warm_up(app)
         drop_privileges(run_as)
     log.info("serving %s on %s:%s", plane, host, port)
     waitress.serve(
