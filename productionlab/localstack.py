@@ -678,6 +678,7 @@ class LocalStack:
             self.check_ports()
             self.prepare()
         except BaseException:
+            self._remove_runtime_dir()
             self.release_lock()
             raise
         assert redis_server is not None and nginx is not None  # checked above  # nosec B101
@@ -743,10 +744,13 @@ class LocalStack:
             if component is not None:
                 component.stop()
         left = self.leftovers()
-        if self.as_root and self.runtime_dir != self.state:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self._remove_runtime_dir()
         self.release_lock()
         return left
+
+    def _remove_runtime_dir(self) -> None:
+        if self.as_root and self.runtime_dir != self.state:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         left = []

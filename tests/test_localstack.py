@@ -223,3 +223,31 @@ def test_ctrl_c_after_a_killed_edge_master_leaves_no_process_and_no_port():
         assert all_ports_free(ports_of(env))
     finally:
         run.kill()
+
+
+def test_a_killed_supervisor_takes_its_stack_with_it_and_the_next_run_starts():
+    """SIGKILL the supervisor itself: every component follows (the parent-death signal,
+    armed again by the planes after dropping privileges), the ports are freed, and the
+    next run is not refused by the dead one's lock file."""
+    directory = state_dir()
+    env = port_env(directory)
+    checkout = Path(__file__).parent.parent
+    run = RunProcess(env, cwd=checkout).start()
+    second = RunProcess(env, cwd=checkout)
+    try:
+        run.wait_ready()
+        supervisor = run.process.pid
+        [master] = [p for p in children_of(supervisor) if "nginx: master" in cmdline(p)]
+        stack_pids = children_of(supervisor) + children_of(master)
+        assert len(stack_pids) == 6  # redis, cp, ap1, nginx master and two workers
+        run.process.kill()
+        run.process.communicate()
+        wait_until(lambda: not any(_alive(p) for p in stack_pids), 30, "the stack to follow")
+        wait_until(lambda: all_ports_free(ports_of(env)), 30, "the ports")
+        second.start()
+        assert second.wait_ready() == f"https://127.0.0.1:{env['PLAB_HTTPS_PORT']}"
+        status, err = second.stop()
+        assert status == 0, err
+    finally:
+        run.kill()
+        second.kill()
