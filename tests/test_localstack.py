@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def test_ctrl_c_after_a_killed_edge_master_leaves_no_process_and_no_port():
         assert all_ports_free(ports_of(env))
     finally:
         run.kill()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_killed_supervisor_takes_its_stack_with_it_and_the_next_run_starts():
@@ -251,3 +253,4 @@ def test_a_killed_supervisor_takes_its_stack_with_it_and_the_next_run_starts():
     finally:
         run.kill()
         second.kill()
+        shutil.rmtree(directory, ignore_errors=True)

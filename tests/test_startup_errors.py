@@ -53,7 +53,8 @@ def test_port_in_use_names_the_variable_that_moves_it():
 def test_missing_os_package_says_how_to_install_it():
     """The supervisor's own check (make run's system-deps step names the packages first
     when not root); the binary lookup is made to find nothing, as on a bare machine."""
-    env = port_env(state_dir())
+    state = state_dir()
+    env = port_env(state)
     code = (
         "import productionlab.localstack as stack; stack.find_binary = lambda name: None; "
         "from productionlab.cli import main; raise SystemExit(main(['run']))"
@@ -64,6 +65,7 @@ def test_missing_os_package_says_how_to_install_it():
     line = one_line(result.stdout + result.stderr)
     assert result.returncode == 1
     assert "sudo apt-get install redis-server nginx" in line
+    shutil.rmtree(state)
 
 
 def test_state_dir_of_a_newer_format_is_refused():
