@@ -33,16 +33,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from productionlab.serve import serve
 
     configure_logging()
-    serve(args.plane, args.host, args.port)
+    serve(args.plane, args.host, args.port, run_as=args.run_as)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from productionlab.localstack import LocalStack, StackConfig, StackError
 
+    # Every start-up failure a newcomer can meet is one line saying what to do.
     try:
-        LocalStack(StackConfig.from_env()).run_forever()
+        config = StackConfig.from_env()
+    except ValueError as exc:
+        print(f"productionlab: a PLAB_* port or count is not a number ({exc})", file=sys.stderr)
+        return 2
+    try:
+        LocalStack(config).run_forever()
     except StackError as exc:
+        print(f"productionlab: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(
+            f"productionlab: permission denied on {exc.filename}: run as its owner, or set "
+            "PLAB_STATE_DIR to a directory you own",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -75,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("plane", choices=["ap", "cp"])
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, required=True)
+    serve.add_argument(
+        "--run-as", metavar="USER", help="when started as root: become USER before serving"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     run = commands.add_parser("run", help="run the whole local stack in the foreground")
