@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from productionlab.settings import SECRET_NAMES, ConfigError, Settings, secret_problem
 from productionlab.store.connection import connect
 
-EXPIRY_WARNING_DAYS = 14
+EXPIRY_WARNING_DAYS = 30
 
 
 def load_settings(environ: Mapping[str, str]) -> tuple[Settings | None, list[str]]:

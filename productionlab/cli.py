@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from productionlab.deploy import register as register_deploy
     from productionlab.opscli import REGISTRARS
+    from productionlab.tlsrotate import register as register_tls
 
-    for register in (*REGISTRARS, register_deploy, *EXTRA_COMMANDS):
+    for register in (*REGISTRARS, register_deploy, register_tls, *EXTRA_COMMANDS):
         register(commands)
     return parser
 

@@ -2,14 +2,24 @@
 # The edge's PID 1: nginx in the foreground with the rendered config, and a
 # watch on the app plane's replicas. nginx (open source) resolves `ap` only
 # when it loads its config; when `docker compose up --scale ap=N` changes the
-# replicas, this reloads nginx so the edge uses every one of them.
+# replicas, this reloads nginx so the edge uses every one of them. It also
+# watches the TLS certificate and key (compose secrets, bind-mounted): when the
+# operator rewrites them (`productionlab tls rotate --dir secrets`) and
+# `nginx -t` accepts the pair, nginx reloads gracefully; a half-written or
+# mismatched pair is retried on the next look, never loaded.
 set -eu
 conf=${PLAB_EDGE_CONF:-/var/lib/productionlab/edge/nginx.conf}
 upstream=${PLAB_AP_HOST:-ap}
 every=${PLAB_EDGE_RESOLVE_SECONDS:-5}
+tls_files=${PLAB_EDGE_TLS_FILES:-/run/secrets/tls_crt /run/secrets/tls_key}
 
 replicas() {
   getent ahostsv4 "$upstream" | awk '{ print $1 }' | sort -u | tr '\n' ' '
+}
+
+tls_sum() {
+  # shellcheck disable=SC2086 # a list of paths
+  cat $tls_files 2>/dev/null | cksum
 }
 
 mkdir -p /tmp/nginx
@@ -18,6 +28,7 @@ nginx -e stderr -c "$conf" &
 master=$!
 trap 'kill -QUIT "$master" 2>/dev/null; wait "$master"; exit 0' TERM INT QUIT
 known=$(replicas || true)
+tls_known=$(tls_sum)
 echo "edge: nginx started; app plane replicas: ${known:-none}" >&2
 while kill -0 "$master" 2>/dev/null; do
   sleep "$every" &
@@ -29,6 +40,12 @@ while kill -0 "$master" 2>/dev/null; do
       kill -HUP "$master"
       known=$current
     fi
+  fi
+  tls_now=$(tls_sum)
+  if [ "$tls_now" != "$tls_known" ] && nginx -e stderr -t -q -c "$conf"; then
+    echo "edge: TLS certificate or key changed; reloading nginx" >&2
+    kill -HUP "$master"
+    tls_known=$tls_now
   fi
 done
 wait "$master"
