@@ -374,7 +374,7 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     from productionlab.backup import verify_backup
 
-    contents = verify_backup(Path(args.file), _settings().backup_key)
+    contents = verify_backup(Path(args.file), _backup_key(args, _settings()))
     print(f"backup: {args.file} OK ({contents.keys} keys, digest {contents.digest[:16]})")
     return 0
 
@@ -398,6 +398,17 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup_key(args: argparse.Namespace, settings: Settings) -> str:
+    """The live backup key, or the one in ``--keys`` (a ``keys export`` file)."""
+    if not getattr(args, "keys", None):
+        return settings.backup_key
+    from productionlab.keyexport import passphrase, read_export
+
+    return read_export(Path(args.keys), passphrase(args.passphrase_file, confirm=False))[
+        "backup_key"
+    ]
+
+
 def cmd_backup_drill(args: argparse.Namespace) -> int:
     from productionlab.backup import drill
 
@@ -405,7 +416,7 @@ def cmd_backup_drill(args: argparse.Namespace) -> int:
     client = _client(settings)
     report = drill(
         client,
-        settings.backup_key,
+        _backup_key(args, settings),
         _backup_dir(args, settings),
         settings.audit_key.encode(),
         path=Path(args.file) if args.file else None,
@@ -414,6 +425,15 @@ def cmd_backup_drill(args: argparse.Namespace) -> int:
     _audit(settings, client, "backup.drill", report.backup, "ok" if report.ok else "failed")
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _keys_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="use the backup key of a `keys export` file, not the live one",
+    )
+    parser.add_argument("--passphrase-file", help="its passphrase (default: ask on the terminal)")
 
 
 def register_backup(commands: argparse._SubParsersAction) -> None:
@@ -429,6 +449,7 @@ def register_backup(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=cmd_backup_list)
     verify = backup.add_parser("verify", help="authenticate and check a backup file")
     verify.add_argument("file")
+    _keys_options(verify)
     verify.set_defaults(handler=cmd_backup_verify)
     restore = backup.add_parser("restore", help="load a backup into an empty store")
     restore.add_argument("file")
@@ -443,6 +464,7 @@ def register_backup(commands: argparse._SubParsersAction) -> None:
     drill_cmd.add_argument("--file", help="drill this backup instead of making a new one")
     drill_cmd.add_argument("--dir")
     drill_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    _keys_options(drill_cmd)
     drill_cmd.set_defaults(handler=cmd_backup_drill)
 
 
