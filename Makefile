@@ -24,6 +24,7 @@ run: venv system-deps
 
 ## test: the test suite against real redis, Waitress and nginx
 test: venv system-deps tls-venv
+	scripts/system-deps.sh promtool
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 ## fuzz: the bad-input proofs alone: schemathesis (OpenAPI), hypothesis properties, hostile corpus
