@@ -174,10 +174,11 @@ def python_bom(requirements: Path, out: Path) -> None:
 
 
 def _docker(
-    docker: list[str], image: str, entrypoint: str, *args: str
+    docker: list[str], image: str, entrypoint: str, *args: str, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(  # noqa: S603 - docker run of the image being described  # nosec B603
         [*docker, "run", "--rm", "--network", "none", "--entrypoint", entrypoint, image, *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
