@@ -1,13 +1,16 @@
 """``productionlab`` — one command line for running and operating the store.
 
 Operator commands read the same ``PLAB_*`` settings as the planes and talk to
-redis directly as the control plane's user.
+redis directly as the control plane's user. When the environment does not
+configure a stack they take the local stack's settings from its descriptor
+(``productionlab/stackfile.py`` says where they look) and say so on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,9 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+# Commands that talk to a stack as the control plane (users, tokens, audit,
+# backup, check-prod): they find the local stack's settings on their own.
+OPERATOR_COMMANDS = frozenset({"users", "tokens", "audit", "backup", "check-prod"})
+
+
+def use_local_stack_if_unconfigured() -> bool:
+    """Fill ``os.environ`` from the local stack's descriptor when it configures no stack.
+
+    Explicit ``PLAB_*`` variables (compose, production) always win; the line on
+    stderr says which stack the command talks to when it was not given. True when
+    the local stack's descriptor was used.
+    """
+    from productionlab import stackfile
+
+    descriptor = stackfile.apply(os.environ)
+    if descriptor is not None:
+        print(f"productionlab: {descriptor.banner()}", file=sys.stderr, flush=True)
+    return descriptor is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    local = False
     try:
+        if args.command in OPERATOR_COMMANDS:
+            local = use_local_stack_if_unconfigured()
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
@@ -112,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"productionlab: no such file: {exc.filename or exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"productionlab: redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = ""
+        if local and isinstance(exc, redis.ConnectionError):
+            hint = " (is the local stack up? start it with `make run`)"
+        print(f"productionlab: redis: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 3
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import redis
 
+from productionlab import stackfile
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from productionlab.secretgen import ensure_secrets, ensure_tls
 from productionlab.settings import SECRET_NAMES, parse_cidrs, parse_size
@@ -342,6 +343,7 @@ class LocalStack:
                 f"{' '.join(missing)} (make run does it when run as root)"
             )
         self.prepare()
+        stackfile.write(self.state, self.plane_env("cp"), self.url, os.getpid())
         assert redis_server is not None and nginx is not None  # checked above  # nosec B101
         try:
             self._add(
