@@ -70,15 +70,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     )
     users.start_listener()
     app.extensions["plab_users"] = users
-    guard = limits.LoginGuard(
-        client,
-        audit_key,
-        settings.login_failures_per_minute,
-        settings.address_failures_per_minute,
-        per_address_tokens=settings.token_failures_per_minute,
-        audit_window=settings.auth_audit_window,
-        audit_addresses=settings.auth_audit_addresses,
-    )
+    guard = limits.failure_guard(settings, client)
     app.extensions["plab_guard"] = guard
     user_limit = limits.init_app(app, settings, client)
     # Flask-Limiter's per-route limits serve the control plane's /admin and /auth

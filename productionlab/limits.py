@@ -238,6 +238,19 @@ class LoginGuard:
         )
 
 
+def failure_guard(settings: Settings, client: redis.Redis) -> LoginGuard:
+    """The guard as ``settings`` configure it (the planes and the CLI build it alike)."""
+    return LoginGuard(
+        client,
+        settings.audit_key.encode(),
+        settings.login_failures_per_minute,
+        settings.address_failures_per_minute,
+        per_address_tokens=settings.token_failures_per_minute,
+        audit_window=settings.auth_audit_window,
+        audit_addresses=settings.auth_audit_addresses,
+    )
+
+
 LIMITS = "{plab}:limits:"
 
 # Lua shared by every script that takes a per-user charge. KEYS[n] is the

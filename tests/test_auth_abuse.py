@@ -421,3 +421,26 @@ def test_concurrent_slow_verifications_are_bounded_with_503(stack_factory):
     # Refusals are not failed logins: the right password still works afterwards.
     admin = admin_of(stack)
     assert admin.direct("GET", port, "/read/k-none").status_code == 404
+
+
+def test_cli_audit_verify_closes_an_ended_window(capped_stack):
+    """`productionlab audit verify` (and `audit list`) close an ended window too."""
+    import subprocess
+    import sys
+
+    stack = capped_stack
+    address = fresh_address()
+    guard = _guard(stack)
+    guard.close_window(Actor("-"), now=time.time() + 3600)
+    guard.failed(address, "-refresh", "refresh_bad_signature", now=time.time() - 600)
+    assert not [e for e in _failure_entries(stack) if e["target"] == address]
+    verified = subprocess.run(
+        [sys.executable, "-m", "productionlab", "audit", "verify"],
+        env=stack.plane_env("cp"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    mine = [e for e in _failure_entries(stack) if e["target"] == address]
+    assert [e["outcome"] for e in mine] == ["count:1"]

@@ -326,3 +326,12 @@ def test_trusted_proxy_ranges_make_address_limits_see_the_client(stack_factory, 
         assert b'"client":"198.18.7.3"' in entries[-1]
     else:
         assert other.status_code == 429  # X-Forwarded-For ignored: all from 127.0.0.1
+
+
+@pytest.mark.parametrize("path", ["/_plab/edge-auth-failure", "/_plab_auth_failed/plab_ap"])
+def test_the_counting_hook_is_not_reachable_through_the_edge(anonymous, path):
+    response = anonymous.post(
+        path, headers={"X-Plab-Auth-Scheme": "basic", "X-Plab-Auth-User": "admin"}
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
