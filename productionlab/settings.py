@@ -53,9 +53,13 @@ def parse_cidrs(text: str) -> tuple[str, ...]:
         if not item:
             continue
         try:
-            ranges.append(str(ipaddress.ip_network(item, strict=False)))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        if network.prefixlen == 0:
+            # Trusting every address lets any client choose the address it is limited as.
+            raise ValueError(f"{item!r} trusts every address; name the load balancers' ranges")
+        ranges.append(str(network))
     return tuple(ranges)
 
 

@@ -191,6 +191,8 @@ def test_paths_and_retention_settings(tmp_path):
         ("PLAB_AUTH_USER_RATE", "x/minute"),
         ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/33"),
         ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/8,::/0"),
     ],
 )
 def test_auth_abuse_settings_are_validated(variable, value):
