@@ -46,9 +46,8 @@ return audit('auth.failure', ARGV[7], ARGV[8], '')
 class LoginGuard:
     """At most N failed logins a minute per (address, user), and M per address."""
 
-    def __init__(self, client: redis.Redis, audit_key: bytes, per_pair: int, per_address: int):
+    def __init__(self, client: redis.Redis, per_pair: int, per_address: int):
         self.client = client
-        self.audit_key = audit_key
         self.per_pair = per_pair
         self.per_address = per_address
         self._record = client.register_script(_RECORD_FAILURE)
@@ -75,7 +74,7 @@ class LoginGuard:
         actor = Actor(name="-", client=address, request_id=g.get("request_id", ""))
         self._record(
             keys=[*AUDIT_KEYS, pair, addr],
-            args=[*actor.audit_args(self.audit_key), clean(name, 64), clean(reason), WINDOW],
+            args=[*actor.audit_args(), clean(name, 64), clean(reason), WINDOW],
         )
 
 

@@ -31,6 +31,18 @@ def bootstrap_control_plane(app) -> None:
         log.warning("created user admin; its password is in %s", created)
 
 
+def start_audit_keeper(app) -> None:
+    """Migrate, archive/trim and checkpoint the audit log: one round now (so a stack
+    upgraded from the previous release is migrated before it serves), then every
+    ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a background thread. Only the
+    control plane runs it: it alone holds the checkpoint key and may trim."""
+    from productionlab.audit_keeper import AuditKeeper
+
+    keeper = AuditKeeper(app.extensions["plab_settings"], app.extensions["plab_redis"])
+    app.extensions["plab_audit_keeper"] = keeper
+    keeper.start()
+
+
 def serve(plane: str, host: str, port: int, settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env(plane=plane)
     for warning in settings.warnings:
@@ -40,6 +52,7 @@ def serve(plane: str, host: str, port: int, settings: Settings | None = None) ->
 
         app = create_app(settings)
         bootstrap_control_plane(app)
+        start_audit_keeper(app)
     else:
         from productionlab.ap import create_app
 

@@ -251,13 +251,11 @@ class UserStore:
     def __init__(
         self,
         client: redis.Redis,
-        audit_key: bytes,
         cache_secret: bytes,
         cache_seconds: float = 60.0,
         htpasswd_path: Path | None = None,
     ):
         self.client = client
-        self.audit_key = audit_key
         self.cache = VerificationCache(cache_secret, cache_seconds)
         self.htpasswd_path = htpasswd_path
         self._save = client.register_script(_SAVE)
@@ -325,7 +323,7 @@ class UserStore:
         result = int(
             self._save(
                 keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS, GENERATION],
-                args=[*actor.audit_args(self.audit_key), mode, name, action, *flat],
+                args=[*actor.audit_args(), mode, name, action, *flat],
             )
         )
         if result == 1:
@@ -395,7 +393,7 @@ class UserStore:
         validate_name(name)
         deleted = self._delete(
             keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
-            args=[*actor.audit_args(self.audit_key), name],
+            args=[*actor.audit_args(), name],
         )
         if not int(deleted):
             raise NotFound(f"no user {name!r}")
