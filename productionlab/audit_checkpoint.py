@@ -195,4 +195,5 @@ class CheckpointFile:
 
 
 def new_checkpoint(seq: int, head: str, first: int, origin: int) -> Checkpoint:
-    return Checkpoint(seq, head, first, origin, time.time())
+    # Rounded as stored: the signed text and the JSON line then agree exactly.
+    return Checkpoint(seq, head, first, origin, round(time.time(), 3))
