@@ -24,7 +24,25 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from productionlab.audit import AUDIT_KEYS, AUDIT_LIST, AUDIT_META, Actor, AuditLog, entry_hash
+from productionlab.audit import (
+    AUDIT_KEYS,
+    AUDIT_LIST,
+    AUDIT_META,
+    Actor,
+    AuditLog,
+    entry_hash,
+    legacy_entry_mac,
+)
+from productionlab.audit_archive import (
+    LEGACY_REPORT,
+    TRIM_SCRIPT,
+    Archive,
+    archive_and_trim,
+    migrate_legacy,
+)
+from productionlab.audit_checkpoint import CheckpointFile
+from productionlab.audit_verify import verify_log
+from productionlab.backup import TempRedis
 from productionlab.localstack import LocalStack, StackConfig
 from productionlab.settings import ConfigError, Settings
 from tests.conftest import Client, admin_of, create_user, state_dir
@@ -298,6 +316,82 @@ def test_audit_bounds_are_validated(tmp_path):
     ):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env(control_env(**{name: value}), plane="cp")
+
+
+# --- migration and archive edge cases, on a scratch redis-server ----------------------
+def legacy_log(client: redis.Redis, key: bytes, count: int) -> list[dict]:
+    """What the previous release stored: HMAC-SHA1 chained entries and a head in the meta."""
+    entries, prev = [], ""
+    for seq in range(1, count + 1):
+        entry = {"seq": seq, "prev": prev, "ts": "1700000000.000", "actor": "admin",
+                 "action": "kv.put", "target": f"k{seq}", "outcome": "created",
+                 "request_id": "", "client": "127.0.0.1", "version": str(seq)}  # fmt: skip
+        entry["mac"] = prev = legacy_entry_mac(key, entry)
+        entries.append(entry)
+    client.rpush(AUDIT_LIST, *[json.dumps(e) for e in entries])
+    client.hset(AUDIT_META, mapping={"seq": count, "mac": prev})
+    return entries
+
+
+def test_a_broken_legacy_chain_is_archived_as_failed_and_stays_reported(tmp_path):
+    key = secrets.token_bytes(32)
+    with TempRedis() as client:
+        entries = legacy_log(client, key, 6)
+        forged = dict(entries[2], actor="mallory")
+        client.lset(AUDIT_LIST, 2, json.dumps(forged))
+        AuditLog(client).append(Actor("new-code"), "kv.put", "k-new", "created")
+        archive = Archive(tmp_path / "archive")
+        result = migrate_legacy(client, archive, key, Actor("audit-keeper"))
+        assert result is not None and result.ok is False and "seq 3" in result.reason
+        report = json.loads((archive.directory / LEGACY_REPORT).read_text())
+        assert report["ok"] is False and (report["first"], report["last"]) == (1, 6)
+        rest = [json.loads(r) for r in client.lrange(AUDIT_LIST, 0, -1)]
+        assert [e["action"] for e in rest] == ["kv.put", "audit.migrate"]
+        assert (rest[1]["target"], rest[1]["outcome"]) == ("legacy:1-6", "failed")
+        assert not client.hexists(AUDIT_META, "mac")
+        # the entry the new code appended before the migration links to the old head
+        assert rest[0]["seq"] == 7 and rest[0]["prev"] == entry_hash(
+            json.dumps(entries[-1]).encode()
+        )
+        checkpoints = CheckpointFile(tmp_path / "checkpoints.jsonl")
+        outcome = verify_log(client, archive, checkpoints, {}, key)
+        assert outcome.ok is False and outcome.first_bad_seq == 3, outcome.as_dict()
+        assert migrate_legacy(client, archive, key, Actor("audit-keeper")) is None
+
+
+def test_without_the_old_key_the_legacy_part_is_archived_unverified(tmp_path):
+    key = secrets.token_bytes(32)
+    with TempRedis() as client:
+        legacy_log(client, key, 4)
+        archive = Archive(tmp_path / "archive")
+        result = migrate_legacy(client, archive, None, Actor("audit-keeper"))
+        assert result is not None and result.ok is None and result.outcome == "unverified"
+        outcome = verify_log(client, archive, CheckpointFile(tmp_path / "c.jsonl"), {}, None)
+        assert outcome.ok is True and "MACs not checked" in outcome.legacy
+        # given the key later, verification checks the archived MACs after all
+        checked = verify_log(client, archive, CheckpointFile(tmp_path / "c.jsonl"), {}, key)
+        assert checked.ok is True and "MACs checked" in checked.legacy
+
+
+def test_a_trim_refuses_when_the_log_moved_underneath(tmp_path):
+    with TempRedis() as client:
+        log = AuditLog(client)
+        for index in range(10):
+            log.append(Actor("a"), "kv.put", f"k{index}", "created")
+        archive = Archive(tmp_path / "archive")
+        dropped, first, _ = archive_and_trim(client, archive, Actor("op"), keep=4)
+        assert (dropped, first) == (6, 7)
+        before = client.lrange(AUDIT_LIST, 0, -1)
+        script = client.register_script(TRIM_SCRIPT)
+        for stale in (
+            [*Actor("op").audit_args(), 1, 2, "x" * 40, "audit.trim", "t", "ok"],
+            [*Actor("op").audit_args(), 7, 2, "0" * 40, "audit.trim", "t", "ok"],
+        ):
+            with pytest.raises(redis.ResponseError, match="audit log moved"):
+                script(keys=list(AUDIT_KEYS), args=stale)
+        assert client.lrange(AUDIT_LIST, 0, -1) == before
+        outcome = verify_log(client, archive, CheckpointFile(tmp_path / "c.jsonl"), {})
+        assert outcome.ok is True and outcome.archived == 6 and outcome.checked == 11
 
 
 # --- an attacker with the app plane's redis rights ------------------------------------
