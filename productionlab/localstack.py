@@ -358,9 +358,10 @@ class LocalStack:
 
     - the state dir (``var/``) stays root's: secrets, TLS key, logs, nginx config;
       the planes read their secrets while still root, then drop to ``productionlab``;
-    - redis data and backups live in directories owned by ``productionlab`` (0700):
-      inside the state dir when every parent lets other users through, else under
-      /var/lib/productionlab/<hash>/ with ``var/redis`` and ``var/backups`` symlinks;
+    - redis data, backups and the audit archive/checkpoints live in directories owned
+      by ``productionlab`` (0700): inside the state dir when every parent lets other
+      users through, else under /var/lib/productionlab/<hash>/ with ``var/redis``,
+      ``var/backups`` and ``var/audit`` symlinks;
     - what nginx's workers read at request time (htpasswd, temp dirs) lives in
       /run/productionlab-<hash>/, created at start and removed at stop.
     """
@@ -474,8 +475,9 @@ class LocalStack:
             shutil.rmtree(self.nginx_dir / "temp", ignore_errors=True)
 
     def _prepare_service_dirs(self, service: Account) -> None:
-        """Redis data and backups: owned by the service user, mode 0700, reachable by it."""
-        for name in ("redis", "backups"):
+        """Redis data, backups and the audit archive and checkpoints: owned by the
+        service user, mode 0700, reachable by it."""
+        for name in ("redis", "backups", "audit"):
             target = self.data_dir / name
             in_state = self.state / name
             if target != in_state:

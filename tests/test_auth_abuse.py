@@ -328,8 +328,7 @@ def capped_stack():
 def _guard(stack):
     from productionlab.limits import LoginGuard
 
-    audit_key = (stack.secrets_dir / "audit_key").read_text().strip().encode()
-    return LoginGuard(stack.redis_client("cp"), audit_key, 10, 100, audit_addresses=20)
+    return LoginGuard(stack.redis_client("cp"), 10, 100, audit_addresses=20)
 
 
 def _failure_entries(stack) -> list[dict]:
