@@ -30,8 +30,8 @@ from pathlib import Path
 import redis
 
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import ensure_secrets, ensure_tls
-from productionlab.settings import SECRET_NAMES, parse_size
+from productionlab.secretgen import TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
+from productionlab.settings import PLANE_SECRETS, parse_size
 
 PR_SET_PDEATHSIG = 1
 
@@ -309,8 +309,13 @@ class LocalStack:
                 "MALLOC_MMAP_THRESHOLD_": "1048576",
             }
         )
-        for name in SECRET_NAMES:
+        # Each plane gets only its own secrets (settings.PLANE_SECRETS): the app
+        # plane verifies tokens with the public key and never sees the signing
+        # or backup key; the control plane derives the public key itself.
+        for name in PLANE_SECRETS[plane]:
             env[f"PLAB_{name.upper()}_FILE"] = str(self.secrets_dir / name)
+        if plane == "ap":
+            env["PLAB_TOKEN_PUBLIC_KEY_FILE"] = str(self.secrets_dir / TOKEN_PUBLIC_KEY)
         if plane == "cp":
             env["PLAB_HTPASSWD"] = str(self.htpasswd)
         env.update({k: v for k, v in self.config.extra_env.items() if not k.startswith("_")})
