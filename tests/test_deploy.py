@@ -19,6 +19,7 @@ import yaml
 from productionlab import deploy
 from productionlab.settings import PLANE_SECRETS, secret_problem
 from productionlab.tokens import SigningKey
+from tests.conftest import state_dir
 
 COMPOSE_FILE = Path(__file__).parent.parent / "docker-compose.yml"
 
@@ -178,3 +179,98 @@ def test_the_edge_reloads_nginx_when_the_htpasswd_changes():
     assert str(deploy.HTPASSWD) in script
     watch = script[script.index("users_file()") :]
     assert 'kill -HUP "$master"' in watch.split("htpasswd changed")[1]
+
+
+def test_the_edge_script_reloads_a_real_nginx_when_the_htpasswd_changes():
+    """docker/edge/edge.sh (the edge container's PID 1) run against the machine's
+    nginx: rewriting the htpasswd (as the control plane does, atomically) makes it
+    reload nginx, which keeps answering."""
+    tmp_path = state_dir("plab-edge-sh-")  # traversable by nginx's unprivileged workers
+    try:
+        run_edge_script(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def run_edge_script(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:{SHA}x\n")
+    htpasswd.chmod(0o644)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / sub).mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log stderr notice;
+events {{ worker_connections 64; }}
+http {{
+  client_body_temp_path {tmp_path}/body;
+  proxy_temp_path {tmp_path}/proxy;
+  fastcgi_temp_path {tmp_path}/fastcgi;
+  uwsgi_temp_path {tmp_path}/uwsgi;
+  scgi_temp_path {tmp_path}/scgi;
+  access_log off;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 204; }}
+  }}
+}}
+"""
+    )
+    script = COMPOSE_FILE.parent / "docker" / "edge" / "edge.sh"
+    log = tmp_path / "edge.log"
+    env = {
+        "PATH": f"{Path(nginx).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PLAB_EDGE_CONF": str(conf),
+        "PLAB_EDGE_HTPASSWD": str(htpasswd),
+        "PLAB_EDGE_RESOLVE_SECONDS": "1",
+        "PLAB_AP_HOST": "localhost",
+    }
+    with open(log, "wb") as output:
+        edge = subprocess.Popen(["sh", str(script)], env=env, stdout=output, stderr=output)
+    try:
+        wait_for(lambda: _answers(port) == 204, log)
+        before = log.read_text().count("reconfiguring")
+        body = "alice:{SHA}y\n"
+        temp = tmp_path / ".htpasswd.new"
+        temp.write_text(body)
+        temp.chmod(0o644)
+        temp.replace(htpasswd)
+        wait_for(lambda: "htpasswd changed; reloading nginx" in log.read_text(), log)
+        wait_for(lambda: log.read_text().count("reconfiguring") > before, log)
+        assert _answers(port) == 204  # reloaded and still serving
+    finally:
+        edge.terminate()
+        edge.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(port: int) -> int | None:
+    import http.client
+
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    except OSError:
+        return None
+
+
+def wait_for(condition, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; edge log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
