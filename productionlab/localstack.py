@@ -34,8 +34,8 @@ import redis
 
 from productionlab import stackfile
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import ensure_secrets, ensure_tls
-from productionlab.settings import CP_SECRET_NAMES, SECRET_NAMES, parse_cidrs, parse_size
+from productionlab.secretgen import TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
+from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, parse_cidrs, parse_size
 
 PR_SET_PDEATHSIG = 1
 
@@ -592,8 +592,14 @@ class LocalStack:
                 "MALLOC_MMAP_THRESHOLD_": "1048576",
             }
         )
-        for name in SECRET_NAMES + (CP_SECRET_NAMES if plane == "cp" else ()):
+        # Each plane gets only its own secrets (settings.PLANE_SECRETS, and the audit
+        # keys for the control plane alone): the app plane verifies tokens with the
+        # public key and never sees the signing, backup or audit keys; the control
+        # plane derives the public key itself.
+        for name in PLANE_SECRETS[plane] + (CP_SECRET_NAMES if plane == "cp" else ()):
             env[f"PLAB_{name.upper()}_FILE"] = str(self.secrets_dir / name)
+        if plane == "ap":
+            env["PLAB_TOKEN_PUBLIC_KEY_FILE"] = str(self.secrets_dir / TOKEN_PUBLIC_KEY)
         if plane == "cp":
             env["PLAB_HTPASSWD"] = str(self.htpasswd)
         if self.as_root:
