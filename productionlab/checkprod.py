@@ -19,7 +19,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from productionlab.settings import SECRET_NAMES, ConfigError, Settings, secret_problem
+from productionlab.settings import (
+    CP_SECRET_NAMES,
+    SECRET_NAMES,
+    ConfigError,
+    Settings,
+    secret_problem,
+)
 from productionlab.store.connection import connect
 
 EXPIRY_WARNING_DAYS = 30
@@ -45,6 +51,9 @@ def secret_findings(settings: Settings) -> list[str]:
     findings = []
     values = {name: getattr(settings, name) for name in SECRET_NAMES}
     values["redis_password"] = settings.redis_password
+    values.update(
+        {name: getattr(settings, name) for name in CP_SECRET_NAMES if getattr(settings, name)}
+    )
     for name, value in values.items():
         problem = secret_problem(name, value)
         if problem:
@@ -138,6 +147,22 @@ def _accepts_anonymous(settings: Settings) -> bool:
     return True
 
 
+def token_key_findings(settings: Settings, now: float) -> list[str]:
+    """The previous token key retires by itself a refresh lifetime after the
+    rotation; past that its files are dead weight and should go."""
+    if not (settings.token_key_previous or settings.token_public_key_previous):
+        return []
+    retires = settings.previous_token_key_retires_at
+    if retires is None or now < retires:
+        return []
+    when = datetime.datetime.fromtimestamp(retires, datetime.UTC)
+    return [
+        f"tokens: the previous token key retired on {when:%Y-%m-%d %H:%M} UTC (tokens "
+        "signed with it are refused); delete token_key.previous and "
+        "token_public_key.previous (or PLAB_TOKEN_*_PREVIOUS) and restart"
+    ]
+
+
 def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     findings = []
     if not settings.rate_limits_enabled:
@@ -163,6 +188,7 @@ def check(environ: Mapping[str, str] | None = None, *, with_redis: bool = True) 
     cert = settings.tls_cert_path
     findings += tls_findings(cert, settings.production, datetime.datetime.now(datetime.UTC))
     findings += rate_findings(settings, environ)
+    findings += token_key_findings(settings, datetime.datetime.now(datetime.UTC).timestamp())
     if with_redis:
         findings += redis_findings(settings)
     return list(dict.fromkeys(findings))

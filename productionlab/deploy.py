@@ -1,10 +1,12 @@
 """The Docker compose deployment's two preparation steps.
 
 ``secrets`` (run on the host by ``make secrets``) creates every secret, the
-TLS certificate and redis.conf under one directory that compose mounts as
-secrets. ``edge-config`` (run in the ``edge-config`` init container) renders
-the edge's nginx.conf from the one template in ``nginx/`` with the paths and
-names of the compose topology and the ``PLAB_*`` limits of its environment.
+token key's public half (``token_public_key``, and ``token_public_key.previous``
+during a rotation's overlap, else empty), the TLS certificate and redis.conf
+under one directory; compose gives each container only the files it uses.
+``edge-config`` (run in the ``edge-config`` init container) renders the edge's
+nginx.conf from the one template in ``nginx/`` with the paths and names of the
+compose topology and the ``PLAB_*`` limits of its environment.
 
 Run as ``python -m productionlab.deploy COMMAND``; ``register`` adds the same
 commands to the ``productionlab`` CLI.
@@ -20,15 +22,19 @@ from pathlib import Path
 
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from productionlab.secretgen import ALL_SECRETS, ensure_secrets, ensure_tls
+from productionlab.settings import parse_cidrs
 from productionlab.users import write_atomic
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
 APP_PORT = 8000
 EDGE_HTTPS_PORT = 8443
 EDGE_HTTP_PORT = 8080
+# nginx.conf lives in a volume only edge-config writes; the htpasswd in another
+# that only the control plane writes: the control plane cannot rewrite the edge.
 EDGE_DIR = Path("/var/lib/productionlab/edge")
 EDGE_CONF = EDGE_DIR / "nginx.conf"
-HTPASSWD = EDGE_DIR / "htpasswd"
+HTPASSWD_DIR = Path("/var/lib/productionlab/htpasswd")
+HTPASSWD = HTPASSWD_DIR / "htpasswd"
 SECRETS_MOUNT = Path("/run/secrets")
 REDIS_PORT = 6379
 REDIS_DATA = "/data"
@@ -70,6 +76,7 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
         admin_burst=positive("ADMIN_BURST", 10),
         max_body=get("MAX_BODY", "1m"),
         body_buffer=get("MAX_BODY", "1m"),
+        trusted_proxies=list(parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))),
     )
 
 
