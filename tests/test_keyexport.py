@@ -58,7 +58,7 @@ def test_drill_from_exported_keys_after_the_live_key_is_lost(exported, tmp_path)
     document = json.loads(out.read_text())
     assert document["format"] == "productionlab-keys" and document["version"] == 1
     assert document["kdf"]["name"] == "scrypt" and document["cipher"]["name"] == "AES-256-GCM"
-    assert "backup_key" in document["metadata"]["keys"]
+    assert document["metadata"]["keys"] == ["audit_checkpoint_key", "backup_key"]
     live_key_file = Path(env["PLAB_BACKUP_KEY_FILE"])
     original = live_key_file.read_text().strip()
     assert original not in out.read_text()  # encrypted, not copied
@@ -89,6 +89,8 @@ def test_drill_from_exported_keys_after_the_live_key_is_lost(exported, tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert (restored / "backup_key").read_text().strip() == original
     assert (restored / "backup_key").stat().st_mode & 0o777 == 0o600
+    checkpoint_key = Path(env["PLAB_AUDIT_CHECKPOINT_KEY_FILE"]).read_text().strip()
+    assert (restored / "audit_checkpoint_key").read_text().strip() == checkpoint_key
 
 
 def test_a_wrong_passphrase_is_one_clean_line(exported, tmp_path):
