@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from productionlab import errors, headers, limits, metrics, requestlog, tokens
+from productionlab import errors, headers, limits, metrics, requestlog, securitymetrics, tokens
 from productionlab.audit import AuditLog
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
@@ -51,6 +51,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     errors.init_app(app)
     headers.init_app(app)
     metrics.init_app(app, settings.plane)
+    securitymetrics.init_app(app, settings)
 
     durability = Durability(
         client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"

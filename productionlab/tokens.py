@@ -419,7 +419,12 @@ class TokenService:
             )
         )
         if result != 1:
-            raise TokenError({0: "unknown_family", -1: "family_revoked"}.get(result, "reuse"))
+            reason = {0: "unknown_family", -1: "family_revoked"}.get(result, "reuse")
+            if reason == "reuse":
+                from productionlab.securitymetrics import token_reuse_detected
+
+                token_reuse_detected()
+            raise TokenError(reason)
         access = self._claims("access", user, claims.fam, self.access_ttl, now)
         return TokenPair(self.sign(access), self.sign(fresh), self.access_ttl, self.refresh_ttl)
 
