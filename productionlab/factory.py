@@ -13,6 +13,7 @@ from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
 from productionlab.kv import KVStore
 from productionlab.kv_routes import TailConverter
+from productionlab.lastused import LastUsed
 from productionlab.openapi import openapi_blueprint
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
@@ -69,6 +70,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     )
     users.start_listener()
     app.extensions["plab_users"] = users
+    app.extensions["plab_lastused"] = LastUsed(client)
     guard = limits.failure_guard(settings, client)
     app.extensions["plab_guard"] = guard
     user_limit = limits.init_app(app, settings, client)

@@ -56,6 +56,34 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_review(args: argparse.Namespace) -> int:
+    from productionlab.lastused import review
+
+    service = token_service()
+    rows = review(user_store().all(), service.client, service.families)
+    if args.json:
+        for row in rows:
+            _print(row)
+        return 0
+    print(
+        f"{'user':<20} {'role':<7} {'created':<10} {'last used':<16} {'tokens':>6}  flags / grants"
+    )
+    for row in rows:
+        created = datetime.datetime.fromtimestamp(row["created"], datetime.UTC)
+        last = row["last_used"]
+        used = (
+            datetime.datetime.fromtimestamp(last, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+            if last
+            else "never"
+        )
+        print(
+            f"{row['name']:<20} {row['role']:<7} {created:%Y-%m-%d} {used:<16} "
+            f"{len(row['token_families']):>6}  {','.join(row['flags']) or '-'} "
+            f"[{' '.join(row['grants']) or '-'}]"
+        )
+    return 0
+
+
 def cmd_users_show(args: argparse.Namespace) -> int:
     _print(user_store().get(args.name).public())
     return 0
@@ -109,6 +137,13 @@ def register_users(commands: argparse._SubParsersAction) -> None:
     users.add_parser("list", help="list users (never their secrets)").set_defaults(
         handler=cmd_users_list
     )
+    review_cmd = users.add_parser(
+        "review",
+        help="access review: role, grants, created, last used, live token families; "
+        "flags admins, wildcard grants, accounts unused for 90 days",
+    )
+    review_cmd.add_argument("--json", action="store_true", help="one JSON object per user")
+    review_cmd.set_defaults(handler=cmd_users_review)
     for action, handler, text in (
         ("show", cmd_users_show, "show one user"),
         ("disable", cmd_users_disable, "disable a user (refused everywhere within a second)"),
