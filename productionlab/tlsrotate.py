@@ -26,7 +26,7 @@ import ipaddress
 import os
 import shutil
 import signal
-import subprocess
+import subprocess  # runs nginx -t only  # nosec B404
 import sys
 import tempfile
 from dataclasses import dataclass
