@@ -262,7 +262,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/check-prod")
     @admin_only
     def check_prod() -> Response:
-        findings = checkprod.check()
+        findings = checkprod.check(settings=settings())
         return jsonify({"ok": not findings, "findings": findings})
 
     @bp.get("/stats")
