@@ -180,6 +180,8 @@ class StackConfig:
     edge_burst: int = 100
     admin_rate: int = 5
     admin_burst: int = 10
+    console_rate: int = 5
+    console_burst: int = 40
     user_rate: str = "6000/minute"
     max_body: str = "1m"
     threads: int = 8
@@ -560,6 +562,8 @@ class LocalStack:
             edge_burst=self.config.edge_burst,
             admin_rate=self.config.admin_rate,
             admin_burst=self.config.admin_burst,
+            console_rate=self.config.console_rate,
+            console_burst=self.config.console_burst,
             max_body=self.config.max_body,
         )
         (nginx_dir / "nginx.conf").write_text(edge.render())
