@@ -101,7 +101,17 @@ def run_drill() -> backup.DrillReport:
 
 def admin_blueprint(auth: Authenticator) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin")
-    admin_only = auth.require("admin")
+    required = auth.require("admin")
+    limits = auth.route_limits
+
+    def admin_only(view):
+        """Flask-Limiter's per-address limit (before authentication), then the admin role."""
+        guarded = required(view)
+        return limits.admin(guarded) if limits is not None else guarded
+
+    def close_failure_window() -> None:
+        """Append the aggregate failure entries of a window that has ended (see limits.py)."""
+        current_app.extensions["plab_guard"].close_window(actor())
 
     @bp.post("/users")
     @admin_only
@@ -199,12 +209,14 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         since = int_arg("since", 1, 1, 2**62)
         limit = int_arg("limit", 100, 1, 1000)
         actor_name = request.args.get("actor") or None
+        close_failure_window()
         entries, next_since = audit_log().page(since=since, limit=limit, actor=actor_name)
         return jsonify({"entries": entries, "next_since": next_since})
 
     @bp.post("/audit/verify")
     @admin_only
     def verify_audit() -> Response:
+        close_failure_window()
         result = audit_log().verify()
         response = jsonify(result.as_dict())
         response.status_code = 200 if result.ok else 409
@@ -213,6 +225,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/audit/head")
     @admin_only
     def audit_head() -> Response:
+        close_failure_window()
         return jsonify(audit_log().head())
 
     @bp.post("/audit/trim")

@@ -35,7 +35,7 @@ import redis
 from productionlab import stackfile
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from productionlab.secretgen import ensure_secrets, ensure_tls
-from productionlab.settings import SECRET_NAMES, parse_size
+from productionlab.settings import SECRET_NAMES, parse_cidrs, parse_size
 
 PR_SET_PDEATHSIG = 1
 
@@ -185,6 +185,7 @@ class StackConfig:
     user_rate: str = "6000/minute"
     max_body: str = "1m"
     threads: int = 8
+    edge_trusted_proxies: str = ""  # CIDR list of load balancers in front of the edge
     restart_apps: bool = True
     restart_redis: bool = True
     ready_path: str = "/ready"
@@ -216,6 +217,7 @@ class StackConfig:
             user_rate=get("USER_RATE", defaults.user_rate),
             max_body=get("MAX_BODY", defaults.max_body),
             threads=int(get("THREADS", defaults.threads)),
+            edge_trusted_proxies=get("EDGE_TRUSTED_PROXIES", ""),
         )
 
     @classmethod
@@ -565,6 +567,7 @@ class LocalStack:
             console_rate=self.config.console_rate,
             console_burst=self.config.console_burst,
             max_body=self.config.max_body,
+            trusted_proxies=list(parse_cidrs(self.config.edge_trusted_proxies)),
         )
         (nginx_dir / "nginx.conf").write_text(edge.render())
 

@@ -363,6 +363,16 @@ def _probe_paths() -> dict:
                 errors=("503",),
             )
         },
+        "/_plab/edge-auth-failure": {
+            "post": _op(
+                "Internal (the edge does not route it from clients): the edge reports a "
+                "request that failed its Basic check; counted by the brute-force guard, "
+                "nothing verified",
+                {},
+                public=True,
+                errors=("401", "429", "503"),
+            )
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (the edge does not route this)",

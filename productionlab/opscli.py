@@ -241,7 +241,16 @@ def audit_log():
     return AuditLog(_client(settings), settings.audit_key.encode())
 
 
+def close_failure_window() -> None:
+    """Append the aggregate auth-failure entries of a window that has ended (issue 9)."""
+    from productionlab.limits import failure_guard
+
+    settings = _settings()
+    failure_guard(settings, _client(settings)).close_window(operator())
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    close_failure_window()
     log = audit_log()
     result = log.verify()
     if args.json:
@@ -261,6 +270,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_list(args: argparse.Namespace) -> int:
+    close_failure_window()
     entries, next_since = audit_log().page(args.since, args.limit, args.actor)
     for entry in entries:
         _print(entry)

@@ -6,6 +6,7 @@ Every variable is prefixed ``PLAB_``; every secret may instead be given as
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -22,6 +23,10 @@ DURABILITY_MODES = ("everysec", "strict")
 ENVIRONMENTS = ("development", "production", "test")
 _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
+# A verified password stays cached at most this long: the cache is dropped on
+# every user change, and the cap bounds the damage should an invalidation ever
+# be missed.
+MAX_VERIFY_CACHE_SECONDS = 300
 
 
 class ConfigError(Exception):
@@ -39,6 +44,23 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (expected e.g. 1m, 512k, 4096)")
     number, unit = int(match.group(1)), match.group(2).lower()
     return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def parse_cidrs(text: str) -> tuple[str, ...]:
+    """Parse a comma- or space-separated list of addresses/CIDR ranges (empty: none)."""
+    ranges: list[str] = []
+    for item in re.split(r"[\s,]+", text.strip()):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        if network.prefixlen == 0:
+            # Trusting every address lets any client choose the address it is limited as.
+            raise ValueError(f"{item!r} trusts every address; name the load balancers' ranges")
+        ranges.append(str(network))
+    return tuple(ranges)
 
 
 def secret_entropy_bits(secret: str) -> float:
@@ -112,6 +134,22 @@ class Settings:
     rate_limits_enabled: bool = True
     login_failures_per_minute: int = 10
     address_failures_per_minute: int = 100
+    # Failed tokens (and other non-Basic credentials) per address a minute before 429;
+    # counted apart from the Basic guard, so junk tokens never lock out passwords.
+    token_failures_per_minute: int = 100
+    # Authentication failures are audited in aggregate: one entry per address and
+    # window with its count, at most ``auth_audit_addresses`` entries (+1 "other") a window.
+    auth_audit_window: int = 60
+    auth_audit_addresses: int = 100
+    # Flask-Limiter limits on the control plane's routes (per address / per user).
+    admin_route_rate: str = "600/minute"
+    auth_address_rate: str = "60/minute"
+    auth_user_rate: str = "30/minute"
+    # At most this many argon2id verifications at once per process; past it 503.
+    verify_concurrency: int = 4
+    verify_retry_after: int = 1
+    # Ranges of load balancers in front of the edge whose X-Forwarded-For nginx trusts.
+    edge_trusted_proxies: tuple[str, ...] = ()
     max_body: int = 1024 * 1024
     max_path_value: int = 4096
     threads: int = 8
@@ -183,6 +221,11 @@ class Settings:
             # What `productionlab tokens rotate-key` leaves next to the new key.
             previous = Path(key_file + ".previous").read_text(encoding="utf-8").strip()
         retention = integer("AUDIT_RETENTION", 0)
+        try:
+            edge_proxies = parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))
+        except ValueError as exc:
+            problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
+            edge_proxies = ()
         tls_cert, backup_dir = get("TLS_CERT", ""), get("BACKUP_DIR", "")
         console = get("CONSOLE", "on").lower()
         if console not in ("on", "off"):
@@ -201,6 +244,15 @@ class Settings:
             user_rate=get("USER_RATE", "6000/minute"),
             rate_limits_enabled=get("RATE_LIMITS", "on").lower() not in ("off", "0", "false"),
             login_failures_per_minute=integer("LOGIN_FAILURES", 10),
+            token_failures_per_minute=integer("TOKEN_FAILURES", 100),
+            auth_audit_window=integer("AUTH_AUDIT_WINDOW", 60),
+            auth_audit_addresses=integer("AUTH_AUDIT_ADDRESSES", 100),
+            admin_route_rate=get("ADMIN_ROUTE_RATE", "600/minute"),
+            auth_address_rate=get("AUTH_ADDRESS_RATE", "60/minute"),
+            auth_user_rate=get("AUTH_USER_RATE", "30/minute"),
+            verify_concurrency=integer("VERIFY_CONCURRENCY", 4),
+            verify_retry_after=integer("VERIFY_RETRY_AFTER", 1),
+            edge_trusted_proxies=edge_proxies,
             max_body=max_body,
             threads=integer("THREADS", 8),
             state_dir=Path(get("STATE_DIR", "var")),
@@ -243,6 +295,29 @@ class Settings:
             problems.append(f"PLAB_THREADS={self.threads} must be between 1 and 256")
         if not 1 <= self.login_failures_per_minute <= 10_000:
             problems.append("PLAB_LOGIN_FAILURES must be between 1 and 10000")
+        if not 1 <= self.token_failures_per_minute <= 100_000:
+            problems.append("PLAB_TOKEN_FAILURES must be between 1 and 100000")
+        if not 1 <= self.auth_audit_window <= 3600:
+            problems.append("PLAB_AUTH_AUDIT_WINDOW must be 1..3600 seconds")
+        if not 1 <= self.auth_audit_addresses <= 10_000:
+            problems.append("PLAB_AUTH_AUDIT_ADDRESSES must be between 1 and 10000")
+        for name in ("admin_route_rate", "auth_address_rate", "auth_user_rate"):
+            if not _RATE_RE.match(getattr(self, name)):
+                problems.append(
+                    f"PLAB_{name.upper()}={getattr(self, name)!r} is not like '60/minute'"
+                )
+        if not 1 <= self.verify_concurrency <= 256:
+            problems.append("PLAB_VERIFY_CONCURRENCY must be between 1 and 256")
+        if not 1 <= self.verify_retry_after <= 60:
+            problems.append("PLAB_VERIFY_RETRY_AFTER must be 1..60 seconds")
+        if not 0 <= self.verify_cache_seconds <= MAX_VERIFY_CACHE_SECONDS:
+            problems.append(
+                f"PLAB_VERIFY_CACHE_SECONDS must be 0..{MAX_VERIFY_CACHE_SECONDS} seconds"
+            )
+        try:
+            parse_cidrs(" ".join(self.edge_trusted_proxies))
+        except ValueError as exc:
+            problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
         if not 1 <= self.max_body <= 1024**3:
             problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
         if not 10 <= self.token_ttl <= 24 * 3600 or not (

@@ -409,6 +409,7 @@ def token_blueprint(auth) -> Blueprint:
     bp = Blueprint("tokens", __name__)
 
     @bp.post("/auth/token")
+    @auth.route_limits.token
     @auth.basic.login_required
     def issue() -> Response:
         user: User = g.user
@@ -416,6 +417,7 @@ def token_blueprint(auth) -> Blueprint:
         return jsonify(pair.as_dict())
 
     @bp.post("/auth/refresh")
+    @auth.route_limits.token
     def refresh() -> Response:
         body = request.get_json(force=True, silent=True)
         token = body.get("refresh_token") if isinstance(body, dict) else None

@@ -118,15 +118,31 @@ def test_wrong_password_and_non_admins_are_refused(stack, admin):
     assert "__Host-plab_console=" not in page.headers.get("Set-Cookie", "")
 
 
-def test_failed_logins_are_limited_per_user(stack_factory):
-    stack = stack_factory(admin_rate=1000, admin_burst=1000, console_rate=1000, console_burst=1000)
+def test_login_form_is_limited_per_user_and_per_address(stack_factory):
+    """The failed-login guard per (address, user), then Flask-Limiter per address."""
+    stack = stack_factory(
+        admin_rate=1000,
+        admin_burst=1000,
+        console_rate=1000,
+        console_burst=1000,
+        extra_env={"PLAB_LOGIN_FAILURES": "3", "PLAB_AUTH_ADDRESS_RATE": "6/minute"},
+    )
     admin = admin_of(stack)
-    user = create_user(admin, "admin", ["*"])
+    user, other = create_user(admin, "admin", ["*"]), create_user(admin, "admin", ["*"])
     console = Console(stack, user.name, user.password)
-    statuses = [console.login(password="wrong").status_code for _ in range(12)]
-    assert statuses[:10] == [401] * 10 and statuses[-1] == 429, statuses
-    # even the right password waits now: the guard counts per (address, user)
-    assert console.login().status_code == 429
+    statuses = [console.login(password="wrong").status_code for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    guarded = console.login()  # the right password waits now: 3 failures for this pair
+    assert guarded.status_code == 429 and "too many failed logins" in guarded.text
+    assert int(guarded.headers["Retry-After"]) >= 1
+    # another user from the same address is not locked out by that guard ...
+    assert Console(stack, other.name, other.password).login().status_code == 303
+    assert Console(stack, other.name, other.password).login().status_code == 303
+    # ... but every attempt from this address counts against its route limit
+    limited = Console(stack, other.name, other.password).login()
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
 
 
 def test_login_form_without_its_token_is_refused(stack, admin):

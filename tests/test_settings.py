@@ -173,3 +173,44 @@ def test_paths_and_retention_settings(tmp_path):
     )
     with pytest.raises(ConfigError):
         Settings.from_env(strong_env(PLAB_AUDIT_RETENTION="many"))
+
+
+# --- issue 9: auth-abuse settings ------------------------------------------------
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PLAB_VERIFY_CACHE_SECONDS", "301"),
+        ("PLAB_VERIFY_CACHE_SECONDS", "-1"),
+        ("PLAB_VERIFY_CONCURRENCY", "0"),
+        ("PLAB_VERIFY_RETRY_AFTER", "0"),
+        ("PLAB_TOKEN_FAILURES", "0"),
+        ("PLAB_AUTH_AUDIT_WINDOW", "0"),
+        ("PLAB_AUTH_AUDIT_ADDRESSES", "0"),
+        ("PLAB_ADMIN_ROUTE_RATE", "lots"),
+        ("PLAB_AUTH_ADDRESS_RATE", "60"),
+        ("PLAB_AUTH_USER_RATE", "x/minute"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/8,::/0"),
+    ],
+)
+def test_auth_abuse_settings_are_validated(variable, value):
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(**{variable: value}))
+    assert variable in str(failure.value)
+
+
+def test_auth_abuse_settings_defaults_and_values():
+    settings = Settings.from_env(strong_env())
+    assert settings.verify_cache_seconds == 60
+    assert settings.edge_trusted_proxies == ()
+    assert settings.verify_concurrency == 4 and settings.verify_retry_after == 1
+    custom = Settings.from_env(
+        strong_env(
+            PLAB_VERIFY_CACHE_SECONDS="300",
+            PLAB_EDGE_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.7 2001:db8::/32",
+        )
+    )
+    assert custom.verify_cache_seconds == 300
+    assert custom.edge_trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")

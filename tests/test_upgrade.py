@@ -70,3 +70,41 @@ def test_admin_and_audit_survive_the_upgrade(upgraded):
     verify = admin.post("/admin/audit/verify")
     assert verify.status_code == 200, verify.text
     assert verify.json()["ok"] is True, verify.json()
+
+
+def test_failure_counting_and_aggregate_audit_work_on_the_old_log(upgraded):
+    """Issue 9 adds keys ({plab}:authfail:window, :tok:<addr>, {plab}:routelimit:*) and
+    a new audit action; the previous release's log and counters need no migration:
+    aggregate entries chain onto its entries and the whole log still verifies."""
+    import json
+    import time
+
+    import requests
+
+    from productionlab.audit import Actor
+    from productionlab.limits import LoginGuard
+
+    stack, old = upgraded
+    port = stack.config.ap_ports[0]
+    address = "198.18.99.1"
+    for n in range(3):
+        junk = requests.get(
+            f"http://{stack.config.bind}:{port}/read/app-old-0",
+            headers={"Authorization": f"Bearer junk-{n}", "X-Forwarded-For": address},
+            timeout=30,
+        )
+        assert junk.status_code == 401
+    reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
+    right = reader.direct("GET", port, "/read/app-old-0", headers={"X-Forwarded-For": address})
+    assert right.status_code == 200
+    audit_key = (stack.secrets_dir / "audit_key").read_text().strip().encode()
+    guard = LoginGuard(stack.redis_client("cp"), audit_key, 10, 100)
+    assert guard.close_window(Actor("-"), now=time.time() + 3600) >= 1
+    client = stack.redis_client()
+    entries = [json.loads(e) for e in client.lrange("{plab}:audit", 0, -1)]
+    client.close()
+    mine = [e for e in entries if e["action"] == "auth.failures" and e["target"] == address]
+    assert mine and mine[-1]["outcome"] == "count:3"
+    admin = Client(stack, "admin", old.admin_password)
+    verify = admin.post("/admin/audit/verify")
+    assert verify.status_code == 200 and verify.json()["ok"] is True, verify.text

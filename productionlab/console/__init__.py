@@ -50,4 +50,4 @@ def init_app(app: Flask, settings: Settings, auth: Authenticator) -> None:
         session_cookie_secure=True,
         permissions_policy={"browsing-topics": "()"},
     )
-    app.register_blueprint(console_blueprint(auth))
+    app.register_blueprint(console_blueprint(auth, settings))

@@ -31,7 +31,7 @@ from flask import (
 )
 
 from productionlab import admin, checkprod
-from productionlab.audit import Actor
+from productionlab.audit import Actor, clean
 from productionlab.auth import Authenticator
 from productionlab.backup import BackupError, list_backups
 from productionlab.console.csrf import cross_site
@@ -46,6 +46,8 @@ from productionlab.errors import APIError, BadRequest, PreconditionFailed
 from productionlab.health import ready_problem
 from productionlab.kv import ITEM, KEY_RE, MAX_TTL, PREFIX_RE, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
+from productionlab.limits import client_address
+from productionlab.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PAGE = 50
@@ -172,7 +174,7 @@ def stale(exc: PreconditionFailed, key: str) -> str:
     )
 
 
-def console_blueprint(auth: Authenticator) -> Blueprint:
+def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     bp = Blueprint(
         "console",
         __name__,
@@ -198,6 +200,7 @@ def console_blueprint(auth: Authenticator) -> Blueprint:
         return response
 
     @bp.post("/login")
+    @login_limits(auth, config)
     def login_submit() -> Response:
         store = sessions()
         nonce = request.cookies.get(LOGIN_COOKIE, "")
@@ -463,6 +466,27 @@ def console_blueprint(auth: Authenticator) -> Blueprint:
         return render("status.html", title="Status", problem=problem, findings=findings)
 
     return bp
+
+
+def login_limits(auth: Authenticator, config: Settings) -> Callable:
+    """Flask-Limiter on the login form, on top of the control plane's RouteLimits:
+    every attempt per address (``PLAB_AUTH_ADDRESS_RATE``), and sign-ins per user
+    (``PLAB_AUTH_USER_RATE``, counting only successes, so someone who merely knows
+    a name cannot spend its budget; failures per address and user are the
+    LoginGuard's, which the view applies)."""
+    route_limits = auth.route_limits
+    if route_limits is None:
+        return lambda view: view
+    per_address = route_limits.limiter.shared_limit(
+        config.auth_address_rate, scope="console-login-address", key_func=client_address
+    )
+    per_user = route_limits.limiter.shared_limit(
+        config.auth_user_rate,
+        scope="console-login-user",
+        key_func=lambda: "user:" + clean(request.form.get("name", ""), 64),
+        deduct_when=lambda response: response.status_code == 303,
+    )
+    return lambda view: per_address(per_user(view))
 
 
 def prefixes_field() -> list[str]:
