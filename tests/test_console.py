@@ -332,7 +332,7 @@ def test_console_headers_pass_the_edge_and_the_api_keeps_its_own(console, admin)
     assert nonce not in console.get("/keys").headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     assert page.headers["Strict-Transport-Security"].startswith("max-age=")
     assert page.headers["Cache-Control"] == "no-store"
     api = admin.get("/admin/users")

@@ -1,7 +1,7 @@
 """The operator console: server-rendered pages on the control plane at ``/console/``.
 
 Flask-Talisman sets the console's headers (a CSP with a per-request script
-nonce, frame denial, nosniff, no referrer, HSTS over HTTPS); the apps' header
+nonce, frame denial, nosniff, a same-origin referrer policy, HSTS over HTTPS); the apps' header
 middleware (``headers.py``) leaves a console response that carries a CSP as it
 is and gives every other response its strict ``default-src 'none'`` set.
 ``PLAB_CONSOLE=off`` registers nothing: ``/console/*`` is a JSON 404.
@@ -46,7 +46,10 @@ def init_app(app: Flask, settings: Settings, auth: Authenticator) -> None:
         frame_options="DENY",
         content_security_policy=CSP,
         content_security_policy_nonce_in=["script-src"],
-        referrer_policy="no-referrer",
+        # Not no-referrer: under it the browser sends "Origin: null" on the console's
+        # own form posts, and the Origin check is one of the CSRF defences.
+        # same-origin still sends nothing to another site.
+        referrer_policy="same-origin",
         session_cookie_secure=True,
         permissions_policy={"browsing-topics": "()"},
     )
