@@ -191,9 +191,12 @@ def test_write_edit_stale_edit_ttl_delete(console, admin):
     saved = console.post(f"/kv/{key}", {"value": "two", "version": version})
     assert saved.status_code == 303
     stale = console.post(f"/kv/{key}", {"value": "three", "version": version})
-    assert stale.status_code == 303
+    assert stale.status_code == 409
+    assert "Stale edit refused" in stale.text
+    assert '<pre class="value" id="value">two</pre>' in stale.text  # what is there now
+    assert ">three</textarea>" in stale.text  # the operator's draft is kept
     shown = console.get(f"/kv/{key}").text
-    assert "Stale edit refused" in shown
+    assert "Stale edit refused" not in shown
     assert admin.get(f"/ops/read/{key}").json()["value"] == "two"
     current = re.search(r'name="version" value="(\d+)"', shown).group(1)
     assert console.post(f"/kv/{key}/ttl", {"ttl": "3600", "version": current}).status_code == 303

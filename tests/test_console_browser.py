@@ -139,6 +139,7 @@ def test_operator_flow(browser, stack, shots):
     stale_tab.click("text=Save (only if")
     assert "Stale edit refused" in stale_tab.locator(".flash").inner_text()
     assert stale_tab.locator("#value").inner_text() == "second value"
+    assert stale_tab.locator("#edit-value").input_value() == "lost update"  # draft kept
     shoot(stale_tab, shots, "06-stale-edit-refused")
     stale_tab.close()
     assert admin.get(f"/ops/read/{key}").json()["value"] == "second value"

@@ -42,7 +42,7 @@ from productionlab.console.sessions import (
     SessionStore,
     tokens_equal,
 )
-from productionlab.errors import APIError, BadRequest, PreconditionFailed
+from productionlab.errors import APIError, BadRequest, NotFound, PreconditionFailed
 from productionlab.health import ready_problem
 from productionlab.kv import ITEM, KEY_RE, MAX_TTL, PREFIX_RE, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
@@ -280,21 +280,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @bp.get("/kv/<key>")
     @signed_in
     def show_key(key: str) -> Response:
-        item = kv().get(valid_key(key))
-        ttl = current_app.extensions["plab_redis"].pttl(ITEM + key)
-        try:
-            text: str | None = item.value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        return render(
-            "key.html",
-            title=key,
-            item=item,
-            text=text,
-            hex=item.value[:4096].hex(" ", 1) if text is None else "",
-            b64=base64.b64encode(item.value).decode() if text is None else "",
-            ttl=max(0, int(ttl) // 1000) if ttl and int(ttl) > 0 else None,
-        )
+        return key_page(valid_key(key))
 
     @bp.post("/kv/<key>")
     @signed_in
@@ -305,7 +291,13 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
                 key, form_value(), console_actor(), ttl=form_ttl(), if_match=form_version()
             )
         except PreconditionFailed as exc:
-            return back("console.show_key", stale(exc, key), key=key)
+            # Say so, show what is there now, and keep the operator's draft.
+            try:
+                return key_page(
+                    key, status=409, flash=stale(exc, key), draft=request.form.get("value")
+                )
+            except NotFound:
+                return back("console.keys", stale(exc, key))
         return back("console.show_key", f"Saved {key} (version {result.version}).", key=key)
 
     @bp.post("/kv/<key>/ttl")
@@ -419,12 +411,13 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 2**62:
             raise BadRequest("since is a whole number from 1")
         entries, next_since = admin.audit_log().page(since=int(raw), limit=PAGE)
+        head = admin.audit_log().head()
         return render(
             "audit.html",
             title="Audit log",
             entries=entries,
             next_since=next_since,
-            head=admin.audit_log().head(),
+            newest=max(head["first"], head["seq"] - PAGE + 1),
             since=int(raw),
         )
 
@@ -466,6 +459,29 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         return render("status.html", title="Status", problem=problem, findings=findings)
 
     return bp
+
+
+def key_page(key: str, status: int = 200, flash: str = "", draft: str | None = None) -> Response:
+    """A key as it is now: text, or hex and base64 when the value is not UTF-8."""
+    item = kv().get(key)
+    ttl = current_app.extensions["plab_redis"].pttl(ITEM + key)
+    try:
+        text: str | None = item.value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    b64 = base64.b64encode(item.value).decode() if text is None else ""
+    return render(
+        "key.html",
+        status,
+        flash=flash,
+        title=key,
+        item=item,
+        text=text,
+        hex=item.value[:4096].hex(" ", 1) if text is None else "",
+        b64=b64,
+        draft=draft if draft is not None else (text if text is not None else b64),
+        ttl=max(0, int(ttl) // 1000) if ttl and int(ttl) > 0 else None,
+    )
 
 
 def login_limits(auth: Authenticator, config: Settings) -> Callable:
