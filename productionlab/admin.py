@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from productionlab import backup, checkprod
 from productionlab.audit import Actor, AuditLog
+from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, current_user
 from productionlab.errors import BadRequest, Conflict, NotFound
 from productionlab.kv import INDEX
@@ -26,6 +27,15 @@ def users() -> UserStore:
 
 def audit_log() -> AuditLog:
     return current_app.extensions["plab_audit"]
+
+
+def audit_keeper() -> AuditKeeper:
+    """The control plane's custodian of the log (archive, checkpoints, verification)."""
+    keeper = current_app.extensions.get("plab_audit_keeper")
+    if keeper is None:
+        keeper = AuditKeeper(settings(), current_app.extensions["plab_redis"])
+        current_app.extensions["plab_audit_keeper"] = keeper
+    return keeper
 
 
 def tokens() -> TokenService:
@@ -89,7 +99,6 @@ def run_drill() -> backup.DrillReport:
             client,
             config.backup_key,
             backup_dir(config),
-            config.audit_key.encode(),
             progress=False,
         )
     except backup.BackupError:
@@ -97,6 +106,11 @@ def run_drill() -> backup.DrillReport:
         raise
     audit_log().append(actor(), "backup.drill", report.backup, "ok" if report.ok else "failed")
     return report
+
+
+def close_failure_window() -> None:
+    """Append the aggregate failure entries of a window that has ended (see limits.py)."""
+    current_app.extensions["plab_guard"].close_window(actor())
 
 
 def admin_blueprint(auth: Authenticator) -> Blueprint:
@@ -108,10 +122,6 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         """Flask-Limiter's per-address limit (before authentication), then the admin role."""
         guarded = required(view)
         return limits.admin(guarded) if limits is not None else guarded
-
-    def close_failure_window() -> None:
-        """Append the aggregate failure entries of a window that has ended (see limits.py)."""
-        current_app.extensions["plab_guard"].close_window(actor())
 
     @bp.post("/users")
     @admin_only
@@ -217,9 +227,17 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def verify_audit() -> Response:
         close_failure_window()
-        result = audit_log().verify()
+        result = audit_keeper().verify()
         response = jsonify(result.as_dict())
         response.status_code = 200 if result.ok else 409
+        return response
+
+    @bp.post("/audit/checkpoint")
+    @admin_only
+    def checkpoint_audit() -> Response:
+        checkpoint = audit_keeper().checkpoint(force=True)
+        response = jsonify(checkpoint.as_dict())
+        response.status_code = 201
         return response
 
     @bp.get("/audit/head")
@@ -235,8 +253,14 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         keep = body.get("keep")
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise BadRequest('give {"keep": N} with N at least 1')
-        dropped, first = audit_log().trim(actor(), keep)
-        return jsonify({"dropped": dropped, "first": first or None})
+        dropped, first, segment = audit_keeper().trim(actor(), keep)
+        return jsonify(
+            {
+                "dropped": dropped,
+                "first": first or None,
+                "archived": segment.name if segment else None,
+            }
+        )
 
     @bp.get("/backups")
     @admin_only

@@ -19,7 +19,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from productionlab.settings import SECRET_NAMES, ConfigError, Settings, secret_problem
+from productionlab.settings import (
+    CP_SECRET_NAMES,
+    SECRET_NAMES,
+    ConfigError,
+    Settings,
+    secret_problem,
+)
 from productionlab.store.connection import connect
 
 EXPIRY_WARNING_DAYS = 14
@@ -45,6 +51,9 @@ def secret_findings(settings: Settings) -> list[str]:
     findings = []
     values = {name: getattr(settings, name) for name in SECRET_NAMES}
     values["redis_password"] = settings.redis_password
+    values.update(
+        {name: getattr(settings, name) for name in CP_SECRET_NAMES if getattr(settings, name)}
+    )
     for name, value in values.items():
         problem = secret_problem(name, value)
         if problem:

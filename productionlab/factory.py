@@ -52,16 +52,14 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     headers.init_app(app)
     metrics.init_app(app, settings.plane)
 
-    audit_key = settings.audit_key.encode()
     durability = Durability(
         client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
     )
     app.extensions["plab_durability"] = durability
-    app.extensions["plab_kv"] = KVStore(client, audit_key, durability)
-    app.extensions["plab_audit"] = AuditLog(client, audit_key)
+    app.extensions["plab_kv"] = KVStore(client, durability)
+    app.extensions["plab_audit"] = AuditLog(client)
     users = UserStore(
         client,
-        audit_key,
         cache_secret=settings.secret_key.encode(),
         cache_seconds=settings.verify_cache_seconds,
         htpasswd_path=settings.htpasswd_path if settings.plane == "cp" else None,

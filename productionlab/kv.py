@@ -186,9 +186,8 @@ def effective_prefixes(grants: Iterable[str], requested: str) -> list[str]:
 
 
 class KVStore:
-    def __init__(self, client: redis.Redis, audit_key: bytes, durability: Durability):
+    def __init__(self, client: redis.Redis, durability: Durability):
         self.client = client
-        self.audit_key = audit_key
         self.durability = durability
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
@@ -238,7 +237,7 @@ class KVStore:
         ttl_ms = ttl * 1000 if ttl else 0
         self.durability.before_write()
         keys = [*AUDIT_KEYS, ITEM + key, VERSION_COUNTER, INDEX]
-        args = [*actor.audit_args(self.audit_key), key, value, ttl_ms, cond, expected]
+        args = [*actor.audit_args(), key, value, ttl_ms, cond, expected]
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
             args += limit.args()
@@ -264,7 +263,7 @@ class KVStore:
         validate_key(key)
         self.durability.before_write()
         keys = [*AUDIT_KEYS, ITEM + key, INDEX]
-        args = [*actor.audit_args(self.audit_key), key, ",".join(if_match or [])]
+        args = [*actor.audit_args(), key, ",".join(if_match or [])]
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
             args += limit.args()

@@ -137,7 +137,6 @@ class LoginGuard:
     def __init__(
         self,
         client: redis.Redis,
-        audit_key: bytes,
         per_pair: int,
         per_address: int,
         per_address_tokens: int = 100,
@@ -145,7 +144,6 @@ class LoginGuard:
         audit_addresses: int = 100,
     ):
         self.client = client
-        self.audit_key = audit_key
         self.per_pair = per_pair
         self.per_address = per_address
         self.per_address_tokens = per_address_tokens
@@ -212,7 +210,7 @@ class LoginGuard:
             self._record(
                 keys=[*AUDIT_KEYS, FAILURE_WINDOW, *counters],
                 args=[
-                    *actor.audit_args(self.audit_key),
+                    *actor.audit_args(),
                     f"{time.time() if now is None else now:.3f}",
                     self.audit_window,
                     self.audit_addresses,
@@ -233,7 +231,7 @@ class LoginGuard:
         return int(
             self._close(
                 keys=[*AUDIT_KEYS, FAILURE_WINDOW],
-                args=[*actor.audit_args(self.audit_key), f"{now:.3f}", self.audit_window],
+                args=[*actor.audit_args(), f"{now:.3f}", self.audit_window],
             )
         )
 
@@ -242,7 +240,6 @@ def failure_guard(settings: Settings, client: redis.Redis) -> LoginGuard:
     """The guard as ``settings`` configure it (the planes and the CLI build it alike)."""
     return LoginGuard(
         client,
-        settings.audit_key.encode(),
         settings.login_failures_per_minute,
         settings.address_failures_per_minute,
         per_address_tokens=settings.token_failures_per_minute,

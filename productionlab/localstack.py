@@ -35,7 +35,7 @@ import redis
 from productionlab import stackfile
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from productionlab.secretgen import ensure_secrets, ensure_tls
-from productionlab.settings import SECRET_NAMES, parse_cidrs, parse_size
+from productionlab.settings import CP_SECRET_NAMES, SECRET_NAMES, parse_cidrs, parse_size
 
 PR_SET_PDEATHSIG = 1
 
@@ -476,8 +476,9 @@ class LocalStack:
             shutil.rmtree(self.nginx_dir / "temp", ignore_errors=True)
 
     def _prepare_service_dirs(self, service: Account) -> None:
-        """Redis data and backups: owned by the service user, mode 0700, reachable by it."""
-        for name in ("redis", "backups"):
+        """Redis data, backups and the audit archive/checkpoints: owned by the service
+        user, mode 0700, reachable by it."""
+        for name in ("redis", "backups", "audit"):
             target = self.data_dir / name
             in_state = self.state / name
             if target != in_state:
@@ -594,7 +595,7 @@ class LocalStack:
                 "MALLOC_MMAP_THRESHOLD_": "1048576",
             }
         )
-        for name in SECRET_NAMES:
+        for name in SECRET_NAMES + (CP_SECRET_NAMES if plane == "cp" else ()):
             env[f"PLAB_{name.upper()}_FILE"] = str(self.secrets_dir / name)
         if plane == "cp":
             env["PLAB_HTPASSWD"] = str(self.htpasswd)

@@ -52,6 +52,9 @@ PRELOAD_PACKAGES = (
     "redis",
     "hiredis",
     "flask_httpauth",
+    "flask_limiter",
+    "ordered_set",
+    "typing_extensions",
     "limits",
     "pythonjsonlogger",
     "argon2",
@@ -102,6 +105,18 @@ def drop_privileges(user: str) -> None:
     log.info("running as %s (uid %d)", user, entry.pw_uid)
 
 
+def start_audit_keeper(app) -> None:
+    """Migrate, archive/trim and checkpoint the audit log: one round now (so a stack
+    upgraded from the previous release is migrated before it serves), then every
+    ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a background thread. Only the
+    control plane runs it: it alone holds the checkpoint key and may trim."""
+    from productionlab.audit_keeper import AuditKeeper
+
+    keeper = AuditKeeper(app.extensions["plab_settings"], app.extensions["plab_redis"])
+    app.extensions["plab_audit_keeper"] = keeper
+    keeper.start()
+
+
 def serve(
     plane: str,
     host: str,
@@ -124,6 +139,9 @@ def serve(
     if run_as:
         preload_modules()
         drop_privileges(run_as)
+    if plane == "cp":
+        # After the drop: the keeper's files (archive, checkpoints) belong to the service user.
+        start_audit_keeper(app)
     log.info("serving %s on %s:%s", plane, host, port)
     waitress.serve(
         app,

@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECRET_NAMES = ("secret_key", "token_key", "audit_key", "backup_key")
+SECRET_NAMES = ("secret_key", "token_key", "backup_key")
+# Secrets only the control plane is given: the key that signs audit checkpoints,
+# and the previous release's audit MAC key (kept to verify pre-upgrade entries).
+CP_SECRET_NAMES = ("audit_key", "audit_checkpoint_key")
 MIN_SECRET_BITS = 256
 KNOWN_DEFAULTS = frozenset(
     {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
@@ -162,6 +165,11 @@ class Settings:
     token_ttl: int = 15 * 60
     refresh_ttl: int = 7 * 24 * 3600
     audit_retention: int | None = None
+    audit_checkpoint_key: str = field(default="", repr=False)
+    audit_checkpoint_file: Path | None = None
+    audit_archive_dir: Path | None = None
+    audit_checkpoint_interval: int = 300
+    audit_max_entries: int = 50_000
     tls_cert: Path | None = None
     backup_dir_override: Path | None = None
     console: bool = True
@@ -188,6 +196,15 @@ class Settings:
     @property
     def backup_dir(self) -> Path:
         return self.backup_dir_override or self.state_dir / "backups"
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        """Signed checkpoints, one JSON line each (``<file>.pub`` holds the public key)."""
+        return self.audit_checkpoint_file or self.state_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def audit_archive_path(self) -> Path:
+        return self.audit_archive_dir or self.state_dir / "audit" / "archive"
 
     @property
     def tls_cert_path(self) -> Path:
@@ -230,6 +247,11 @@ class Settings:
         console = get("CONSOLE", "on").lower()
         if console not in ("on", "off"):
             problems.append(f"PLAB_CONSOLE={console!r} is on or off")
+        checkpoint_file, archive_dir = (
+            get("AUDIT_CHECKPOINT_FILE", ""),
+            get("AUDIT_ARCHIVE_DIR", ""),
+        )
+        control = plane == "cp"
         settings = cls(
             env=get("ENV", "development"),
             plane=plane,
@@ -238,7 +260,7 @@ class Settings:
             redis_password=read_secret(environ, "redis_password"),
             secret_key=read_secret(environ, "secret_key") or "",
             token_key=read_secret(environ, "token_key") or "",
-            audit_key=read_secret(environ, "audit_key") or "",
+            audit_key=(read_secret(environ, "audit_key") or "") if control else "",
             backup_key=read_secret(environ, "backup_key") or "",
             durability=get("DURABILITY", "everysec"),
             user_rate=get("USER_RATE", "6000/minute"),
@@ -264,6 +286,13 @@ class Settings:
             token_ttl=integer("TOKEN_TTL", 15 * 60),
             refresh_ttl=integer("REFRESH_TTL", 7 * 24 * 3600),
             audit_retention=retention or None,
+            audit_checkpoint_key=(
+                (read_secret(environ, "audit_checkpoint_key") or "") if control else ""
+            ),
+            audit_checkpoint_file=Path(checkpoint_file) if checkpoint_file else None,
+            audit_archive_dir=Path(archive_dir) if archive_dir else None,
+            audit_checkpoint_interval=integer("AUDIT_CHECKPOINT_INTERVAL", 300),
+            audit_max_entries=integer("AUDIT_MAX_ENTRIES", 50_000),
             tls_cert=Path(tls_cert) if tls_cert else None,
             backup_dir_override=Path(backup_dir) if backup_dir else None,
             console=console != "off",
@@ -334,9 +363,20 @@ class Settings:
             )
         if self.audit_retention is not None and self.audit_retention < 0:
             problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
+        if not 1 <= self.audit_checkpoint_interval <= 86_400:
+            problems.append("PLAB_AUDIT_CHECKPOINT_INTERVAL must be 1..86400 seconds")
+        if not 10 <= self.audit_max_entries <= 100_000_000:
+            problems.append(
+                "PLAB_AUDIT_MAX_ENTRIES must be 10..100000000 (entries kept in redis "
+                "before the oldest are archived and trimmed)"
+            )
         secrets = {name: getattr(self, name) for name in SECRET_NAMES}
         if self.production:
             secrets["redis_password"] = self.redis_password
+        if self.plane == "cp":
+            problems += self._checkpoint_key_problems()
+            if self.audit_key:  # optional: only verifies the previous release's entries
+                secrets["audit_key"] = self.audit_key
         for name, value in secrets.items():
             if not value:
                 problems.append(
@@ -357,6 +397,20 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         object.__setattr__(self, "_warnings", tuple(warnings))
+
+    def _checkpoint_key_problems(self) -> list[str]:
+        if not self.audit_checkpoint_key:
+            return [
+                "PLAB_AUDIT_CHECKPOINT_KEY is missing (set it or PLAB_AUDIT_CHECKPOINT_KEY_FILE; "
+                "`productionlab secrets` or `make secrets` generates it)"
+            ]
+        from productionlab.audit_checkpoint import parse_signing_key
+
+        try:
+            parse_signing_key(self.audit_checkpoint_key)
+        except ValueError as exc:
+            return [f"PLAB_AUDIT_CHECKPOINT_KEY is unusable: {exc}"]
+        return []
 
     @property
     def warnings(self) -> tuple[str, ...]:

@@ -254,7 +254,6 @@ class UserStore:
     def __init__(
         self,
         client: redis.Redis,
-        audit_key: bytes,
         cache_secret: bytes,
         cache_seconds: float = 60.0,
         htpasswd_path: Path | None = None,
@@ -262,7 +261,6 @@ class UserStore:
         verify_retry_after: int = 1,
     ):
         self.client = client
-        self.audit_key = audit_key
         self.cache = VerificationCache(cache_secret, cache_seconds)
         # A process-wide bound on argon2id verifications running at once (19 MiB and
         # tens of ms of CPU each): past it a login is refused with 503 + Retry-After
@@ -348,7 +346,7 @@ class UserStore:
         result = int(
             self._save(
                 keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS, GENERATION],
-                args=[*actor.audit_args(self.audit_key), mode, name, action, *flat],
+                args=[*actor.audit_args(), mode, name, action, *flat],
             )
         )
         if result == 1:
@@ -418,7 +416,7 @@ class UserStore:
         validate_name(name)
         deleted = self._delete(
             keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
-            args=[*actor.audit_args(self.audit_key), name],
+            args=[*actor.audit_args(), name],
         )
         if not int(deleted):
             raise NotFound(f"no user {name!r}")

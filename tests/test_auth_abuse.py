@@ -158,7 +158,7 @@ def test_password_checks_always_run_argon2(stack):
     """Known user + wrong password, unknown user, malformed name, oversized password:
     each costs exactly one argon2 verification (timing does not tell them apart),
     and the stored hash is argon2id."""
-    store = UserStore(stack.redis_client("cp"), b"unused", cache_secret=b"s" * 32, cache_seconds=0)
+    store = UserStore(stack.redis_client("cp"), cache_secret=b"s" * 32, cache_seconds=0)
     known = store.get("admin")
     assert known.password_hash.startswith("$argon2id$")
     real = users_module.HASHER

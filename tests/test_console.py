@@ -363,6 +363,7 @@ def test_console_settings_are_validated():
         "PLAB_TOKEN_KEY": secrets.token_hex(32),
         "PLAB_AUDIT_KEY": secrets.token_hex(32),
         "PLAB_BACKUP_KEY": secrets.token_hex(32),
+        "PLAB_AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
     }
     assert Settings.from_env(base, plane="cp").console_idle == 900
     assert not Settings.from_env({**base, "PLAB_CONSOLE": "off"}, plane="cp").console

@@ -12,7 +12,7 @@ from productionlab.settings import ConfigError, Settings, parse_size, secret_ent
 def strong_env(**extra: str) -> dict[str, str]:
     env = {
         f"PLAB_{n}": secrets.token_hex(32)
-        for n in ("SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
+        for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
     }
     env.update(extra)
     return env
@@ -24,9 +24,7 @@ def test_strong_production_settings_start():
     assert settings.warnings == ()
 
 
-@pytest.mark.parametrize(
-    "name", ["SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD"]
-)
+@pytest.mark.parametrize("name", ["SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY", "REDIS_PASSWORD"])
 def test_production_refuses_missing_secret(name):
     env = strong_env(PLAB_ENV="production")
     del env[f"PLAB_{name}"]
@@ -48,13 +46,13 @@ def test_production_refuses_missing_secret(name):
 )
 def test_production_refuses_weak_or_default_secret(weak):
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=weak))
-    assert "PLAB_AUDIT_KEY" in str(failure.value)
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=weak))
+    assert "PLAB_SECRET_KEY" in str(failure.value)
 
 
 def test_development_warns_on_weak_secret_but_starts():
-    settings = Settings.from_env(strong_env(PLAB_AUDIT_KEY="changeme"))
-    assert any("PLAB_AUDIT_KEY" in w for w in settings.warnings)
+    settings = Settings.from_env(strong_env(PLAB_SECRET_KEY="changeme"))
+    assert any("PLAB_SECRET_KEY" in w for w in settings.warnings)
 
 
 def test_development_still_refuses_missing_secret():
@@ -68,35 +66,35 @@ def test_production_refuses_reused_secrets():
     shared = secrets.token_hex(32)
     with pytest.raises(ConfigError) as failure:
         Settings.from_env(
-            strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=shared, PLAB_BACKUP_KEY=shared)
+            strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=shared, PLAB_BACKUP_KEY=shared)
         )
     assert "share one value" in str(failure.value)
 
 
 def test_secret_from_file(tmp_path):
-    path = tmp_path / "audit"
+    path = tmp_path / "secret"
     value = secrets.token_hex(32)
     path.write_text(value + "\n")
     env = strong_env()
-    del env["PLAB_AUDIT_KEY"]
-    env["PLAB_AUDIT_KEY_FILE"] = str(path)
-    assert Settings.from_env(env).audit_key == value
+    del env["PLAB_SECRET_KEY"]
+    env["PLAB_SECRET_KEY_FILE"] = str(path)
+    assert Settings.from_env(env).secret_key == value
 
 
 def test_secret_file_unreadable_is_clear(tmp_path):
     env = strong_env()
-    del env["PLAB_AUDIT_KEY"]
-    env["PLAB_AUDIT_KEY_FILE"] = str(tmp_path / "missing")
+    del env["PLAB_SECRET_KEY"]
+    env["PLAB_SECRET_KEY_FILE"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError) as failure:
         Settings.from_env(env)
-    assert "PLAB_AUDIT_KEY_FILE" in str(failure.value)
+    assert "PLAB_SECRET_KEY_FILE" in str(failure.value)
 
 
 def test_secret_and_file_together_refused(tmp_path):
-    path = tmp_path / "audit"
+    path = tmp_path / "secret"
     path.write_text(secrets.token_hex(32))
     with pytest.raises(ConfigError):
-        Settings.from_env(strong_env(PLAB_AUDIT_KEY_FILE=str(path)))
+        Settings.from_env(strong_env(PLAB_SECRET_KEY_FILE=str(path)))
 
 
 @pytest.mark.parametrize(

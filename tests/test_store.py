@@ -15,10 +15,7 @@ from tests.conftest import admin_of, state_dir
 
 
 def settings_for(url: str, **extra) -> Settings:
-    keys = {
-        name: secrets.token_hex(32)
-        for name in ("secret_key", "token_key", "audit_key", "backup_key")
-    }
+    keys = {name: secrets.token_hex(32) for name in ("secret_key", "token_key", "backup_key")}
     return Settings(redis_url=url, **keys, **extra)
 
 
