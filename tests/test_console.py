@@ -349,6 +349,27 @@ def test_console_headers_pass_the_edge_and_the_api_keeps_its_own(console, admin)
     assert "'nonce-" in login.headers["Content-Security-Policy"]
 
 
+def test_the_edge_sends_a_bare_console_path_to_the_console(stack):
+    response = Client(stack).get("/console", allow_redirects=False)
+    assert response.status_code == 301 and response.headers["Location"] == "/console/"
+    # no edge Basic auth in front of the login form: the plane answers it
+    form = Client(stack).get("/console/login")
+    assert form.status_code == 200 and "WWW-Authenticate" not in form.headers
+
+
+def test_audit_pages(console, admin):
+    prefix = f"a{secrets.token_hex(4)}"
+    for number in range(55):  # more than one page (50) of entries, whatever ran before
+        assert admin.put(f"/ops/v1/kv/{prefix}{number}", data=b"x").status_code == 201
+    first = console.get("/audit")
+    later = re.search(r'href="/console/audit\?since=(\d+)">Next page', first.text)
+    assert later, "the first page of a log longer than a page links the next"
+    second = console.get(f"/audit?since={later.group(1)}")
+    seqs = [int(n) for n in re.findall(r"<tr><td>(\d+)</td>", second.text)]
+    assert seqs and seqs[0] == int(later.group(1))
+    assert console.get("/audit?since=x").status_code == 400
+
+
 def test_console_off_is_a_json_404(stack_factory):
     stack = stack_factory(extra_env={"PLAB_CONSOLE": "off"})
     response = Client(stack).get("/console/login")
