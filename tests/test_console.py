@@ -4,6 +4,7 @@ headers unchanged, and PLAB_CONSOLE=off."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -395,3 +396,27 @@ def test_console_settings_are_validated():
     ):
         with pytest.raises(ConfigError):
             Settings.from_env({**base, **bad}, plane="cp")
+
+
+def test_sessions_end_at_their_absolute_lifetime_however_busy(stack):
+    """The record store on the stack's redis: a session used all along still ends
+    when its lifetime is up (the idle timer alone would keep it)."""
+    from productionlab.console.sessions import SESSION, SessionStore
+    from productionlab.users import USER, User
+
+    client = stack.redis_client()
+    store = SessionStore(client, secrets.token_hex(32), idle=300, lifetime=2)
+    admin = User.from_hash(client.hgetall(USER + "admin"))
+    session_id, csrf = store.create(admin)
+    assert store.unsign(store.cookie_value(session_id)) == session_id
+    assert store.unsign(store.cookie_value(session_id) + "x") is None
+    found = store.load(session_id)
+    assert found is not None and found.csrf == csrf and found.user.name == "admin"
+    # the record is named by a hash of the id: a redis dump holds no usable id
+    assert client.exists(SESSION + hashlib.sha256(session_id.encode()).hexdigest())
+    assert not client.exists(SESSION + session_id)
+    deadline = time.monotonic() + 30
+    while store.load(session_id) is not None:  # renewed on every use ...
+        assert time.monotonic() < deadline, "a session outlived its lifetime"
+        time.sleep(0.2)
+    assert store.load(session_id) is None  # ... and gone for good once past it
