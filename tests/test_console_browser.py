@@ -114,6 +114,9 @@ def test_operator_flow(browser, stack, shots):
     page.fill("#user-prefixes", "app-")
     page.click("text=Create user")
     password = page.locator("#password").inner_text().strip()
+    # the console's one script (it carries the response's CSP nonce) ran: it shows
+    # the copy button it wires up
+    assert page.locator("#copy").is_visible()
     shoot(page, shots, "03-password-once")
     created = Client(stack, name, password)
     assert created.put("/v1/kv/app-x", data=b"1").status_code in (200, 201)
