@@ -164,6 +164,9 @@ def chown_tree(path: Path, account: Account) -> None:
             os.chown(os.path.join(root, name), account.uid, account.gid, follow_symlinks=False)
 
 
+CONSOLE_VARIABLES = ("PLAB_CONSOLE", "PLAB_CONSOLE_IDLE", "PLAB_CONSOLE_LIFETIME")
+
+
 @dataclass
 class StackConfig:
     state_dir: Path = Path("var")
@@ -218,6 +221,8 @@ class StackConfig:
             max_body=get("MAX_BODY", defaults.max_body),
             threads=int(get("THREADS", defaults.threads)),
             edge_trusted_proxies=get("EDGE_TRUSTED_PROXIES", ""),
+            # the control plane's console settings pass through to it (PLAB_CONSOLE=off)
+            extra_env={k: environ[k] for k in CONSOLE_VARIABLES if k in environ},
         )
 
     @classmethod
@@ -844,6 +849,7 @@ productionlab is running at {url}  (self-signed certificate: {self.tls_cert})
   admin password:  {self.admin_password_file}
   try:             curl --cacert {self.tls_cert} -u admin:$(cat {self.admin_password_file}) \\
                         -X POST {url}/write/hello/world
+  console:         {url}/console/  (sign in as admin; PLAB_CONSOLE=off turns it off)
   logs:            {self.log_dir}/
 Ctrl-C stops everything.""",
             flush=True,
