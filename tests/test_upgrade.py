@@ -211,3 +211,25 @@ def test_previous_release_tokens_get_a_clean_401_and_basic_issues_a_new_pair(upg
     # the app plane was started without the signing key, with the public key only
     env = stack.plane_env("ap")
     assert "PLAB_TOKEN_KEY_FILE" not in env and "PLAB_TOKEN_PUBLIC_KEY_FILE" in env
+
+
+def test_a_stored_empty_grant_becomes_an_explicit_wildcard(upgraded):
+    """The previous release stored "" as a grant (a silent wildcard); it is refused
+    now, and the upgrade makes a stored one the explicit "*" it meant, audited, so
+    the user keeps its access and every listing shows it for what it is."""
+    stack, old = upgraded
+    admin = Client(stack, "admin", old.admin_password)
+    shown = admin.get("/admin/users/olduser-empty")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["prefixes"] == ["*"]
+    reader = Client(stack, "olduser-empty", old.users["olduser-empty"]["password"])
+    assert reader.get("/read/app-old-0").status_code == 200
+    client = stack.redis_client()
+    entries = [json.loads(e) for e in client.lrange("{plab}:audit", 0, -1)]
+    client.close()
+    assert any(
+        e["action"] == "user.grants"
+        and e["target"] == "olduser-empty"
+        and e["actor"] == "migration"
+        for e in entries
+    )
