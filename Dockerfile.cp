@@ -23,8 +23,15 @@ RUN python3 -m venv /opt/venv \
 
 # --- runtime: the base image, one non-root user, the venv ------------------
 FROM ${PYTHON_IMAGE} AS runtime
-# A fixed uid/gid that the compose file and the volumes rely on.
-RUN groupadd --system --gid 10001 plab \
+# A fixed uid/gid that the compose file and the volumes rely on. redis-server
+# (from the OS packages, unless the base image has one): the backup drill
+# (`backup drill`, the console's "Run a restore drill") restores into a
+# scratch redis-server started inside this container, under /tmp.
+RUN if ! command -v redis-server >/dev/null; then \
+        apt-get update -qq \
+     && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+    fi \
+ && groupadd --system --gid 10001 plab \
  && useradd --system --uid 10001 --gid plab --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin plab \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/productionlab/state \

@@ -5,6 +5,7 @@ redis, take the whole deployment down and up, and scale the app plane."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import time
@@ -280,6 +281,37 @@ def test_encrypted_backup_lands_in_the_backups_volume(deployment):
 
 
 # --- faults and lifecycle -----------------------------------------------------
+def test_console_signs_in_and_drills_in_the_control_plane_image(deployment):
+    """The operator console in compose: its edge location (a form login, no edge
+    Basic auth, the control plane's nonce CSP passed through) and a restore drill
+    on the redis-server the control-plane image carries."""
+    csrf = re.compile(r'name="csrf" value="([^"]+)"')
+    with requests.Session() as browser:
+        browser.trust_env = False
+        browser.verify = str(deployment.cert)
+        form = browser.get(deployment.url + "/console/login", timeout=20)
+        assert form.status_code == 200, form.text
+        assert "'nonce-" in form.headers["Content-Security-Policy"]
+        keys = browser.post(
+            deployment.url + "/console/login",
+            data={
+                "csrf": csrf.search(form.text).group(1),
+                "name": "admin",
+                "password": deployment.admin_password(),
+            },
+            timeout=20,
+        )
+        assert keys.status_code == 200 and keys.url.endswith("/console/keys"), keys.text
+        drill = browser.post(
+            deployment.url + "/console/backups/drill",
+            data={"csrf": csrf.search(keys.text).group(1)},
+            timeout=60,
+        )
+        assert drill.status_code == 200 and ">PASS</p>" in drill.text, drill.text
+        status = browser.get(deployment.url + "/console/status", timeout=30)
+        assert status.status_code == 200 and "Ready: redis answers" in status.text
+
+
 def test_ready_is_503_while_redis_is_stopped_and_200_when_it_returns(deployment):
     admin = deployment.admin()
     assert admin.post("/write/e2e-outage/before").status_code in (200, 201)

@@ -69,6 +69,50 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
+def refuse_self_harm(name: str, action: str, role: str | None = None) -> None:
+    """What an admin may not do to their own account, from the API or the console."""
+    if name != current_user().name:
+        return
+    if action == "disable":
+        raise BadRequest("you cannot disable yourself")
+    if action == "delete":
+        raise BadRequest("you cannot delete yourself")
+    if action == "grants" and role not in (None, "admin"):
+        raise BadRequest("you cannot take the admin role from yourself")
+
+
+def make_backup() -> backup.Summary:
+    """Write a backup now and audit it (the API's ``POST /admin/backups``, the console)."""
+    config = settings()
+    client = current_app.extensions["plab_redis"]
+    summary = backup.create_backup(client, config.backup_key, backup_dir(config), progress=False)
+    audit_log().append(actor(), "backup.create", summary.path.name, "ok")
+    return summary
+
+
+def run_drill() -> backup.DrillReport:
+    """Back up, restore into a scratch redis-server, compare; audited with its verdict."""
+    config = settings()
+    client = current_app.extensions["plab_redis"]
+    try:
+        report = backup.drill(
+            client,
+            config.backup_key,
+            backup_dir(config),
+            progress=False,
+        )
+    except backup.BackupError:
+        audit_log().append(actor(), "backup.drill", "-", "failed")
+        raise
+    audit_log().append(actor(), "backup.drill", report.backup, "ok" if report.ok else "failed")
+    return report
+
+
+def close_failure_window() -> None:
+    """Append the aggregate failure entries of a window that has ended (see limits.py)."""
+    current_app.extensions["plab_guard"].close_window(actor())
+
+
 def admin_blueprint(auth: Authenticator) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin")
     required = auth.require("admin")
@@ -78,10 +122,6 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         """Flask-Limiter's per-address limit (before authentication), then the admin role."""
         guarded = required(view)
         return limits.admin(guarded) if limits is not None else guarded
-
-    def close_failure_window() -> None:
-        """Append the aggregate failure entries of a window that has ended (see limits.py)."""
-        current_app.extensions["plab_guard"].close_window(actor())
 
     @bp.post("/users")
     @admin_only
@@ -126,8 +166,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         if unknown or not body:
             raise BadRequest("give role and/or prefixes")
         current = users().get(name)
-        if name == current_user().name and body.get("role", "admin") != "admin":
-            raise BadRequest("you cannot take the admin role from yourself")
+        refuse_self_harm(name, "grants", body.get("role", "admin"))
         user = users().set_grants(
             name,
             body.get("role", current.role),
@@ -139,8 +178,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.post("/users/<name>/disable")
     @admin_only
     def disable_user(name: str) -> Response:
-        if name == current_user().name:
-            raise BadRequest("you cannot disable yourself")
+        refuse_self_harm(name, "disable")
         return jsonify(users().set_disabled(name, True, actor()).public())
 
     @bp.post("/users/<name>/enable")
@@ -181,8 +219,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.delete("/users/<name>")
     @admin_only
     def delete_user(name: str) -> Response:
-        if name == current_user().name:
-            raise BadRequest("you cannot delete yourself")
+        refuse_self_harm(name, "delete")
         users().delete(name, actor())
         return Response(status=204)
 
@@ -243,13 +280,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.post("/backups")
     @admin_only
     def create_backup() -> Response:
-        config = settings()
-        client = current_app.extensions["plab_redis"]
-        summary = backup.create_backup(
-            client, config.backup_key, backup_dir(config), progress=False
-        )
-        audit_log().append(actor(), "backup.create", summary.path.name, "ok")
-        response = jsonify(summary.as_dict())
+        response = jsonify(make_backup().as_dict())
         response.status_code = 201
         return response
 
@@ -272,7 +303,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/check-prod")
     @admin_only
     def check_prod() -> Response:
-        findings = checkprod.check()
+        findings = checkprod.check(settings=settings())
         return jsonify({"ok": not findings, "findings": findings})
 
     @bp.get("/stats")

@@ -65,10 +65,12 @@ def secret_findings(settings: Settings) -> list[str]:
 
 
 def tls_findings(cert_path: Path, production: bool, now: datetime.datetime) -> list[str]:
-    if not cert_path.is_file():
-        return [f"tls: certificate {cert_path} is missing (set PLAB_TLS_CERT)"]
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError:
+        return [f"tls: certificate {cert_path} is missing (set PLAB_TLS_CERT)"]
+    except OSError as exc:
+        return [f"tls: certificate {cert_path} cannot be read here ({exc.strerror})"]
     except ValueError:
         return [f"tls: {cert_path} is not a PEM certificate"]
     findings = []
@@ -174,12 +176,23 @@ def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     return findings
 
 
-def check(environ: Mapping[str, str] | None = None, *, with_redis: bool = True) -> list[str]:
-    """Every finding, one line each; an empty list means fit for production."""
+def check(
+    environ: Mapping[str, str] | None = None,
+    *,
+    with_redis: bool = True,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Every finding, one line each; an empty list means fit for production.
+
+    A running control plane passes its own ``settings``: it read its secrets at
+    start-up and, started by root, may no longer be able to read their files.
+    """
     environ = os.environ if environ is None else environ
-    settings, findings = load_settings(environ)
+    findings: list[str] = []
     if settings is None:
-        return findings
+        settings, findings = load_settings(environ)
+        if settings is None:
+            return findings
     if settings.env != "production":
         findings.append(f"env: PLAB_ENV is {settings.env!r}, not 'production'")
     if settings.debug:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
+from productionlab import console
 from productionlab.admin import admin_blueprint
 from productionlab.factory import base_app
 from productionlab.kv_routes import kv_blueprint
@@ -20,4 +21,5 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     )
     app.register_blueprint(admin_blueprint(auth))
     app.register_blueprint(token_blueprint(auth))
+    console.init_app(app, settings, auth)
     return app

@@ -14,6 +14,17 @@ from productionlab.errors import REDIS_RETRY_AFTER
 log = logging.getLogger("productionlab.health")
 
 
+def ready_problem() -> str | None:
+    """Why this plane is not ready (redis or AOF), or None: ``/ready`` and the console."""
+    durability = current_app.extensions["plab_durability"]
+    try:
+        current_app.extensions["plab_redis"].ping()
+        return durability.problem(fresh=True)
+    except redis.RedisError as exc:
+        log.warning("not ready: redis %s", type(exc).__name__)
+        return "the store does not answer"
+
+
 def health_blueprint() -> Blueprint:
     bp = Blueprint("health", __name__)
 
@@ -23,13 +34,7 @@ def health_blueprint() -> Blueprint:
 
     @bp.get("/ready")
     def ready() -> Response:
-        durability = current_app.extensions["plab_durability"]
-        try:
-            current_app.extensions["plab_redis"].ping()
-            problem = durability.problem(fresh=True)
-        except redis.RedisError as exc:
-            log.warning("not ready: redis %s", type(exc).__name__)
-            problem = "the store does not answer"
+        problem = ready_problem()
         if problem:
             log.warning("not ready: %s", problem)
             response = jsonify({"status": "unavailable"})

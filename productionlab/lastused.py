@@ -81,7 +81,7 @@ def review(
     """One row per user: role, grants, created, last used, live token families, flags.
 
     Flags: ``admin`` (the admin role), ``wildcard`` (a grant covering every key:
-    ``*``, the empty prefix, or admin), ``unused_90_days`` (no use recorded for
+    ``*``, or admin), ``unused_90_days`` (no use recorded for
     90 days; an account created in the last 90 days and never used is not
     flagged yet), ``disabled``.
     """
@@ -100,7 +100,7 @@ def review(
         flags = []
         if user.role == "admin":
             flags.append("admin")
-        if user.role == "admin" or any(p in ("*", "") for p in user.prefixes):
+        if user.role == "admin" or "*" in user.prefixes:
             flags.append("wildcard")
         if (last if last is not None else user.created) < horizon:
             flags.append("unused_90_days")

@@ -164,6 +164,9 @@ def chown_tree(path: Path, account: Account) -> None:
             os.chown(os.path.join(root, name), account.uid, account.gid, follow_symlinks=False)
 
 
+CONSOLE_VARIABLES = ("PLAB_CONSOLE", "PLAB_CONSOLE_IDLE", "PLAB_CONSOLE_LIFETIME")
+
+
 @dataclass
 class StackConfig:
     state_dir: Path = Path("var")
@@ -180,6 +183,8 @@ class StackConfig:
     edge_burst: int = 100
     admin_rate: int = 5
     admin_burst: int = 10
+    console_rate: int = 5
+    console_burst: int = 40
     user_rate: str = "6000/minute"
     max_body: str = "1m"
     threads: int = 8
@@ -216,6 +221,8 @@ class StackConfig:
             max_body=get("MAX_BODY", defaults.max_body),
             threads=int(get("THREADS", defaults.threads)),
             edge_trusted_proxies=get("EDGE_TRUSTED_PROXIES", ""),
+            # the control plane's console settings pass through to it (PLAB_CONSOLE=off)
+            extra_env={k: environ[k] for k in CONSOLE_VARIABLES if k in environ},
         )
 
     @classmethod
@@ -564,6 +571,8 @@ class LocalStack:
             edge_burst=self.config.edge_burst,
             admin_rate=self.config.admin_rate,
             admin_burst=self.config.admin_burst,
+            console_rate=self.config.console_rate,
+            console_burst=self.config.console_burst,
             max_body=self.config.max_body,
             trusted_proxies=list(parse_cidrs(self.config.edge_trusted_proxies)),
         )
@@ -840,6 +849,7 @@ productionlab is running at {url}  (self-signed certificate: {self.tls_cert})
   admin password:  {self.admin_password_file}
   try:             curl --cacert {self.tls_cert} -u admin:$(cat {self.admin_password_file}) \\
                         -X POST {url}/write/hello/world
+  console:         {url}/console/  (sign in as admin; PLAB_CONSOLE=off turns it off)
   logs:            {self.log_dir}/
 Ctrl-C stops everything.""",
             flush=True,

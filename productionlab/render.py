@@ -68,6 +68,8 @@ class EdgeConfig:
     edge_burst: int = 100
     admin_rate: int = 5
     admin_burst: int = 10
+    console_rate: int = 5  # the operator console's edge limit, per client address
+    console_burst: int = 40  # a page loads its stylesheet and script too
     max_body: str = "1m"
     body_buffer: str = "1m"
     conn_limit: int = 256

@@ -74,12 +74,14 @@ def write_token_public_keys(key_path: Path) -> Path:
 
 
 def _write_public(path: Path, hex_key: str) -> None:
+    """Not secret, but kept like the secrets beside it (0600 in a 0700 dir): the
+    planes read it before they drop privileges; compose's copies are made 0444."""
     body = hex_key + "\n" if hex_key else ""
     if path.exists() and path.read_text() == body:
         return
     temp = path.with_name(f".{path.name}.new")
     temp.unlink(missing_ok=True)
-    write_private(temp, body.encode(), mode=0o644)
+    write_private(temp, body.encode(), mode=0o600)
     os.replace(temp, path)
 
 

@@ -13,6 +13,7 @@ import time
 import redis
 import waitress
 
+from productionlab.audit import Actor
 from productionlab.settings import Settings
 
 log = logging.getLogger("productionlab.serve")
@@ -26,6 +27,7 @@ def bootstrap_control_plane(app) -> None:
     while True:
         try:
             created = users.ensure_admin(settings.secrets_dir / "admin.password")
+            widened = users.migrate_empty_grants(Actor(name="migration"))
             users.render_htpasswd()
             break
         except redis.RedisError as exc:
@@ -34,6 +36,11 @@ def bootstrap_control_plane(app) -> None:
             delay = min(delay * 2, 5.0)
     if created:
         log.warning("created user admin; its password is in %s", created)
+    if widened:
+        log.warning(
+            "empty-string grants (a silent wildcard) are now the explicit '*' for: %s",
+            ", ".join(widened),
+        )
 
 
 # Everything a plane may import while serving. A plane started by root drops to an

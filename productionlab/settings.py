@@ -211,6 +211,9 @@ class Settings:
     audit_max_entries: int = 50_000
     tls_cert: Path | None = None
     backup_dir_override: Path | None = None
+    console: bool = True
+    console_idle: int = 15 * 60
+    console_lifetime: int = 8 * 3600
 
     @property
     def production(self) -> bool:
@@ -286,6 +289,9 @@ class Settings:
             problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
             edge_proxies = ()
         tls_cert, backup_dir = get("TLS_CERT", ""), get("BACKUP_DIR", "")
+        console = get("CONSOLE", "on").lower()
+        if console not in ("on", "off"):
+            problems.append(f"PLAB_CONSOLE={console!r} is on or off")
         checkpoint_file, archive_dir = (
             get("AUDIT_CHECKPOINT_FILE", ""),
             get("AUDIT_ARCHIVE_DIR", ""),
@@ -338,6 +344,9 @@ class Settings:
             audit_max_entries=integer("AUDIT_MAX_ENTRIES", 50_000),
             tls_cert=Path(tls_cert) if tls_cert else None,
             backup_dir_override=Path(backup_dir) if backup_dir else None,
+            console=console != "off",
+            console_idle=integer("CONSOLE_IDLE", 15 * 60),
+            console_lifetime=integer("CONSOLE_LIFETIME", 8 * 3600),
         )
         settings.validate(extra_problems=problems)
         return settings
@@ -394,6 +403,12 @@ class Settings:
         ):
             problems.append(
                 "PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)"
+            )
+        if not 5 <= self.console_idle <= 24 * 3600 or not (
+            self.console_idle <= self.console_lifetime <= 7 * 24 * 3600
+        ):
+            problems.append(
+                "PLAB_CONSOLE_IDLE must be 5s..1d and at most PLAB_CONSOLE_LIFETIME (at most 7d)"
             )
         if self.audit_retention is not None and self.audit_retention < 0:
             problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")

@@ -149,7 +149,7 @@ class User:
         """Whether this user's grants cover ``key``. Admins see every key."""
         if self.role == "admin":
             return True
-        return any(p in ("*", "") or key.startswith(p) for p in self.prefixes)
+        return any(p == "*" or (p and key.startswith(p)) for p in self.prefixes)
 
     @property
     def grants(self) -> tuple[str, ...]:
@@ -396,6 +396,20 @@ class UserStore:
             role=validate_role(role),
             prefixes=json.dumps(validate_prefixes(prefixes)),
         )
+
+    def migrate_empty_grants(self, actor: Actor) -> list[str]:
+        """Releases before c64ef11's successor stored ``""`` as a grant, a silent
+        wildcard. It is refused now; a stored one becomes the explicit ``"*"`` it
+        always meant (audited as ``user.grants``, visible in listings and access
+        reviews) so no user loses access on upgrade. Returns the users changed."""
+        changed = []
+        for user in self.all():
+            if "" not in user.prefixes:
+                continue
+            prefixes = list(dict.fromkeys("*" if p == "" else p for p in user.prefixes))
+            self.set_grants(user.name, user.role, prefixes, actor)
+            changed.append(user.name)
+        return changed
 
     def set_disabled(self, name: str, disabled: bool, actor: Actor) -> User:
         action = "user.disable" if disabled else "user.enable"

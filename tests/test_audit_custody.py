@@ -45,6 +45,7 @@ from productionlab.audit_verify import verify_log
 from productionlab.backup import TempRedis
 from productionlab.localstack import LocalStack, StackConfig
 from productionlab.settings import ConfigError, Settings
+from productionlab.tokens import SigningKey
 from tests.conftest import Client, admin_of, create_user, state_dir
 
 APPENDER_PASSWORD = secrets.token_hex(16)
@@ -261,6 +262,7 @@ def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
 def control_env(**extra: str) -> dict[str, str]:
     env = {f"PLAB_{n}": secrets.token_hex(32) for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY")}
     env["PLAB_AUDIT_CHECKPOINT_KEY"] = secrets.token_hex(32)
+    env["PLAB_TOKEN_PUBLIC_KEY"] = SigningKey(env["PLAB_TOKEN_KEY"]).public_hex
     env.update(extra)
     return env
 

@@ -183,7 +183,7 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
     operator = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-    store = UserStore(client, b"k" * 32, cache_secret=b"s" * 32, cache_seconds=300)
+    store = UserStore(client, cache_secret=b"s" * 32, cache_seconds=300)
     try:
         assert wait_until(lambda: operator.ping(), 30) is not None
         store.start_listener()

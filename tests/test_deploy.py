@@ -115,8 +115,16 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+# *_FILE settings that name a data file, not a secret.
+DATA_FILES = {"PLAB_AUDIT_CHECKPOINT_FILE"}
+
+
 def secret_env(service: dict) -> dict[str, str]:
-    return {k: v for k, v in service["environment"].items() if k.endswith("_FILE")}
+    return {
+        k: v
+        for k, v in service["environment"].items()
+        if k.endswith("_FILE") and k not in DATA_FILES
+    }
 
 
 def test_each_container_gets_only_the_secrets_it_uses():

@@ -122,3 +122,12 @@ def test_empty_prefix_grant_is_refused_by_the_cli(stack, admin, make_user):
     changed = cli("users", "grants", reader.name, "--prefix", "")
     assert changed.returncode != 0
     assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
+
+
+def test_an_empty_prefix_covers_nothing_even_if_one_is_stored():
+    from productionlab.users import User
+
+    assert not User("r", "reader", ("",)).covers("any-key")
+    assert User("r", "reader", ("", "a-")).covers("a-1")
+    assert not User("r", "reader", ("", "a-")).covers("b-1")
+    assert User("r", "reader", ("*",)).covers("b-1")

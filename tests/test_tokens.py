@@ -335,7 +335,7 @@ def test_the_app_plane_holds_only_the_public_key_and_cannot_mint_tokens(stack, m
         if k.startswith("PLAB_") and k.endswith("_FILE")
     ]
     for material in held:
-        forger = TokenService(client, users, b"unused", TokenKeys.for_signing(material))
+        forger = TokenService(client, users, TokenKeys.for_signing(material))
         claims = forger._claims("access", user, "f" * 24, 900, int(time.time()))
         forged = forger.sign(claims)
         # even with the real key id in front, the signature does not verify

@@ -230,9 +230,32 @@ def test_previous_release_users_are_reviewed_and_their_use_recorded(upgraded):
     assert rows["olduser-r"]["last_used"] is None
     assert "unused_90_days" not in rows["olduser-r"]["flags"]  # created today
     assert rows["olduser-w"]["role"] == "writer" and rows["olduser-w"]["grants"] == ["app-"]
+    assert rows["olduser-empty"]["flags"] == ["wildcard"]  # the old "" grant, now "*"
 
 
 def all_users(stack: LocalStack) -> list:
     from productionlab.users import UserStore
 
     return UserStore(stack.redis_client("cp"), b"k" * 32).all()
+
+
+def test_a_stored_empty_grant_becomes_an_explicit_wildcard(upgraded):
+    """The previous release stored "" as a grant (a silent wildcard); it is refused
+    now, and the upgrade makes a stored one the explicit "*" it meant, audited, so
+    the user keeps its access and every listing shows it for what it is."""
+    stack, old = upgraded
+    admin = Client(stack, "admin", old.admin_password)
+    shown = admin.get("/admin/users/olduser-empty")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["prefixes"] == ["*"]
+    reader = Client(stack, "olduser-empty", old.users["olduser-empty"]["password"])
+    assert reader.get("/read/app-old-0").status_code == 200
+    client = stack.redis_client()
+    entries = [json.loads(e) for e in client.lrange("{plab}:audit", 0, -1)]
+    client.close()
+    assert any(
+        e["action"] == "user.grants"
+        and e["target"] == "olduser-empty"
+        and e["actor"] == "migration"
+        for e in entries
+    )

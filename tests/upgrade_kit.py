@@ -56,6 +56,11 @@ try:
         r = call("POST", "/admin/users", admin, json=body)
         assert r.status_code == 201, r.text
         users[name] = {"password": r.json()["password"], "role": role, "prefixes": prefixes}
+    # the previous release accepted "" as a grant: a silent wildcard
+    body = {"name": "olduser-empty", "role": "reader", "prefixes": [""]}
+    r = call("POST", "/admin/users", admin, json=body)
+    assert r.status_code == 201, r.text
+    users["olduser-empty"] = {"password": r.json()["password"], "role": "reader", "prefixes": [""]}
     writer = ("olduser-w", users["olduser-w"]["password"])
     keys = {}
     for i in range(5):
