@@ -29,11 +29,27 @@ def load(name: str):
 sbom = load("sbom")
 
 
-def installed() -> set[tuple[str, str, str]]:
+def snapshot(tmp: Path) -> Path:
+    """A copy of the dpkg database, so both readers see the same one even if a
+    package is installed on this machine meanwhile."""
+    admin = tmp / "dpkg"
+    for sub in ("updates", "info"):
+        (admin / sub).mkdir(parents=True)
+    shutil.copy(STATUS, admin / "status")
+    return admin
+
+
+def installed(admin: Path) -> set[tuple[str, str, str]]:
     dpkg_query = shutil.which("dpkg-query")
     assert dpkg_query, "dpkg-query is required (this is a Debian machine)"
     out = subprocess.run(
-        [dpkg_query, "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+        [
+            dpkg_query,
+            f"--admindir={admin}",
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -46,13 +62,14 @@ def installed() -> set[tuple[str, str, str]]:
 
 
 def test_os_sbom_of_the_real_dpkg_database(tmp_path):
+    admin = snapshot(tmp_path)
     out = tmp_path / "host.os.cdx.json"
     result = subprocess.run(
         [
             sys.executable,
             str(CHECKOUT / "scripts" / "sbom.py"),
             "dpkg",
-            str(STATUS),
+            str(admin / "status"),  # the snapshot of the real database
             "--out",
             str(out),
         ],
@@ -68,7 +85,7 @@ def test_os_sbom_of_the_real_dpkg_database(tmp_path):
     assert document["metadata"]["component"]["type"] == "container"
     components = document["components"]
     assert {(c["name"], c["version"], c["properties"][-1]["value"]) for c in components} == (
-        installed()
+        installed(admin)
     )
     refs = [c["bom-ref"] for c in components]
     assert len(refs) == len(set(refs))
