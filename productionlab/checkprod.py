@@ -45,6 +45,8 @@ def secret_findings(settings: Settings) -> list[str]:
     findings = []
     values = {name: getattr(settings, name) for name in SECRET_NAMES}
     values["redis_password"] = settings.redis_password
+    if settings.token_key_previous:
+        values["token_key_previous"] = settings.token_key_previous
     for name, value in values.items():
         problem = secret_problem(name, value)
         if problem:

@@ -6,7 +6,9 @@ Every variable is prefixed ``PLAB_``; every secret may instead be given as
 
 from __future__ import annotations
 
-import math
+import base64
+import binascii
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -41,44 +43,97 @@ def parse_size(text: str) -> int:
     return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
 
 
-def secret_entropy_bits(secret: str) -> float:
-    """A conservative estimate of a secret's entropy from its alphabet and length.
+MIN_SECRET_BYTES = MIN_SECRET_BITS // 8
+_HEX_RE = re.compile(r"\A[0-9a-fA-F]+\Z")
+_B64_RE = re.compile(r"\A[A-Za-z0-9+/_-]+={0,2}\Z")
+MAX_ARITHMETIC_RUN = 8  # P(a run this long in 32 random bytes) is about 32 * 256**-6
 
-    Generated secrets (hex or base64url of 32+ random bytes) pass; words,
-    short strings and low-variety strings do not.
+
+def decode_secret(value: str) -> bytes | None:
+    """The bytes a secret encodes: hex (even length) first, else base64 or base64url
+    (padding optional); None when it is neither."""
+    text = value.strip()
+    if _HEX_RE.match(text) and len(text) % 2 == 0:
+        return bytes.fromhex(text)
+    mixed = ("-" in text or "_" in text) and ("+" in text or "/" in text)
+    if not _B64_RE.match(text) or mixed:
+        return None
+    body = text.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(
+            body.replace("+", "-").replace("/", "_") + "=" * (-len(body) % 4)
+        )
+    except (binascii.Error, ValueError):
+        return None
+
+
+def repetition_problem(data: bytes) -> str | None:
+    """Why ``data`` looks patterned rather than random, or None.
+
+    Three shapes that random bytes practically never take: few distinct byte
+    values (a repeated byte or short block), a whole sequence that repeats
+    itself with a period up to half its length, and a long arithmetic run
+    (ascending or descending bytes, ``0123...`` in hex decodes to one).
     """
-    if not secret:
-        return 0.0
-    alphabet = 0
-    if re.search(r"[a-z]", secret):
-        alphabet += 26
-    if re.search(r"[A-Z]", secret):
-        alphabet += 26
-    if re.search(r"[0-9]", secret):
-        alphabet += 10
-    if re.search(r"[^A-Za-z0-9]", secret):
-        alphabet += 32
-    if re.fullmatch(r"[0-9a-f]+", secret):
-        alphabet = 16
-    distinct = len(set(secret))
-    if distinct < min(10, len(secret) // 4):
-        # Few distinct characters (repeats, patterns): count only what varies.
-        return len(secret) * math.log2(max(2, distinct))
-    return len(secret) * math.log2(alphabet)
+    if len(set(data)) < min(16, len(data) // 2):
+        return "it repeats a few byte values"
+    for period in range(1, len(data) // 2 + 1):
+        if data[period:] == data[:-period]:
+            return f"it repeats a block of {period} bytes"
+    run = 2
+    for i in range(2, len(data)):
+        if (data[i] - data[i - 1]) % 256 == (data[i - 1] - data[i - 2]) % 256:
+            run += 1
+            if run >= MAX_ARITHMETIC_RUN:
+                return "it holds an ascending or descending run"
+        else:
+            run = 2
+    return None
+
+
+def _text_run_problem(text: str) -> str | None:
+    """An ascending or descending run of characters (``abcdefgh``, ``98765432``)."""
+    run, last = 1, 0
+    for before, after in itertools.pairwise(text):
+        step = ord(after) - ord(before)
+        if abs(step) == 1:
+            run = run + 1 if step == last else 2
+        else:
+            run = 1
+        last = step
+        if run >= MAX_ARITHMETIC_RUN:
+            return "it holds an ascending or descending run"
+    return None
 
 
 def secret_problem(name: str, value: str | None) -> str | None:
+    """Why ``value`` is not acceptable as the secret ``name``, or None.
+
+    A secret must be hex or base64 that decodes to at least 32 bytes and is not
+    an obvious repetition: ``openssl rand -hex 32``, ``openssl rand -base64 32``
+    and :mod:`productionlab.secretgen` pass; ``"0123456789abcdef" * 4``, one
+    repeated byte and dictionary words do not.
+    """
+    var = f"PLAB_{name.upper()}"
     if value is None or value == "":
-        return f"PLAB_{name.upper()} is missing (set it or PLAB_{name.upper()}_FILE)"
+        return f"{var} is missing (set it or {var}_FILE)"
     lowered = value.strip().lower()
     if lowered in KNOWN_DEFAULTS or any(lowered.startswith(d) for d in KNOWN_DEFAULTS):
-        return f"PLAB_{name.upper()} is a default or example value"
-    bits = secret_entropy_bits(value)
-    if bits < MIN_SECRET_BITS:
+        return f"{var} is a default or example value"
+    advice = "use e.g. `openssl rand -hex 32` or `openssl rand -base64 32`"
+    data = decode_secret(value)
+    if data is None:
+        return f"{var} is weak (not hex or base64; {advice})"
+    if len(data) < MIN_SECRET_BYTES:
         return (
-            f"PLAB_{name.upper()} is weak (about {bits:.0f} bits; at least "
-            f"{MIN_SECRET_BITS} bits, e.g. 32 random bytes as hex, are required)"
+            f"{var} is weak ({len(data)} bytes once decoded; at least "
+            f"{MIN_SECRET_BYTES} random bytes are required; {advice})"
         )
+    pattern = repetition_problem(data) or _text_run_problem(value.strip())
+    if pattern:
+        return f"{var} is weak ({pattern}; {advice})"
     return None
 
 
@@ -247,6 +302,9 @@ class Settings:
         secrets = {name: getattr(self, name) for name in SECRET_NAMES}
         if self.production:
             secrets["redis_password"] = self.redis_password
+        if self.token_key_previous:
+            # Tokens signed with it are still accepted: it must be as strong as the key.
+            secrets["token_key_previous"] = self.token_key_previous
         for name, value in secrets.items():
             if not value:
                 problems.append(
