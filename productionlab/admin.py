@@ -86,7 +86,9 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/users/<name>")
     @admin_only
     def show_user(name: str) -> Response:
-        return jsonify(users().get(name).public())
+        user = users().get(name)
+        usage = current_app.extensions["plab_kv"].usage(user.name)
+        return jsonify({**user.public(), "usage": usage.as_dict()})
 
     @bp.route("/users/<name>", methods=["PATCH"])
     @admin_only

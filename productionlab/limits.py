@@ -96,7 +96,13 @@ local function take_limit(counter, limit, window)
 end
 """
 
-_CHARGE = LIMIT_LUA + "return take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+# allow-oom: at maxmemory, charging a few bytes of counter must not turn every
+# read and admin request into an error (see kv.ALLOW_OOM).
+_CHARGE = (
+    "#!lua flags=allow-oom\n"
+    + LIMIT_LUA
+    + "return take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+)
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,10 @@ class LocalStack:
         self._write_nginx_conf()
 
     def _write_redis_conf(self) -> None:
+        from productionlab.settings import redis_maxmemory  # bounded memory, noeviction
+
         conf = render_redis_conf(
+            maxmemory=redis_maxmemory({**os.environ, **self.config.extra_env}),
             port=self.config.redis_port,
             data_dir=str(self.redis_dir),
             bind=self.config.bind,

@@ -21,6 +21,12 @@ KNOWN_DEFAULTS = frozenset(
     {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
 )
 DURABILITY_MODES = ("everysec", "strict")
+# Per-user quotas on what a user's writes keep in redis (see kv.py).
+DEFAULT_USER_MAX_KEYS = 100_000
+DEFAULT_USER_MAX_BYTES = 64 * 1024**2
+# redis.conf's maxmemory for `make run` (compose sets its own with --redis-maxmemory).
+DEFAULT_REDIS_MAXMEMORY = "256mb"
+_REDIS_SIZE_RE = re.compile(r"^(\d+)(b|k|kb|m|mb|g|gb)?$")
 ENVIRONMENTS = ("development", "production", "test")
 _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
@@ -137,6 +143,29 @@ def secret_problem(name: str, value: str | None) -> str | None:
     return None
 
 
+def parse_redis_size(text: str) -> int:
+    """Bytes in a redis.conf size (``256mb``, ``1gb``, ``1048576``; ``k``/``m``/``g``
+    are powers of 1000 and ``kb``/``mb``/``gb`` of 1024, as redis reads them)."""
+    match = _REDIS_SIZE_RE.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"not a redis size: {text!r} (expected e.g. 256mb, 1gb)")
+    unit = match.group(2) or "b"
+    scale = {"b": 1, "k": 10**3, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9}
+    return int(match.group(1)) * scale.get(unit, 1024**3)
+
+
+def redis_maxmemory(environ: Mapping[str, str]) -> str:
+    """``PLAB_REDIS_MAXMEMORY`` validated for redis.conf: 0 (no bound) or at least 4mb."""
+    raw = environ.get("PLAB_REDIS_MAXMEMORY", DEFAULT_REDIS_MAXMEMORY).strip().lower()
+    try:
+        size = parse_redis_size(raw)
+    except ValueError as exc:
+        raise ConfigError([f"PLAB_REDIS_MAXMEMORY: {exc}"]) from None
+    if size != 0 and size < 4 * 1024**2:
+        raise ConfigError(["PLAB_REDIS_MAXMEMORY must be 0 (no bound) or at least 4mb"])
+    return raw
+
+
 def read_secret(environ: Mapping[str, str], name: str) -> str | None:
     """Return ``PLAB_<NAME>`` or the contents of the file ``PLAB_<NAME>_FILE``."""
     var = f"PLAB_{name.upper()}"
@@ -181,6 +210,9 @@ class Settings:
     audit_retention: int | None = None
     tls_cert: Path | None = None
     backup_dir_override: Path | None = None
+    user_max_keys: int = DEFAULT_USER_MAX_KEYS
+    user_max_bytes: int = DEFAULT_USER_MAX_BYTES
+    redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
 
     @property
     def production(self) -> bool:
@@ -228,6 +260,16 @@ class Settings:
         except ValueError as exc:
             problems.append(f"PLAB_MAX_BODY: {exc}")
             max_body = 1024 * 1024
+        try:
+            user_max_bytes = parse_size(get("USER_MAX_BYTES", "64m"))
+        except ValueError as exc:
+            problems.append(f"PLAB_USER_MAX_BYTES: {exc}")
+            user_max_bytes = DEFAULT_USER_MAX_BYTES
+        try:
+            maxmemory = redis_maxmemory(environ)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            maxmemory = DEFAULT_REDIS_MAXMEMORY
         htpasswd = get("HTPASSWD", "")
         previous = read_secret(environ, "token_key_previous") or ""
         key_file = environ.get("PLAB_TOKEN_KEY_FILE")
@@ -263,6 +305,9 @@ class Settings:
             audit_retention=retention or None,
             tls_cert=Path(tls_cert) if tls_cert else None,
             backup_dir_override=Path(backup_dir) if backup_dir else None,
+            user_max_keys=integer("USER_MAX_KEYS", DEFAULT_USER_MAX_KEYS),
+            user_max_bytes=user_max_bytes,
+            redis_maxmemory=maxmemory,
         )
         settings.validate(extra_problems=problems)
         return settings
@@ -297,6 +342,10 @@ class Settings:
             problems.append(
                 "PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)"
             )
+        if not 1 <= self.user_max_keys <= 10**9:
+            problems.append("PLAB_USER_MAX_KEYS must be between 1 and 1000000000")
+        if not 1024 <= self.user_max_bytes <= 1024**4:
+            problems.append("PLAB_USER_MAX_BYTES must be between 1k and 1024g")
         if self.audit_retention is not None and self.audit_retention < 0:
             problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
         secrets = {name: getattr(self, name) for name in SECRET_NAMES}
