@@ -158,16 +158,28 @@ if (add_keys > 0 and used_keys + add_keys > max_keys)
 end
 local version = redis.call('INCR', counter)
 redis.call('HSET', item, 'v', value, 'ver', version, 'o', owner)
-local expire_at = 0
+local expire_at, had_ttl = 0, false
 if ttl_ms > 0 then
   redis.call('PEXPIRE', item, ttl_ms)
   expire_at = redis.call('PEXPIRETIME', item)
 else
-  redis.call('PERSIST', item)
+  had_ttl = redis.call('PERSIST', item) == 1
 end
 redis.call('ZADD', index, 0, key)
-if before_owner then uncharge(before_owner, key, before_bytes) end
-charge(owner, key, bytes, expire_at)
+if before_owner == owner then
+  -- The common overwrite: the charge stays; only its size and expiry change.
+  if add_bytes ~= 0 then redis.call('HINCRBY', USAGE .. owner, 'bytes', add_bytes) end
+  if expire_at > 0 then
+    redis.call('ZADD', USAGE .. owner .. ':exp', expire_at, key)
+    redis.call('HSET', USAGE .. owner .. ':ttl', key, bytes)
+  elseif had_ttl then
+    redis.call('ZREM', USAGE .. owner .. ':exp', key)
+    redis.call('HDEL', USAGE .. owner .. ':ttl', key)
+  end
+else
+  if before_owner then uncharge(before_owner, key, before_bytes) end
+  charge(owner, key, bytes, expire_at)
+end
 audit('kv.put', key, current and 'updated' or 'created', version)
 if current then return {1, version} end
 return {0, version}
