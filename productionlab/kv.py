@@ -379,7 +379,6 @@ class KVStore:
         self.durability = durability
         self.quota = quota or Quota()
         self._usage = client.register_script(_USAGE)
-        self._migrate = client.register_script(_MIGRATE)
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._list = client.register_script(_LIST)
@@ -512,20 +511,27 @@ class KVStore:
         """
         if self.client.exists(USAGE_MIGRATED):
             return 0
-        writers = last_writers(self.client)
-        charged, after = 0, "-"
-        while True:
-            page = self.client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-            if not page:
-                break
-            args: list[str] = []
-            for member in page:
-                key = member.decode()
-                args += [key, writers.get(key, UNATTRIBUTED)]
-            charged += int(self._eval(self._migrate, [], args))
-            after = "(" + page[-1].decode()
+        charged = charge_unowned_keys(self.client, batch)
         self.client.set(USAGE_MIGRATED, "1")
         return charged
+
+
+def charge_unowned_keys(client: redis.Redis, batch: int = 500) -> int:
+    """Charge every key that has no owner (written before quotas, or restored
+    from a backup) to its last writer in the audit log, else to ``-``."""
+    script = client.register_script(_MIGRATE)
+    writers = last_writers(client)
+    charged, after = 0, "-"
+    while True:
+        page = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
+        if not page:
+            return charged
+        args: list[str] = []
+        for member in page:
+            key = member.decode()
+            args += [key, writers.get(key, UNATTRIBUTED)]
+        charged += int(script(args=args))
+        after = "(" + page[-1].decode()
 
 
 def last_writers(client: redis.Redis, chunk: int = 1000) -> dict[str, str]:

@@ -8,6 +8,8 @@ against the truth: the items in redis and whom each one names as its owner.
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -64,6 +66,7 @@ def truth(stack: LocalStack, prefix: str) -> dict[str, tuple[int, int]]:
         owner, value = client.hmget(ITEM + key, "o", "v")
         if value is None:
             continue
+        assert owner is not None, f"{key} is charged to nobody"
         keys, size = owners.get(owner.decode(), (0, 0))
         owners[owner.decode()] = (keys + 1, size + len(key) + len(value))
     client.close()
@@ -295,3 +298,38 @@ def test_upgrade_charges_the_previous_releases_keys_to_their_writers():
         assert truth(stack, "app-") == {"olduser-w": (7, usage(admin, "olduser-w")["bytes"])}
     finally:
         stop_stack(stack)
+
+
+def test_a_restore_keeps_the_accounting_exact(quota_stack, qadmin, prefix, tmp_path):
+    """A restore replaces items (their charges go with them) and brings back keys
+    without an owner: they are charged to their last writer in the audit log."""
+    first = create_user(qadmin, "writer", [prefix])
+    second = create_user(qadmin, "writer", [prefix])
+    for i in range(3):
+        assert first.put(f"/v1/kv/{prefix}{i}", data=b"first").status_code == 201
+    env = quota_stack.plane_env("cp")
+    created = subprocess.run(
+        [sys.executable, "-m", "productionlab", "backup", "create", "--dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    (path,) = tmp_path.glob("*.plab*")
+    assert second.put(f"/v1/kv/{prefix}0", data=b"second-long-value").status_code == 200
+    assert first.delete(f"/v1/kv/{prefix}1").status_code == 204
+    restored = subprocess.run(
+        [sys.executable, "-m", "productionlab", "backup", "restore", str(path), "--overwrite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert first.get(f"/v1/kv/{prefix}0").content == b"first"
+    expected = truth(quota_stack, prefix)
+    assert sum(keys for keys, _ in expected.values()) == 3
+    for user in (first, second):
+        got = usage(qadmin, user.name)
+        assert (got["keys"], got["bytes"]) == expected.get(user.name, (0, 0)), user.name
