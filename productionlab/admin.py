@@ -14,7 +14,7 @@ from productionlab import backup, checkprod
 from productionlab.audit import Actor, AuditLog
 from productionlab.auth import Authenticator, current_user
 from productionlab.errors import BadRequest, Conflict, NotFound
-from productionlab.kv import INDEX
+from productionlab.kv import INDEX, UNATTRIBUTED
 from productionlab.settings import Settings
 from productionlab.tokens import TokenService
 from productionlab.users import UserStore
@@ -242,6 +242,10 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
                 "users": len(users().all()),
                 "audit_entries": client.llen("{plab}:audit"),
                 "redis_used_memory": memory.get("used_memory"),
+                "redis_maxmemory": memory.get("maxmemory"),
+                "usage_unattributed": current_app.extensions["plab_kv"]
+                .usage(UNATTRIBUTED)
+                .as_dict(with_quota=False),
                 "aof_enabled": bool(persistence.get("aof_enabled")),
                 "aof_last_write_status": persistence.get("aof_last_write_status"),
             }

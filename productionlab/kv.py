@@ -333,7 +333,9 @@ class Usage:
     bytes: int
     quota: Quota
 
-    def as_dict(self) -> dict:
+    def as_dict(self, with_quota: bool = True) -> dict:
+        if not with_quota:
+            return {"keys": self.keys, "bytes": self.bytes}
         return {
             "keys": self.keys,
             "bytes": self.bytes,

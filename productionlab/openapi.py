@@ -364,6 +364,12 @@ def _schemas() -> dict:
                 "users": integer,
                 "audit_entries": integer,
                 "redis_used_memory": {"type": ["integer", "null"]},
+                "redis_maxmemory": {"type": ["integer", "null"]},
+                "usage_unattributed": {
+                    "type": "object",
+                    "description": "keys from before quotas that no audit entry attributes",
+                    "properties": {"keys": integer, "bytes": integer},
+                },
                 "aof_enabled": {"type": "boolean"},
                 "aof_last_write_status": {"type": ["string", "null"]},
             },

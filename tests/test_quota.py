@@ -16,7 +16,15 @@ from collections.abc import Iterator
 import pytest
 
 from productionlab.audit import Actor
-from productionlab.kv import INDEX, ITEM, USAGE, VERSION_COUNTER, KVStore, Quota
+from productionlab.kv import (
+    INDEX,
+    ITEM,
+    USAGE,
+    VERSION_COUNTER,
+    KVStore,
+    Quota,
+    charge_unowned_keys,
+)
 from productionlab.localstack import LocalStack, StackConfig
 from productionlab.store.durability import Durability
 from tests.conftest import Client, admin_of, create_user, start_stack, stop_stack
@@ -333,3 +341,23 @@ def test_a_restore_keeps_the_accounting_exact(quota_stack, qadmin, prefix, tmp_p
     for user in (first, second):
         got = usage(qadmin, user.name)
         assert (got["keys"], got["bytes"]) == expected.get(user.name, (0, 0)), user.name
+
+
+def test_keys_no_audit_entry_attributes_are_charged_to_unattributed(quota_stack, qadmin, prefix):
+    """A key from before quotas whose writer the audit log no longer names (trimmed)."""
+    client = quota_stack.redis_client("cp")
+    key = f"{prefix}orphan"
+    client.hset(ITEM + key, mapping={"v": b"legacy", "ver": 1})  # as c64ef11 stored it
+    client.zadd(INDEX, {key: 0})
+    before = qadmin.get("/admin/stats").json()["usage_unattributed"]
+    assert charge_unowned_keys(client) == 1
+    assert charge_unowned_keys(client) == 0  # idempotent: it has an owner now
+    stats = qadmin.get("/admin/stats").json()
+    assert stats["usage_unattributed"] == {
+        "keys": before["keys"] + 1,
+        "bytes": before["bytes"] + len(key) + 6,
+    }
+    assert stats["redis_maxmemory"] == 256 * 1024**2
+    assert qadmin.delete(f"/ops/v1/kv/{key}").status_code == 204
+    assert qadmin.get("/admin/stats").json()["usage_unattributed"] == before
+    client.close()
