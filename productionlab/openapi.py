@@ -49,7 +49,8 @@ _ERROR_TEXT = {
     "412": "The If-Match / If-None-Match precondition failed",
     "413": "The value or body is too large",
     "429": "Rate limited, or too many failed logins",
-    "503": "The store is unavailable or cannot promise durability now; retry later",
+    "503": "The store is unavailable, full (redis at maxmemory refuses writes) or cannot "
+    "promise durability now; retry later",
 }
 
 
