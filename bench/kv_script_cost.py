@@ -5,8 +5,8 @@ the main thread, insensitive to other processes' load, unlike the wall-clock
 
 Runs a throwaway redis-server and calls :class:`productionlab.kv.KVStore`
 directly: overwrites of one key by one user, writes of new keys, and writes
-with a TTL. To compare with older code run it with that checkout first on
-``PYTHONPATH``::
+with a TTL. To compare with older code run it with that checkout first on ``PYTHONPATH``
+(releases whose audit chain was keyed get a random audit key)::
 
     python bench/kv_script_cost.py [--calls 20000]
     PYTHONPATH=/path/to/old/checkout python bench/kv_script_cost.py
@@ -15,6 +15,7 @@ with a TTL. To compare with older code run it with that checkout first on
 from __future__ import annotations
 
 import argparse
+import inspect
 import secrets
 import time
 
@@ -49,7 +50,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args()
     with TempRedis() as client:
-        store = KVStore(client, secrets.token_bytes(32), Durability(client, strict=False))
+        durability = Durability(client, strict=False)
+        if "audit_key" in inspect.signature(KVStore).parameters:  # c64ef11 and before
+            store = KVStore(client, secrets.token_bytes(32), durability)
+        else:
+            store = KVStore(client, durability)
         actor = Actor("bench", "127.0.0.1", "bench")
         value = b"v" * 100
         for i in range(1000):  # warm up and make the overwrite case an overwrite

@@ -20,6 +20,7 @@ SECRET_FILES = (
     "secret_key",
     "token_key",
     "audit_key",
+    "audit_checkpoint_key",
     "backup_key",
     "redis_ap_password",
     "redis_cp_password",

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from productionlab import backup, checkprod
 from productionlab.audit import Actor, AuditLog
+from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, current_user
 from productionlab.errors import BadRequest, Conflict, NotFound
 from productionlab.kv import INDEX, UNATTRIBUTED
@@ -26,6 +27,15 @@ def users() -> UserStore:
 
 def audit_log() -> AuditLog:
     return current_app.extensions["plab_audit"]
+
+
+def audit_keeper() -> AuditKeeper:
+    """The control plane's custodian of the log (archive, checkpoints, verification)."""
+    keeper = current_app.extensions.get("plab_audit_keeper")
+    if keeper is None:
+        keeper = AuditKeeper(settings(), current_app.extensions["plab_redis"])
+        current_app.extensions["plab_audit_keeper"] = keeper
+    return keeper
 
 
 def tokens() -> TokenService:
@@ -61,7 +71,17 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
 
 def admin_blueprint(auth: Authenticator) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin")
-    admin_only = auth.require("admin")
+    required = auth.require("admin")
+    limits = auth.route_limits
+
+    def admin_only(view):
+        """Flask-Limiter's per-address limit (before authentication), then the admin role."""
+        guarded = required(view)
+        return limits.admin(guarded) if limits is not None else guarded
+
+    def close_failure_window() -> None:
+        """Append the aggregate failure entries of a window that has ended (see limits.py)."""
+        current_app.extensions["plab_guard"].close_window(actor())
 
     @bp.post("/users")
     @admin_only
@@ -164,20 +184,31 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         since = int_arg("since", 1, 1, 2**62)
         limit = int_arg("limit", 100, 1, 1000)
         actor_name = request.args.get("actor") or None
+        close_failure_window()
         entries, next_since = audit_log().page(since=since, limit=limit, actor=actor_name)
         return jsonify({"entries": entries, "next_since": next_since})
 
     @bp.post("/audit/verify")
     @admin_only
     def verify_audit() -> Response:
-        result = audit_log().verify()
+        close_failure_window()
+        result = audit_keeper().verify()
         response = jsonify(result.as_dict())
         response.status_code = 200 if result.ok else 409
+        return response
+
+    @bp.post("/audit/checkpoint")
+    @admin_only
+    def checkpoint_audit() -> Response:
+        checkpoint = audit_keeper().checkpoint(force=True)
+        response = jsonify(checkpoint.as_dict())
+        response.status_code = 201
         return response
 
     @bp.get("/audit/head")
     @admin_only
     def audit_head() -> Response:
+        close_failure_window()
         return jsonify(audit_log().head())
 
     @bp.post("/audit/trim")
@@ -187,8 +218,14 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         keep = body.get("keep")
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise BadRequest('give {"keep": N} with N at least 1')
-        dropped, first = audit_log().trim(actor(), keep)
-        return jsonify({"dropped": dropped, "first": first or None})
+        dropped, first, segment = audit_keeper().trim(actor(), keep)
+        return jsonify(
+            {
+                "dropped": dropped,
+                "first": first or None,
+                "archived": segment.name if segment else None,
+            }
+        )
 
     @bp.get("/backups")
     @admin_only

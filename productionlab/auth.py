@@ -3,6 +3,11 @@
 Flask-HTTPAuth does the scheme work (Basic, and Bearer when a token service
 is registered); the user store keeps users to itself. Routes ask only for a
 role and check grants with :func:`require_grant`.
+
+Scheme names are strict: only ``Basic`` (any case) carries a user and
+password, only ``Bearer`` (any case) a token; any other scheme is 401 (the
+edge routes the same way). Flask-HTTPAuth's own Basic parser takes any scheme
+name, which let ``Token <base64(user:password)>`` pass as Basic.
 """
 
 from __future__ import annotations
@@ -11,23 +16,55 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 
 from productionlab.errors import Forbidden, Unauthorized
-from productionlab.limits import LoginGuard
+from productionlab.limits import LoginGuard, RouteLimits
+from productionlab.render import EDGE_FAILURE_PATH
 from productionlab.users import User, UserStore
 
 REALM = "productionlab"
 
 
+def scheme_of(header: str) -> str:
+    """The Authorization scheme, lower-cased ("" when there is none)."""
+    return header.strip().partition(" ")[0].lower()
+
+
+class StrictBasicAuth(HTTPBasicAuth):
+    """Basic credentials only under the scheme name ``Basic`` (any case)."""
+
+    def is_compatible_auth(self, headers) -> bool:
+        return scheme_of(headers.get("Authorization", "")) == "basic"
+
+    def get_auth(self):
+        if scheme_of(request.headers.get("Authorization", "")) != "basic":
+            return None
+        return super().get_auth()
+
+
+class StrictTokenAuth(HTTPTokenAuth):
+    """Tokens only under the scheme name ``Bearer`` (any case)."""
+
+    def is_compatible_auth(self, headers) -> bool:
+        return scheme_of(headers.get("Authorization", "")) == "bearer"
+
+
 class Authenticator:
-    def __init__(self, users: UserStore, guard: LoginGuard, user_limit: Callable):
+    def __init__(
+        self,
+        users: UserStore,
+        guard: LoginGuard,
+        user_limit: Callable,
+        route_limits: RouteLimits | None = None,
+    ):
         self.users = users
         self.guard = guard
         self.user_limit = user_limit
-        self.basic = HTTPBasicAuth(realm=REALM)
-        self.bearer = HTTPTokenAuth(scheme="Bearer", realm=REALM)
+        self.route_limits = route_limits
+        self.basic = StrictBasicAuth(realm=REALM)
+        self.bearer = StrictTokenAuth(scheme="Bearer", realm=REALM)
         self.multi = MultiAuth(self.basic, self.bearer)
         self.token_verifier: Callable[[str], User | None] | None = None
         self.basic.verify_password(self._verify_password)
@@ -55,7 +92,9 @@ class Authenticator:
             return None
         user = self.token_verifier(token)
         if user is None:
-            self.guard.failed(request.remote_addr or "-", "-", "bad_token")
+            # Counted apart from the Basic guard; 429 past the address's limit.
+            # A good token is verified first, so junk never locks one out.
+            self.guard.token_failed(request.remote_addr or "-")
             return None
         return self._accept(user)
 
@@ -80,11 +119,42 @@ class Authenticator:
         return decorate
 
 
+def edge_failure_blueprint(guard: LoginGuard) -> Blueprint:
+    """Where the edge reports a request that failed its Basic check.
+
+    The edge answers such a request itself; the original method, path and body
+    never reach the plane. It sends only the client address (X-Forwarded-For),
+    the scheme class and the Basic user name nginx parsed. This endpoint counts
+    the failure (brute-force guard, aggregated audit), verifies nothing, and
+    answers 401, or 429 with Retry-After once the guard is tripped.
+    """
+    bp = Blueprint("edge_auth", __name__)
+
+    @bp.post(EDGE_FAILURE_PATH)
+    def edge_auth_failure() -> Response:
+        address = request.remote_addr or "-"
+        scheme = request.headers.get("X-Plab-Auth-Scheme", "")
+        name = request.headers.get("X-Plab-Auth-User", "")
+        if scheme == "basic" and name:
+            guard.check(address, name)
+            guard.failed(address, name, "edge_basic")
+        elif scheme in ("basic", "other"):
+            guard.token_failed(address)
+        raise Unauthorized()
+
+    return bp
+
+
 def init_app(
-    app: Flask, users: UserStore, guard: LoginGuard, user_limit: Callable
+    app: Flask,
+    users: UserStore,
+    guard: LoginGuard,
+    user_limit: Callable,
+    route_limits: RouteLimits | None = None,
 ) -> Authenticator:
-    authenticator = Authenticator(users, guard, user_limit)
+    authenticator = Authenticator(users, guard, user_limit, route_limits)
     app.extensions["plab_auth"] = authenticator
+    app.register_blueprint(edge_failure_blueprint(guard))
     return authenticator
 
 

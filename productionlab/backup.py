@@ -433,7 +433,6 @@ def restore_backup(
     path: Path,
     secret: str,
     actor: Actor,
-    audit_key: bytes,
     *,
     overwrite: bool = False,
     progress: bool = True,
@@ -456,7 +455,7 @@ def restore_backup(
     batch: list[Record] = []
 
     def flush() -> int:
-        args: list = [*actor.audit_args(audit_key), ITEM, "1" if overwrite else "0"]
+        args: list = [*actor.audit_args(), ITEM, "1" if overwrite else "0"]
         for record in batch:
             args += [record.key, record.value, record.version, record.ttl_ms]
         count = int(script(keys=[*AUDIT_KEYS, VERSION_COUNTER, INDEX], args=args))
@@ -594,7 +593,6 @@ def drill(
     client: redis.Redis,
     secret: str,
     directory: Path,
-    audit_key: bytes,
     *,
     path: Path | None = None,
     progress: bool = True,
@@ -613,9 +611,7 @@ def drill(
         path = summary.path
     contents = verify_backup(path, secret)
     with TempRedis() as scratch:
-        restore_backup(
-            scratch, path, secret, Actor("drill"), audit_key, overwrite=False, progress=progress
-        )
+        restore_backup(scratch, path, secret, Actor("drill"), overwrite=False, progress=progress)
         restored = live_digest(scratch)
         aof = scratch.info("persistence").get("aof_enabled")
     live = live_digest(client)

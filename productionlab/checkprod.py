@@ -20,7 +20,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from productionlab.metrics import MEMORY_WARNING_RATIO, RedisMemory
-from productionlab.settings import SECRET_NAMES, ConfigError, Settings, secret_problem
+from productionlab.settings import (
+    CP_SECRET_NAMES,
+    SECRET_NAMES,
+    ConfigError,
+    Settings,
+    secret_problem,
+)
 from productionlab.store.connection import connect
 
 EXPIRY_WARNING_DAYS = 14
@@ -46,9 +52,14 @@ def secret_findings(settings: Settings) -> list[str]:
     findings = []
     values = {name: getattr(settings, name) for name in SECRET_NAMES}
     values["redis_password"] = settings.redis_password
+    values.update(
+        {name: getattr(settings, name) for name in CP_SECRET_NAMES if getattr(settings, name)}
+    )
     if settings.token_key_previous:
         values["token_key_previous"] = settings.token_key_previous
     for name, value in values.items():
+        if name == "audit_checkpoint_key" and value and value.lstrip().startswith("-----BEGIN"):
+            continue  # a PEM Ed25519 key: its own parser checked it at start-up
         problem = secret_problem(name, value)
         if problem:
             findings.append(f"secret: {problem}")

@@ -1,13 +1,16 @@
 """``productionlab`` — one command line for running and operating the store.
 
 Operator commands read the same ``PLAB_*`` settings as the planes and talk to
-redis directly as the control plane's user.
+redis directly as the control plane's user. When the environment does not
+configure a stack they take the local stack's settings from its descriptor
+(``productionlab/stackfile.py`` says where they look) and say so on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,16 +33,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from productionlab.serve import serve
 
     configure_logging()
-    serve(args.plane, args.host, args.port)
+    serve(args.plane, args.host, args.port, run_as=args.run_as)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from productionlab.localstack import LocalStack, StackConfig, StackError
 
+    # Every start-up failure a newcomer can meet is one line saying what to do.
     try:
-        LocalStack(StackConfig.from_env()).run_forever()
+        config = StackConfig.from_env()
+    except ValueError as exc:
+        print(f"productionlab: a PLAB_* port or count is not a number ({exc})", file=sys.stderr)
+        return 2
+    try:
+        LocalStack(config).run_forever()
     except StackError as exc:
+        print(f"productionlab: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(
+            f"productionlab: permission denied on {exc.filename}: run as its owner, or set "
+            "PLAB_STATE_DIR to a directory you own",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -72,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("plane", choices=["ap", "cp"])
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, required=True)
+    serve.add_argument(
+        "--run-as", metavar="USER", help="when started as root: become USER before serving"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     run = commands.add_parser("run", help="run the whole local stack in the foreground")
@@ -98,9 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+# Commands that talk to a stack as the control plane (users, tokens, audit,
+# backup, check-prod): they find the local stack's settings on their own.
+OPERATOR_COMMANDS = frozenset({"users", "tokens", "audit", "backup", "check-prod"})
+
+
+def use_local_stack_if_unconfigured() -> bool:
+    """Fill ``os.environ`` from the local stack's descriptor when it configures no stack.
+
+    Explicit ``PLAB_*`` variables (compose, production) always win; the line on
+    stderr says which stack the command talks to when it was not given. True when
+    the local stack's descriptor was used.
+    """
+    from productionlab import stackfile
+
+    descriptor = stackfile.apply(os.environ)
+    if descriptor is not None:
+        print(f"productionlab: {descriptor.banner()}", file=sys.stderr, flush=True)
+    return descriptor is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    local = False
     try:
+        if args.command in OPERATOR_COMMANDS:
+            local = use_local_stack_if_unconfigured()
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
@@ -112,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"productionlab: no such file: {exc.filename or exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"productionlab: redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = ""
+        if local and isinstance(exc, redis.ConnectionError):
+            hint = " (is the local stack up? start it with `make run`)"
+        print(f"productionlab: redis: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 3
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from productionlab.secretgen import ALL_SECRETS, ensure_secrets, ensure_tls
-from productionlab.settings import redis_maxmemory
+from productionlab.settings import parse_cidrs, redis_maxmemory
 from productionlab.users import write_atomic
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
@@ -71,6 +71,7 @@ def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
         admin_burst=positive("ADMIN_BURST", 10),
         max_body=get("MAX_BODY", "1m"),
         body_buffer=get("MAX_BODY", "1m"),
+        trusted_proxies=list(parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))),
     )
 
 

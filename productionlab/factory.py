@@ -52,28 +52,30 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     headers.init_app(app)
     metrics.init_app(app, settings.plane)
 
-    audit_key = settings.audit_key.encode()
     durability = Durability(
         client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
     )
     app.extensions["plab_durability"] = durability
     quota = Quota(settings.user_max_keys, settings.user_max_bytes)
-    app.extensions["plab_kv"] = KVStore(client, audit_key, durability, quota)
-    app.extensions["plab_audit"] = AuditLog(client, audit_key)
+    app.extensions["plab_kv"] = KVStore(client, durability, quota)
+    app.extensions["plab_audit"] = AuditLog(client)
     users = UserStore(
         client,
-        audit_key,
         cache_secret=settings.secret_key.encode(),
         cache_seconds=settings.verify_cache_seconds,
         htpasswd_path=settings.htpasswd_path if settings.plane == "cp" else None,
+        verify_concurrency=settings.verify_concurrency,
+        verify_retry_after=settings.verify_retry_after,
     )
     users.start_listener()
     app.extensions["plab_users"] = users
-    guard = limits.LoginGuard(
-        client, audit_key, settings.login_failures_per_minute, settings.address_failures_per_minute
-    )
+    guard = limits.failure_guard(settings, client)
+    app.extensions["plab_guard"] = guard
     user_limit = limits.init_app(app, settings, client)
-    auth = init_auth(app, users, guard, user_limit)
+    # Flask-Limiter's per-route limits serve the control plane's /admin and /auth
+    # routes; the app plane has none (its hot routes keep the fused UserLimit).
+    route_limits = limits.RouteLimits(app, settings, client) if settings.plane == "cp" else None
+    auth = init_auth(app, users, guard, user_limit, route_limits)
     tokens.init_app(app, auth)  # Bearer access tokens on both planes
     app.register_blueprint(health_blueprint())
     app.register_blueprint(openapi_blueprint())

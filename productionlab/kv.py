@@ -372,12 +372,10 @@ class KVStore:
     def __init__(
         self,
         client: redis.Redis,
-        audit_key: bytes,
         durability: Durability,
         quota: Quota | None = None,
     ):
         self.client = client
-        self.audit_key = audit_key
         self.durability = durability
         self.quota = quota or Quota()
         self._usage = client.register_script(_USAGE)
@@ -429,7 +427,7 @@ class KVStore:
         ttl_ms = ttl * 1000 if ttl else 0
         self.durability.before_write()
         keys = [*AUDIT_KEYS, ITEM + key, VERSION_COUNTER, INDEX]
-        args = [*actor.audit_args(self.audit_key), key, value, ttl_ms, cond, expected]
+        args = [*actor.audit_args(), key, value, ttl_ms, cond, expected]
         args += [actor.name, self.quota.max_keys, self.quota.max_bytes]
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
@@ -462,7 +460,7 @@ class KVStore:
         validate_key(key)
         self.durability.before_write()
         keys = [*AUDIT_KEYS, ITEM + key, INDEX]
-        args = [*actor.audit_args(self.audit_key), key, ",".join(if_match or [])]
+        args = [*actor.audit_args(), key, ",".join(if_match or [])]
         if limit is not None and limit.limit > 0:
             keys.append(limit.counter)
             args += limit.args()

@@ -14,50 +14,163 @@ the limit holds however many app processes run.
 
 from __future__ import annotations
 
+import base64
+import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 
 import redis
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
+from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_rate
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, clean
-from productionlab.errors import TooManyRequests
+from productionlab.audit import AUDIT_ARGC, AUDIT_KEYS, LUA_PRELUDE, Actor, clean
+from productionlab.errors import TooManyRequests, error_response
 from productionlab.settings import Settings
 
 FAILURES = "{plab}:authfail:"
+# Failed tokens (and any credential that is not Basic) are counted per address
+# under their own key: they never feed the Basic guard's per-address counter.
+TOKEN_FAILURES = FAILURES + "tok:"
+# The open aggregation window of failure audit entries (see ``_AGGREGATE_LUA``).
+FAILURE_WINDOW = FAILURES + "window"
 WINDOW = 60
+# Guard names that start with "-" are not user names (those start with [a-z0-9]):
+# the token service counts forged refresh tokens as "-refresh", a token failure.
+NON_USER_PREFIX = "-"
 
+# Failures are audited in aggregate, not one entry each: one hash holds the open
+# window (its id, then ``a:<address>`` -> count, at most ``cap`` addresses, the
+# rest in ``other``). The first script to run after the window ended appends one
+# entry per address with its count and starts a new window, so unauthenticated
+# traffic adds at most cap + 1 entries per window however many addresses send it.
+# ARGV after the audit arguments: now, window length, cap, address.
+_AGGREGATE_LUA = (
+    "local base = " + str(AUDIT_ARGC) + "\n"
+    r"""
+local function close_window(agg, now, span)
+  local open = redis.call('HGET', agg, 'window')
+  if not open or tonumber(open) >= math.floor(now / span) then return 0 end
+  local fields = redis.call('HGETALL', agg)
+  local start = tostring(tonumber(open) * span)
+  local appended, other = 0, nil
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, 1, 2) == 'a:' then
+      audit('auth.failures', string.sub(name, 3), 'count:' .. fields[i + 1], start)
+      appended = appended + 1
+    elseif name == 'other' then
+      other = fields[i + 1]
+    end
+  end
+  if other then
+    audit('auth.failures', 'other', 'count:' .. other, start)
+    appended = appended + 1
+  end
+  redis.call('DEL', agg)
+  return appended
+end
+local function count_failure(agg, now, span, cap, address)
+  close_window(agg, now, span)
+  if redis.call('HSETNX', agg, 'window', math.floor(now / span)) == 1 then
+    redis.call('HSET', agg, 'n', 0)
+  end
+  local field = 'a:' .. address
+  if redis.call('HEXISTS', agg, field) == 0 then
+    if tonumber(redis.call('HGET', agg, 'n')) >= cap then field = 'other'
+    else redis.call('HINCRBY', agg, 'n', 1) end
+  end
+  redis.call('HINCRBY', agg, field, 1)
+end
+"""
+)
+
+# KEYS: audit keys, the window hash, then the counters to take. Every failure is
+# counted in the window; a counter already at its limit (ARGV base+5, 0: none)
+# refuses with its TTL and is not taken further.
 _RECORD_FAILURE = (
     LUA_PRELUDE
+    + _AGGREGATE_LUA
     + r"""
-local pair, addr = KEYS[3], KEYS[4]
-local window = tonumber(ARGV[9])
-redis.call('INCR', pair)
-if redis.call('TTL', pair) < 0 then redis.call('EXPIRE', pair, window) end
-redis.call('INCR', addr)
-if redis.call('TTL', addr) < 0 then redis.call('EXPIRE', addr, window) end
-return audit('auth.failure', ARGV[7], ARGV[8], '')
+local agg = KEYS[3]
+local now, span = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+local cap, address = tonumber(ARGV[base + 3]), ARGV[base + 4]
+local limit, window = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
+count_failure(agg, now, span, cap, address)
+if limit > 0 then
+  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if used >= limit then
+    local ttl = redis.call('TTL', KEYS[4])
+    if ttl < 0 then redis.call('EXPIRE', KEYS[4], window) ttl = window end
+    return math.max(ttl, 1)
+  end
+end
+for i = 4, #KEYS do
+  redis.call('INCR', KEYS[i])
+  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], window) end
+end
+return 0
 """
+)
+
+_CLOSE_WINDOW = (
+    LUA_PRELUDE
+    + _AGGREGATE_LUA
+    + "return close_window(KEYS[3], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]))"
 )
 
 
 class LoginGuard:
-    """At most N failed logins a minute per (address, user), and M per address."""
+    """The brute-force guard and the aggregated audit of authentication failures.
 
-    def __init__(self, client: redis.Redis, audit_key: bytes, per_pair: int, per_address: int):
+    Basic (password) failures: at most N a minute per (address, user) and M per
+    address, then 429 even for the right password from that address (unless
+    already verified). Token failures (and credentials in any scheme but Basic)
+    are counted per address on their own and never count toward the Basic
+    guard, so junk tokens from a shared address cannot lock out passwords.
+    Every failure is audited in aggregate (one entry per address and window).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        per_pair: int,
+        per_address: int,
+        per_address_tokens: int = 100,
+        audit_window: int = WINDOW,
+        audit_addresses: int = 100,
+    ):
         self.client = client
-        self.audit_key = audit_key
         self.per_pair = per_pair
         self.per_address = per_address
+        self.per_address_tokens = per_address_tokens
+        self.audit_window = audit_window
+        self.audit_addresses = audit_addresses
         self._record = client.register_script(_RECORD_FAILURE)
+        self._close = client.register_script(_CLOSE_WINDOW)
 
     @staticmethod
     def _keys(address: str, name: str) -> tuple[str, str]:
         return f"{FAILURES}{clean(address)}|{clean(name, 64)}", f"{FAILURES}{clean(address)}"
 
+    @staticmethod
+    def _is_token(name: str) -> bool:
+        return name.startswith(NON_USER_PREFIX)
+
     def check(self, address: str, name: str) -> None:
+        """429 when this address (and user) may not try a password (or refresh token) now."""
+        if self._is_token(name):
+            counter = TOKEN_FAILURES + clean(address)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(counter)
+            pipe.ttl(counter)
+            count, ttl = pipe.execute()
+            if int(count or 0) >= self.per_address_tokens:
+                raise TooManyRequests("too many failed tokens from this address", retry_after=ttl)
+            return
         pair, addr = self._keys(address, name)
         pipe = self.client.pipeline(transaction=False)
         pipe.get(pair)
@@ -70,13 +183,69 @@ class LoginGuard:
         if int(addr_count or 0) >= self.per_address:
             raise TooManyRequests("too many failed logins from this address", retry_after=addr_ttl)
 
-    def failed(self, address: str, name: str, reason: str) -> None:
-        pair, addr = self._keys(address, name)
-        actor = Actor(name="-", client=address, request_id=g.get("request_id", ""))
-        self._record(
-            keys=[*AUDIT_KEYS, pair, addr],
-            args=[*actor.audit_args(self.audit_key), clean(name, 64), clean(reason), WINDOW],
+    def failed(self, address: str, name: str, reason: str, now: float | None = None) -> None:
+        """Count one failure (Basic, or a token when ``name`` starts with "-").
+
+        A token failure past the address's limit raises 429 (still counted in the
+        audit window). ``reason`` is kept for callers; the aggregate entry holds
+        only counts per address.
+        """
+        if self._is_token(name):
+            self.token_failed(address, now)
+            return
+        self._count(address, list(self._keys(address, name)), 0, now)
+
+    def token_failed(self, address: str, now: float | None = None) -> None:
+        """Count a refused token from ``address``; 429 once the address is past its limit."""
+        counter = TOKEN_FAILURES + clean(address)
+        wait = self._count(address, [counter], self.per_address_tokens, now)
+        if wait > 0:
+            raise TooManyRequests("too many failed tokens from this address", retry_after=wait)
+
+    def _count(self, address: str, counters: list[str], limit: int, now: float | None) -> int:
+        # The entries this may append (a closed window's) are not this request's:
+        # they carry no client or request id of their own, the address is the target.
+        actor = Actor(name="-")
+        return int(
+            self._record(
+                keys=[*AUDIT_KEYS, FAILURE_WINDOW, *counters],
+                args=[
+                    *actor.audit_args(),
+                    f"{time.time() if now is None else now:.3f}",
+                    self.audit_window,
+                    self.audit_addresses,
+                    clean(address),
+                    limit,
+                    WINDOW,
+                ],
+            )
         )
+
+    def close_window(self, actor: Actor, now: float | None = None) -> int:
+        """Append the aggregate entries of a window that has ended; return how many.
+
+        Called by the control plane before it reads or verifies the log, so a
+        quiet window's failures do not wait for the next failure to show.
+        """
+        now = time.time() if now is None else now
+        return int(
+            self._close(
+                keys=[*AUDIT_KEYS, FAILURE_WINDOW],
+                args=[*actor.audit_args(), f"{now:.3f}", self.audit_window],
+            )
+        )
+
+
+def failure_guard(settings: Settings, client: redis.Redis) -> LoginGuard:
+    """The guard as ``settings`` configure it (the planes and the CLI build it alike)."""
+    return LoginGuard(
+        client,
+        settings.login_failures_per_minute,
+        settings.address_failures_per_minute,
+        per_address_tokens=settings.token_failures_per_minute,
+        audit_window=settings.auth_audit_window,
+        audit_addresses=settings.auth_audit_addresses,
+    )
 
 
 LIMITS = "{plab}:limits:"
@@ -186,3 +355,99 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> Callable:
     user_limit = UserLimit(client, settings.user_rate, settings.rate_limits_enabled)
     app.extensions["plab_user_limit"] = user_limit
     return user_limit.decorate
+
+
+# --- per-route limits on the control plane (Flask-Limiter) ----------------------
+ROUTE_LIMITS = "{plab}:routelimit"
+
+
+def client_address() -> str:
+    """The client as Waitress resolved it (X-Forwarded-For from the trusted edge only)."""
+    return request.remote_addr or "-"
+
+
+def claimed_user() -> str:
+    """The user a request names: the Basic user, or the subject inside a refresh token.
+
+    Nothing is verified here; per-user limits keyed by it deduct only answers
+    that succeeded, so someone who merely knows a name cannot spend its budget.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, _ = header.partition(" ")
+    if scheme.lower() == "basic":
+        authorization = request.authorization
+        if authorization is not None and authorization.username:
+            return "user:" + clean(authorization.username, 64)
+    body = request.get_json(force=True, silent=True)
+    presented = body.get("refresh_token") if isinstance(body, dict) else None
+    if isinstance(presented, str) and presented.count(".") == 3 and len(presented) <= 4096:
+        try:
+            payload = presented.split(".")[2]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            if isinstance(claims, dict) and isinstance(claims.get("sub"), str):
+                return "user:" + clean(claims["sub"], 64)
+        except (ValueError, json.JSONDecodeError):
+            pass
+    return "addr:" + client_address()
+
+
+def _succeeded(response: Response) -> bool:
+    return response.status_code < 400
+
+
+class RouteLimits:
+    """Flask-Limiter on the control plane's ``/admin/*`` and ``/auth/*`` routes.
+
+    Its counters live in redis under ``{plab}:routelimit:`` (inside the planes'
+    ACL key pattern), written through the plane's own connection pool; its 429
+    is the contract's JSON error with ``Retry-After``. The hot KV routes keep
+    :class:`UserLimit` (one fused round trip), not this.
+    """
+
+    def __init__(self, app: Flask, settings: Settings, client: redis.Redis):
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            storage_uri, options = "redis://", {"connection_pool": pool}
+        else:  # a cluster client has no single pool: connect by URL with the plane's user
+            storage_uri = settings.redis_url
+            options = {"username": settings.redis_username, "password": settings.redis_password}
+        self.limiter = Limiter(
+            key_func=client_address,
+            app=app,
+            storage_uri=storage_uri,
+            storage_options={**options, "key_prefix": ROUTE_LIMITS},
+            strategy="fixed-window",
+            headers_enabled=False,
+            swallow_errors=False,
+            enabled=settings.rate_limits_enabled,
+        )
+        self.admin = self.limiter.shared_limit(
+            settings.admin_route_rate, scope="admin", key_func=client_address
+        )
+        per_address = self.limiter.shared_limit(
+            settings.auth_address_rate, scope="auth-address", key_func=client_address
+        )
+        per_user = self.limiter.shared_limit(
+            settings.auth_user_rate,
+            scope="auth-user",
+            key_func=claimed_user,
+            deduct_when=_succeeded,
+        )
+
+        def token(view: Callable) -> Callable:
+            return per_address(per_user(view))
+
+        self.token = token
+
+        @app.errorhandler(RateLimitExceeded)
+        def too_many(exc: RateLimitExceeded) -> Response:
+            current = self.limiter.current_limit
+            wait = 1
+            if current is not None:
+                wait = min(math.ceil(current.reset_at - time.time()), current.limit.get_expiry())
+            return error_response(
+                429,
+                "rate_limited",
+                "too many requests to this route; wait and retry",
+                {"Retry-After": str(max(1, wait))},
+            )

@@ -45,7 +45,6 @@ def user_store():
     settings = _settings()
     return UserStore(
         _client(settings),
-        settings.audit_key.encode(),
         settings.secret_key.encode(),
         htpasswd_path=settings.htpasswd_path,
     )
@@ -143,7 +142,7 @@ def token_service():
     client = _client(settings)
     from productionlab.users import UserStore
 
-    users = UserStore(client, settings.audit_key.encode(), settings.secret_key.encode())
+    users = UserStore(client, settings.secret_key.encode())
     return build_service(settings, client, users)
 
 
@@ -237,30 +236,60 @@ def register_tokens(commands: argparse._SubParsersAction) -> None:
 def audit_log():
     from productionlab.audit import AuditLog
 
+    return AuditLog(_client(_settings()))
+
+
+def audit_keeper():
+    from productionlab.audit_keeper import AuditKeeper
+
     settings = _settings()
-    return AuditLog(_client(settings), settings.audit_key.encode())
+    return AuditKeeper(settings, _client(settings))
+
+
+def close_failure_window() -> None:
+    """Append the aggregate auth-failure entries of a window that has ended (issue 9)."""
+    from productionlab.limits import failure_guard
+
+    settings = _settings()
+    failure_guard(settings, _client(settings)).close_window(operator())
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    log = audit_log()
-    result = log.verify()
+    close_failure_window()
+    result = audit_keeper().verify()
     if args.json:
         _print(result.as_dict())
     elif result.ok:
-        head = log.head()
+        latest = result.latest_checkpoint
+        anchored = (
+            f"checkpoint at seq {latest['seq']} ({result.checkpoints} checkpoints)"
+            if latest
+            else "no checkpoint yet: only the chain is checked"
+        )
         print(
-            f"audit: OK, {result.checked} entries (seq {head['first']}..{head['seq']}), "
-            f"head MAC {head['mac']}"
+            f"audit: OK, {result.checked} entries (seq {result.first}..{result.last}, "
+            f"{result.archived} archived); {anchored}"
+            + (f"; {result.legacy}" if result.legacy else "")
         )
     else:
-        print(
-            f"audit: FAIL at entry seq {result.first_bad_seq} (position "
-            f"{result.first_bad_index}): {result.reason}"
+        where = (
+            f" (position {result.first_bad_index})" if result.first_bad_index is not None else ""
         )
+        print(f"audit: FAIL at entry seq {result.first_bad_seq}{where}: {result.reason}")
+        for problem in result.problems[1:10]:
+            print(f"  also: {problem}")
     return 0 if result.ok else 1
 
 
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    keeper = audit_keeper()
+    checkpoint = keeper.checkpoint(force=True)
+    _print({**checkpoint.as_dict(), "file": str(keeper.checkpoints.path)})
+    return 0
+
+
 def cmd_audit_list(args: argparse.Namespace) -> int:
+    close_failure_window()
     entries, next_since = audit_log().page(args.since, args.limit, args.actor)
     for entry in entries:
         _print(entry)
@@ -288,17 +317,20 @@ def cmd_audit_trim(args: argparse.Namespace) -> int:
     if keep < 1:
         print("productionlab: --keep must be at least 1", file=sys.stderr)
         return 2
-    log = audit_log()
-    if args.archive:
-        head = log.head()
-        drop_until = head["seq"] - keep
+    keeper = audit_keeper()
+    dropped, first, segment = keeper.trim(operator(), keep)
+    if args.archive and segment is not None:
+        from productionlab.audit import parse_entry
+        from productionlab.audit_archive import Segment
+
+        raws = Segment(0, 0, segment).raws()
         with open(args.archive, "a", encoding="utf-8") as archive:
-            for entry in log.iter_all():
-                if entry.get("seq", 0) > drop_until:
-                    break
-                archive.write(json.dumps(entry) + "\n")
-    dropped, first = log.trim(operator(), keep)
-    print(f"audit: dropped {dropped} entries; the log now starts at seq {first or 'unchanged'}")
+            for raw in raws:
+                archive.write(json.dumps(parse_entry(raw)) + "\n")
+    where = f" (archived to {segment})" if segment else ""
+    print(
+        f"audit: dropped {dropped} entries{where}; the log now starts at seq {first or 'unchanged'}"
+    )
     return 0
 
 
@@ -309,29 +341,33 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
 
 def register_audit(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser(
-        "audit", help="verify, page, export and trim the tamper-evident audit log"
+        "audit", help="verify, checkpoint, page, export and trim the tamper-evident audit log"
     ).add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit.add_parser("verify", help="check MACs, sequence and chain; non-zero if bad")
+    verify = audit.add_parser(
+        "verify", help="check archive, chain and signed checkpoints; non-zero if bad"
+    )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=cmd_audit_verify)
+    audit.add_parser(
+        "checkpoint", help="sign the current head now (appended to the checkpoint file)"
+    ).set_defaults(handler=cmd_audit_checkpoint)
     listing = audit.add_parser("list", help="entries from --since, oldest first (JSON lines)")
     listing.add_argument("--since", type=int, default=1)
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--actor")
     listing.add_argument("--quiet", action="store_true")
     listing.set_defaults(handler=cmd_audit_list)
-    export = audit.add_parser("export", help="every entry as JSON lines (for archiving)")
+    export = audit.add_parser("export", help="every entry in redis as JSON lines")
     export.add_argument("--since", type=int, default=1)
     export.set_defaults(handler=cmd_audit_export)
     trim = audit.add_parser(
-        "trim", help="keep the newest N entries (--keep or PLAB_AUDIT_RETENTION)"
+        "trim",
+        help="archive, then keep the newest N entries in redis (--keep or PLAB_AUDIT_RETENTION)",
     )
     trim.add_argument("--keep", type=int)
-    trim.add_argument("--archive", help="append the dropped entries to this file first")
+    trim.add_argument("--archive", help="also append the dropped entries to this file (JSON lines)")
     trim.set_defaults(handler=cmd_audit_trim)
-    audit.add_parser("head", help="the last seq and MAC, to record elsewhere").set_defaults(
-        handler=cmd_audit_head
-    )
+    audit.add_parser("head", help="the last seq and its hash").set_defaults(handler=cmd_audit_head)
 
 
 # --- backup -----------------------------------------------------------------------
@@ -344,7 +380,7 @@ def _backup_dir(args: argparse.Namespace, settings: Settings) -> Path:
 def _audit(settings: Settings, client, action: str, target: str, outcome: str) -> None:
     from productionlab.audit import AuditLog
 
-    AuditLog(client, settings.audit_key.encode()).append(operator(), action, target, outcome)
+    AuditLog(client).append(operator(), action, target, outcome)
 
 
 def cmd_backup_create(args: argparse.Namespace) -> int:
@@ -389,7 +425,6 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
         Path(args.file),
         settings.backup_key,
         operator(),
-        settings.audit_key.encode(),
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -407,7 +442,6 @@ def cmd_backup_drill(args: argparse.Namespace) -> int:
         client,
         settings.backup_key,
         _backup_dir(args, settings),
-        settings.audit_key.encode(),
         path=Path(args.file) if args.file else None,
         progress=not args.quiet,
     )

@@ -10,12 +10,18 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from productionlab.settings import parse_cidrs
+
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 NGINX_TEMPLATE = Path(
     os.environ.get(
         "PLAB_NGINX_TEMPLATE", Path(__file__).parent.parent / "nginx" / "nginx.conf.template"
     )
 )
+
+# The planes' counting endpoint for requests that failed the edge's Basic check
+# (productionlab.auth.EDGE_FAILURE_PATH; kept here so rendering imports no Flask).
+EDGE_FAILURE_PATH = "/_plab/edge-auth-failure"
 
 EDGE_ERRORS = (
     (400, "bad_request", "the request is malformed or the key is invalid"),
@@ -65,11 +71,21 @@ class EdgeConfig:
     max_body: str = "1m"
     body_buffer: str = "1m"
     conn_limit: int = 256
+    # Load balancers whose X-Forwarded-For the edge trusts (CIDR list; empty: off).
+    trusted_proxies: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def render(self, template: Path = NGINX_TEMPLATE) -> str:
         suffix = "" if self.public_https_port == 443 else f":{self.public_https_port}"
-        values = {**self.__dict__, **self.extra, "https_port_suffix": suffix, "errors": EDGE_ERRORS}
+        proxies = list(parse_cidrs(" ".join(self.trusted_proxies)))  # ValueError when bad
+        values = {
+            **self.__dict__,
+            **self.extra,
+            "trusted_proxies": proxies,
+            "https_port_suffix": suffix,
+            "errors": EDGE_ERRORS,
+            "edge_failure_path": EDGE_FAILURE_PATH,
+        }
         return _environment(template.parent).get_template(template.name).render(**values)
 
 

@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from productionlab.settings import SECRET_NAMES
+from productionlab.settings import CP_SECRET_NAMES, SECRET_NAMES
 
 REDIS_PASSWORDS = ("redis_ap_password", "redis_cp_password")
-ALL_SECRETS = (*SECRET_NAMES, *REDIS_PASSWORDS)
+# audit_key is still generated: compose names it, and a stack upgraded from the
+# previous release verifies its old audit entries with it.
+ALL_SECRETS = (*SECRET_NAMES, *CP_SECRET_NAMES, *REDIS_PASSWORDS)
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -31,7 +33,8 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def ensure_secrets(directory: Path, names: tuple[str, ...] = ALL_SECRETS) -> dict[str, Path]:
-    """One file per secret, 32 random bytes as hex; existing files are kept."""
+    """One file per secret, 32 random bytes as hex (for ``audit_checkpoint_key``: the
+    Ed25519 seed); existing files are kept."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     paths = {}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
+import os
+import pkgutil
+import pwd
 import time
 
 import redis
@@ -31,7 +36,94 @@ def bootstrap_control_plane(app) -> None:
         log.warning("created user admin; its password is in %s", created)
 
 
-def serve(plane: str, host: str, port: int, settings: Settings | None = None) -> None:
+# Everything a plane may import while serving. A plane started by root drops to an
+# unprivileged user, after which the interpreter and the venv may be unreadable
+# (a checkout or pyenv under a 0700 home): every module is loaded before that.
+PRELOAD_PACKAGES = (
+    "productionlab",
+    "flask",
+    "werkzeug",
+    "jinja2",
+    "markupsafe",
+    "itsdangerous",
+    "click",
+    "blinker",
+    "waitress",
+    "redis",
+    "hiredis",
+    "flask_httpauth",
+    "flask_limiter",
+    "ordered_set",
+    "typing_extensions",
+    "limits",
+    "pythonjsonlogger",
+    "argon2",
+    "_argon2_cffi_bindings",
+    "prometheus_client",
+    "cryptography",
+    "encodings",
+    "email",
+    "http",
+    "json",
+    "logging",
+    "urllib",
+    "importlib.metadata",
+    "zoneinfo",
+)
+PRELOAD_SKIP = ("__main__", ".tests", ".testing", "asyncio", "._pytest", ".contrib")
+
+
+def preload_modules() -> int:
+    """Import every submodule of the packages a plane uses; return how many loaded."""
+    loaded = 0
+    for name in PRELOAD_PACKAGES:
+        try:
+            package = importlib.import_module(name)
+        except ImportError:
+            continue
+        loaded += 1
+        for info in pkgutil.walk_packages(getattr(package, "__path__", []), name + "."):
+            if any(part in info.name for part in PRELOAD_SKIP):
+                continue
+            with contextlib.suppress(Exception, SystemExit):
+                importlib.import_module(info.name)
+                loaded += 1
+    return loaded
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (all of real, effective and saved ids; no extra groups)."""
+    from productionlab.localstack import die_with_parent
+
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    die_with_parent()  # the kernel cleared it with the change of user
+    if os.getppid() == 1:
+        raise SystemExit("the supervisor is gone")
+    log.info("running as %s (uid %d)", user, entry.pw_uid)
+
+
+def start_audit_keeper(app) -> None:
+    """Migrate, archive/trim and checkpoint the audit log: one round now (so a stack
+    upgraded from the previous release is migrated before it serves), then every
+    ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a background thread. Only the
+    control plane runs it: it alone holds the checkpoint key and may trim."""
+    from productionlab.audit_keeper import AuditKeeper
+
+    keeper = AuditKeeper(app.extensions["plab_settings"], app.extensions["plab_redis"])
+    app.extensions["plab_audit_keeper"] = keeper
+    keeper.start()
+
+
+def serve(
+    plane: str,
+    host: str,
+    port: int,
+    settings: Settings | None = None,
+    run_as: str | None = None,
+) -> None:
     settings = settings or Settings.from_env(plane=plane)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
@@ -44,6 +136,12 @@ def serve(plane: str, host: str, port: int, settings: Settings | None = None) ->
         from productionlab.ap import create_app
 
         app = create_app(settings)
+    if run_as:
+        preload_modules()
+        drop_privileges(run_as)
+    if plane == "cp":
+        # After the drop: the keeper's files (archive, checkpoints) belong to the service user.
+        start_audit_keeper(app)
     log.info("serving %s on %s:%s", plane, host, port)
     waitress.serve(
         app,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import itertools
 import os
 import re
@@ -15,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECRET_NAMES = ("secret_key", "token_key", "audit_key", "backup_key")
+SECRET_NAMES = ("secret_key", "token_key", "backup_key")
+# Secrets only the control plane is given: the key that signs audit checkpoints,
+# and the previous release's audit MAC key (kept to verify pre-upgrade entries).
+CP_SECRET_NAMES = ("audit_key", "audit_checkpoint_key")
 MIN_SECRET_BITS = 256
 KNOWN_DEFAULTS = frozenset(
     {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
@@ -30,6 +34,10 @@ _REDIS_SIZE_RE = re.compile(r"^(\d+)(b|k|kb|m|mb|g|gb)?$")
 ENVIRONMENTS = ("development", "production", "test")
 _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
+# A verified password stays cached at most this long: the cache is dropped on
+# every user change, and the cap bounds the damage should an invalidation ever
+# be missed.
+MAX_VERIFY_CACHE_SECONDS = 300
 
 
 class ConfigError(Exception):
@@ -47,6 +55,23 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (expected e.g. 1m, 512k, 4096)")
     number, unit = int(match.group(1)), match.group(2).lower()
     return number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def parse_cidrs(text: str) -> tuple[str, ...]:
+    """Parse a comma- or space-separated list of addresses/CIDR ranges (empty: none)."""
+    ranges: list[str] = []
+    for item in re.split(r"[\s,]+", text.strip()):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        if network.prefixlen == 0:
+            # Trusting every address lets any client choose the address it is limited as.
+            raise ValueError(f"{item!r} trusts every address; name the load balancers' ranges")
+        ranges.append(str(network))
+    return tuple(ranges)
 
 
 MIN_SECRET_BYTES = MIN_SECRET_BITS // 8
@@ -196,6 +221,22 @@ class Settings:
     rate_limits_enabled: bool = True
     login_failures_per_minute: int = 10
     address_failures_per_minute: int = 100
+    # Failed tokens (and other non-Basic credentials) per address a minute before 429;
+    # counted apart from the Basic guard, so junk tokens never lock out passwords.
+    token_failures_per_minute: int = 100
+    # Authentication failures are audited in aggregate: one entry per address and
+    # window with its count, at most ``auth_audit_addresses`` entries (+1 "other") a window.
+    auth_audit_window: int = 60
+    auth_audit_addresses: int = 100
+    # Flask-Limiter limits on the control plane's routes (per address / per user).
+    admin_route_rate: str = "600/minute"
+    auth_address_rate: str = "60/minute"
+    auth_user_rate: str = "30/minute"
+    # At most this many argon2id verifications at once per process; past it 503.
+    verify_concurrency: int = 4
+    verify_retry_after: int = 1
+    # Ranges of load balancers in front of the edge whose X-Forwarded-For nginx trusts.
+    edge_trusted_proxies: tuple[str, ...] = ()
     max_body: int = 1024 * 1024
     max_path_value: int = 4096
     threads: int = 8
@@ -208,6 +249,11 @@ class Settings:
     token_ttl: int = 15 * 60
     refresh_ttl: int = 7 * 24 * 3600
     audit_retention: int | None = None
+    audit_checkpoint_key: str = field(default="", repr=False)
+    audit_checkpoint_file: Path | None = None
+    audit_archive_dir: Path | None = None
+    audit_checkpoint_interval: int = 300
+    audit_max_entries: int = 50_000
     tls_cert: Path | None = None
     backup_dir_override: Path | None = None
     user_max_keys: int = DEFAULT_USER_MAX_KEYS
@@ -234,6 +280,15 @@ class Settings:
     @property
     def backup_dir(self) -> Path:
         return self.backup_dir_override or self.state_dir / "backups"
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        """Signed checkpoints, one JSON line each (``<file>.pub`` holds the public key)."""
+        return self.audit_checkpoint_file or self.state_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def audit_archive_path(self) -> Path:
+        return self.audit_archive_dir or self.state_dir / "audit" / "archive"
 
     @property
     def tls_cert_path(self) -> Path:
@@ -277,7 +332,17 @@ class Settings:
             # What `productionlab tokens rotate-key` leaves next to the new key.
             previous = Path(key_file + ".previous").read_text(encoding="utf-8").strip()
         retention = integer("AUDIT_RETENTION", 0)
+        try:
+            edge_proxies = parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))
+        except ValueError as exc:
+            problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
+            edge_proxies = ()
         tls_cert, backup_dir = get("TLS_CERT", ""), get("BACKUP_DIR", "")
+        checkpoint_file, archive_dir = (
+            get("AUDIT_CHECKPOINT_FILE", ""),
+            get("AUDIT_ARCHIVE_DIR", ""),
+        )
+        control = plane == "cp"
         settings = cls(
             env=get("ENV", "development"),
             plane=plane,
@@ -286,12 +351,21 @@ class Settings:
             redis_password=read_secret(environ, "redis_password"),
             secret_key=read_secret(environ, "secret_key") or "",
             token_key=read_secret(environ, "token_key") or "",
-            audit_key=read_secret(environ, "audit_key") or "",
+            audit_key=(read_secret(environ, "audit_key") or "") if control else "",
             backup_key=read_secret(environ, "backup_key") or "",
             durability=get("DURABILITY", "everysec"),
             user_rate=get("USER_RATE", "6000/minute"),
             rate_limits_enabled=get("RATE_LIMITS", "on").lower() not in ("off", "0", "false"),
             login_failures_per_minute=integer("LOGIN_FAILURES", 10),
+            token_failures_per_minute=integer("TOKEN_FAILURES", 100),
+            auth_audit_window=integer("AUTH_AUDIT_WINDOW", 60),
+            auth_audit_addresses=integer("AUTH_AUDIT_ADDRESSES", 100),
+            admin_route_rate=get("ADMIN_ROUTE_RATE", "600/minute"),
+            auth_address_rate=get("AUTH_ADDRESS_RATE", "60/minute"),
+            auth_user_rate=get("AUTH_USER_RATE", "30/minute"),
+            verify_concurrency=integer("VERIFY_CONCURRENCY", 4),
+            verify_retry_after=integer("VERIFY_RETRY_AFTER", 1),
+            edge_trusted_proxies=edge_proxies,
             max_body=max_body,
             threads=integer("THREADS", 8),
             state_dir=Path(get("STATE_DIR", "var")),
@@ -303,6 +377,13 @@ class Settings:
             token_ttl=integer("TOKEN_TTL", 15 * 60),
             refresh_ttl=integer("REFRESH_TTL", 7 * 24 * 3600),
             audit_retention=retention or None,
+            audit_checkpoint_key=(
+                (read_secret(environ, "audit_checkpoint_key") or "") if control else ""
+            ),
+            audit_checkpoint_file=Path(checkpoint_file) if checkpoint_file else None,
+            audit_archive_dir=Path(archive_dir) if archive_dir else None,
+            audit_checkpoint_interval=integer("AUDIT_CHECKPOINT_INTERVAL", 300),
+            audit_max_entries=integer("AUDIT_MAX_ENTRIES", 50_000),
             tls_cert=Path(tls_cert) if tls_cert else None,
             backup_dir_override=Path(backup_dir) if backup_dir else None,
             user_max_keys=integer("USER_MAX_KEYS", DEFAULT_USER_MAX_KEYS),
@@ -334,6 +415,29 @@ class Settings:
             problems.append(f"PLAB_THREADS={self.threads} must be between 1 and 256")
         if not 1 <= self.login_failures_per_minute <= 10_000:
             problems.append("PLAB_LOGIN_FAILURES must be between 1 and 10000")
+        if not 1 <= self.token_failures_per_minute <= 100_000:
+            problems.append("PLAB_TOKEN_FAILURES must be between 1 and 100000")
+        if not 1 <= self.auth_audit_window <= 3600:
+            problems.append("PLAB_AUTH_AUDIT_WINDOW must be 1..3600 seconds")
+        if not 1 <= self.auth_audit_addresses <= 10_000:
+            problems.append("PLAB_AUTH_AUDIT_ADDRESSES must be between 1 and 10000")
+        for name in ("admin_route_rate", "auth_address_rate", "auth_user_rate"):
+            if not _RATE_RE.match(getattr(self, name)):
+                problems.append(
+                    f"PLAB_{name.upper()}={getattr(self, name)!r} is not like '60/minute'"
+                )
+        if not 1 <= self.verify_concurrency <= 256:
+            problems.append("PLAB_VERIFY_CONCURRENCY must be between 1 and 256")
+        if not 1 <= self.verify_retry_after <= 60:
+            problems.append("PLAB_VERIFY_RETRY_AFTER must be 1..60 seconds")
+        if not 0 <= self.verify_cache_seconds <= MAX_VERIFY_CACHE_SECONDS:
+            problems.append(
+                f"PLAB_VERIFY_CACHE_SECONDS must be 0..{MAX_VERIFY_CACHE_SECONDS} seconds"
+            )
+        try:
+            parse_cidrs(" ".join(self.edge_trusted_proxies))
+        except ValueError as exc:
+            problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
         if not 1 <= self.max_body <= 1024**3:
             problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
         if not 10 <= self.token_ttl <= 24 * 3600 or not (
@@ -348,9 +452,20 @@ class Settings:
             problems.append("PLAB_USER_MAX_BYTES must be between 1k and 1024g")
         if self.audit_retention is not None and self.audit_retention < 0:
             problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
+        if not 1 <= self.audit_checkpoint_interval <= 86_400:
+            problems.append("PLAB_AUDIT_CHECKPOINT_INTERVAL must be 1..86400 seconds")
+        if not 10 <= self.audit_max_entries <= 100_000_000:
+            problems.append(
+                "PLAB_AUDIT_MAX_ENTRIES must be 10..100000000 (entries kept in redis "
+                "before the oldest are archived and trimmed)"
+            )
         secrets = {name: getattr(self, name) for name in SECRET_NAMES}
         if self.production:
             secrets["redis_password"] = self.redis_password
+        if self.plane == "cp":
+            problems += self._checkpoint_key_problems()
+            if self.audit_key:  # optional: only verifies the previous release's entries
+                secrets["audit_key"] = self.audit_key
         if self.token_key_previous:
             # Tokens signed with it are still accepted: it must be as strong as the key.
             secrets["token_key_previous"] = self.token_key_previous
@@ -374,6 +489,20 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         object.__setattr__(self, "_warnings", tuple(warnings))
+
+    def _checkpoint_key_problems(self) -> list[str]:
+        if not self.audit_checkpoint_key:
+            return [
+                "PLAB_AUDIT_CHECKPOINT_KEY is missing (set it or PLAB_AUDIT_CHECKPOINT_KEY_FILE; "
+                "`productionlab secrets` or `make secrets` generates it)"
+            ]
+        from productionlab.audit_checkpoint import parse_signing_key
+
+        try:
+            parse_signing_key(self.audit_checkpoint_key)
+        except ValueError as exc:
+            return [f"PLAB_AUDIT_CHECKPOINT_KEY is unusable: {exc}"]
+        return []
 
     @property
     def warnings(self) -> tuple[str, ...]:

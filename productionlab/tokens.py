@@ -169,7 +169,6 @@ class TokenService:
         self,
         client: redis.Redis,
         users: UserStore,
-        audit_key: bytes,
         keys: list[str],
         access_ttl: int = ACCESS_TTL,
         refresh_ttl: int = REFRESH_TTL,
@@ -178,7 +177,6 @@ class TokenService:
             raise ValueError("a token-signing key is required")
         self.client = client
         self.users = users
-        self.audit_key = audit_key
         self.keys = [SigningKey(k) for k in keys if k]
         self.by_kid = {k.kid: k for k in self.keys}
         self.access_ttl = access_ttl
@@ -249,7 +247,7 @@ class TokenService:
         self._issue(
             keys=[*AUDIT_KEYS, FAMILY + fam, USER_FAMILIES + user.name],
             args=[
-                *actor.audit_args(self.audit_key),
+                *actor.audit_args(),
                 clean(f"{user.name}:{fam}"),
                 fam,
                 refresh["jti"],
@@ -273,7 +271,7 @@ class TokenService:
             self._refresh(
                 keys=[*AUDIT_KEYS, FAMILY + claims.fam, USER_FAMILIES + claims.sub],
                 args=[
-                    *actor.audit_args(self.audit_key),
+                    *actor.audit_args(),
                     clean(f"{claims.sub}:{claims.fam}"),
                     claims.fam,
                     claims.jti,
@@ -322,7 +320,7 @@ class TokenService:
             int(
                 self._revoke(
                     keys=[*AUDIT_KEYS, FAMILY + family],
-                    args=[*actor.audit_args(self.audit_key), target],
+                    args=[*actor.audit_args(), target],
                 )
             )
         )
@@ -370,9 +368,7 @@ def signing_keys(settings: Settings) -> list[str]:
 
 def build_service(settings: Settings, client: redis.Redis, users: UserStore) -> TokenService:
     access, refresh = settings.token_ttl, settings.refresh_ttl
-    return TokenService(
-        client, users, settings.audit_key.encode(), signing_keys(settings), access, refresh
-    )
+    return TokenService(client, users, signing_keys(settings), access, refresh)
 
 
 def service() -> TokenService:
@@ -409,6 +405,7 @@ def token_blueprint(auth) -> Blueprint:
     bp = Blueprint("tokens", __name__)
 
     @bp.post("/auth/token")
+    @auth.route_limits.token
     @auth.basic.login_required
     def issue() -> Response:
         user: User = g.user
@@ -416,6 +413,7 @@ def token_blueprint(auth) -> Blueprint:
         return jsonify(pair.as_dict())
 
     @bp.post("/auth/refresh")
+    @auth.route_limits.token
     def refresh() -> Response:
         body = request.get_json(force=True, silent=True)
         token = body.get("refresh_token") if isinstance(body, dict) else None

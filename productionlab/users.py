@@ -37,7 +37,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
-from productionlab.errors import BadRequest, Conflict, NotFound
+from productionlab.errors import BadRequest, Conflict, NotFound, Unavailable
 from productionlab.kv import PREFIX_RE
 
 log = logging.getLogger("productionlab.users")
@@ -119,8 +119,11 @@ def validate_prefixes(prefixes: object) -> list[str]:
         raise BadRequest("prefixes must be a list of at most 100 key prefixes")
     cleaned: list[str] = []
     for prefix in prefixes:
+        if prefix == "":
+            # "" is a prefix of every key: a wildcard nobody meant. "*" says it.
+            raise BadRequest("an empty prefix would grant every key; give '*' to mean that")
         if not isinstance(prefix, str) or not (prefix == "*" or PREFIX_RE.match(prefix)):
-            raise BadRequest("each prefix is '*' or matches ^[A-Za-z0-9_-]{0,256}$")
+            raise BadRequest("each prefix is '*' or matches ^[A-Za-z0-9_-]{1,256}$")
         if prefix not in cleaned:
             cleaned.append(prefix)
     return cleaned
@@ -251,18 +254,25 @@ class UserStore:
     def __init__(
         self,
         client: redis.Redis,
-        audit_key: bytes,
         cache_secret: bytes,
         cache_seconds: float = 60.0,
         htpasswd_path: Path | None = None,
+        verify_concurrency: int = 4,
+        verify_retry_after: int = 1,
     ):
         self.client = client
-        self.audit_key = audit_key
         self.cache = VerificationCache(cache_secret, cache_seconds)
+        # A process-wide bound on argon2id verifications running at once (19 MiB and
+        # tens of ms of CPU each): past it a login is refused with 503 + Retry-After
+        # rather than queued, so a flood of cache-missing logins from many addresses
+        # cannot take every core and every thread.
+        self._slow_slots = threading.BoundedSemaphore(verify_concurrency)
+        self.verify_retry_after = verify_retry_after
         self.htpasswd_path = htpasswd_path
         self._save = client.register_script(_SAVE)
         self._delete = client.register_script(_DELETE)
         self._listener: threading.Thread | None = None
+        self.resubscriptions = 0  # subscribe confirmations seen (each one clears the cache)
         self._render_lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -291,7 +301,18 @@ class UserStore:
         if cached is not None:
             return cached
         with self.cache.single_flight(name, password):
-            return self._verify_slowly(name, password)
+            cached = self.cache.get(name, password)
+            if cached is not None:
+                return cached
+            if not self._slow_slots.acquire(blocking=False):
+                raise Unavailable(
+                    "too many password checks in progress; retry later",
+                    retry_after=self.verify_retry_after,
+                )
+            try:
+                return self._verify_slowly(name, password)
+            finally:
+                self._slow_slots.release()
 
     def _verify_slowly(self, name: str, password: str) -> User | None:
         cached = self.cache.get(name, password)
@@ -325,7 +346,7 @@ class UserStore:
         result = int(
             self._save(
                 keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS, GENERATION],
-                args=[*actor.audit_args(self.audit_key), mode, name, action, *flat],
+                args=[*actor.audit_args(), mode, name, action, *flat],
             )
         )
         if result == 1:
@@ -395,7 +416,7 @@ class UserStore:
         validate_name(name)
         deleted = self._delete(
             keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
-            args=[*actor.audit_args(self.audit_key), name],
+            args=[*actor.audit_args(), name],
         )
         if not int(deleted):
             raise NotFound(f"no user {name!r}")
@@ -450,19 +471,31 @@ class UserStore:
         self._stop.set()
 
     def _listen(self) -> None:
+        """Clear the cache on every event and on every (re)subscription.
+
+        redis-py reconnects a dropped pub/sub connection and resubscribes
+        silently inside ``get_message``; events published while it was away are
+        lost. Its subscribe confirmation is therefore taken as "events may have
+        been missed": the cache is dropped each time one arrives (subscribe
+        messages are not ignored for that reason).
+        """
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
             try:
                 pubsub.subscribe(EVENTS)
                 self.cache.clear()
                 self.cache.enabled = True
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self.cache.clear()
-                        if self.htpasswd_path is not None:
-                            self.render_htpasswd()
-            except redis.RedisError as exc:
+                    if message is None:
+                        continue
+                    self.cache.clear()
+                    if message.get("type") == "subscribe":
+                        self.resubscriptions += 1
+                        continue
+                    if self.htpasswd_path is not None:
+                        self.render_htpasswd()
+            except Exception as exc:  # noqa: BLE001 - any failure: cache off, resubscribe
                 log.warning("user events subscription lost (%s); cache off", type(exc).__name__)
             finally:
                 self.cache.enabled = False

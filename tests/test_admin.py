@@ -91,6 +91,6 @@ def test_admin_with_a_bearer_token(stack, admin):
 
 def test_audit_head_and_verify(admin):
     head = admin.get("/admin/audit/head").json()
-    assert head["seq"] >= 1 and len(head["mac"]) == 40 and head["first"] >= 1
+    assert head["seq"] >= 1 and len(head["hash"]) == 40 and head["first"] >= 1
     verify = admin.post("/admin/audit/verify")
     assert verify.status_code == 200 and verify.json()["ok"] is True

@@ -1,6 +1,7 @@
 """The tamper-evident audit log: one entry per change, atomic with it, no
 secrets in it; verification names the first bad entry for every kind of
-tampering; paging; retention that keeps verification working."""
+tampering, truncation included once a signed checkpoint covers it; paging;
+retention that archives first and keeps verification working."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from productionlab.audit import entry_hash
+from productionlab.audit_archive import Segment
 from tests.conftest import Client, admin_of, create_user, start_stack, stop_stack
 
 AUDIT = "{plab}:audit"
@@ -52,7 +56,7 @@ def test_write_and_delete_each_leave_one_entry(stack, admin, key):
     assert float(entry["ts"]) > 1.7e9
     assert set(entry) == {
         "seq", "prev", "ts", "actor", "action", "target", "outcome",
-        "request_id", "client", "version", "mac",
+        "request_id", "client", "version",
     }  # fmt: skip
     assert admin.delete(f"/v1/kv/{key}").status_code == 204
     assert [e["action"] for e in entries_for(stack, key)] == ["kv.put", "kv.delete"]
@@ -63,12 +67,27 @@ def test_write_and_delete_each_leave_one_entry(stack, admin, key):
 
 
 def test_failed_logins_and_admin_actions_are_audited(stack, admin):
+    """Admin actions get an entry each; failed logins are audited in aggregate (one
+    entry per address and window with its count, appended when the window closes)."""
     name = f"ghost{secrets.token_hex(4)}"
+    address = f"198.18.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
     port = stack.config.ap_ports[0]
-    assert Client(stack, name, "wrong").direct("GET", port, "/read/some-key").status_code == 401
-    (failure,) = entries_for(stack, name)
-    assert failure["action"] == "auth.failure" and failure["outcome"] == "bad_credentials"
-    assert failure["actor"] == "-"
+    refused = Client(stack, name, "wrong").direct(
+        "GET", port, "/read/some-key", headers={"X-Forwarded-For": address}
+    )
+    assert refused.status_code == 401
+    client = stack.redis_client()
+    try:
+        counted = int(client.hget("{plab}:authfail:window", f"a:{address}") or 0)
+        closed = [
+            e
+            for e in (json.loads(x) for x in client.lrange("{plab}:audit", -5000, -1))
+            if e["action"] == "auth.failures" and e["target"] == address
+        ]
+    finally:
+        client.close()
+    assert counted + sum(int(e["outcome"].removeprefix("count:")) for e in closed) == 1
+    assert all(e["actor"] == "-" for e in closed)
     created = admin.post("/admin/users", json={"name": name, "role": "reader", "prefixes": []})
     assert created.status_code == 201
     assert entries_for(stack, name)[-1]["action"] == "user.create"
@@ -76,7 +95,7 @@ def test_failed_logins_and_admin_actions_are_audited(stack, admin):
     assert admin.post(f"/admin/users/{name}/disable").status_code == 200
     assert admin.delete(f"/admin/users/{name}").status_code == 204
     actions = [e["action"] for e in entries_for(stack, name)]
-    assert actions == ["auth.failure", "user.create", "user.disable", "user.delete"]
+    assert actions == ["user.create", "user.disable", "user.delete"]
 
 
 def test_entries_never_hold_values_passwords_or_tokens(stack, admin, make_user, key):
@@ -138,18 +157,29 @@ def own() -> Iterator:
     stop_stack(stack)
 
 
+def audit_dir(stack) -> Path:
+    return stack.state / "audit"
+
+
 @pytest.fixture
 def redis_of(own):
-    """The own stack's redis, restored to its state before the test afterwards."""
+    """The own stack's redis and audit files, restored to their state before the test."""
     client = own.redis_client()
     entries, meta = client.lrange(AUDIT, 0, -1), client.hgetall(META)
+    saved = {p: p.read_bytes() for p in audit_dir(own).rglob("*") if p.is_file()}
     yield client
     pipe = client.pipeline()
     pipe.delete(AUDIT, META)
     pipe.rpush(AUDIT, *entries)
-    pipe.hset(META, mapping=meta)
+    if meta:
+        pipe.hset(META, mapping=meta)
     pipe.execute()
     client.close()
+    for path in [p for p in audit_dir(own).rglob("*") if p.is_file()]:
+        if path not in saved:
+            path.unlink()
+    for path, body in saved.items():
+        path.write_bytes(body)
 
 
 def verify_cli(stack) -> tuple[int, str]:
@@ -157,63 +187,91 @@ def verify_cli(stack) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def checkpoint(stack) -> dict:
+    result = cli(stack, "audit", "checkpoint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
 def test_untampered_log_verifies(own, redis_of):
+    mark = checkpoint(own)
     code, output = verify_cli(own)
     assert code == 0, output
-    assert "audit: OK" in output
+    assert "audit: OK" in output and f"checkpoint at seq {mark['seq']}" in output
 
 
 def entry_at(client, index: int) -> dict:
     return json.loads(client.lindex(AUDIT, index))
 
 
-def assert_names(stack, seq: int, reason_part: str) -> None:
+def assert_names(stack, seq: int, reason_part: str) -> dict:
     code, output = verify_cli(stack)
     assert code != 0
     assert f"seq {seq}" in output, output
     assert reason_part in output, output
     response = admin_of(stack).post("/admin/audit/verify")
     assert response.status_code == 409
-    assert response.json()["ok"] is False and response.json()["first_bad_seq"] == seq
+    body = response.json()
+    assert body["ok"] is False and body["first_bad_seq"] == seq, body
+    return body
+
+
+def test_truncation_with_a_rewritten_head_is_reported(own, redis_of):
+    """A full-rights redis user pops the newest entries and makes the head agree
+    with what is left: once a checkpoint covers them, that is truncation."""
+    covered = checkpoint(own)
+    last = entry_at(redis_of, -1)
+    assert covered["seq"] == last["seq"]
+    popped = [json.loads(redis_of.rpop(AUDIT)) for _ in range(3)]
+    remaining = entry_at(redis_of, -1)
+    # whatever head the log keeps in its meta, make it agree with the shortened list
+    redis_of.hset(META, mapping={"seq": remaining["seq"], "mac": remaining.get("mac", "")})
+    body = assert_names(own, popped[-1]["seq"], "truncated")
+    assert body["first_bad_index"] is None
 
 
 def test_modification_is_detected(own, redis_of):
+    checkpoint(own)
     entry = entry_at(redis_of, 5)
     entry["actor"] = "someone-else"
     redis_of.lset(AUDIT, 5, json.dumps(entry))
-    assert_names(own, entry["seq"], "MAC")
+    assert_names(own, entry["seq"], "does not hash")
 
 
 def test_modified_outcome_is_detected(own, redis_of):
     entry = entry_at(redis_of, 7)
     entry["outcome"] = "deleted"
     redis_of.lset(AUDIT, 7, json.dumps(entry))
-    assert_names(own, entry["seq"], "MAC")
+    assert_names(own, entry["seq"], "does not hash")
 
 
 def test_deletion_is_detected(own, redis_of):
     victim = redis_of.lindex(AUDIT, 4)
     seq = json.loads(victim)["seq"]
     assert redis_of.lrem(AUDIT, 1, victim) == 1
-    assert_names(own, seq + 1, f"where {seq} was expected")
+    assert_names(own, seq, f"where {seq} was expected")
 
 
-def test_deleting_the_newest_entry_is_detected(own, redis_of):
+def test_deleting_the_newest_entry_is_detected_once_covered(own, redis_of):
+    checkpoint(own)
     last = json.loads(redis_of.rpop(AUDIT))
-    assert_names(own, last["seq"], "written")
+    assert_names(own, last["seq"], "truncated")
 
 
 def test_deleting_the_oldest_entry_without_a_trim_is_detected(own, redis_of):
     first = json.loads(redis_of.lpop(AUDIT))
-    assert_names(own, first["seq"] + 1, f"where {first['seq']} was expected")
+    assert_names(own, first["seq"], f"where {first['seq']} was expected")
 
 
 def test_hiding_a_head_deletion_in_the_meta_is_detected(own, redis_of):
-    """Forging what a trim records (first, first_prev) is not enough: no trim entry."""
-    dropped = [json.loads(redis_of.lpop(AUDIT)) for _ in range(3)]
+    """Forging what a trim records (first, first_prev) is not enough: a checkpoint
+    saw those entries, and neither the archive nor redis holds them now."""
+    checkpoint(own)
+    first_seq = entry_at(redis_of, 0)["seq"]
+    dropped = [redis_of.lpop(AUDIT) for _ in range(3)]
     kept = entry_at(redis_of, 0)
-    redis_of.hset(META, mapping={"first": kept["seq"], "first_prev": dropped[-1]["mac"]})
-    assert_names(own, kept["seq"], "no trim")
+    redis_of.hset(META, mapping={"first": kept["seq"], "first_prev": entry_hash(dropped[-1])})
+    assert_names(own, first_seq, "gone")
 
 
 def test_insertion_is_detected(own, redis_of):
@@ -221,27 +279,38 @@ def test_insertion_is_detected(own, redis_of):
     forged = json.loads(pivot)
     forged.update(action="kv.delete", target="t-1", outcome="deleted")
     redis_of.linsert(AUDIT, "AFTER", pivot, json.dumps(forged))
-    assert_names(own, forged["seq"], "sequence")
+    assert_names(own, forged["seq"] + 1, "sequence")
 
 
-def test_insertion_with_renumbering_is_detected(own, redis_of):
-    """A forger who renumbers everything after the insertion still cannot make MACs."""
-    entries = [json.loads(e) for e in redis_of.lrange(AUDIT, 0, -1)]
-    forged = dict(entries[3], action="user.create", target="mallory", prev=entries[3]["mac"])
+def test_insertion_with_renumbering_and_relinking_is_caught_by_the_checkpoint(own, redis_of):
+    """No secret makes the chain: a forger can renumber and relink everything after
+    an insertion. The signed checkpoint of the old head is what catches it."""
+    mark = checkpoint(own)
+    raws = redis_of.lrange(AUDIT, 0, -1)
+    entries = [json.loads(e) for e in raws]
+    first = entries[0]["seq"]
+    forged = dict(entries[3], action="user.create", target="mallory")
     rewritten = [*entries[:4], forged, *entries[4:]]
-    for seq, entry in enumerate(rewritten, start=1):
-        entry["seq"] = seq
+    rebuilt: list[bytes] = []
+    prev = entries[0]["prev"]
+    for offset, entry in enumerate(rewritten):
+        entry["seq"], entry["prev"] = first + offset, prev
+        rebuilt.append(json.dumps(entry).encode())
+        prev = entry_hash(rebuilt[-1])
     redis_of.delete(AUDIT)
-    redis_of.rpush(AUDIT, *[json.dumps(e) for e in rewritten])
-    redis_of.hincrby(META, "seq", 1)
-    assert_names(own, 5, "MAC")
+    redis_of.rpush(AUDIT, *rebuilt)
+    code, output = verify_cli(own)
+    assert code != 0 and "rewritten" in output, output
+    body = admin_of(own).post("/admin/audit/verify").json()
+    assert body["ok"] is False
+    assert body["first_bad_seq"] <= first + 4 <= mark["seq"]
 
 
 def test_reordering_is_detected(own, redis_of):
     a, b = redis_of.lindex(AUDIT, 2), redis_of.lindex(AUDIT, 3)
     redis_of.lset(AUDIT, 2, b)
     redis_of.lset(AUDIT, 3, a)
-    assert_names(own, json.loads(b)["seq"], "sequence")
+    assert_names(own, json.loads(a)["seq"], "sequence")
 
 
 def test_admin_verify_names_the_first_bad_entry(own, redis_of):
@@ -255,9 +324,38 @@ def test_admin_verify_names_the_first_bad_entry(own, redis_of):
     assert body["first_bad_seq"] == entry["seq"] and body["first_bad_index"] == 2
 
 
+def test_a_forged_checkpoint_is_reported(own, redis_of):
+    """A checkpoint line not signed by the control plane's key (a made-up one, or
+    one signed by another key) is reported, not trusted."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from productionlab.audit_checkpoint import Checkpoint
+
+    real = checkpoint(own)
+    path = audit_dir(own) / "checkpoints.jsonl"
+    tampered = dict(real, seq=real["seq"] + 50)
+    other = Checkpoint(real["seq"], "0" * 40, real["first"], real["origin"], 1.0e9)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(tampered) + "\n")
+        handle.write(json.dumps(other.signed(Ed25519PrivateKey.generate()).as_dict()) + "\n")
+    code, output = verify_cli(own)
+    assert code != 0 and "signature does not verify" in output, output
+    body = admin_of(own).post("/admin/audit/verify").json()
+    assert body["ok"] is False
+    assert sum("signature does not verify" in p for p in body["problems"]) == 2
+    # the genuine checkpoint still counts; the forged ones claim nothing
+    assert body["checkpoints"] >= 1 and "truncated" not in " ".join(body["problems"])
+
+
 # --- retention ----------------------------------------------------------------------
-def test_trim_keeps_verification_working(own, redis_of, tmp_path):
-    before = redis_of.llen(AUDIT)
+def segments(stack) -> list[Path]:
+    return sorted((audit_dir(stack) / "archive").glob("audit-*.jsonl"))
+
+
+def test_trim_archives_first_and_keeps_verification_working(own, redis_of, tmp_path):
+    mark = checkpoint(own)
+    before = redis_of.lrange(AUDIT, 0, -1)
+    first_before = entry_at(redis_of, 0)["seq"]
     archive = tmp_path / "archive.jsonl"
     result = cli(own, "audit", "trim", "--keep", "5", "--archive", str(archive))
     assert result.returncode == 0, result.stderr
@@ -267,23 +365,47 @@ def test_trim_keeps_verification_working(own, redis_of, tmp_path):
     assert entries[-1]["target"] == f"first:{entries[0]['seq']}"
     meta = redis_of.hgetall(META)
     assert int(meta[b"first"]) == entries[0]["seq"]
-    archived = [json.loads(line) for line in archive.read_text().splitlines()]
-    assert len(archived) == before - 5
-    assert archived[-1]["mac"] == meta[b"first_prev"].decode() == entries[0]["prev"]
+    # the dropped entries are in the state dir's archive, byte for byte
+    (segment,) = [s for s in segments(own) if s.name.startswith(f"audit-{first_before:012d}")]
+    archived = Segment(0, 0, segment).raws()
+    assert archived == before[: len(before) - 5]
+    assert entry_hash(archived[-1]) == meta[b"first_prev"].decode() == entries[0]["prev"]
+    assert len(archive.read_text().splitlines()) == len(archived)
     code, output = verify_cli(own)
     assert code == 0, output
+    assert f"{len(archived)} archived" in output
     # paging still addresses entries by seq after the trim
     admin = admin_of(own)
     page = admin.get("/admin/audit", params={"since": entries[2]["seq"], "limit": 2}).json()
     assert [e["seq"] for e in page["entries"]] == [entries[2]["seq"], entries[3]["seq"]]
     early = admin.get("/admin/audit", params={"since": 1, "limit": 1}).json()
     assert early["entries"][0]["seq"] == entries[0]["seq"]
-    # new entries keep chaining after a trim
+    # new entries keep chaining after a trim; a checkpoint covers across the trim
     assert admin.post("/ops/write/t-after/x").status_code == 201
+    checkpoint(own)
+    assert verify_cli(own)[0] == 0
+    # an archived entry changed on disk is caught (the checkpoint covers it)
+    lines = segment.read_text().splitlines()
+    changed = json.loads(json.loads(lines[1]))
+    changed["actor"] = "nobody"
+    lines[1] = json.dumps(json.dumps(changed))
+    segment.write_text("\n".join(lines) + "\n")
+    code, output = verify_cli(own)
+    assert code != 0 and f"seq {first_before + 1}" in output, output
+    assert mark["seq"] >= first_before + 1
+    segment.write_bytes(b"".join(json.dumps(r.decode()).encode() + b"\n" for r in archived))
     assert verify_cli(own)[0] == 0
     # and dropping one more from the head without a trim is caught
+    kept = redis_of.lrange(AUDIT, 0, -1)
     redis_of.lpop(AUDIT)
     assert verify_cli(own)[0] != 0
+    redis_of.delete(AUDIT)
+    redis_of.rpush(AUDIT, *kept)
+    assert verify_cli(own)[0] == 0
+    # as is losing an archive segment the checkpoints covered
+    segment.unlink()
+    code, output = verify_cli(own)
+    assert code != 0 and "gone" in output, output
 
 
 def test_trim_by_retention_setting_and_route(own, redis_of):
@@ -294,7 +416,9 @@ def test_trim_by_retention_setting_and_route(own, redis_of):
     admin = admin_of(own)
     response = admin.post("/admin/audit/trim", json={"keep": 3})
     assert response.status_code == 200
+    assert response.json()["archived"].startswith("audit-")
     assert redis_of.llen(AUDIT) == 4
+    assert admin.post("/admin/audit/checkpoint").status_code == 201
     assert admin.post("/admin/audit/verify").json()["ok"] is True
     for bad in ({"keep": 0}, {"keep": "3"}, {}, {"keep": True}):
         assert admin.post("/admin/audit/trim", json=bad).status_code == 400

@@ -104,3 +104,106 @@ def test_user_names_with_a_trailing_newline_are_refused(admin, stack):
     response = admin.post("/admin/users", json={"name": "bob\n", "role": "reader", "prefixes": []})
     assert response.status_code == 400
     assert "bob\n" not in stack.htpasswd.read_text()
+
+
+# --- issue 9: scheme names are strict, at the edge and in the apps ---------------
+def _basic_value(name: str, password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"{name}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer", "Token", "Digest", "Basicx"])
+def test_credentials_under_another_scheme_are_refused(stack, make_user, admin, key, scheme):
+    """user:password in base64 under any scheme but Basic is 401 through the edge and
+    straight at a plane, and writes nothing."""
+    writer = make_user("writer", ["k-"])
+    header = {"Authorization": f"{scheme} {_basic_value(writer.name, writer.password)}"}
+    anonymous = Client(stack)
+    through_edge = anonymous.post(f"/write/{key}/edge", headers=header)
+    assert through_edge.status_code == 401, through_edge.text
+    assert through_edge.json()["error"]["code"] == "unauthorized"
+    for port in (stack.config.ap_ports[0], stack.config.cp_port):
+        path = f"/write/{key}/direct" if port != stack.config.cp_port else f"/ops/write/{key}/x"
+        direct = anonymous.direct("POST", port, path, headers=header)
+        assert direct.status_code == 401, (port, direct.text)
+    assert admin.get(f"/read/{key}").status_code == 404
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC"])
+def test_basic_is_accepted_in_any_case(stack, make_user, key, scheme):
+    writer = make_user("writer", ["k-"])
+    header = {"Authorization": f"{scheme} {_basic_value(writer.name, writer.password)}"}
+    assert Client(stack).post(f"/write/{key}/edge", headers=header).status_code == 201
+    port = stack.config.ap_ports[0]
+    direct = Client(stack).direct("POST", port, f"/write/{key}/direct", headers=header)
+    assert direct.status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_bearer_tokens_are_accepted_in_any_case(stack, make_user, key, scheme):
+    writer = make_user("writer", ["k-"])
+    access = writer.post("/auth/token").json()["access_token"]
+    header = {"Authorization": f"{scheme} {access}"}
+    assert Client(stack).post(f"/write/{key}/edge", headers=header).status_code == 201
+    port = stack.config.ap_ports[0]
+    direct = Client(stack).direct("POST", port, f"/write/{key}/direct", headers=header)
+    assert direct.status_code == 200
+
+
+# --- issue 9: the verification cache is dropped on every (re)subscription --------
+def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
+    """redis-py reconnects a killed pub/sub connection and resubscribes without a
+    word; events published meanwhile are lost, so the cache must be dropped then.
+    A private redis-server (no ACL) lets the test kill the connection server-side."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    from productionlab.users import User, UserStore
+    from tests.faultkit import free_port, wait_until
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # The planes' client options (store/connection.py): retries reconnect silently.
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+    operator = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    store = UserStore(client, b"k" * 32, cache_secret=b"s" * 32, cache_seconds=300)
+    try:
+        assert wait_until(lambda: operator.ping(), 30) is not None
+        store.start_listener()
+        assert wait_until(lambda: store.cache.enabled, 30) is not None
+        user = User(name="alice", role="reader", prefixes=("a-",))
+        for round_ in range(2):
+            store.cache.put("alice", "pw", user)
+            assert store.cache.get("alice", "pw") == user
+            assert wait_until(lambda: operator.pubsub_numsub("{plab}:users:events")[0][1], 30)
+            assert operator.client_kill_filter(_type="pubsub") >= 1
+            dropped = wait_until(lambda: store.cache.get("alice", "pw") is None, 30)
+            assert dropped is not None, f"cache survived the reconnect (round {round_})"
+            # ...and it is back on once resubscribed (not merely switched off).
+            assert wait_until(lambda: store.cache.enabled, 30) is not None
+            time.sleep(0.2)
+    finally:
+        store.stop_listener()
+        if store._listener is not None:
+            store._listener.join(10)
+        client.close()
+        operator.close()
+        server.terminate()
+        server.wait(10)

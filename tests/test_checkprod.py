@@ -223,3 +223,20 @@ def test_redis_memory_findings(stack, tmp_path):
         assert memory_lines() == [
             "redis: maxmemory-policy is 'allkeys-lru'; it would evict stored keys"
         ]
+
+
+def test_a_pem_checkpoint_key_is_not_taken_for_a_weak_secret(stack, tmp_path):
+    """Secrets must be hex or base64 of 32 random bytes; the audit checkpoint key
+    may also be an Ed25519 PEM key, which its own parser validates."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = tmp_path / "checkpoint.pem"
+    path.write_bytes(pem)
+    env = production(stack, tmp_path, PLAB_AUDIT_CHECKPOINT_KEY_FILE=str(path))
+    result = check_prod(stack, env)
+    assert not [line for line in lines(result) if "AUDIT_CHECKPOINT_KEY" in line], result.stdout

@@ -21,7 +21,9 @@ from faultkit import (
     wait_until,
 )
 
-from productionlab.audit import AuditLog
+from productionlab.audit_archive import Archive
+from productionlab.audit_checkpoint import CheckpointFile
+from productionlab.audit_verify import verify_log
 
 MIN_ACKED = int(os.environ.get("PLAB_DURABILITY_MIN_ACKED", "8000"))
 KILLS = 4
@@ -94,7 +96,9 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
         ]
         problems = partial_state(image)
         entries = audit_entries(image)
-        audit_ok = AuditLog(image, stack.secret("audit_key").encode()).verify()
+        audit_ok = verify_log(
+            image, Archive(tmp_path / "no-archive"), CheckpointFile(tmp_path / "none.jsonl"), {}
+        )
 
     figures = {
         "durability": durability,

@@ -9,6 +9,8 @@ import ssl
 import pytest
 import requests
 
+from tests.conftest import Client
+
 BAD_KEYS = [
     "a.b",  # dot
     "a%2Fb",  # encoded slash
@@ -220,3 +222,116 @@ def test_forwarded_headers_are_trusted_only_from_the_edge(admin, stack, key):
     client.close()
     assert entries and b"203.0.113.9" not in entries[-1]
     assert b'"client":"127.0.0.1"' in entries[-1]
+
+
+# --- issue 9: the edge's Basic check is a gate --------------------------------
+def _plane_log_lines(stack, request_id: str) -> list[dict]:
+    import json
+
+    lines = []
+    for path in stack.log_dir.glob("*.log"):
+        if path.name.startswith("edge"):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if request_id in line and line.startswith("{"):
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+    return lines
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Basic {wrong}", "Token {right}", "Digest {right}", "Basicx {right}", "Bearer", "junk"],
+)
+def test_a_request_failing_the_edge_check_never_reaches_a_handler(
+    stack, admin, make_user, key, authorization
+):
+    """The edge answers it (401 JSON + challenge); the plane sees only the bodiless
+    report to its counting endpoint, never the method, path or body."""
+    import base64
+    import secrets
+    import time
+
+    writer = make_user("writer", ["k-"])
+    right = base64.b64encode(f"{writer.name}:{writer.password}".encode()).decode()
+    wrong = base64.b64encode(f"{writer.name}:not-it".encode()).decode()
+    request_id = f"gate-{secrets.token_hex(8)}"
+    headers = {
+        "Authorization": authorization.format(right=right, wrong=wrong),
+        "X-Request-ID": request_id,
+    }
+    response = Client(stack).put(f"/v1/kv/{key}", data=b"sneaky", headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert admin.get(f"/v1/kv/{key}").status_code == 404
+    deadline = time.monotonic() + 30
+    while not (seen := _plane_log_lines(stack, request_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert seen, "the plane never heard of the failure"
+    assert {line.get("route") for line in seen} == {"/_plab/edge-auth-failure"}, seen
+    assert {line.get("method") for line in seen} == {"POST"}
+
+
+def test_named_auth_failure_locations_hold_no_dead_limit_req(stack):
+    """nginx applies limit_req once per request: a zone in the failure locations
+    would never act, so there is none; the plane's guard is the throttle."""
+    conf = (stack.state / "nginx" / "nginx.conf").read_text()
+    for upstream in ("plab_ap", "plab_cp"):
+        start = conf.index(f"location @plab_auth_failed_{upstream}")
+        block = conf[start : conf.index("}", start)]
+        assert "limit_req" not in block
+        assert "rewrite" in block
+        start = conf.index(f"location = /_plab_auth_failed/{upstream}")
+        block = conf[start : conf.index("\n        }", start)]
+        assert "limit_req" not in block
+        assert "proxy_pass_request_body off" in block
+        assert "proxy_pass_request_headers off" in block
+
+
+# --- issue 9: behind a load balancer the edge sees the client -------------------
+def _guess(stack, address: str, n: int):
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(stack.tls_cert)
+    with session:
+        return session.get(
+            f"{stack.url}/read/some-key",
+            auth=("admin", f"wrong-{n}"),
+            headers={"X-Forwarded-For": address},
+            timeout=30,
+        )
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.0/8", ""])
+def test_trusted_proxy_ranges_make_address_limits_see_the_client(stack_factory, trusted):
+    """With 127.0.0.0/8 trusted, requests from 127.0.0.1 are limited per X-Forwarded-For
+    address; with no ranges (the default) X-Forwarded-For is ignored."""
+    stack = stack_factory(ap_workers=1, edge_trusted_proxies=trusted)
+    first, second = "198.18.7.1", "198.18.7.2"
+    statuses = [_guess(stack, first, n).status_code for n in range(10)]
+    assert statuses == [401] * 10
+    assert _guess(stack, first, 10).status_code == 429
+    other = _guess(stack, second, 11)
+    if trusted:
+        assert other.status_code == 401  # a different client: its own counters
+        admin = Client(stack, "admin", stack.admin_password_file.read_text().strip())
+        wrote = admin.post("/write/k-proxied/v", headers={"X-Forwarded-For": "198.18.7.3"})
+        assert wrote.status_code == 201
+        client = stack.redis_client()
+        entries = [e for e in client.lrange("{plab}:audit", -20, -1) if b"k-proxied" in e]
+        client.close()
+        assert b'"client":"198.18.7.3"' in entries[-1]
+    else:
+        assert other.status_code == 429  # X-Forwarded-For ignored: all from 127.0.0.1
+
+
+@pytest.mark.parametrize("path", ["/_plab/edge-auth-failure", "/_plab_auth_failed/plab_ap"])
+def test_the_counting_hook_is_not_reachable_through_the_edge(anonymous, path):
+    response = anonymous.post(
+        path, headers={"X-Plab-Auth-Scheme": "basic", "X-Plab-Auth-User": "admin"}
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

@@ -79,3 +79,46 @@ def test_wildcard_grant_covers_everything(admin, make_user, key):
     writer = make_user("writer", ["*"])
     assert writer.post(f"/write/{key}/v").status_code == 201
     assert writer.get(f"/read/{key}").status_code == 200
+
+
+# --- issue 9: an empty-string grant is refused, never a silent wildcard ----------
+@pytest.mark.parametrize("prefixes", [[""], ["a-", ""]])
+def test_empty_prefix_grant_is_refused_by_the_admin_api(admin, make_user, prefixes):
+    import secrets
+
+    name = f"u{secrets.token_hex(6)}"
+    created = admin.post(
+        "/admin/users", json={"name": name, "role": "reader", "prefixes": prefixes}
+    )
+    assert created.status_code == 400
+    assert created.json()["error"]["code"] == "bad_request"
+    assert admin.get(f"/admin/users/{name}").status_code == 404
+    reader = make_user("reader", ["a-"])
+    changed = admin.request("PATCH", f"/admin/users/{reader.name}", json={"prefixes": prefixes})
+    assert changed.status_code == 400
+    assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
+
+
+def test_empty_prefix_grant_is_refused_by_the_cli(stack, admin, make_user):
+    import secrets
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "productionlab", *args],
+            env=stack.plane_env("cp"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    name = f"u{secrets.token_hex(6)}"
+    created = cli("users", "create", name, "--role", "reader", "--prefix", "")
+    assert created.returncode != 0
+    assert "empty prefix" in created.stderr + created.stdout
+    assert admin.get(f"/admin/users/{name}").status_code == 404
+    reader = make_user("reader", ["a-"])
+    changed = cli("users", "grants", reader.name, "--prefix", "")
+    assert changed.returncode != 0
+    assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]

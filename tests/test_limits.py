@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from tests.conftest import admin_of, create_user
 
@@ -123,20 +124,24 @@ def test_brute_force_guard_in_the_app(default_limits_stack):
     # (unless already verified and cached: a cache hit proves the password).
     fresh = Client(stack, victim.name, victim.password).direct("GET", port, "/read/x")
     assert fresh.status_code == 429
+    # Audited in aggregate (per address and window), never one entry per failure,
+    # and never with the password tried.
     client = stack.redis_client()
-    failures = [
-        e
-        for e in client.lrange("{plab}:audit", -30, -1)
-        if b"auth.failure" in e and victim.name.encode() in e
-    ]
+    entries = client.lrange("{plab}:audit", -30, -1)
+    window = client.hgetall("{plab}:authfail:window")
     client.close()
-    assert len(failures) >= 10
-    assert b"guess" not in b"".join(failures)
+    assert not [e for e in entries if b'auth.failure"' in e]
+    assert (
+        sum(int(v) for k, v in window.items() if k.startswith(b"a:"))
+        + sum(int(e.split(b'"count:')[1].split(b'"')[0]) for e in entries if b"auth.failures" in e)
+        >= 10
+    )
+    assert b"guess" not in b"".join([*entries, *window, *window.values()])
 
 
 def test_brute_force_through_the_edge_is_cut_off_by_the_app(default_limits_stack):
-    """The edge refuses bad credentials first, then hands the refusal to the app,
-    which counts it: the 11th failure in a minute is a 429, and each is audited."""
+    """The edge refuses bad credentials itself and reports each refusal to the
+    plane's counting endpoint: the 11th failure in a minute is a 429."""
     from tests.conftest import Client
 
     stack = default_limits_stack
@@ -160,3 +165,106 @@ def test_missing_credentials_are_not_counted_as_failures(default_limits_stack):
     stack = default_limits_stack
     anonymous = Client(stack)
     assert [anonymous.get("/read/x").status_code for _ in range(12)] == [401] * 12
+
+
+# --- issue 9: Flask-Limiter on the control plane's /admin and /auth routes ------
+@pytest.fixture(scope="module")
+def route_limited_stack():
+    from tests.conftest import start_stack, stop_stack
+
+    stack = start_stack(
+        ap_workers=1,
+        admin_rate=1000,
+        admin_burst=1000,
+        extra_env={
+            "PLAB_ADMIN_ROUTE_RATE": "8/minute",
+            "PLAB_AUTH_ADDRESS_RATE": "6/minute",
+            "PLAB_AUTH_USER_RATE": "3/minute",
+        },
+    )
+    yield stack
+    stop_stack(stack)
+
+
+def _address() -> str:
+    import secrets
+
+    return f"198.18.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+
+
+def _direct(stack, method: str, path: str, address: str, **kwargs):
+    import requests
+
+    kwargs.setdefault("timeout", 30)
+    return requests.request(
+        method,
+        f"http://{stack.config.bind}:{stack.config.cp_port}{path}",
+        headers={"X-Forwarded-For": address, **kwargs.pop("headers", {})},
+        **kwargs,
+    )
+
+
+def _assert_route_429(response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert response.json()["request_id"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_admin_routes_are_limited_per_address(route_limited_stack):
+    stack = route_limited_stack
+    password = stack.admin_password_file.read_text().strip()
+    one, other = _address(), _address()
+    statuses = [
+        _direct(stack, "GET", "/admin/users", one, auth=("admin", password)).status_code
+        for _ in range(8)
+    ]
+    assert statuses == [200] * 8
+    _assert_route_429(_direct(stack, "GET", "/admin/users", one, auth=("admin", password)))
+    # unauthenticated requests from that address are limited too (checked before auth)
+    _assert_route_429(_direct(stack, "GET", "/admin/stats", one))
+    assert _direct(stack, "GET", "/admin/users", other, auth=("admin", password)).status_code == 200
+
+
+def test_token_routes_are_limited_per_user_and_per_address(route_limited_stack):
+    stack = route_limited_stack
+    admin = admin_of(stack)
+    first, second = create_user(admin, "reader", ["*"]), create_user(admin, "reader", ["*"])
+    a, b = _address(), _address()
+    issued = [
+        _direct(stack, "POST", "/auth/token", a, auth=(first.name, first.password))
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in issued] == [200] * 3
+    # Per user: the 4th token for `first` is refused, from any address.
+    _assert_route_429(_direct(stack, "POST", "/auth/token", b, auth=(first.name, first.password)))
+    # ...and so is a refresh of first's tokens (same user budget).
+    refresh = issued[0].json()["refresh_token"]
+    _assert_route_429(_direct(stack, "POST", "/auth/refresh", b, json={"refresh_token": refresh}))
+    # Wrong passwords do not spend a user's budget (only successes are deducted)...
+    assert _direct(stack, "POST", "/auth/token", b, auth=(second.name, "wrong")).status_code == 401
+    # ...but every attempt spends the address's: a has used 3, b has used 3 (6/minute).
+    assert _direct(stack, "POST", "/auth/token", a, auth=(second.name, second.password)).ok
+    assert _direct(stack, "POST", "/auth/token", a, auth=(second.name, second.password)).ok
+    assert _direct(stack, "POST", "/auth/token", a, auth=(second.name, second.password)).ok
+    _assert_route_429(_direct(stack, "POST", "/auth/token", a, auth=(second.name, "x")))
+    _assert_route_429(_direct(stack, "POST", "/auth/token", b, auth=(second.name, "x")))
+
+
+def test_route_limit_keys_live_under_the_project_prefix(route_limited_stack):
+    """The redis ACLs allow only ``{plab}:*``: Flask-Limiter's counters are there, by
+    exact name (the planes' redis users may not list keys), and nowhere else."""
+    stack = route_limited_stack
+    password = stack.admin_password_file.read_text().strip()
+    address = _address()
+    for _ in range(2):
+        assert _direct(stack, "GET", "/admin/users", address, auth=("admin", password)).ok
+    client = stack.redis_client()
+    try:
+        assert client.get(f"{{plab}}:routelimit:LIMITER/{address}/admin/8/1/minute") == b"2"
+        # Flask-Limiter's default prefix would be outside the ACL: the planes' user
+        # could not have written there at all.
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.get(f"LIMITS:LIMITER/{address}/admin/8/1/minute")
+    finally:
+        client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from productionlab.localstack import LocalStack, StackConfig, free_port
+from productionlab.localstack import (
+    LocalStack,
+    StackConfig,
+    free_port,
+    port_free,
+    process_group_members,
+)
 from tests.conftest import Client, admin_of, state_dir, stop_stack
+from tests.supervisor_kit import (
+    RunProcess,
+    all_ports_free,
+    children_of,
+    cmdline,
+    edge_client,
+    port_env,
+    ports_of,
+    processes_mentioning,
+    wait_until,
+)
 
 
 def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
@@ -134,3 +152,105 @@ def test_missing_binary_is_a_clear_error(monkeypatch):
     with pytest.raises(localstack.StackError) as failure:
         stack.start()
     assert "redis-server" in str(failure.value) and "nginx" in str(failure.value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_edge_master_leaves_no_orphan_worker_and_is_restarted(stack_factory):
+    """SIGKILL the nginx master: its workers would keep the port and answer with the old
+    configuration. The supervisor kills the old group, then starts a new edge."""
+    stack = stack_factory(ap_workers=1)
+    admin = admin_of(stack)
+    nginx = stack.components["nginx"]
+    master, old_group = nginx.process.pid, nginx.pgid
+    workers = [pid for pid in nginx.members() if pid != master]
+    assert len(workers) == 2
+    conf = str(stack.nginx_dir / "nginx.conf")
+    stack.kill("nginx")  # the master only, as a crash would
+    assert all(_alive(pid) for pid in workers), "orphaned workers outlive their master"
+    restarted: list[str] = []
+    deadline = time.monotonic() + 30
+    while "nginx" not in restarted:
+        assert time.monotonic() < deadline, "the supervisor did not restart the edge"
+        restarted += stack.supervise_once()
+        time.sleep(0.1)
+    assert [pid for pid in workers if _alive(pid)] == [], "an orphan worker survived"
+    assert process_group_members(old_group) == []
+    masters = [p for p in processes_mentioning(conf) if "master" in cmdline(p)]
+    assert masters == [nginx.process.pid] != [master]
+    stack.wait_https("/health", 60)
+    assert admin.post("/write/after-edge-kill/v").status_code == 201
+    groups = {name: c.pgid for name, c in stack.components.items()}
+    ports = [port for c in stack.components.values() for port in c.ports]
+    assert stack.stop() == []
+    assert all(process_group_members(pgid) == [] for pgid in groups.values())
+    assert all(port_free(stack.config.bind, port) for port in ports)
+    assert processes_mentioning(str(stack.state)) == []
+
+
+def test_ctrl_c_after_a_killed_edge_master_leaves_no_process_and_no_port():
+    """The issue's scenario under `productionlab run`: kill the edge's master, let the
+    supervisor recover, Ctrl-C (SIGINT): nothing of the stack is left."""
+    directory = state_dir()
+    env = port_env(directory)
+    run = RunProcess(env, cwd=Path(__file__).parent.parent).start()
+    try:
+        run.wait_ready()
+        supervisor = run.process.pid
+
+        def master() -> list[int]:
+            return [p for p in children_of(supervisor) if "nginx: master" in cmdline(p)]
+
+        [old_master] = master()
+        old_workers = children_of(old_master)
+        os.kill(old_master, signal.SIGKILL)
+        wait_until(lambda: master() not in ([], [old_master]), 60, "a new edge master")
+        wait_until(lambda: not any(_alive(p) for p in old_workers), 30, "orphans gone")
+        session, base = edge_client(directory, int(env["PLAB_HTTPS_PORT"]))
+        wait_until(lambda: session.get(f"{base}/health").status_code == 200, 60, "/health")
+        assert session.post(f"{base}/write/after-ctrl-c/v").status_code == 201
+        stack_pids = children_of(supervisor) + children_of(master()[0])
+        run.process.send_signal(signal.SIGINT)
+        _, err = run.process.communicate(timeout=60)
+        assert run.process.returncode == 0, err
+        assert "left behind" not in err and "Traceback" not in err
+        assert [p for p in stack_pids if _alive(p)] == []
+        assert processes_mentioning(str(directory)) == []
+        assert all_ports_free(ports_of(env))
+    finally:
+        run.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_killed_supervisor_takes_its_stack_with_it_and_the_next_run_starts():
+    """SIGKILL the supervisor itself: every component follows (the parent-death signal,
+    armed again by the planes after dropping privileges), the ports are freed, and the
+    next run is not refused by the dead one's lock file."""
+    directory = state_dir()
+    env = port_env(directory)
+    checkout = Path(__file__).parent.parent
+    run = RunProcess(env, cwd=checkout).start()
+    second = RunProcess(env, cwd=checkout)
+    try:
+        run.wait_ready()
+        supervisor = run.process.pid
+        [master] = [p for p in children_of(supervisor) if "nginx: master" in cmdline(p)]
+        stack_pids = children_of(supervisor) + children_of(master)
+        assert len(stack_pids) == 6  # redis, cp, ap1, nginx master and two workers
+        run.process.kill()
+        run.process.communicate()
+        wait_until(lambda: not any(_alive(p) for p in stack_pids), 30, "the stack to follow")
+        wait_until(lambda: all_ports_free(ports_of(env)), 30, "the ports")
+        second.start()
+        assert second.wait_ready() == f"https://127.0.0.1:{env['PLAB_HTTPS_PORT']}"
+        status, err = second.stop()
+        assert status == 0, err
+    finally:
+        run.kill()
+        second.kill()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -224,7 +224,6 @@ def test_accounting_stays_exact_under_a_random_mix_of_operations(quota_stack, pr
     client = quota_stack.redis_client("cp")
     store = KVStore(
         client,
-        quota_stack.secret("audit_key").encode(),
         Durability(client, strict=False, fsync_when_possible=False),
         Quota(max_keys=1000, max_bytes=10**6),
     )

@@ -93,3 +93,30 @@ def test_local_and_compose_redis_confs_bound_memory_without_eviction(tmp_path):
     assert "\nmaxmemory 384mb\n" in compose and "\nmaxmemory-policy noeviction\n" in compose
     assert deploy.main(["secrets", "--dir", str(directory), "--redis-maxmemory", "1gb"]) == 0
     assert "\nmaxmemory 1gb\n" in (directory / "redis.conf").read_text()
+
+
+def test_trusted_proxies_are_off_by_default_and_rendered_when_set():
+    import pytest
+
+    assert "set_real_ip_from" not in default_edge()
+    assert "real_ip_header" not in default_edge()
+    conf = EdgeConfig(
+        ap_servers=["127.0.0.1:8101"],
+        cp_server="127.0.0.1:8201",
+        tls_cert="/x/tls.crt",
+        tls_key="/x/tls.key",
+        htpasswd="/x/htpasswd",
+        trusted_proxies=["10.0.0.0/8", "2001:db8::/32"],
+    ).render()
+    assert "set_real_ip_from 10.0.0.0/8;" in conf
+    assert "set_real_ip_from 2001:db8::/32;" in conf
+    assert "real_ip_header X-Forwarded-For;" in conf and "real_ip_recursive on;" in conf
+    with pytest.raises(ValueError):
+        EdgeConfig(
+            ap_servers=["127.0.0.1:8101"],
+            cp_server="127.0.0.1:8201",
+            tls_cert="/x/tls.crt",
+            tls_key="/x/tls.key",
+            htpasswd="/x/htpasswd",
+            trusted_proxies=["10.0.0.0/8; include /etc/passwd"],
+        ).render()

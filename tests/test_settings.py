@@ -14,7 +14,7 @@ from productionlab.settings import ConfigError, Settings, parse_size, secret_pro
 def strong_env(**extra: str) -> dict[str, str]:
     env = {
         f"PLAB_{n}": secrets.token_hex(32)
-        for n in ("SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
+        for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
     }
     env.update(extra)
     return env
@@ -26,9 +26,7 @@ def test_strong_production_settings_start():
     assert settings.warnings == ()
 
 
-@pytest.mark.parametrize(
-    "name", ["SECRET_KEY", "TOKEN_KEY", "AUDIT_KEY", "BACKUP_KEY", "REDIS_PASSWORD"]
-)
+@pytest.mark.parametrize("name", ["SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY", "REDIS_PASSWORD"])
 def test_production_refuses_missing_secret(name):
     env = strong_env(PLAB_ENV="production")
     del env[f"PLAB_{name}"]
@@ -50,13 +48,13 @@ def test_production_refuses_missing_secret(name):
 )
 def test_production_refuses_weak_or_default_secret(weak):
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=weak))
-    assert "PLAB_AUDIT_KEY" in str(failure.value)
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=weak))
+    assert "PLAB_SECRET_KEY" in str(failure.value)
 
 
 def test_development_warns_on_weak_secret_but_starts():
-    settings = Settings.from_env(strong_env(PLAB_AUDIT_KEY="changeme"))
-    assert any("PLAB_AUDIT_KEY" in w for w in settings.warnings)
+    settings = Settings.from_env(strong_env(PLAB_SECRET_KEY="changeme"))
+    assert any("PLAB_SECRET_KEY" in w for w in settings.warnings)
 
 
 def test_development_still_refuses_missing_secret():
@@ -70,35 +68,35 @@ def test_production_refuses_reused_secrets():
     shared = secrets.token_hex(32)
     with pytest.raises(ConfigError) as failure:
         Settings.from_env(
-            strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=shared, PLAB_BACKUP_KEY=shared)
+            strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=shared, PLAB_BACKUP_KEY=shared)
         )
     assert "share one value" in str(failure.value)
 
 
 def test_secret_from_file(tmp_path):
-    path = tmp_path / "audit"
+    path = tmp_path / "secret"
     value = secrets.token_hex(32)
     path.write_text(value + "\n")
     env = strong_env()
-    del env["PLAB_AUDIT_KEY"]
-    env["PLAB_AUDIT_KEY_FILE"] = str(path)
-    assert Settings.from_env(env).audit_key == value
+    del env["PLAB_SECRET_KEY"]
+    env["PLAB_SECRET_KEY_FILE"] = str(path)
+    assert Settings.from_env(env).secret_key == value
 
 
 def test_secret_file_unreadable_is_clear(tmp_path):
     env = strong_env()
-    del env["PLAB_AUDIT_KEY"]
-    env["PLAB_AUDIT_KEY_FILE"] = str(tmp_path / "missing")
+    del env["PLAB_SECRET_KEY"]
+    env["PLAB_SECRET_KEY_FILE"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError) as failure:
         Settings.from_env(env)
-    assert "PLAB_AUDIT_KEY_FILE" in str(failure.value)
+    assert "PLAB_SECRET_KEY_FILE" in str(failure.value)
 
 
 def test_secret_and_file_together_refused(tmp_path):
-    path = tmp_path / "audit"
+    path = tmp_path / "secret"
     path.write_text(secrets.token_hex(32))
     with pytest.raises(ConfigError):
-        Settings.from_env(strong_env(PLAB_AUDIT_KEY_FILE=str(path)))
+        Settings.from_env(strong_env(PLAB_SECRET_KEY_FILE=str(path)))
 
 
 @pytest.mark.parametrize(
@@ -238,3 +236,44 @@ def test_previous_token_key_is_validated_like_the_key(tmp_path):
     assert "PLAB_TOKEN_KEY_PREVIOUS is a default" in str(failure.value)
     development = Settings.from_env({**env, "PLAB_ENV": "development"})
     assert any("PLAB_TOKEN_KEY_PREVIOUS" in w for w in development.warnings)
+
+
+# --- issue 9: auth-abuse settings ------------------------------------------------
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PLAB_VERIFY_CACHE_SECONDS", "301"),
+        ("PLAB_VERIFY_CACHE_SECONDS", "-1"),
+        ("PLAB_VERIFY_CONCURRENCY", "0"),
+        ("PLAB_VERIFY_RETRY_AFTER", "0"),
+        ("PLAB_TOKEN_FAILURES", "0"),
+        ("PLAB_AUTH_AUDIT_WINDOW", "0"),
+        ("PLAB_AUTH_AUDIT_ADDRESSES", "0"),
+        ("PLAB_ADMIN_ROUTE_RATE", "lots"),
+        ("PLAB_AUTH_ADDRESS_RATE", "60"),
+        ("PLAB_AUTH_USER_RATE", "x/minute"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/8,::/0"),
+    ],
+)
+def test_auth_abuse_settings_are_validated(variable, value):
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(**{variable: value}))
+    assert variable in str(failure.value)
+
+
+def test_auth_abuse_settings_defaults_and_values():
+    settings = Settings.from_env(strong_env())
+    assert settings.verify_cache_seconds == 60
+    assert settings.edge_trusted_proxies == ()
+    assert settings.verify_concurrency == 4 and settings.verify_retry_after == 1
+    custom = Settings.from_env(
+        strong_env(
+            PLAB_VERIFY_CACHE_SECONDS="300",
+            PLAB_EDGE_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.7 2001:db8::/32",
+        )
+    )
+    assert custom.verify_cache_seconds == 300
+    assert custom.edge_trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")

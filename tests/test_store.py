@@ -15,10 +15,7 @@ from tests.conftest import admin_of, state_dir
 
 
 def settings_for(url: str, **extra) -> Settings:
-    keys = {
-        name: secrets.token_hex(32)
-        for name in ("secret_key", "token_key", "audit_key", "backup_key")
-    }
+    keys = {name: secrets.token_hex(32) for name in ("secret_key", "token_key", "backup_key")}
     return Settings(redis_url=url, **keys, **extra)
 
 
@@ -161,10 +158,7 @@ def test_each_planes_redis_user_can_keep_the_quota_accounting(stack):
     for plane in ("ap", "cp"):
         client = stack.redis_client(plane)
         stores[plane] = KVStore(
-            client,
-            stack.secret("audit_key").encode(),
-            Durability(client, strict=False),
-            Quota(max_keys=2, max_bytes=10_000),
+            client, Durability(client, strict=False), Quota(max_keys=2, max_bytes=10_000)
         )
     user = f"acl{secrets.token_hex(4)}"
     actor = Actor(user, "127.0.0.1", "acl")

@@ -220,17 +220,15 @@ def test_token_events_are_audited_without_tokens(stack, admin, make_user):
 
 def test_expiry_and_wrong_key(stack):
     client = stack.redis_client()
-    users = UserStore(client, stack.secret("audit_key").encode(), b"x" * 32)
+    users = UserStore(client, b"x" * 32)
     user = users.get("admin")
-    service = TokenService(
-        client, users, stack.secret("audit_key").encode(), [stack.secret("token_key")]
-    )
+    service = TokenService(client, users, [stack.secret("token_key")])
     claims = service._claims("access", user, "f" * 24, 900, 1_000_000)
     token = service.sign(claims)
     with pytest.raises(TokenError, match="expired"):
         service.decode(token, "access", now=1_000_900)
     assert service.decode(token, "access", now=1_000_899).sub == "admin"
-    other = TokenService(client, users, b"k", ["another-key-" + "9" * 40])
+    other = TokenService(client, users, ["another-key-" + "9" * 40])
     with pytest.raises(TokenError, match="unknown_key"):
         other.decode(token, "access", now=1_000_000)
     client.close()

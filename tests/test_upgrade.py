@@ -6,12 +6,15 @@ built on :mod:`upgrade_kit`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 
 import pytest
 from upgrade_kit import PreviousState, previous_release_state
 
+from productionlab.audit import entry_hash
+from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
 from productionlab.localstack import LocalStack, StackConfig
 from tests.conftest import Client, state_dir
 
@@ -70,3 +73,112 @@ def test_admin_and_audit_survive_the_upgrade(upgraded):
     verify = admin.post("/admin/audit/verify")
     assert verify.status_code == 200, verify.text
     assert verify.json()["ok"] is True, verify.json()
+
+
+def test_failure_counting_and_aggregate_audit_work_on_the_old_log(upgraded):
+    """Issue 9 adds keys ({plab}:authfail:window, :tok:<addr>, {plab}:routelimit:*) and
+    a new audit action; the previous release's log and counters need no migration:
+    aggregate entries chain onto its entries and the whole log still verifies."""
+    import json
+    import time
+
+    import requests
+
+    from productionlab.audit import Actor
+    from productionlab.limits import LoginGuard
+
+    stack, old = upgraded
+    port = stack.config.ap_ports[0]
+    address = "198.18.99.1"
+    for n in range(3):
+        junk = requests.get(
+            f"http://{stack.config.bind}:{port}/read/app-old-0",
+            headers={"Authorization": f"Bearer junk-{n}", "X-Forwarded-For": address},
+            timeout=30,
+        )
+        assert junk.status_code == 401
+    reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
+    right = reader.direct("GET", port, "/read/app-old-0", headers={"X-Forwarded-For": address})
+    assert right.status_code == 200
+    guard = LoginGuard(stack.redis_client("cp"), 10, 100)
+    assert guard.close_window(Actor("-"), now=time.time() + 3600) >= 1
+    client = stack.redis_client()
+    entries = [json.loads(e) for e in client.lrange("{plab}:audit", 0, -1)]
+    client.close()
+    mine = [e for e in entries if e["action"] == "auth.failures" and e["target"] == address]
+    assert mine and mine[-1]["outcome"] == "count:3"
+    admin = Client(stack, "admin", old.admin_password)
+    verify = admin.post("/admin/audit/verify")
+    assert verify.status_code == 200 and verify.json()["ok"] is True, verify.text
+
+
+# --- the audit log: the previous release's HMAC chain, archived and linked ------------
+def test_legacy_audit_entries_are_archived_verified_and_linked(upgraded):
+    """At its first start the control plane verified the previous release's
+    HMAC-chained entries with the still-configured PLAB_AUDIT_KEY, archived them
+    with the result, and the new hash chain continues from the last of them."""
+    stack, _ = upgraded
+    archive = stack.state / "audit" / "archive"
+    report = json.loads((archive / LEGACY_REPORT).read_text())
+    assert report["ok"] is True and report["checked"] > 0, report
+    (segment,) = [s for s in Archive(archive).segments() if s.path.name == report["segment"]]
+    raws = segment.raws()
+    entries = [json.loads(r) for r in raws]
+    assert all("mac" in e for e in entries) and len(entries) == report["checked"]
+    assert {"user.create", "kv.put", "token.issue"} <= {e["action"] for e in entries}
+    # still verifiable with the old key, from the archive alone
+    key = stack.secret("audit_key").encode()
+    assert verify_legacy(raws, key, report["meta"]).ok is True
+    # and nothing of the old format is left in redis
+    client = stack.redis_client()
+    meta = client.hgetall("{plab}:audit:meta")
+    assert b"mac" not in meta and b"seq" not in meta
+    assert int(meta[b"first"]) == segment.last + 1
+    assert meta[b"first_prev"].decode() == entry_hash(raws[-1])
+    current = [json.loads(r) for r in client.lrange("{plab}:audit", 0, -1)]
+    assert not any("mac" in e for e in current)
+    migrate = [e for e in current if e["action"] == "audit.migrate"]
+    assert [(e["target"], e["outcome"]) for e in migrate] == [
+        (f"legacy:{segment.first}-{segment.last}", "ok")
+    ]
+    assert current[0]["seq"] == segment.last + 1 and current[0]["prev"] == entry_hash(raws[-1])
+    client.close()
+
+
+def test_audit_verifies_across_the_upgrade_and_new_writes_chain_on(upgraded):
+    stack, old = upgraded
+    admin = Client(stack, "admin", old.admin_password)
+    writer = Client(stack, "olduser-w", old.users["olduser-w"]["password"])
+    assert writer.post("/write/app-old-1/chained").status_code == 200
+    assert admin.post("/admin/audit/checkpoint").status_code == 201
+    body = admin.post("/admin/audit/verify").json()
+    assert body["ok"] is True, body
+    assert body["first"] == 1 and body["archived"] > 0
+    assert "legacy entries, MACs checked" in body["legacy"]
+    assert body["latest_checkpoint"]["seq"] == body["last"]
+    client = stack.redis_client()
+    last_two = client.lrange("{plab}:audit", -2, -1)
+    assert json.loads(last_two[1])["prev"] == entry_hash(last_two[0])
+    client.close()
+    # a legacy entry changed in the archive is caught by its MAC
+    archive = stack.state / "audit" / "archive"
+    report = json.loads((archive / LEGACY_REPORT).read_text())
+    path = archive / report["segment"]
+    original = path.read_bytes()
+    lines = original.decode().splitlines()
+    entry = json.loads(json.loads(lines[2]))
+    entry["actor"] = "mallory"
+    lines[2] = json.dumps(json.dumps(entry, separators=(",", ":")))
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        body = admin.post("/admin/audit/verify").json()
+        assert body["ok"] is False and body["first_bad_seq"] <= entry["seq"], body
+    finally:
+        path.write_bytes(original)
+    assert admin.post("/admin/audit/verify").json()["ok"] is True
+
+
+def test_the_app_plane_no_longer_gets_the_audit_key(upgraded):
+    stack, _ = upgraded
+    assert not any(k.startswith("PLAB_AUDIT") for k in stack.plane_env("ap"))
+    assert "PLAB_AUDIT_KEY_FILE" in stack.plane_env("cp")

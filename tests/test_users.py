@@ -266,7 +266,7 @@ def test_expired_credential_is_verified_once_not_by_every_thread(stack, make_use
     from productionlab.users import UserStore
 
     writer = make_user("writer", ["*"])
-    store = UserStore(stack.redis_client(), b"k" * 32, b"s" * 32, cache_seconds=60)
+    store = UserStore(stack.redis_client(), b"s" * 32, cache_seconds=60)
     store.cache.enabled = True
     real_hasher = users_module.HASHER
     calls = []
