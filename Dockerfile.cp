@@ -28,7 +28,8 @@ RUN groupadd --system --gid 10001 plab \
  && useradd --system --uid 10001 --gid plab --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin plab \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/productionlab/state \
-        /var/lib/productionlab/edge /var/lib/productionlab/backups \
+        /var/lib/productionlab/edge /var/lib/productionlab/htpasswd \
+        /var/lib/productionlab/backups \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /root/.cache
 COPY --from=build /opt/venv /opt/venv
 # A fixed malloc mmap threshold returns argon2id's 19 MiB blocks to the system

@@ -171,6 +171,22 @@ def _accepts_anonymous(settings: Settings) -> bool:
     return True
 
 
+def token_key_findings(settings: Settings, now: float) -> list[str]:
+    """The previous token key retires by itself a refresh lifetime after the
+    rotation; past that its files are dead weight and should go."""
+    if not (settings.token_key_previous or settings.token_public_key_previous):
+        return []
+    retires = settings.previous_token_key_retires_at
+    if retires is None or now < retires:
+        return []
+    when = datetime.datetime.fromtimestamp(retires, datetime.UTC)
+    return [
+        f"tokens: the previous token key retired on {when:%Y-%m-%d %H:%M} UTC (tokens "
+        "signed with it are refused); delete token_key.previous and "
+        "token_public_key.previous (or PLAB_TOKEN_*_PREVIOUS) and restart"
+    ]
+
+
 def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     findings = []
     if not settings.rate_limits_enabled:
@@ -196,6 +212,7 @@ def check(environ: Mapping[str, str] | None = None, *, with_redis: bool = True) 
     cert = settings.tls_cert_path
     findings += tls_findings(cert, settings.production, datetime.datetime.now(datetime.UTC))
     findings += rate_findings(settings, environ)
+    findings += token_key_findings(settings, datetime.datetime.now(datetime.UTC).timestamp())
     if with_redis:
         findings += redis_findings(settings)
     return list(dict.fromkeys(findings))

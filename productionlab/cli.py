@@ -9,10 +9,11 @@ configure a stack they take the local stack's settings from its descriptor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import redis
@@ -140,13 +141,54 @@ def use_local_stack_if_unconfigured() -> bool:
     return descriptor is not None
 
 
+def service_owned_dirs(environ: Mapping[str, str]) -> list[Path]:
+    """The local stack's directories that its planes write after dropping to the
+    service user: the audit archive and checkpoints, backups, the htpasswd."""
+    state = Path(environ.get("PLAB_STATE_DIR", "var"))
+    dirs = [state / "audit", state / "backups"]
+    for var in ("PLAB_AUDIT_ARCHIVE_DIR", "PLAB_BACKUP_DIR"):
+        if environ.get(var):
+            dirs.append(Path(environ[var]))
+    for var in ("PLAB_AUDIT_CHECKPOINT_FILE", "PLAB_HTPASSWD"):
+        if environ.get(var):
+            dirs.append(Path(environ[var]).parent)
+    return dirs
+
+
+def hand_back_files(environ: Mapping[str, str]) -> None:
+    """Give the files an operator command made as root to the owner of their directory.
+
+    As root, ``make run`` runs the planes as an unprivileged service user; a
+    command run as root (archive segments, checkpoints, lock files, backups, the
+    htpasswd) must leave its files to that user, as if the control plane had
+    written them, or the planes could no longer append to or replace them.
+    """
+    for directory in service_owned_dirs(environ):
+        try:
+            owner = directory.stat()
+        except OSError:
+            continue
+        if owner.st_uid == 0:
+            continue
+        for root, subdirs, files in os.walk(directory):
+            for name in (*subdirs, *files):
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_uid == 0:
+                        os.chown(path, owner.st_uid, -1, follow_symlinks=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     local = False
     try:
         if args.command in OPERATOR_COMMANDS:
             local = use_local_stack_if_unconfigured()
-        return int(args.handler(args) or 0)
+        try:
+            return int(args.handler(args) or 0)
+        finally:
+            if args.command in OPERATOR_COMMANDS and os.geteuid() == 0:
+                hand_back_files(os.environ)
     except ConfigError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 2

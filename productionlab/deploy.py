@@ -1,10 +1,12 @@
 """The Docker compose deployment's two preparation steps.
 
 ``secrets`` (run on the host by ``make secrets``) creates every secret, the
-TLS certificate and redis.conf under one directory that compose mounts as
-secrets. ``edge-config`` (run in the ``edge-config`` init container) renders
-the edge's nginx.conf from the one template in ``nginx/`` with the paths and
-names of the compose topology and the ``PLAB_*`` limits of its environment.
+token key's public half (``token_public_key``, and ``token_public_key.previous``
+during a rotation's overlap, else empty), the TLS certificate and redis.conf
+under one directory; compose gives each container only the files it uses.
+``edge-config`` (run in the ``edge-config`` init container) renders the edge's
+nginx.conf from the one template in ``nginx/`` with the paths and names of the
+compose topology and the ``PLAB_*`` limits of its environment.
 
 Run as ``python -m productionlab.deploy COMMAND``; ``register`` adds the same
 commands to the ``productionlab`` CLI.
@@ -27,9 +29,12 @@ from productionlab.users import write_atomic
 APP_PORT = 8000
 EDGE_HTTPS_PORT = 8443
 EDGE_HTTP_PORT = 8080
+# nginx.conf lives in a volume only edge-config writes; the htpasswd in another
+# that only the control plane writes: the control plane cannot rewrite the edge.
 EDGE_DIR = Path("/var/lib/productionlab/edge")
 EDGE_CONF = EDGE_DIR / "nginx.conf"
-HTPASSWD = EDGE_DIR / "htpasswd"
+HTPASSWD_DIR = Path("/var/lib/productionlab/htpasswd")
+HTPASSWD = HTPASSWD_DIR / "htpasswd"
 SECRETS_MOUNT = Path("/run/secrets")
 REDIS_PORT = 6379
 REDIS_DATA = "/data"

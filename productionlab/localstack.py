@@ -34,8 +34,8 @@ import redis
 
 from productionlab import stackfile
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import ensure_secrets, ensure_tls
-from productionlab.settings import CP_SECRET_NAMES, SECRET_NAMES, parse_cidrs, parse_size
+from productionlab.secretgen import TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
+from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, parse_cidrs, parse_size
 
 PR_SET_PDEATHSIG = 1
 
@@ -358,9 +358,10 @@ class LocalStack:
 
     - the state dir (``var/``) stays root's: secrets, TLS key, logs, nginx config;
       the planes read their secrets while still root, then drop to ``productionlab``;
-    - redis data and backups live in directories owned by ``productionlab`` (0700):
-      inside the state dir when every parent lets other users through, else under
-      /var/lib/productionlab/<hash>/ with ``var/redis`` and ``var/backups`` symlinks;
+    - redis data, backups and the audit archive/checkpoints live in directories owned
+      by ``productionlab`` (0700): inside the state dir when every parent lets other
+      users through, else under /var/lib/productionlab/<hash>/ with ``var/redis``,
+      ``var/backups`` and ``var/audit`` symlinks;
     - what nginx's workers read at request time (htpasswd, temp dirs) lives in
       /run/productionlab-<hash>/, created at start and removed at stop.
     """
@@ -474,8 +475,9 @@ class LocalStack:
             shutil.rmtree(self.nginx_dir / "temp", ignore_errors=True)
 
     def _prepare_service_dirs(self, service: Account) -> None:
-        """Redis data and backups: owned by the service user, mode 0700, reachable by it."""
-        for name in ("redis", "backups"):
+        """Redis data, backups and the audit archive and checkpoints: owned by the
+        service user, mode 0700, reachable by it."""
+        for name in ("redis", "backups", "audit"):
             target = self.data_dir / name
             in_state = self.state / name
             if target != in_state:
@@ -593,8 +595,14 @@ class LocalStack:
                 "MALLOC_MMAP_THRESHOLD_": "1048576",
             }
         )
-        for name in SECRET_NAMES + (CP_SECRET_NAMES if plane == "cp" else ()):
+        # Each plane gets only its own secrets (settings.PLANE_SECRETS, and the audit
+        # keys for the control plane alone): the app plane verifies tokens with the
+        # public key and never sees the signing, backup or audit keys; the control
+        # plane derives the public key itself.
+        for name in PLANE_SECRETS[plane] + (CP_SECRET_NAMES if plane == "cp" else ()):
             env[f"PLAB_{name.upper()}_FILE"] = str(self.secrets_dir / name)
+        if plane == "ap":
+            env["PLAB_TOKEN_PUBLIC_KEY_FILE"] = str(self.secrets_dir / TOKEN_PUBLIC_KEY)
         if plane == "cp":
             env["PLAB_HTPASSWD"] = str(self.htpasswd)
         if self.as_root:

@@ -194,19 +194,24 @@ def cmd_tokens_rotate_key(args: argparse.Namespace) -> int:
     new = secrets.token_hex(32)
     write_atomic(previous, old + "\n", mode=0o600)
     write_atomic(path, new + "\n", mode=0o600)
+    from productionlab.secretgen import write_token_public_keys
+
+    public = write_token_public_keys(path)
     until = now + datetime.timedelta(seconds=refresh_ttl)
     print(
         f"""new token-signing key: {path} (key id {SigningKey(new).kid})
-previous key, now verify-only: {previous} (key id {SigningKey(old).kid})
+its public key, for the app plane: {public}
+previous key, now verify-only: {previous} (key id {SigningKey(old).kid}),
+  public half {public}.previous; the rotation time is these files' modification time
 
 Next steps:
   1. Restart the control plane and every app-plane process (make run: restart it;
-     compose: `docker compose up -d --force-recreate ap cp`). They sign with the new
-     key and still accept tokens signed with the previous one.
-     Compose: mount {previous.name} as a secret and set PLAB_TOKEN_KEY_PREVIOUS_FILE.
-  2. After {until:%Y-%m-%d %H:%M} UTC (the refresh-token lifetime) every token signed
-     with the previous key has expired: delete {previous} (and the compose secret)
-     and restart again. Until then, keep it."""
+     compose: `make secrets` (re-renders nothing it does not own), then
+     `docker compose up -d --force-recreate ap cp`). They sign with the new key and
+     still accept tokens signed with the previous one.
+  2. The previous key retires by itself at {until:%Y-%m-%d %H:%M} UTC (the
+     refresh-token lifetime after the rotation): from then on tokens it signed are
+     refused, and check-prod says to delete {previous} and {public}.previous."""
     )
     return 0
 

@@ -23,6 +23,8 @@ REDIS_PASSWORDS = ("redis_ap_password", "redis_cp_password")
 # audit_key is still generated: compose names it, and a stack upgraded from the
 # previous release verifies its old audit entries with it.
 ALL_SECRETS = (*SECRET_NAMES, *CP_SECRET_NAMES, *REDIS_PASSWORDS)
+# Not secret: the public half of token_key, the only token key the app plane gets.
+TOKEN_PUBLIC_KEY = "token_public_key"  # noqa: S105 - a file name, not a secret  # nosec B105
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -43,7 +45,42 @@ def ensure_secrets(directory: Path, names: tuple[str, ...] = ALL_SECRETS) -> dic
         if not path.exists():
             write_private(path, (secrets.token_hex(32) + "\n").encode())
         paths[name] = path
+    if "token_key" in names:
+        paths[TOKEN_PUBLIC_KEY] = write_token_public_keys(paths["token_key"])
     return paths
+
+
+def write_token_public_keys(key_path: Path) -> Path:
+    """Derive ``token_public_key`` (and ``.previous``) next to the private key file.
+
+    The public file follows the private key: rewritten when it differs, and the
+    previous one carries the previous private key file's modification time (the
+    rotation time, from which the previous key retires), or is empty.
+    """
+    from productionlab.tokens import SigningKey
+
+    directory = key_path.parent
+    public = directory / TOKEN_PUBLIC_KEY
+    _write_public(public, SigningKey(key_path.read_text().strip()).public_hex)
+    previous, public_previous = Path(f"{key_path}.previous"), Path(f"{public}.previous")
+    if previous.is_file():
+        _write_public(public_previous, SigningKey(previous.read_text().strip()).public_hex)
+        stamp = previous.stat().st_mtime
+        os.utime(public_previous, (stamp, stamp))
+    else:
+        # Empty, not absent: compose mounts it as a secret either way.
+        _write_public(public_previous, "")
+    return public
+
+
+def _write_public(path: Path, hex_key: str) -> None:
+    body = hex_key + "\n" if hex_key else ""
+    if path.exists() and path.read_text() == body:
+        return
+    temp = path.with_name(f".{path.name}.new")
+    temp.unlink(missing_ok=True)
+    write_private(temp, body.encode(), mode=0o644)
+    os.replace(temp, path)
 
 
 def ensure_tls(

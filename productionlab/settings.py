@@ -20,6 +20,14 @@ SECRET_NAMES = ("secret_key", "token_key", "backup_key")
 # Secrets only the control plane is given: the key that signs audit checkpoints,
 # and the previous release's audit MAC key (kept to verify pre-upgrade entries).
 CP_SECRET_NAMES = ("audit_key", "audit_checkpoint_key")
+# Least privilege: the secrets each plane needs (and is given). The app plane
+# verifies tokens with the public key only (PLAB_TOKEN_PUBLIC_KEY) and never
+# sees the token-signing key, the backup key or any audit key.
+PLANE_SECRETS = {
+    "ap": ("secret_key",),
+    "cp": ("secret_key", "token_key", "backup_key"),
+}
+TOKEN_FAMILIES_MAX_LIMIT = 1000
 MIN_SECRET_BITS = 256
 KNOWN_DEFAULTS = frozenset(
     {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
@@ -205,6 +213,33 @@ def read_secret(environ: Mapping[str, str], name: str) -> str | None:
     return direct
 
 
+def _rotated_at(
+    environ: Mapping[str, str], problems: list[str], *key_files: str | None
+) -> float | None:
+    """When the token key was last rotated: ``PLAB_TOKEN_KEY_ROTATED_AT`` (unix
+    seconds), else the modification time of the previous key's file
+    (``<key file>.previous``, which ``productionlab tokens rotate-key`` writes at
+    the rotation, or ``PLAB_TOKEN_*_PREVIOUS_FILE``)."""
+    raw = environ.get("PLAB_TOKEN_KEY_ROTATED_AT", "").strip()
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"PLAB_TOKEN_KEY_ROTATED_AT={raw!r} is not unix seconds")
+            return None
+        if not math.isfinite(value) or value < 0:
+            problems.append(f"PLAB_TOKEN_KEY_ROTATED_AT={raw!r} is not unix seconds")
+            return None
+        return value
+    candidates = [Path(f + ".previous") for f in key_files if f] + [
+        Path(environ[var])
+        for var in ("PLAB_TOKEN_KEY_PREVIOUS_FILE", "PLAB_TOKEN_PUBLIC_KEY_PREVIOUS_FILE")
+        if environ.get(var)
+    ]
+    times = [p.stat().st_mtime for p in candidates if p.is_file()]
+    return max(times) if times else None
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = "development"
@@ -246,6 +281,10 @@ class Settings:
     trusted_proxy: str | None = "127.0.0.1"
     debug: bool = False
     token_key_previous: str = field(default="", repr=False)
+    token_public_key: str = ""
+    token_public_key_previous: str = ""
+    token_key_rotated_at: float | None = None
+    token_families_max: int = 10
     token_ttl: int = 15 * 60
     refresh_ttl: int = 7 * 24 * 3600
     audit_retention: int | None = None
@@ -331,6 +370,12 @@ class Settings:
         if not previous and key_file and Path(key_file + ".previous").is_file():
             # What `productionlab tokens rotate-key` leaves next to the new key.
             previous = Path(key_file + ".previous").read_text(encoding="utf-8").strip()
+        public = read_secret(environ, "token_public_key") or ""
+        public_previous = read_secret(environ, "token_public_key_previous") or ""
+        public_file = environ.get("PLAB_TOKEN_PUBLIC_KEY_FILE")
+        if not public_previous and public_file and Path(public_file + ".previous").is_file():
+            public_previous = Path(public_file + ".previous").read_text(encoding="utf-8").strip()
+        rotated_at = _rotated_at(environ, problems, key_file, public_file)
         retention = integer("AUDIT_RETENTION", 0)
         try:
             edge_proxies = parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))
@@ -374,6 +419,10 @@ class Settings:
             trusted_proxy=get("TRUSTED_PROXY", "127.0.0.1") or None,
             debug=get("DEBUG", "0").lower() in ("1", "true", "on"),
             token_key_previous=previous,
+            token_public_key=public,
+            token_public_key_previous=public_previous,
+            token_key_rotated_at=rotated_at,
+            token_families_max=integer("TOKEN_FAMILIES_MAX", 10),
             token_ttl=integer("TOKEN_TTL", 15 * 60),
             refresh_ttl=integer("REFRESH_TTL", 7 * 24 * 3600),
             audit_retention=retention or None,
@@ -459,7 +508,10 @@ class Settings:
                 "PLAB_AUDIT_MAX_ENTRIES must be 10..100000000 (entries kept in redis "
                 "before the oldest are archived and trimmed)"
             )
-        secrets = {name: getattr(self, name) for name in SECRET_NAMES}
+        problems += self._token_key_problems()
+        secrets = {
+            name: getattr(self, name) for name in PLANE_SECRETS.get(self.plane, SECRET_NAMES)
+        }
         if self.production:
             secrets["redis_password"] = self.redis_password
         if self.plane == "cp":
@@ -503,6 +555,52 @@ class Settings:
         except ValueError as exc:
             return [f"PLAB_AUDIT_CHECKPOINT_KEY is unusable: {exc}"]
         return []
+
+    def _token_key_problems(self) -> list[str]:
+        """The app plane needs the token public key; the control plane derives it
+        from its private key (and, if given one, it must match); a previous key
+        needs the time of the rotation, from which it retires by itself."""
+        from productionlab.tokens import is_public_half, parse_public_key
+
+        problems = []
+        if not 1 <= self.token_families_max <= TOKEN_FAMILIES_MAX_LIMIT:
+            problems.append(
+                f"PLAB_TOKEN_FAMILIES_MAX must be between 1 and {TOKEN_FAMILIES_MAX_LIMIT}"
+            )
+        for name in ("token_public_key", "token_public_key_previous"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    parse_public_key(value)
+                except ValueError as exc:
+                    problems.append(f"PLAB_{name.upper()}: {exc}")
+                    return problems
+        if self.plane == "ap" and not self.token_public_key:
+            problems.append(
+                "PLAB_TOKEN_PUBLIC_KEY is missing (set it or PLAB_TOKEN_PUBLIC_KEY_FILE; "
+                "the generator writes secrets/token_public_key)"
+            )
+        if (
+            self.plane == "cp"
+            and self.token_key
+            and self.token_public_key
+            and not is_public_half(self.token_key, self.token_public_key)
+        ):
+            problems.append("PLAB_TOKEN_PUBLIC_KEY is not the public half of PLAB_TOKEN_KEY")
+        has_previous = self.token_key_previous or self.token_public_key_previous
+        if has_previous and self.token_key_rotated_at is None:
+            problems.append(
+                "a previous token key is set but not when the rotation happened: set "
+                "PLAB_TOKEN_KEY_ROTATED_AT (unix seconds) or give the key as a "
+                "<key file>.previous file, whose modification time is the rotation"
+            )
+        return problems
+
+    @property
+    def previous_token_key_retires_at(self) -> float | None:
+        if self.token_key_rotated_at is None:
+            return None
+        return self.token_key_rotated_at + self.refresh_ttl
 
     @property
     def warnings(self) -> tuple[str, ...]:

@@ -1,11 +1,23 @@
 """Bearer tokens: short-lived signed access tokens and rotating refresh tokens.
 
-A token is ``plab1.<kid>.<payload>.<mac>``: base64url JSON with the user's
+A token is ``plab2.<kid>.<payload>.<sig>``: base64url JSON with the user's
 name, the user's generation, a family id, a unique id (jti), issue and expiry
-times, signed with HMAC-SHA256 under a key derived from ``PLAB_TOKEN_KEY``.
-``kid`` names the signing key, so a previous key (``PLAB_TOKEN_KEY_PREVIOUS``
-or the file ``<PLAB_TOKEN_KEY_FILE>.previous``) keeps verifying the tokens it
-signed while they live: that is the overlap window of a key rotation.
+times, signed with Ed25519. Only the control plane holds the private key
+(``PLAB_TOKEN_KEY``, from which the key pair is derived); the app plane holds
+only the public key (``PLAB_TOKEN_PUBLIC_KEY``) and verifies, so code running in
+the app plane cannot mint a token. ``kid`` names the key pair, so a previous
+key (``PLAB_TOKEN_KEY_PREVIOUS`` / ``PLAB_TOKEN_PUBLIC_KEY_PREVIOUS``, or the
+file ``<key file>.previous``) keeps verifying the tokens it signed: that is the
+overlap window of a key rotation. It retires by itself once the refresh
+lifetime has passed since the rotation (``PLAB_TOKEN_KEY_ROTATED_AT``, or the
+previous key file's modification time): every token it signed has expired by
+then, so a token signed with it is refused (``retired_key``).
+
+Tokens of the previous release (``plab1``, HMAC) are refused once after the
+upgrade (``legacy_format``, a clean 401); Basic credentials get a new pair.
+
+A user holds at most ``PLAB_TOKEN_FAMILIES_MAX`` live families: issuing one
+more revokes the least recently used one (audited as ``family_cap``).
 
 Revocation lives in redis until expiry:
 
@@ -23,15 +35,17 @@ same script as the change. Tokens themselves never reach the log.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
-import hmac
 import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
@@ -39,7 +53,8 @@ from productionlab.errors import BadRequest, Unauthorized
 from productionlab.settings import Settings
 from productionlab.users import USER, User, UserStore
 
-PREFIX = "plab1"
+PREFIX = "plab2"
+LEGACY_PREFIX = "plab1"
 FAMILY = "{plab}:tok:fam:"
 USER_FAMILIES = "{plab}:tok:user:"
 # Refusals the refresh script has already written to the audit log.
@@ -47,6 +62,7 @@ AUDITED_REFUSALS = ("unknown_family", "family_revoked", "reuse")
 # Refusals that may be guessing (count towards the brute-force guard); the
 # others are genuine tokens that expired or were revoked.
 FORGERY_SIGNS = ("malformed", "unknown_key", "bad_signature")
+FAMILIES_MAX = 10
 # The brute-force guard counts forged refresh tokens per address under this name.
 GUARD_NAME = "-refresh"
 ACCESS_TTL = 15 * 60
@@ -60,7 +76,21 @@ local target, family, jti = ARGV[7], ARGV[8], ARGV[9]
 local ttl_ms, expires, now = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 redis.call('HSET', fam, 'user', ARGV[13], 'current', jti, 'revoked', '0', 'created', now)
 redis.call('PEXPIRE', fam, ttl_ms)
+local user, max_live, fam_prefix = ARGV[13], tonumber(ARGV[14]), ARGV[15]
 redis.call('ZREMRANGEBYSCORE', families, '-inf', now)
+-- The cap: the user's live (unrevoked) families, least recently used first;
+-- past the cap the oldest are revoked, with their access tokens.
+local live = {}
+for _, other in ipairs(redis.call('ZRANGE', families, 0, -1)) do
+  local revoked = redis.call('HGET', fam_prefix .. other, 'revoked')
+  if revoked == '0' then live[#live + 1] = other
+  elseif not revoked then redis.call('ZREM', families, other) end
+end
+for i = 1, #live - max_live + 1 do
+  redis.call('HSET', fam_prefix .. live[i], 'revoked', '1')
+  redis.call('ZREM', families, live[i])
+  audit('token.revoke', user .. ':' .. live[i], 'family_cap', '')
+end
 redis.call('ZADD', families, expires, family)
 redis.call('PEXPIRE', families, ttl_ms)
 return audit('token.issue', target, 'ok', '')
@@ -108,6 +138,12 @@ return 1
 )
 
 
+def _lru_score(ttl: int) -> str:
+    """A family's score in the user's set: its expiry, to the millisecond, so the
+    least recently issued or refreshed family is the lowest (the one the cap revokes)."""
+    return f"{time.time() + ttl:.3f}"
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -116,19 +152,117 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+KEY_CONTEXT = b"productionlab token signing ed25519 v2\0"
+
+
+def _kid(public: bytes) -> str:
+    return hashlib.sha256(b"kid\0" + public).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
-class SigningKey:
-    """A token-signing key, named by an id derived from it (the secret never leaves)."""
+class VerifyKey:
+    """An Ed25519 public key (32 bytes) and its key id."""
 
-    secret: str
+    public: bytes
 
-    @property
-    def material(self) -> bytes:
-        return hmac.new(self.secret.encode(), b"productionlab token signing v1", "sha256").digest()
+    @classmethod
+    def from_text(cls, text: str) -> VerifyKey:
+        """The public key as 64 hex characters (what the generator writes)."""
+        raw = parse_public_key(text)
+        return cls(raw)
 
     @property
     def kid(self) -> str:
-        return hashlib.sha256(b"kid\0" + self.material).hexdigest()[:12]
+        return _kid(self.public)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The control plane's private key, derived from the ``PLAB_TOKEN_KEY`` secret.
+
+    The secret (any generated secret: hex or base64 of 32+ random bytes) is
+    hashed with a context into the Ed25519 seed, so an existing token key file
+    becomes the signing key on upgrade and the key never leaves this object.
+    """
+
+    secret: str = field(repr=False)
+
+    @property
+    def _private(self) -> Ed25519PrivateKey:
+        seed = hashlib.sha256(KEY_CONTEXT + self.secret.encode()).digest()
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey(self._private.public_key().public_bytes_raw())
+
+    @property
+    def public_hex(self) -> str:
+        return self.verify_key.public.hex()
+
+    @property
+    def kid(self) -> str:
+        return self.verify_key.kid
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+
+def is_public_half(private: str, public_text: str) -> bool:
+    """Whether ``public_text`` is the public key derived from ``private``."""
+    return SigningKey(private).kid == VerifyKey.from_text(public_text).kid
+
+
+def parse_public_key(text: str) -> bytes:
+    """An Ed25519 public key given as 64 hex characters; ValueError otherwise."""
+    text = text.strip()
+    try:
+        raw = binascii.unhexlify(text)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("a token public key is 64 hex characters") from exc
+    if len(raw) != 32:
+        raise ValueError("a token public key is 64 hex characters")
+    Ed25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    """What a plane holds: the signer (control plane only), the current public
+    key, previous public keys, and when the previous ones retire."""
+
+    current: VerifyKey
+    previous: tuple[VerifyKey, ...] = ()
+    signer: SigningKey | None = field(default=None, repr=False)
+    previous_until: float | None = None
+
+    @classmethod
+    def for_signing(cls, secret: str, previous: tuple[str, ...] = (), until=None) -> TokenKeys:
+        """The control plane's keys from private secrets (tests and tools use this)."""
+        signer = SigningKey(secret)
+        olds = tuple(
+            key
+            for key in (SigningKey(p).verify_key for p in previous if p)
+            if key.kid != signer.kid
+        )
+        return cls(signer.verify_key, olds, signer, until)
+
+    def lookup(self, kid: str, now: float) -> VerifyKey:
+        if kid == self.current.kid:
+            return self.current
+        for key in self.previous:
+            if key.kid == kid:
+                if self.previous_until is not None and now >= self.previous_until:
+                    raise TokenError("retired_key")
+                return key
+        raise TokenError("unknown_key")
 
 
 @dataclass(frozen=True)
@@ -169,45 +303,45 @@ class TokenService:
         self,
         client: redis.Redis,
         users: UserStore,
-        keys: list[str],
+        keys: TokenKeys,
         access_ttl: int = ACCESS_TTL,
         refresh_ttl: int = REFRESH_TTL,
+        families_max: int = FAMILIES_MAX,
     ):
-        if not keys or not keys[0]:
-            raise ValueError("a token-signing key is required")
         self.client = client
         self.users = users
-        self.keys = [SigningKey(k) for k in keys if k]
-        self.by_kid = {k.kid: k for k in self.keys}
+        self.keys = keys
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self.families_max = families_max
         self._issue = client.register_script(_ISSUE)
         self._refresh = client.register_script(_REFRESH)
         self._revoke = client.register_script(_REVOKE)
 
     # --- encoding -------------------------------------------------------------
     def sign(self, claims: dict) -> str:
-        key = self.keys[0]
+        signer = self.keys.signer
+        if signer is None:
+            raise RuntimeError("this plane holds no token-signing key")
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        signed = f"{PREFIX}.{key.kid}.{payload}"
-        mac = hmac.new(key.material, signed.encode(), hashlib.sha256).digest()
-        return f"{signed}.{_b64(mac)}"
+        signed = f"{PREFIX}.{signer.kid}.{payload}"
+        return f"{signed}.{_b64(signer.sign(signed.encode()))}"
 
     def decode(self, token: str, typ: str, now: float | None = None) -> Claims:
-        """Check the signature (current or previous key), type and expiry."""
+        """Check the signature (current or unretired previous key), type and expiry."""
+        now = now if now is not None else time.time()
         parts = token.split(".")
+        if len(parts) == 4 and parts[0] == LEGACY_PREFIX:
+            raise TokenError("legacy_format")
         if len(parts) != 4 or parts[0] != PREFIX or len(token) > 2048:
             raise TokenError("malformed")
-        key = self.by_kid.get(parts[1])
-        if key is None:
-            raise TokenError("unknown_key")
-        expected = hmac.new(key.material, ".".join(parts[:3]).encode(), hashlib.sha256).digest()
+        key = self.keys.lookup(parts[1], now)
         try:
             given = _unb64(parts[3])
             data = json.loads(_unb64(parts[2]))
         except (ValueError, json.JSONDecodeError) as exc:
             raise TokenError("malformed") from exc
-        if not hmac.compare_digest(expected, given):
+        if not key.verify(given, ".".join(parts[:3]).encode()):
             raise TokenError("bad_signature")
         try:
             claims = Claims(
@@ -224,7 +358,7 @@ class TokenService:
             raise TokenError("malformed") from exc
         if claims.typ != typ:
             raise TokenError("wrong_type")
-        if claims.exp <= (now if now is not None else time.time()):
+        if claims.exp <= now:
             raise TokenError("expired")
         return claims
 
@@ -252,9 +386,11 @@ class TokenService:
                 fam,
                 refresh["jti"],
                 self.refresh_ttl * 1000,
-                now + self.refresh_ttl,
+                _lru_score(self.refresh_ttl),
                 now,
                 user.name,
+                self.families_max,
+                FAMILY,
             ],
         )
         access = self._claims("access", user, fam, self.access_ttl, now)
@@ -277,7 +413,7 @@ class TokenService:
                     claims.jti,
                     fresh["jti"],
                     self.refresh_ttl * 1000,
-                    now + self.refresh_ttl,
+                    _lru_score(self.refresh_ttl),
                     now,
                 ],
             )
@@ -348,27 +484,53 @@ class TokenService:
             )
         return listed
 
-    def key_ids(self) -> dict:
+    def key_ids(self, now: float | None = None) -> dict:
+        now = now if now is not None else time.time()
+        until = self.keys.previous_until
+        retired = until is not None and now >= until
         return {
-            "current": self.keys[0].kid,
-            "previous": [k.kid for k in self.keys[1:]],
+            "current": self.keys.current.kid,
+            "previous": [] if retired else [k.kid for k in self.keys.previous],
+            "retired": [k.kid for k in self.keys.previous] if retired else [],
+            "previous_until": int(until) if until is not None else None,
         }
 
 
 # --- configuration ------------------------------------------------------------
-def signing_keys(settings: Settings) -> list[str]:
-    """The current key first, then the previous one while it is configured
-    (``PLAB_TOKEN_KEY_PREVIOUS`` / ``_FILE``, or ``<key file>.previous``)."""
-    keys = [settings.token_key]
-    previous = settings.token_key_previous
-    if previous and previous != settings.token_key:
-        keys.append(previous)
-    return keys
+def token_keys(settings: Settings) -> TokenKeys:
+    """The control plane signs with ``PLAB_TOKEN_KEY`` and verifies with the public
+    halves of it and of its previous key; the app plane has only public keys."""
+    until = (
+        settings.token_key_rotated_at + settings.refresh_ttl
+        if settings.token_key_rotated_at is not None
+        else None
+    )
+    if settings.plane == "cp":
+        previous = (settings.token_key_previous,) if settings.token_key_previous else ()
+        keys = TokenKeys.for_signing(settings.token_key, previous, until)
+        if settings.token_public_key_previous:
+            extra = VerifyKey.from_text(settings.token_public_key_previous)
+            if extra.kid not in {k.kid for k in keys.previous} | {keys.current.kid}:
+                keys = TokenKeys(keys.current, (*keys.previous, extra), keys.signer, until)
+        return keys
+    current = VerifyKey.from_text(settings.token_public_key)
+    previous_keys: tuple[VerifyKey, ...] = ()
+    if settings.token_public_key_previous:
+        old = VerifyKey.from_text(settings.token_public_key_previous)
+        if old.kid != current.kid:
+            previous_keys = (old,)
+    return TokenKeys(current, previous_keys, None, until)
 
 
 def build_service(settings: Settings, client: redis.Redis, users: UserStore) -> TokenService:
-    access, refresh = settings.token_ttl, settings.refresh_ttl
-    return TokenService(client, users, signing_keys(settings), access, refresh)
+    return TokenService(
+        client,
+        users,
+        token_keys(settings),
+        settings.token_ttl,
+        settings.refresh_ttl,
+        settings.token_families_max,
+    )
 
 
 def service() -> TokenService:

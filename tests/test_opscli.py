@@ -221,3 +221,28 @@ def test_a_stopped_stack_is_still_found(stack_factory, tmp_path: Path) -> None:
     lines = listed.stderr.splitlines()
     assert len(lines) == 2 and "Traceback" not in listed.stderr, listed.stderr
     assert lines[1].startswith("productionlab: redis: ConnectionError") and "make run" in lines[1]
+
+
+def test_commands_run_as_root_leave_their_files_to_the_planes_user(
+    stack: LocalStack, checkout: Path
+) -> None:
+    """As root the planes run as the service user: what an operator command writes
+    in their directories (archive segments, checkpoints, lock files, backups) must
+    stay writable by them, or the control plane's next append fails."""
+    assert os.geteuid() == 0, "this test proves the root case; the suite runs as root in CI"
+    for args in (
+        ("audit", "checkpoint"),
+        ("audit", "trim", "--keep", "1000"),
+        ("backup", "create"),
+    ):
+        result = cli(*args, cwd=checkout)
+        assert result.returncode == 0, result.stderr
+    for directory in (stack.state / "audit", stack.state / "backups"):
+        owner = directory.resolve().stat().st_uid
+        assert owner != 0, directory
+        for path in directory.resolve().rglob("*"):
+            assert path.lstat().st_uid == owner, path
+    admin = Client(stack, "admin", stack.admin_password_file.read_text().strip())
+    assert admin.post("/admin/audit/checkpoint").status_code == 201
+    verify = admin.post("/admin/audit/verify")
+    assert verify.status_code == 200 and verify.json()["ok"] is True, verify.text

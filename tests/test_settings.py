@@ -9,6 +9,7 @@ import pytest
 
 from productionlab.secretgen import ensure_secrets
 from productionlab.settings import ConfigError, Settings, parse_size, secret_problem
+from productionlab.tokens import SigningKey
 
 
 def strong_env(**extra: str) -> dict[str, str]:
@@ -17,6 +18,8 @@ def strong_env(**extra: str) -> dict[str, str]:
         for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY", "REDIS_PASSWORD")
     }
     env.update(extra)
+    if "PLAB_TOKEN_KEY" in env and "PLAB_TOKEN_PUBLIC_KEY" not in env:
+        env["PLAB_TOKEN_PUBLIC_KEY"] = SigningKey(env["PLAB_TOKEN_KEY"]).public_hex
     return env
 
 
@@ -31,7 +34,7 @@ def test_production_refuses_missing_secret(name):
     env = strong_env(PLAB_ENV="production")
     del env[f"PLAB_{name}"]
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(env)
+        Settings.from_env(env, plane="cp")  # the plane that holds every secret
     assert f"PLAB_{name} is missing" in str(failure.value)
 
 
@@ -61,14 +64,15 @@ def test_development_still_refuses_missing_secret():
     env = strong_env()
     del env["PLAB_TOKEN_KEY"]
     with pytest.raises(ConfigError):
-        Settings.from_env(env)
+        Settings.from_env(env, plane="cp")
 
 
 def test_production_refuses_reused_secrets():
     shared = secrets.token_hex(32)
     with pytest.raises(ConfigError) as failure:
         Settings.from_env(
-            strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=shared, PLAB_BACKUP_KEY=shared)
+            strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=shared, PLAB_BACKUP_KEY=shared),
+            plane="cp",
         )
     assert "share one value" in str(failure.value)
 

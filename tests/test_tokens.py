@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from productionlab.tokens import TokenError, TokenService
+from productionlab.settings import Settings
+from productionlab.tokens import TokenError, TokenKeys, TokenService, build_service
 from productionlab.users import UserStore
 from tests.conftest import Client, admin_of, create_user
 
@@ -222,13 +225,13 @@ def test_expiry_and_wrong_key(stack):
     client = stack.redis_client()
     users = UserStore(client, b"x" * 32)
     user = users.get("admin")
-    service = TokenService(client, users, [stack.secret("token_key")])
+    service = TokenService(client, users, TokenKeys.for_signing(stack.secret("token_key")))
     claims = service._claims("access", user, "f" * 24, 900, 1_000_000)
     token = service.sign(claims)
     with pytest.raises(TokenError, match="expired"):
         service.decode(token, "access", now=1_000_900)
     assert service.decode(token, "access", now=1_000_899).sub == "admin"
-    other = TokenService(client, users, ["another-key-" + "9" * 40])
+    other = TokenService(client, users, TokenKeys.for_signing("another-key-" + "9" * 40))
     with pytest.raises(TokenError, match="unknown_key"):
         other.decode(token, "access", now=1_000_000)
     client.close()
@@ -286,12 +289,111 @@ def test_signing_key_rotation_keeps_live_tokens(stack_factory, key):
     assert renewed.status_code == 200
     assert renewed.json()["access_token"].split(".")[1] == keys["current"]
 
-    # after the overlap window the previous key is removed: its tokens die
-    os.unlink(stack.secrets_dir / "token_key.previous")
+    # the previous key retires by itself a refresh lifetime after the rotation
+    # (the rotation time is the .previous files' modification time)
+    past = time.time() - 7 * 24 * 3600 - 60
+    for name in ("token_key.previous", "token_public_key.previous"):
+        os.utime(stack.secrets_dir / name, (past, past))
     restart_planes(stack)
-    assert (
-        Client(stack).get(f"/read/{key}", **bearer(stack, before["access_token"])).status_code
-        == 401
-    )
+    old_access = bearer(stack, before["access_token"])
+    assert Client(stack).get(f"/read/{key}", **old_access).status_code == 401
+    for port in stack.config.ap_ports:
+        assert Client(stack).direct("GET", port, f"/read/{key}", **old_access).status_code == 401
+    keys = admin.get("/admin/tokens/keys").json()
+    assert keys["previous"] == [] and keys["retired"] == [old_kid]
     fresh = renewed.json()["access_token"]
     assert Client(stack).get(f"/read/{key}", **bearer(stack, fresh)).status_code == 404
+    report = cli(stack, "check-prod")
+    assert "previous token key retired" in report.stdout + report.stderr
+
+    # and once its files are deleted it is simply unknown
+    os.unlink(stack.secrets_dir / "token_key.previous")
+    os.unlink(stack.secrets_dir / "token_public_key.previous")
+    restart_planes(stack)
+    assert Client(stack).get(f"/read/{key}", **old_access).status_code == 401
+    assert Client(stack).get(f"/read/{key}", **bearer(stack, fresh)).status_code == 404
+
+
+def test_the_app_plane_holds_only_the_public_key_and_cannot_mint_tokens(stack, make_user, key):
+    """Section 2: the app plane verifies with the public key; a token signed with
+    anything it holds (its secrets, the public key) is refused everywhere."""
+    env = stack.plane_env("ap")
+    assert "PLAB_TOKEN_KEY_FILE" not in env and "PLAB_BACKUP_KEY_FILE" not in env
+    settings = Settings.from_env(env, plane="ap")
+    assert settings.token_key == "" and settings.token_public_key
+    client = stack.redis_client("ap")
+    users = UserStore(client, b"unused", b"x" * 32)
+    ap_service = build_service(settings, client, users)
+    with pytest.raises(RuntimeError):
+        ap_service.sign({"typ": "access"})
+    reader = make_user("reader", ["*"])
+    real = issue(reader)["access_token"]
+    user = users.get(reader.name)
+    held = [
+        Path(v).read_text().strip()
+        for k, v in env.items()
+        if k.startswith("PLAB_") and k.endswith("_FILE")
+    ]
+    for material in held:
+        forger = TokenService(client, users, b"unused", TokenKeys.for_signing(material))
+        claims = forger._claims("access", user, "f" * 24, 900, int(time.time()))
+        forged = forger.sign(claims)
+        # even with the real key id in front, the signature does not verify
+        parts = forged.split(".")
+        parts[1] = real.split(".")[1]
+        for token in (forged, ".".join(parts)):
+            for port in stack.config.ap_ports:
+                response = Client(stack).direct("GET", port, f"/read/{key}", **bearer(stack, token))
+                assert response.status_code == 401, response.text
+    client.close()
+
+
+def test_a_user_holds_at_most_n_live_token_families(stack_factory, key):
+    """Issuing the (N+1)th family revokes the least recently used one, audited."""
+    stack = stack_factory(
+        edge_rate=1000,
+        edge_burst=1000,
+        admin_rate=1000,
+        admin_burst=1000,
+        extra_env={"PLAB_TOKEN_FAMILIES_MAX": "3"},
+    )
+    admin = admin_of(stack)
+    reader = create_user(admin, "reader", ["*"])
+    pairs = [issue(reader) for _ in range(3)]
+    for pair in pairs:
+        assert (
+            Client(stack).get(f"/read/{key}", **bearer(stack, pair["access_token"])).status_code
+            == 404
+        )
+    fourth = issue(reader)
+    oldest = pairs[0]
+    assert (
+        Client(stack).get(f"/read/{key}", **bearer(stack, oldest["access_token"])).status_code
+        == 401
+    )
+    assert refresh(stack, oldest["refresh_token"]).status_code == 401
+    for pair in (*pairs[1:], fourth):
+        assert (
+            Client(stack).get(f"/read/{key}", **bearer(stack, pair["access_token"])).status_code
+            == 404
+        )
+    families = admin.get(f"/admin/tokens?user={reader.name}").json()
+    live = [f for f in families["families"] if not f["revoked"]]
+    assert len(live) == 3, families
+    entries = admin.get("/admin/audit?limit=1000&since=1").json()["entries"]
+    capped = [e for e in entries if e["action"] == "token.revoke" and e["outcome"] == "family_cap"]
+    assert len(capped) == 1 and capped[0]["target"].startswith(f"{reader.name}:")
+    # refreshing keeps a family in use: the least recently used one goes next
+    renewed = refresh(stack, pairs[1]["refresh_token"])
+    assert renewed.status_code == 200
+    issue(reader)
+    assert (
+        Client(stack).get(f"/read/{key}", **bearer(stack, pairs[2]["access_token"])).status_code
+        == 401
+    )
+    assert (
+        Client(stack)
+        .get(f"/read/{key}", **bearer(stack, renewed.json()["access_token"]))
+        .status_code
+        == 404
+    )

@@ -182,3 +182,32 @@ def test_the_app_plane_no_longer_gets_the_audit_key(upgraded):
     stack, _ = upgraded
     assert not any(k.startswith("PLAB_AUDIT") for k in stack.plane_env("ap"))
     assert "PLAB_AUDIT_KEY_FILE" in stack.plane_env("cp")
+
+
+def test_previous_release_tokens_get_a_clean_401_and_basic_issues_a_new_pair(upgraded):
+    """Tokens are Ed25519-signed now (the app plane holds only the public key): the
+    previous release's HMAC tokens are refused once, as a clean 401 JSON error, on
+    the app plane and at refresh; the user's Basic credentials issue a new pair."""
+    stack, old = upgraded
+    assert old.tokens["access_token"].startswith("plab1.")
+    anonymous = Client(stack)
+    bearer = {"Authorization": f"Bearer {old.tokens['access_token']}"}
+    for response in (
+        anonymous.get("/v1/kv/app-old-0", headers=bearer),
+        anonymous.post("/auth/refresh", json={"refresh_token": old.tokens["refresh_token"]}),
+    ):
+        assert response.status_code == 401, response.text
+        body = response.json()
+        assert body["error"]["code"] == "unauthorized" and body["request_id"], body
+    writer = Client(stack, "olduser-w", old.users["olduser-w"]["password"])
+    fresh = writer.post("/auth/token")
+    assert fresh.status_code == 200, fresh.text
+    pair = fresh.json()
+    assert pair["access_token"].startswith("plab2.")
+    again = {"Authorization": f"Bearer {pair['access_token']}"}
+    assert anonymous.get("/v1/kv/app-old-0", headers=again).status_code == 200
+    renewed = anonymous.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert renewed.status_code == 200, renewed.text
+    # the app plane was started without the signing key, with the public key only
+    env = stack.plane_env("ap")
+    assert "PLAB_TOKEN_KEY_FILE" not in env and "PLAB_TOKEN_PUBLIC_KEY_FILE" in env

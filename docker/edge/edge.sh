@@ -1,15 +1,24 @@
 #!/bin/sh
 # The edge's PID 1: nginx in the foreground with the rendered config, and a
-# watch on the app plane's replicas. nginx (open source) resolves `ap` only
-# when it loads its config; when `docker compose up --scale ap=N` changes the
-# replicas, this reloads nginx so the edge uses every one of them.
+# watch on the app plane's replicas and on the htpasswd. nginx (open source)
+# resolves `ap` only when it loads its config; when `docker compose up --scale
+# ap=N` changes the replicas, this reloads nginx so the edge uses every one of
+# them. The htpasswd is written by the control plane into a volume of its own
+# (read-only here; nginx.conf is in another volume the control plane never
+# mounts); nginx reads it per request, and a change also reloads nginx, so the
+# edge never keeps serving from a stale view of it.
 set -eu
 conf=${PLAB_EDGE_CONF:-/var/lib/productionlab/edge/nginx.conf}
+htpasswd=${PLAB_EDGE_HTPASSWD:-/var/lib/productionlab/htpasswd/htpasswd}
 upstream=${PLAB_AP_HOST:-ap}
 every=${PLAB_EDGE_RESOLVE_SECONDS:-5}
 
 replicas() {
   getent ahostsv4 "$upstream" | awk '{ print $1 }' | sort -u | tr '\n' ' '
+}
+
+users_file() {
+  cksum "$htpasswd" 2>/dev/null || echo missing
 }
 
 mkdir -p /tmp/nginx
@@ -18,11 +27,20 @@ nginx -e stderr -c "$conf" &
 master=$!
 trap 'kill -QUIT "$master" 2>/dev/null; wait "$master"; exit 0' TERM INT QUIT
 known=$(replicas || true)
+users=$(users_file)
 echo "edge: nginx started; app plane replicas: ${known:-none}" >&2
 while kill -0 "$master" 2>/dev/null; do
   sleep "$every" &
   wait $! || true
   current=$(replicas || true)
+  now_users=$(users_file)
+  if [ "$now_users" != "$users" ]; then
+    echo "edge: htpasswd changed; reloading nginx" >&2
+    if nginx -e stderr -t -q -c "$conf"; then
+      kill -HUP "$master"
+      users=$now_users
+    fi
+  fi
   if [ -n "$current" ] && [ "$current" != "$known" ]; then
     echo "edge: app plane replicas now ${current}(were ${known:-none}); reloading nginx" >&2
     if nginx -e stderr -t -q -c "$conf"; then
