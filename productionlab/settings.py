@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import itertools
+import math
 import os
 import re
 from collections.abc import Mapping

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 
 import pytest
 
@@ -195,9 +196,19 @@ def test_generated_secrets_pass(tmp_path, run):
     ]
     for value in values:
         assert secret_problem("audit_key", value) is None, value
-    env = strong_env(PLAB_ENV="production", PLAB_AUDIT_KEY=values[1], PLAB_BACKUP_KEY=values[0])
+    env = cp_env(PLAB_ENV="production", PLAB_AUDIT_KEY=values[1], PLAB_BACKUP_KEY=values[0])
     env["PLAB_TOKEN_KEY_PREVIOUS"] = values[2]
-    assert Settings.from_env(env).token_key_previous == values[2]
+    assert Settings.from_env(env, plane="cp").token_key_previous == values[2]
+
+
+def cp_env(**extra: str) -> dict[str, str]:
+    """What the control plane needs besides strong_env: the checkpoint key, and the
+    time of the last token-key rotation when a previous key is given."""
+    return strong_env(
+        PLAB_AUDIT_CHECKPOINT_KEY=secrets.token_hex(32),
+        PLAB_TOKEN_KEY_ROTATED_AT=str(int(time.time())),
+        **extra,
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,23 +233,25 @@ def test_patterned_or_short_secrets_are_refused(patterned):
     problem = secret_problem("token_key", patterned)
     assert problem is not None and "PLAB_TOKEN_KEY is weak" in problem
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_TOKEN_KEY=patterned))
-    assert "PLAB_TOKEN_KEY is weak" in str(failure.value)
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=patterned))
+    assert "PLAB_SECRET_KEY is weak" in str(failure.value)
 
 
 def test_previous_token_key_is_validated_like_the_key(tmp_path):
-    env = strong_env(PLAB_ENV="production", PLAB_TOKEN_KEY_PREVIOUS="0123456789abcdef" * 4)
+    env = cp_env(PLAB_ENV="production", PLAB_TOKEN_KEY_PREVIOUS="0123456789abcdef" * 4)
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(env)
+        Settings.from_env(env, plane="cp")
     assert "PLAB_TOKEN_KEY_PREVIOUS is weak" in str(failure.value)
-    (tmp_path / "token_key").write_text(secrets.token_hex(32))
+    key = secrets.token_hex(32)
+    (tmp_path / "token_key").write_text(key)
     (tmp_path / "token_key.previous").write_text("changeme\n")
-    env = strong_env(PLAB_ENV="production", PLAB_TOKEN_KEY_FILE=str(tmp_path / "token_key"))
-    del env["PLAB_TOKEN_KEY"]
+    env = cp_env(PLAB_ENV="production", PLAB_TOKEN_KEY_FILE=str(tmp_path / "token_key"))
+    env["PLAB_TOKEN_PUBLIC_KEY"] = SigningKey(key).public_hex
+    del env["PLAB_TOKEN_KEY"], env["PLAB_TOKEN_KEY_ROTATED_AT"]
     with pytest.raises(ConfigError) as failure:
-        Settings.from_env(env)
+        Settings.from_env(env, plane="cp")
     assert "PLAB_TOKEN_KEY_PREVIOUS is a default" in str(failure.value)
-    development = Settings.from_env({**env, "PLAB_ENV": "development"})
+    development = Settings.from_env({**env, "PLAB_ENV": "development"}, plane="cp")
     assert any("PLAB_TOKEN_KEY_PREVIOUS" in w for w in development.warnings)
 
 
