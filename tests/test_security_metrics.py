@@ -1,8 +1,8 @@
 """Security events move their Prometheus series on a live stack, read straight
 from the planes' /metrics (as tests/test_observability.py does): failed logins
 by reason, throttled requests by limiter, refresh-token reuse, the audit
-verification result and its age, backup age. (Redis memory headroom is
-plab_redis_memory_ratio, from metrics.py.)"""
+verification result and its age, backup age, and redis memory headroom
+(plab_redis_memory_ratio, from metrics.py)."""
 
 from __future__ import annotations
 
@@ -147,3 +147,12 @@ def test_a_failed_audit_verification_sets_the_gauge_to_0(watched):
     assert value(watched, "plab_audit_last_good_verify_timestamp_seconds", planes=("cp",)) == 1000
     assert admin_of(watched).post("/admin/audit/verify").status_code == 200
     assert value(watched, "plab_audit_verify_ok", planes=("cp",)) == 1
+
+
+def test_redis_memory_headroom_is_reported(watched):
+    """metrics.py's gauge, which PlabRedisMemoryHigh reads: the stack's redis runs
+    with a maxmemory, so the ratio is known, above 0 and below the alert's 0.8."""
+    ratio = value(watched, "plab_redis_memory_ratio", planes=("cp",))
+    maximum = value(watched, "plab_redis_maxmemory_bytes", planes=("cp",))
+    assert maximum > 0
+    assert 0 < ratio < 0.8
