@@ -223,6 +223,44 @@ def _schemas() -> dict:
             "required": ["users"],
             "properties": {"users": {"type": "array", "items": _ref("User")}},
         },
+        "AccessReview": {
+            "type": "object",
+            "required": ["users"],
+            "properties": {
+                "users": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "name",
+                            "role",
+                            "grants",
+                            "disabled",
+                            "created",
+                            "last_used",
+                            "token_families",
+                            "flags",
+                        ],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                            "grants": {"type": "array", "items": {"type": "string"}},
+                            "disabled": {"type": "boolean"},
+                            "created": {"type": "integer"},
+                            "last_used": {"type": ["number", "null"]},
+                            "token_families": {"type": "array", "items": {"type": "object"}},
+                            "flags": {
+                                "type": "array",
+                                "items": {
+                                    "type": "string",
+                                    "enum": ["admin", "wildcard", "unused_90_days", "disabled"],
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
         "NewUser": {
             "type": "object",
             "required": ["name", "role"],
@@ -566,6 +604,13 @@ def _admin_paths() -> dict:
                 errors=errors,
             ),
             "get": _op("The users, never their secrets", {"200": _ok("Users", _ref("UserList"))}),
+        },
+        "/admin/users/review": {
+            "get": _op(
+                "The access review: every user with role, grants, created, last used, "
+                "live token families and flags (admin, wildcard, unused_90_days, disabled)",
+                {"200": _ok("The review", _ref("AccessReview"))},
+            )
         },
         "/admin/users/{name}": {
             "get": _op(
