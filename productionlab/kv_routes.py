@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.routing import PathConverter
 
+from productionlab import batch_routes
 from productionlab.audit import Actor
 from productionlab.auth import Authenticator, current_user, require_grant
 from productionlab.errors import BadRequest, Forbidden, InvalidKey, InvalidValue, PayloadTooLarge
@@ -241,6 +242,7 @@ def kv_blueprint(
         keys, last = store().list_keys(prefixes, after, int(raw_limit))
         return jsonify({"keys": keys, "next_cursor": encode_cursor(last) if last else None})
 
+    batch_routes.register_txn(bp, auth, read_role, write_role, actor)
     return bp
 
 

@@ -177,6 +177,7 @@ def _schemas() -> dict:
                 "next_cursor": {"type": ["string", "null"]},
             },
         },
+        **_batch_schemas(),
         "User": {
             "type": "object",
             "required": ["name", "role", "prefixes", "disabled"],
@@ -427,6 +428,87 @@ def _probe_paths() -> dict:
     }
 
 
+def _batch_schemas() -> dict:
+    """Transactions and bulk requests (productionlab/batch_routes.py)."""
+    op = {
+        "type": "object",
+        "required": ["op", "key"],
+        "additionalProperties": False,
+        "properties": {
+            "op": {
+                "type": "string",
+                "enum": ["get", "put", "delete", "version_equals", "exists", "absent"],
+            },
+            "key": {"type": "string", "pattern": KEY_PATTERN},
+            "value": {"type": "string", "description": "put: the value (UTF-8, or base64)"},
+            "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
+            "version": {"type": "integer", "minimum": 1, "description": "version_equals"},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["op", "key", "outcome"],
+        "properties": {
+            "op": {"type": "string"},
+            "key": {"type": "string", "pattern": KEY_PATTERN},
+            "outcome": {
+                "type": "string",
+                "enum": ["found", "absent", "created", "updated", "deleted", "held"],
+            },
+            "version": {"type": "integer", "minimum": 1},
+            "value": {"type": "string"},
+            "encoding": {"type": "string", "enum": ["base64"]},
+        },
+    }
+    return {
+        "BatchOp": op,
+        "TxnRequest": {
+            "type": "object",
+            "required": ["ops"],
+            "additionalProperties": False,
+            "properties": {
+                "ops": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("BatchOp")}
+            },
+        },
+        "BatchResults": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "items": result}},
+        },
+        "TxnFailed": {
+            "type": "object",
+            "required": ["error", "failed_index", "current_version", "request_id"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "failed_index": {"type": "integer", "minimum": 0},
+                "current_version": {"type": ["integer", "null"]},
+                "request_id": {"type": "string"},
+            },
+        },
+    }
+
+
+def _batch_paths() -> dict:
+    return {
+        "/v1/txn": {
+            "post": _op(
+                "Up to 64 operations applied all or nothing, in order (conditions first checked)",
+                {
+                    "200": _ok("Every operation's result", _ref("BatchResults")),
+                    "409": _ok("A condition failed; nothing was applied", _ref("TxnFailed")),
+                },
+                body={"required": True, "content": _json(_ref("TxnRequest"))},
+                errors=(*AUTHED, "413"),
+            )
+        },
+    }
+
+
 def _kv_paths() -> dict:
     written = {
         "200": _ok("Overwritten", _ref("Written"), ETAG),
@@ -509,6 +591,7 @@ def _kv_paths() -> dict:
                 errors=(*AUTHED, "412"),
             ),
         },
+        **_batch_paths(),
         "/v1/kv": {
             "get": _op(
                 "One page of the keys the caller may see",
