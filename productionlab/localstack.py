@@ -526,7 +526,10 @@ class LocalStack:
             os.chmod(path, 0o700)
 
     def _write_redis_conf(self) -> None:
+        from productionlab.settings import redis_maxmemory  # bounded memory, noeviction
+
         conf = render_redis_conf(
+            maxmemory=redis_maxmemory({**os.environ, **self.config.extra_env}),
             port=self.config.redis_port,
             data_dir=str(self.redis_dir),
             bind=self.config.bind,
