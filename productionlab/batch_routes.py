@@ -24,8 +24,15 @@ from productionlab.batch import (
     ConditionFailed,
     Op,
     OpResult,
+    TxnQuotaExceeded,
 )
-from productionlab.errors import BadRequest, Forbidden, InvalidKey, InvalidValue
+from productionlab.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidKey,
+    InvalidValue,
+    QuotaExceeded,
+)
 from productionlab.kv import KEY_RE, MAX_TTL
 from productionlab.limits import rides_on_store, take_ticket
 
@@ -148,6 +155,13 @@ def register_txn(bp: Blueprint, auth, read_role: str, write_role: str, actor) ->
         authorize(ops, write_role)
         try:
             results = batches().run(ops, actor(), atomic=True, limit=take_ticket())
+        except TxnQuotaExceeded as over:
+            quota = current_app.extensions["plab_kv"].quota
+            raise QuotaExceeded(
+                f"operation {over.index} would take you past your quota of {quota.max_keys} "
+                f"keys and {quota.max_bytes} bytes (you use {over.keys} keys and {over.bytes} "
+                "bytes); nothing was applied"
+            ) from None
         except ConditionFailed as failed:
             return answer(
                 {

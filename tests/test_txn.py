@@ -233,3 +233,38 @@ def test_each_operation_counts_against_the_user_limit(stack_factory):
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
     assert admin.get(f"/v1/kv/{prefix}late0").status_code == 404
+
+
+def test_puts_respect_the_writers_quota_all_or_nothing(stack_factory):
+    stack = stack_factory(
+        ap_workers=1,
+        threads=4,
+        edge_rate=5000,
+        edge_burst=5000,
+        extra_env={"PLAB_USER_MAX_KEYS": "3", "PLAB_USER_MAX_BYTES": "4096"},
+    )
+    admin = admin_of(stack)
+    prefix = f"q{secrets.token_hex(4)}-"
+    writer = create_user(admin, "writer", [prefix])
+
+    def used() -> dict:
+        response = admin.get(f"/admin/users/{writer.name}")
+        assert response.status_code == 200, response.text
+        return response.json()["usage"]
+
+    two = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(2)]
+    assert txn(writer, two).status_code == 200
+    more = [{"op": "put", "key": f"{prefix}n{i}", "value": "x"} for i in range(2)]
+    refused = txn(writer, more)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert "operation 1" in refused.json()["error"]["message"]
+    assert admin.get(f"/v1/kv/{prefix}n0").status_code == 404
+    assert used()["keys"] == 2
+    # A delete earlier in the same transaction frees the room a later put needs.
+    freed = txn(writer, [{"op": "delete", "key": f"{prefix}0"}, *more])
+    assert freed.status_code == 200, freed.text
+    assert used()["keys"] == 3
+    big = [{"op": "put", "key": f"{prefix}1", "value": "y" * 5000}]
+    assert txn(writer, big).json()["error"]["code"] == "quota_exceeded"
+    assert used()["keys"] == 3
