@@ -33,7 +33,7 @@ from productionlab.errors import (
     InvalidValue,
     QuotaExceeded,
 )
-from productionlab.kv import KEY_RE, MAX_TTL
+from productionlab.kv import ITEM, KEY_RE, MAX_TTL, KVStore
 from productionlab.limits import rides_on_store, take_ticket
 
 TXN_KINDS = frozenset({"get", *WRITES, *CONDITIONS})
@@ -130,12 +130,38 @@ def render(result: OpResult) -> dict:
     if result.version is not None:
         body["version"] = result.version
     if result.value is not None:
-        try:
-            body["value"] = result.value.decode("utf-8")
-        except UnicodeDecodeError:
-            body["value"] = base64.b64encode(result.value).decode()
-            body["encoding"] = "base64"
+        body.update(encoded(result.value))
     return body
+
+
+def encoded(value: bytes) -> dict:
+    """A value as JSON: a UTF-8 string, or base64 with ``"encoding": "base64"``."""
+    try:
+        return {"value": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"value": base64.b64encode(value).decode(), "encoding": "base64"}
+
+
+def with_values(
+    kv: KVStore, keys: list[str], last: str | None, max_bytes: int
+) -> tuple[list[dict], str | None]:
+    """The page's items with their values, cut where the values pass ``max_bytes``
+    (one item at least, so a page always moves on); the cursor follows the cut.
+    A key deleted since it was listed is left out."""
+    pipe = kv.client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(ITEM + key, "v", "ver")
+    items: list[dict] = []
+    total = 0
+    for index, (key, (value, version)) in enumerate(zip(keys, pipe.execute(), strict=True)):
+        if version is None:
+            continue
+        value = value or b""
+        if items and total + len(value) > max_bytes:
+            return items, keys[index - 1]
+        total += len(value)
+        items.append({"key": key, **encoded(value), "version": int(version)})
+    return items, last
 
 
 def answer(body: dict, status: int = 200) -> Response:

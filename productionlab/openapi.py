@@ -173,9 +173,12 @@ def _schemas() -> dict:
         },
         "KeyPage": {
             "type": "object",
-            "required": ["keys", "next_cursor"],
+            "required": ["next_cursor"],
+            # "keys" by default; "items" (keys with values) with values=true
+            "anyOf": [{"required": ["keys"]}, {"required": ["items"]}],
             "properties": {
                 "keys": {"type": "array", "items": {"type": "string", "pattern": KEY_PATTERN}},
+                "items": {"type": "array", "items": _ref("Read")},
                 "next_cursor": {"type": ["string", "null"]},
             },
         },
@@ -483,7 +486,15 @@ def _batch_schemas() -> dict:
             "key": {"type": "string", "pattern": KEY_PATTERN},
             "outcome": {
                 "type": "string",
-                "enum": ["found", "absent", "created", "updated", "deleted", "held"],
+                "enum": [
+                    "found",
+                    "absent",
+                    "created",
+                    "updated",
+                    "deleted",
+                    "held",
+                    "quota_exceeded",
+                ],
             },
             "version": {"type": "integer", "minimum": 1},
             "value": {"type": "string"},
@@ -498,6 +509,19 @@ def _batch_schemas() -> dict:
             "additionalProperties": False,
             "properties": {
                 "ops": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("BatchOp")}
+            },
+        },
+        "BulkRequest": {
+            "type": "object",
+            "required": ["items"],
+            "additionalProperties": False,
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": _ref("BatchOp"),
+                }
             },
         },
         "BatchResults": {
@@ -532,6 +556,14 @@ def _batch_paths() -> dict:
                     "409": _ok("A condition failed; nothing was applied", _ref("TxnFailed")),
                 },
                 body={"required": True, "content": _json(_ref("TxnRequest"))},
+                errors=(*AUTHED, "413"),
+            )
+        },
+        "/v1/bulk": {
+            "post": _op(
+                "Up to 1,000 independent get/put/delete items (not atomic); one result each",
+                {"200": _ok("Every item's result", _ref("BatchResults"))},
+                body={"required": True, "content": _json(_ref("BulkRequest"))},
                 errors=(*AUTHED, "413"),
             )
         },
@@ -629,6 +661,11 @@ def _kv_paths() -> dict:
                     _query("prefix", {"type": "string", "pattern": PREFIX_PATTERN}),
                     _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _query(
+                        "values",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "true: items with values, the page also bounded by PLAB_LIST_MAX_BYTES",
+                    ),
                 ],
             )
         },

@@ -478,7 +478,7 @@ def build_corpus(auth: str) -> list[Hostile]:
 
 
 def batch_corpus(headers: bytes) -> list[Hostile]:
-    """Transactions (issue 13): past their bounds, duplicate keys
+    """Transactions and bulk requests (issue 13): past their bounds, duplicate keys
     whose last condition fails, a body over the limit. None may change the store."""
 
     def post(path: str, body: bytes) -> tuple[bytes, ...]:
@@ -498,6 +498,7 @@ def batch_corpus(headers: bytes) -> list[Hostile]:
     stale = json.dumps(
         {"ops": [put, {"op": "version_equals", "key": CANARY, "version": 2**62}]}
     ).encode()
+    too_many_items = json.dumps({"items": [put] * 1001}).encode()
     oversized = json.dumps({"items": [{**put, "value": "x" * 1200 * 1024}]}).encode()
     return [
         Hostile("txn-65-ops", post("/v1/txn", too_many_ops), direct=True),
@@ -506,6 +507,9 @@ def batch_corpus(headers: bytes) -> list[Hostile]:
         Hostile(
             "txn-oversized-body", post("/v1/txn", oversized.replace(b"items", b"ops")), direct=True
         ),
+        Hostile("bulk-1001-items", post("/v1/bulk", too_many_items), direct=True),
+        Hostile("bulk-oversized-body", post("/v1/bulk", oversized), direct=True),
+        Hostile("bulk-not-json", post("/v1/bulk", b'{"items": [ {"op": "put", '), direct=True),
     ]
 
 
@@ -627,6 +631,7 @@ def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, tar
                     .replace(b" /read/", b" /ops/read/")
                     .replace(b" /v1/kv/", b" /ops/v1/kv/")
                     .replace(b" /v1/txn ", b" /ops/v1/txn ")
+                    .replace(b" /v1/bulk ", b" /ops/v1/bulk ")
                     for p in h.parts
                 ),
                 h.pause,
