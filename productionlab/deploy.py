@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import ALL_SECRETS, ensure_secrets, ensure_tls
+from productionlab.secretgen import ALL_SECRETS, TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
 from productionlab.settings import parse_cidrs, redis_maxmemory
 from productionlab.users import write_atomic
 
@@ -120,6 +120,8 @@ def prepare_secrets(
     of the host can reach them, and each container sees only the ones it is given.
     """
     paths = list(ensure_secrets(directory, ALL_SECRETS).values())
+    # the public key's previous half: compose mounts it too (empty outside a rotation)
+    paths.append(directory / f"{TOKEN_PUBLIC_KEY}.previous")
     paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
     conf_path = directory / "redis.conf"
     body = redis_conf(directory, durability=durability, maxmemory=maxmemory)

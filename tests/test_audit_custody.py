@@ -43,10 +43,10 @@ from productionlab.audit_archive import (
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
 from productionlab.backup import TempRedis
-from productionlab.localstack import LocalStack, StackConfig
+from productionlab.localstack import LocalStack
 from productionlab.settings import ConfigError, Settings
 from productionlab.tokens import SigningKey
-from tests.conftest import Client, admin_of, create_user, state_dir
+from tests.conftest import Client, admin_of, create_user, small_stack_config, state_dir
 
 APPENDER_PASSWORD = secrets.token_hex(16)
 MONITOR_PASSWORD = secrets.token_hex(16)
@@ -72,14 +72,8 @@ class CustodyStack(LocalStack):
 def custody() -> Iterator[LocalStack]:
     directory = state_dir("plab-custody-")
     stack = CustodyStack(
-        StackConfig.ephemeral(
+        small_stack_config(
             directory,
-            ap_workers=1,
-            threads=4,
-            edge_rate=1000,
-            edge_burst=1000,
-            admin_rate=1000,
-            admin_burst=1000,
             extra_env={"PLAB_AUDIT_MAX_ENTRIES": "40", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "1"},
         )
     )

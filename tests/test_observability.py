@@ -135,17 +135,9 @@ def test_a_full_redis_refuses_writes_with_503_keeps_reads_and_fails_ready(stack_
     """noeviction at maxmemory: writes 503 + Retry-After (never 500) and change
     nothing, reads and deletes work, /ready is 503 on every plane; once memory is
     freed all is back. Filled for real, on a redis started with a small maxmemory."""
-    from tests.conftest import admin_of, create_user
+    from tests.conftest import SMALL_STACK, admin_of, create_user
 
-    full = stack_factory(
-        ap_workers=1,
-        threads=4,
-        edge_rate=5000,
-        edge_burst=5000,
-        admin_rate=1000,
-        admin_burst=1000,
-        extra_env={"PLAB_REDIS_MAXMEMORY": "12mb"},
-    )
+    full = stack_factory(**SMALL_STACK, extra_env={"PLAB_REDIS_MAXMEMORY": "12mb"})
     admin = admin_of(full)
     writer = create_user(admin, "writer", ["full-"])
     assert writer.put("/v1/kv/full-kept", data=b"kept").status_code == 201

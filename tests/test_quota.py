@@ -25,9 +25,9 @@ from productionlab.kv import (
     Quota,
     charge_unowned_keys,
 )
-from productionlab.localstack import LocalStack, StackConfig
+from productionlab.localstack import LocalStack
 from productionlab.store.durability import Durability
-from tests.conftest import Client, admin_of, create_user, start_stack, stop_stack
+from tests.conftest import SMALL_STACK, Client, admin_of, create_user, start_stack, stop_stack
 
 MAX_KEYS, MAX_BYTES = 5, 2048
 
@@ -35,12 +35,7 @@ MAX_KEYS, MAX_BYTES = 5, 2048
 @pytest.fixture(scope="module")
 def quota_stack() -> Iterator[LocalStack]:
     stack = start_stack(
-        ap_workers=1,
-        threads=4,
-        edge_rate=5000,
-        edge_burst=5000,
-        admin_rate=1000,
-        admin_burst=1000,
+        **SMALL_STACK,
         extra_env={"PLAB_USER_MAX_KEYS": str(MAX_KEYS), "PLAB_USER_MAX_BYTES": str(MAX_BYTES)},
     )
     yield stack
@@ -164,7 +159,8 @@ def test_overwrite_by_another_user_moves_the_charge_and_delete_releases_it(
     assert usage(qadmin, first.name)["keys"] == 1
     tag = first.get(f"/v1/kv/{key}").headers["ETag"]
     # Compare-and-set: a failed one moves nothing, a successful one moves the charge.
-    assert second.put(f"/v1/kv/{key}", data=b"ab", headers={"If-Match": '"1"'}).status_code == 412
+    stale = f'"{int(tag.strip(chr(34))) - 1}"'  # versions are global: never tag itself
+    assert second.put(f"/v1/kv/{key}", data=b"ab", headers={"If-Match": stale}).status_code == 412
     assert usage(qadmin, second.name)["keys"] == 0
     assert second.put(f"/v1/kv/{key}", data=b"ab", headers={"If-Match": tag}).status_code == 200
     assert (usage(qadmin, first.name)["keys"], usage(qadmin, first.name)["bytes"]) == (0, 0)
@@ -258,23 +254,12 @@ def test_accounting_stays_exact_under_a_random_mix_of_operations(quota_stack, pr
 def test_upgrade_charges_the_previous_releases_keys_to_their_writers():
     """c64ef11 kept no usage: the control plane charges its keys at start-up, to the
     last writer the audit log names, and the quota then holds for them."""
-    from tests.conftest import state_dir
+    from tests.conftest import small_stack_config, state_dir
     from tests.upgrade_kit import previous_release_state
 
     directory = state_dir("plab-quota-upgrade-")
     old = previous_release_state(directory)
-    stack = LocalStack(
-        StackConfig.ephemeral(
-            directory,
-            ap_workers=1,
-            threads=4,
-            edge_rate=5000,
-            edge_burst=5000,
-            admin_rate=1000,
-            admin_burst=1000,
-            extra_env={"PLAB_USER_MAX_KEYS": "7"},
-        )
-    )
+    stack = LocalStack(small_stack_config(directory, extra_env={"PLAB_USER_MAX_KEYS": "7"}))
     stack.start(timeout=90)
     try:
         admin = admin_of(stack)

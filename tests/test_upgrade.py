@@ -15,8 +15,8 @@ from upgrade_kit import PreviousState, previous_release_state
 
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
-from productionlab.localstack import LocalStack, StackConfig
-from tests.conftest import Client, state_dir
+from productionlab.localstack import LocalStack
+from tests.conftest import Client, small_stack_config, state_dir
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,7 @@ def upgraded() -> Iterator[tuple[LocalStack, PreviousState]]:
     """The previous release's state, then this release started on it."""
     directory = state_dir("plab-upgrade-")
     old = previous_release_state(directory)
-    stack = LocalStack(
-        StackConfig.ephemeral(
-            directory,
-            ap_workers=1,
-            threads=4,
-            edge_rate=5000,
-            edge_burst=5000,
-            admin_rate=1000,
-            admin_burst=1000,
-        )
-    )
+    stack = LocalStack(small_stack_config(directory))
     stack.start(timeout=90)
     yield stack, old
     stack.stop()
@@ -211,6 +201,32 @@ def test_previous_release_tokens_get_a_clean_401_and_basic_issues_a_new_pair(upg
     # the app plane was started without the signing key, with the public key only
     env = stack.plane_env("ap")
     assert "PLAB_TOKEN_KEY_FILE" not in env and "PLAB_TOKEN_PUBLIC_KEY_FILE" in env
+
+
+def test_previous_release_users_are_reviewed_and_their_use_recorded(upgraded):
+    """Issue 15, item 4: no last-used record before the upgrade (shown as never),
+    and the upgraded app plane's ACL lets it record one."""
+    from productionlab.lastused import LAST_USED, review
+
+    stack, old = upgraded
+    cp = stack.redis_client("cp")
+    reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
+    assert reader.get("/v1/kv/app-old-0").status_code == 200
+    # written by the upgraded app plane (this request, or an earlier test's within
+    # the minute): the previous release never wrote these keys
+    assert int(cp.hget(LAST_USED + "olduser-r", "at") or 0) > 0
+    cp.delete(LAST_USED + "olduser-r")
+    rows = {row["name"]: row for row in review(all_users(stack), cp, lambda name: [])}
+    assert rows["olduser-r"]["last_used"] is None
+    assert "unused_90_days" not in rows["olduser-r"]["flags"]  # created today
+    assert rows["olduser-w"]["role"] == "writer" and rows["olduser-w"]["grants"] == ["app-"]
+    assert rows["olduser-empty"]["flags"] == ["wildcard"]  # the old "" grant, now "*"
+
+
+def all_users(stack: LocalStack) -> list:
+    from productionlab.users import UserStore
+
+    return UserStore(stack.redis_client("cp"), b"k" * 32).all()
 
 
 def test_a_stored_empty_grant_becomes_an_explicit_wildcard(upgraded):
