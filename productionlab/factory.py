@@ -36,6 +36,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body,
         PLAB_MAX_PATH_VALUE=settings.max_path_value,
+        PLAB_LIST_MAX_BYTES=settings.list_max_bytes,
         JSON_SORT_KEYS=False,
         DEBUG=False,
         PROPAGATE_EXCEPTIONS=False,

@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.routing import PathConverter
 
+from productionlab import batch_routes
 from productionlab.audit import Actor
 from productionlab.auth import Authenticator, current_user, require_grant
 from productionlab.errors import BadRequest, Forbidden, InvalidKey, InvalidValue, PayloadTooLarge
@@ -238,9 +239,21 @@ def kv_blueprint(
             raise BadRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
         after = decode_cursor(request.args.get("cursor", ""))
         prefixes = effective_prefixes(current_user().grants, prefix)
+        with_values = request.args.get("values", "false")
+        if with_values not in ("true", "false"):
+            raise BadRequest("values is true or false")
         keys, last = store().list_keys(prefixes, after, int(raw_limit))
+        if with_values == "true":
+            items, last = batch_routes.with_values(
+                store(), keys, last, current_app.config["PLAB_LIST_MAX_BYTES"]
+            )
+            return batch_routes.answer(
+                {"items": items, "next_cursor": encode_cursor(last) if last else None}
+            )
         return jsonify({"keys": keys, "next_cursor": encode_cursor(last) if last else None})
 
+    batch_routes.register_txn(bp, auth, read_role, write_role, actor)
+    batch_routes.register_bulk(bp, auth, read_role, write_role, actor)
     return bp
 
 

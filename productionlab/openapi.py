@@ -173,12 +173,16 @@ def _schemas() -> dict:
         },
         "KeyPage": {
             "type": "object",
-            "required": ["keys", "next_cursor"],
+            "required": ["next_cursor"],
+            # "keys" by default; "items" (keys with values) with values=true
+            "anyOf": [{"required": ["keys"]}, {"required": ["items"]}],
             "properties": {
                 "keys": {"type": "array", "items": {"type": "string", "pattern": KEY_PATTERN}},
+                "items": {"type": "array", "items": _ref("Read")},
                 "next_cursor": {"type": ["string", "null"]},
             },
         },
+        **_batch_schemas(),
         "User": {
             "type": "object",
             "required": ["name", "role", "prefixes", "disabled"],
@@ -494,6 +498,116 @@ def _probe_paths() -> dict:
     }
 
 
+def _batch_schemas() -> dict:
+    """Transactions and bulk requests (productionlab/batch_routes.py)."""
+    op = {
+        "type": "object",
+        "required": ["op", "key"],
+        "additionalProperties": False,
+        "properties": {
+            "op": {
+                "type": "string",
+                "enum": ["get", "put", "delete", "version_equals", "exists", "absent"],
+            },
+            "key": {"type": "string", "pattern": KEY_PATTERN},
+            "value": {"type": "string", "description": "put: the value (UTF-8, or base64)"},
+            "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+            "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
+            "version": {"type": "integer", "minimum": 1, "description": "version_equals"},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["op", "key", "outcome"],
+        "properties": {
+            "op": {"type": "string"},
+            "key": {"type": "string", "pattern": KEY_PATTERN},
+            "outcome": {
+                "type": "string",
+                "enum": [
+                    "found",
+                    "absent",
+                    "created",
+                    "updated",
+                    "deleted",
+                    "held",
+                    "quota_exceeded",
+                ],
+            },
+            "version": {"type": "integer", "minimum": 1},
+            "value": {"type": "string"},
+            "encoding": {"type": "string", "enum": ["base64"]},
+        },
+    }
+    return {
+        "BatchOp": op,
+        "TxnRequest": {
+            "type": "object",
+            "required": ["ops"],
+            "additionalProperties": False,
+            "properties": {
+                "ops": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("BatchOp")}
+            },
+        },
+        "BulkRequest": {
+            "type": "object",
+            "required": ["items"],
+            "additionalProperties": False,
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": _ref("BatchOp"),
+                }
+            },
+        },
+        "BatchResults": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "items": result}},
+        },
+        "TxnFailed": {
+            "type": "object",
+            "required": ["error", "failed_index", "current_version", "request_id"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "failed_index": {"type": "integer", "minimum": 0},
+                "current_version": {"type": ["integer", "null"]},
+                "request_id": {"type": "string"},
+            },
+        },
+    }
+
+
+def _batch_paths() -> dict:
+    return {
+        "/v1/txn": {
+            "post": _op(
+                "Up to 64 operations applied all or nothing, in order (conditions first checked)",
+                {
+                    "200": _ok("Every operation's result", _ref("BatchResults")),
+                    "409": _ok("A condition failed; nothing was applied", _ref("TxnFailed")),
+                },
+                body={"required": True, "content": _json(_ref("TxnRequest"))},
+                errors=(*AUTHED, "413"),
+            )
+        },
+        "/v1/bulk": {
+            "post": _op(
+                "Up to 1,000 independent get/put/delete items (not atomic); one result each",
+                {"200": _ok("Every item's result", _ref("BatchResults"))},
+                body={"required": True, "content": _json(_ref("BulkRequest"))},
+                errors=(*AUTHED, "413"),
+            )
+        },
+    }
+
+
 def _kv_paths() -> dict:
     written = {
         "200": _ok("Overwritten", _ref("Written"), ETAG),
@@ -576,6 +690,7 @@ def _kv_paths() -> dict:
                 errors=(*AUTHED, "412"),
             ),
         },
+        **_batch_paths(),
         "/v1/kv": {
             "get": _op(
                 "One page of the keys the caller may see",
@@ -584,6 +699,11 @@ def _kv_paths() -> dict:
                     _query("prefix", {"type": "string", "pattern": PREFIX_PATTERN}),
                     _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _query(
+                        "values",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "true: items with values, the page also bounded by PLAB_LIST_MAX_BYTES",
+                    ),
                 ],
             )
         },

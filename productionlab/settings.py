@@ -275,6 +275,8 @@ class Settings:
     edge_trusted_proxies: tuple[str, ...] = ()
     max_body: int = 1024 * 1024
     max_path_value: int = 4096
+    # GET /v1/kv?values=true: the values of one page hold at most this many bytes (issue 13).
+    list_max_bytes: int = 1024 * 1024
     threads: int = 8
     state_dir: Path = Path("var")
     htpasswd_path: Path | None = None
@@ -359,6 +361,11 @@ class Settings:
             problems.append(f"PLAB_MAX_BODY: {exc}")
             max_body = 1024 * 1024
         try:
+            list_max_bytes = parse_size(get("LIST_MAX_BYTES", "1m"))
+        except ValueError as exc:
+            problems.append(f"PLAB_LIST_MAX_BYTES: {exc}")
+            list_max_bytes = 1024 * 1024
+        try:
             user_max_bytes = parse_size(get("USER_MAX_BYTES", "64m"))
         except ValueError as exc:
             problems.append(f"PLAB_USER_MAX_BYTES: {exc}")
@@ -419,6 +426,7 @@ class Settings:
             verify_retry_after=integer("VERIFY_RETRY_AFTER", 1),
             edge_trusted_proxies=edge_proxies,
             max_body=max_body,
+            list_max_bytes=list_max_bytes,
             threads=integer("THREADS", 8),
             state_dir=Path(get("STATE_DIR", "var")),
             htpasswd_path=Path(htpasswd) if htpasswd else None,
@@ -497,6 +505,8 @@ class Settings:
             parse_cidrs(" ".join(self.edge_trusted_proxies))
         except ValueError as exc:
             problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
+        if not 1 <= self.list_max_bytes <= 1024**3:
+            problems.append("PLAB_LIST_MAX_BYTES must be between 1 byte and 1g")
         if not 1 <= self.max_body <= 1024**3:
             problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
         if not 10 <= self.token_ttl <= 24 * 3600 or not (

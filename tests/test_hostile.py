@@ -473,7 +473,44 @@ def build_corpus(auth: str) -> list[Hostile]:
             direct=True,
         ),
     ]
+    corpus += batch_corpus(a + host + close)
     return corpus
+
+
+def batch_corpus(headers: bytes) -> list[Hostile]:
+    """Transactions and bulk requests (issue 13): past their bounds, duplicate keys
+    whose last condition fails, a body over the limit. None may change the store."""
+
+    def post(path: str, body: bytes) -> tuple[bytes, ...]:
+        head = f"POST {path} HTTP/1.1\r\n".encode() + headers
+        return (
+            head
+            + b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body,
+        )
+
+    put = {"op": "put", "key": CANARY, "value": "changed"}
+    too_many_ops = json.dumps({"ops": [put] * 65}).encode()
+    duplicates = json.dumps(
+        {"ops": [put, put, {"op": "delete", "key": CANARY}, {"op": "exists", "key": CANARY}]}
+    ).encode()
+    stale = json.dumps(
+        {"ops": [put, {"op": "version_equals", "key": CANARY, "version": 2**62}]}
+    ).encode()
+    too_many_items = json.dumps({"items": [put] * 1001}).encode()
+    oversized = json.dumps({"items": [{**put, "value": "x" * 1200 * 1024}]}).encode()
+    return [
+        Hostile("txn-65-ops", post("/v1/txn", too_many_ops), direct=True),
+        Hostile("txn-duplicate-keys-failing", post("/v1/txn", duplicates), direct=True),
+        Hostile("txn-stale-version", post("/v1/txn", stale), direct=True),
+        Hostile(
+            "txn-oversized-body", post("/v1/txn", oversized.replace(b"items", b"ops")), direct=True
+        ),
+        Hostile("bulk-1001-items", post("/v1/bulk", too_many_items), direct=True),
+        Hostile("bulk-oversized-body", post("/v1/bulk", oversized), direct=True),
+        Hostile("bulk-not-json", post("/v1/bulk", b'{"items": [ {"op": "put", '), direct=True),
+    ]
 
 
 @dataclass
@@ -593,6 +630,8 @@ def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, tar
                     p.replace(b" /write/", b" /ops/write/")
                     .replace(b" /read/", b" /ops/read/")
                     .replace(b" /v1/kv/", b" /ops/v1/kv/")
+                    .replace(b" /v1/txn ", b" /ops/v1/txn ")
+                    .replace(b" /v1/bulk ", b" /ops/v1/bulk ")
                     for p in h.parts
                 ),
                 h.pause,

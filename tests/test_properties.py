@@ -257,3 +257,119 @@ def test_compare_and_set_state_machine(direct):
         suppress_health_check=[HealthCheck.too_slow],
     )
     CompareAndSet.TestCase().runTest()
+
+
+txn_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["get", "put", "delete", "version_equals", "exists", "absent"]),
+        st.integers(0, 2),
+        st.binary(max_size=16),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+class Transactions(RuleBasedStateMachine):
+    """POST /v1/txn against a dict: random transactions of gets, puts, deletes and
+    conditions (current, stale and made-up versions), duplicate keys included.
+    The model applies the operations in order on a copy and keeps the copy only
+    if every condition held; otherwise the store must answer 409 with the index
+    of the first failing condition and change nothing."""
+
+    direct: Direct  # set by the test
+
+    def __init__(self) -> None:
+        super().__init__()
+        run = secrets.token_hex(4)
+        self.keys = [f"txn-{run}-{n}" for n in range(3)]
+        self.model: dict[str, tuple[bytes, int]] = {}
+        self.highest = 0
+        self.seen: list[int] = [10**12]  # a made-up version no key will reach
+
+    @rule(ops=txn_ops)
+    def transaction(self, ops):
+        body, expected_failure = [], None
+        state = dict(self.model)
+        for index, (kind, k, value, use_current) in enumerate(ops):
+            key = self.keys[k]
+            op: dict = {"op": kind, "key": key}
+            current = state.get(key)
+            if kind == "put":
+                op |= {"value": base64.b64encode(value).decode(), "encoding": "base64"}
+                state[key] = (value, None)  # version known only from the answer
+            elif kind == "delete":
+                state.pop(key, None)
+            elif kind == "version_equals":
+                pending = current is not None and current[1] is None
+                if use_current and current is not None and not pending:
+                    op["version"] = current[1]
+                else:
+                    op["version"] = self.seen[len(body) % len(self.seen)]
+                holds = current is not None and current[1] == op["version"]
+                if pending:
+                    holds = False  # a version put earlier in this transaction is never guessed
+                if not holds and expected_failure is None:
+                    expected_failure = index
+            elif kind == "exists" and current is None and expected_failure is None:
+                expected_failure = index
+            elif kind == "absent" and current is not None and expected_failure is None:
+                expected_failure = index
+            body.append(op)
+        response = self.direct.request("POST", "/v1/txn", json={"ops": body})
+        if expected_failure is not None:
+            assert response.status_code == 409, response.text
+            assert response.json()["failed_index"] == expected_failure
+            return
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        model = self.model
+        for op, result in zip(body, results, strict=True):
+            key, current = op["key"], model.get(op["key"])
+            if op["op"] == "get":
+                if current is None:
+                    assert result["outcome"] == "absent"
+                else:
+                    assert result["outcome"] == "found"
+                    got = result["value"].encode()
+                    if result.get("encoding") == "base64":
+                        got = base64.b64decode(result["value"])
+                    assert (got, result["version"]) == current
+            elif op["op"] == "put":
+                assert result["outcome"] == ("updated" if current else "created")
+                assert result["version"] > self.highest, "versions only grow"
+                self.highest = result["version"]
+                self.seen.append(result["version"])
+                model[key] = (base64.b64decode(op["value"]), result["version"])
+            elif op["op"] == "delete":
+                if current is None:
+                    assert result["outcome"] == "absent"
+                else:
+                    assert (result["outcome"], result["version"]) == ("deleted", current[1])
+                    del model[key]
+            else:
+                assert result["outcome"] == "held"
+
+    @invariant()
+    def store_matches_model(self):
+        for key in self.keys:
+            response = self.direct.request("GET", f"/v1/kv/{key}")
+            if key in self.model:
+                value, version = self.model[key]
+                assert response.status_code == 200
+                assert response.content == value
+                assert response.headers["ETag"] == f'"{version}"'
+            else:
+                assert response.status_code == 404
+
+
+def test_transaction_state_machine(direct):
+    Transactions.direct = direct
+    Transactions.TestCase.settings = settings(
+        max_examples=int(os.environ.get("PLAB_TXN_EXAMPLES", "40")),
+        stateful_step_count=20,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    Transactions.TestCase().runTest()

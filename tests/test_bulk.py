@@ -1,0 +1,149 @@
+"""POST /v1/bulk and GET /v1/kv?values=true through the edge (issue 13): many
+independent items in one request, one result each, every key checked first,
+the per-user limit counting items, pages bounded by count and by bytes."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from tests.conftest import admin_of, create_user
+
+
+def bulk(client, items, path="/v1/bulk"):
+    return client.post(path, json={"items": items})
+
+
+def test_a_thousand_puts_then_reads_one_result_each(admin, key):
+    puts = [{"op": "put", "key": f"{key}-{i:04d}", "value": f"v{i}"} for i in range(1000)]
+    response = bulk(admin, puts)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 1000
+    assert {r["outcome"] for r in results} == {"created"}
+    versions = [r["version"] for r in results]
+    assert versions == sorted(versions) and len(set(versions)) == 1000
+    gets = [{"op": "get", "key": f"{key}-{i:04d}"} for i in range(0, 1000, 10)]
+    gets.append({"op": "get", "key": f"{key}-missing"})
+    read = bulk(admin, gets).json()["results"]
+    assert [r["value"] for r in read[:-1]] == [f"v{i}" for i in range(0, 1000, 10)]
+    assert read[-1] == {"op": "get", "key": f"{key}-missing", "outcome": "absent"}
+
+
+def test_items_are_independent_and_apply_in_order(admin, key):
+    raw = b"\x00\xffbytes"
+    response = bulk(
+        admin,
+        [
+            {"op": "delete", "key": key},
+            {
+                "op": "put",
+                "key": key,
+                "value": base64.b64encode(raw).decode(),
+                "encoding": "base64",
+            },
+            {"op": "get", "key": key},
+            {"op": "put", "key": f"{key}-t", "value": "x", "ttl": 300},
+        ],
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["outcome"] for r in results] == ["absent", "created", "found", "created"]
+    assert base64.b64decode(results[2]["value"]) == raw
+    assert admin.get(f"/v1/kv/{key}").content == raw
+
+
+def test_every_key_is_checked_first_and_the_403_names_no_key(admin, make_user, key):
+    prefix = f"b{secrets.token_hex(4)}-"
+    writer = make_user("writer", [prefix])
+    hidden = f"{key}-hidden"
+    response = bulk(
+        writer,
+        [{"op": "put", "key": f"{prefix}ok", "value": "x"}, {"op": "delete", "key": hidden}],
+    )
+    assert response.status_code == 403
+    assert hidden not in response.text
+    assert admin.get(f"/v1/kv/{prefix}ok").status_code == 404
+    reader = make_user("reader", [prefix])
+    assert bulk(reader, [{"op": "put", "key": f"{prefix}r", "value": "x"}]).status_code == 403
+    assert bulk(reader, [{"op": "get", "key": f"{prefix}r"}]).status_code == 200
+
+
+def test_malformed_bulk_requests_are_refused(admin, key):
+    cases = [
+        {"items": [{"op": "get", "key": key}] * 1001},
+        {"items": []},
+        {"items": [{"op": "version_equals", "key": key, "version": 1}]},
+        {"items": [{"op": "put", "key": key, "value": 3}]},
+        {"ops": [{"op": "get", "key": key}]},
+    ]
+    for body in cases:
+        response = admin.post("/v1/bulk", json=body)
+        assert response.status_code == 400, (body, response.text)
+    oversized = {"items": [{"op": "put", "key": key, "value": "x" * (1100 * 1024)}]}
+    assert admin.post("/v1/bulk", json=oversized).status_code == 413
+    assert admin.get(f"/v1/kv/{key}").status_code == 404
+
+
+def test_the_control_plane_serves_bulk(admin, key):
+    response = bulk(admin, [{"op": "put", "key": key, "value": "ops"}], path="/ops/v1/bulk")
+    assert response.status_code == 200, response.text
+    assert admin.get(f"/v1/kv/{key}").content == b"ops"
+
+
+def test_the_user_limit_counts_items_not_requests(stack_factory):
+    stack = stack_factory(user_rate="50/minute", edge_rate=1000, edge_burst=1000)
+    admin = admin_of(stack)
+    prefix = f"l{secrets.token_hex(4)}-"
+    writer = create_user(admin, "writer", [prefix])
+    items = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(40)]
+    assert bulk(writer, items).status_code == 200
+    refused = bulk(writer, items[:20])
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_bulk_put_over_quota_is_refused_alone(stack_factory):
+    stack = stack_factory(
+        ap_workers=1,
+        threads=4,
+        edge_rate=5000,
+        edge_burst=5000,
+        extra_env={"PLAB_USER_MAX_KEYS": "2"},
+    )
+    admin = admin_of(stack)
+    prefix = f"q{secrets.token_hex(4)}-"
+    writer = create_user(admin, "writer", [prefix])
+    items = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(3)]
+    results = bulk(writer, items).json()["results"]
+    assert [r["outcome"] for r in results] == ["created", "created", "quota_exceeded"]
+    assert admin.get(f"/v1/kv/{prefix}2").status_code == 404
+    assert admin.get(f"/admin/users/{writer.name}").json()["usage"]["keys"] == 2
+
+
+def test_listing_with_values_is_bounded_by_count_and_bytes(stack_factory):
+    stack = stack_factory(extra_env={"PLAB_LIST_MAX_BYTES": "1000"})
+    admin = admin_of(stack)
+    prefix = f"p{secrets.token_hex(4)}-"
+    items = [{"op": "put", "key": f"{prefix}{i}", "value": str(i) * 400} for i in range(5)]
+    items.append({"op": "put", "key": f"{prefix}b", "value": "/w==", "encoding": "base64"})
+    assert bulk(admin, items).status_code == 200
+    seen, cursor, pages = [], "", 0
+    while True:
+        response = admin.get(f"/v1/kv?prefix={prefix}&values=true&limit=4&cursor={cursor}")
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages += 1
+        assert 1 <= len(page["items"]) <= 4
+        assert sum(len(i["value"]) for i in page["items"] if "encoding" not in i) <= 1000
+        seen += page["items"]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert [i["key"] for i in seen] == [f"{prefix}{i}" for i in range(5)] + [f"{prefix}b"]
+    assert seen[0]["value"] == "0" * 400 and isinstance(seen[0]["version"], int)
+    assert seen[-1]["encoding"] == "base64" and base64.b64decode(seen[-1]["value"]) == b"\xff"
+    assert pages >= 3  # two 400-byte values per 1000-byte page
+    assert admin.get(f"/v1/kv?prefix={prefix}&values=yes").status_code == 400
+    plain = admin.get(f"/v1/kv?prefix={prefix}").json()
+    assert "items" not in plain and len(plain["keys"]) == 6
