@@ -1,7 +1,7 @@
 """The local stack without Docker: redis, the control plane, N app-plane
 processes and nginx, supervised in the foreground.
 
-``make run`` uses it with the defaults of DESIGN.md; the test suite uses the
+``make run`` uses it with the defaults README.md documents; the test suite uses the
 same class with free ports and a temporary state directory, so the tests run
 the system the way users do.
 """

@@ -29,7 +29,7 @@ from productionlab.audit import Actor
 from productionlab.users import UserStore
 
 PACKAGE = Path(__file__).resolve().parent.parent / "productionlab"
-PER_PAIR = 10  # settings.login_failures_per_minute default (DESIGN.md)
+PER_PAIR = 10  # settings.login_failures_per_minute default
 PER_ADDRESS = 100  # settings.address_failures_per_minute default
 
 
