@@ -15,7 +15,7 @@ from productionlab.audit import Actor, AuditLog
 from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, current_user
 from productionlab.errors import BadRequest, Conflict, NotFound
-from productionlab.kv import INDEX
+from productionlab.kv import INDEX, UNATTRIBUTED
 from productionlab.settings import Settings
 from productionlab.tokens import TokenService
 from productionlab.users import UserStore
@@ -146,7 +146,9 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/users/<name>")
     @admin_only
     def show_user(name: str) -> Response:
-        return jsonify(users().get(name).public())
+        user = users().get(name)
+        usage = current_app.extensions["plab_kv"].usage(user.name)
+        return jsonify({**user.public(), "usage": usage.as_dict()})
 
     @bp.route("/users/<name>", methods=["PATCH"])
     @admin_only
@@ -308,6 +310,10 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
                 "users": len(users().all()),
                 "audit_entries": client.llen("{plab}:audit"),
                 "redis_used_memory": memory.get("used_memory"),
+                "redis_maxmemory": memory.get("maxmemory"),
+                "usage_unattributed": current_app.extensions["plab_kv"]
+                .usage(UNATTRIBUTED)
+                .as_dict(with_quota=False),
                 "aof_enabled": bool(persistence.get("aof_enabled")),
                 "aof_last_write_status": persistence.get("aof_last_write_status"),
             }

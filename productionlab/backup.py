@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
-from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
+from productionlab.kv import INDEX, ITEM, QUOTA_LUA, VERSION_COUNTER, charge_unowned_keys
 
 MAGIC = b"PLABBK1\n"
 FORMAT = "productionlab-backup"
@@ -60,6 +60,7 @@ BATCH = 500
 
 _RESTORE = (
     LUA_PRELUDE
+    + QUOTA_LUA
     + r"""
 local counter, index = KEYS[3], KEYS[4]
 local item_prefix, overwrite = ARGV[7], ARGV[8] == '1'
@@ -68,6 +69,8 @@ for i = 9, #ARGV, 4 do
   local key, value, version, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local item = item_prefix .. key
   if overwrite or redis.call('EXISTS', item) == 0 then
+    local before_owner = redis.call('HGET', item, 'o')  -- its quota charge goes with it
+    if before_owner then uncharge(before_owner, key, #key + redis.call('HSTRLEN', item, 'v')) end
     redis.call('DEL', item)
     redis.call('HSET', item, 'v', value, 'ver', version)
     if ttl > 0 then redis.call('PEXPIRE', item, ttl) end
@@ -473,6 +476,7 @@ def restore_backup(
         current = int(client.get(VERSION_COUNTER) or 0)
         if contents.kv_version > current:
             client.set(VERSION_COUNTER, contents.kv_version)
+        charge_unowned_keys(client)  # restored keys carry no owner: charge them
     finally:
         if bar is not None:
             bar.close()

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from productionlab.metrics import MEMORY_WARNING_RATIO, RedisMemory
 from productionlab.settings import (
     CP_SECRET_NAMES,
     SECRET_NAMES,
@@ -54,7 +55,11 @@ def secret_findings(settings: Settings) -> list[str]:
     values.update(
         {name: getattr(settings, name) for name in CP_SECRET_NAMES if getattr(settings, name)}
     )
+    if settings.token_key_previous:
+        values["token_key_previous"] = settings.token_key_previous
     for name, value in values.items():
+        if name == "audit_checkpoint_key" and value and value.lstrip().startswith("-----BEGIN"):
+            continue  # a PEM Ed25519 key: its own parser checked it at start-up
         problem = secret_problem(name, value)
         if problem:
             findings.append(f"secret: {problem}")
@@ -128,9 +133,28 @@ def redis_findings(settings: Settings) -> list[str]:
     fsync = client.config_get("appendfsync").get("appendfsync")
     if fsync == "no":
         findings.append("redis: appendfsync is 'no'; acknowledged writes can be lost")
+    findings += memory_findings(client)
     client.close()
     if _accepts_anonymous(settings):
         findings.append("redis: accepts commands without a password (default user is on)")
+    return findings
+
+
+def memory_findings(client: redis.Redis) -> list[str]:
+    """maxmemory unset, an evicting policy, or memory from 80 % of the bound."""
+    findings = []
+    memory = RedisMemory.read(client)
+    policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    if memory.maximum <= 0:
+        findings.append("redis: maxmemory is 0 (unbounded); the OOM killer decides (set maxmemory)")
+    elif memory.ratio >= MEMORY_WARNING_RATIO:
+        state = "refuses writes" if memory.refuses_writes else "writes will soon be refused"
+        findings.append(
+            f"redis: memory at {memory.ratio:.0%} of maxmemory ({memory.maximum} bytes); "
+            f"{state} (warning from {MEMORY_WARNING_RATIO:.0%})"
+        )
+    if policy not in (None, "noeviction"):
+        findings.append(f"redis: maxmemory-policy is {policy!r}; it would evict stored keys")
     return findings
 
 

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from flask import Flask
 
 from productionlab import console
 from productionlab.admin import admin_blueprint
 from productionlab.factory import base_app
+from productionlab.kv import KVStore
 from productionlab.kv_routes import kv_blueprint
 from productionlab.settings import Settings
 from productionlab.tokens import token_blueprint
+
+log = logging.getLogger("productionlab.cp")
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
@@ -23,3 +28,15 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     app.register_blueprint(token_blueprint(auth))
     console.init_app(app, settings, auth)
     return app
+
+
+def migrate_usage(store: KVStore) -> None:
+    """Charge keys from before per-user quotas (a no-op once done). Redis may be
+    down at start-up: the plane still starts, and the next start-up finishes it."""
+    try:
+        charged = store.migrate_usage()
+    except redis.RedisError as exc:
+        log.warning("usage migration postponed: redis %s", type(exc).__name__)
+        return
+    if charged:
+        log.info("usage migration charged %d keys written before quotas", charged)

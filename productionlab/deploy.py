@@ -30,7 +30,7 @@ from productionlab.secretgen import (
     ensure_secrets,
     ensure_tls,
 )
-from productionlab.settings import parse_cidrs
+from productionlab.settings import parse_cidrs, redis_maxmemory
 from productionlab.users import write_atomic
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
@@ -162,9 +162,8 @@ def prepare_secrets(
 def cmd_secrets(args: argparse.Namespace) -> int:
     hostnames = tuple(dict.fromkeys(["localhost", *(args.hostname or [])]))
     addresses = tuple(dict.fromkeys(["127.0.0.1", "::1", *(args.address or [])]))
-    for path in prepare_secrets(
-        Path(args.dir), hostnames, addresses, args.durability, args.redis_maxmemory
-    ):
+    maxmemory = redis_maxmemory({"PLAB_REDIS_MAXMEMORY": args.redis_maxmemory})
+    for path in prepare_secrets(Path(args.dir), hostnames, addresses, args.durability, maxmemory):
         print(path)
     return 0
 
@@ -188,7 +187,11 @@ def register(commands: argparse._SubParsersAction, secrets_name: str = "compose-
     prepare.add_argument("--hostname", action="append", help="a DNS name for the certificate")
     prepare.add_argument("--address", action="append", help="an IP address for the certificate")
     prepare.add_argument("--durability", choices=["everysec", "strict"], default="everysec")
-    prepare.add_argument("--redis-maxmemory", default="384mb")
+    prepare.add_argument(
+        "--redis-maxmemory",
+        default=os.environ.get("PLAB_REDIS_MAXMEMORY", "384mb"),
+        help="redis maxmemory (default PLAB_REDIS_MAXMEMORY, else 384mb); noeviction stays",
+    )
     prepare.set_defaults(handler=cmd_secrets)
     edge = commands.add_parser("edge-config", help="render the compose edge's nginx.conf")
     edge.add_argument("--out", default=str(EDGE_CONF))

@@ -10,13 +10,14 @@ import logging
 
 from flask import Flask, Response, g, jsonify
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("productionlab.errors")
 
 REDIS_RETRY_AFTER = 2
+REDIS_FULL_RETRY_AFTER = 10  # freeing memory takes an operator or expiries
 
 
 class APIError(Exception):
@@ -55,6 +56,18 @@ class Unauthorized(APIError):
 
 class Forbidden(APIError):
     status, code, message = 403, "forbidden", "your grants do not cover this"
+
+
+class QuotaExceeded(Forbidden):
+    """A write that would take its writer past their per-user key or byte quota.
+
+    403, not 413: the refusal is about the account's standing, not this
+    request's size (a one-byte write of a new key is refused when the key count
+    is spent), and retrying the same request will not help until the user
+    deletes or shrinks keys. 507 is not in the contract.
+    """
+
+    code, message = "quota_exceeded", "this write would exceed your quota"
 
 
 class NotFound(APIError):
@@ -153,6 +166,18 @@ def init_app(app: Flask) -> None:
             "unavailable",
             "the store is unavailable; retry later",
             {"Retry-After": str(REDIS_RETRY_AFTER)},
+        )
+
+    @app.errorhandler(OutOfMemoryError)
+    def handle_redis_full(exc: RedisError) -> Response:
+        # noeviction past maxmemory: the write changed nothing (redis refuses a
+        # script before its first write). Reads still work; deletes free room.
+        log.error("redis refuses writes: out of memory (maxmemory)")
+        return error_response(
+            503,
+            "unavailable",
+            "the store is full and refuses writes; retry later",
+            {"Retry-After": str(REDIS_FULL_RETRY_AFTER)},
         )
 
     @app.errorhandler(RedisError)

@@ -11,7 +11,7 @@ from productionlab.audit import AuditLog
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
-from productionlab.kv import KVStore
+from productionlab.kv import KVStore, Quota
 from productionlab.kv_routes import TailConverter
 from productionlab.openapi import openapi_blueprint
 from productionlab.settings import Settings
@@ -56,7 +56,8 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
         client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
     )
     app.extensions["plab_durability"] = durability
-    app.extensions["plab_kv"] = KVStore(client, durability)
+    quota = Quota(settings.user_max_keys, settings.user_max_bytes)
+    app.extensions["plab_kv"] = KVStore(client, durability, quota)
     app.extensions["plab_audit"] = AuditLog(client)
     users = UserStore(
         client,

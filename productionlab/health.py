@@ -1,6 +1,11 @@
-"""Probes and metrics: ``/health`` (the process runs), ``/ready`` (redis answers
-and AOF writes are healthy) and ``/metrics`` (Prometheus text; the edge does
-not route it)."""
+"""Probes and metrics: ``/health`` (the process runs), ``/ready`` (redis answers,
+accepts writes and AOF writes are healthy) and ``/metrics`` (Prometheus text;
+the edge does not route it).
+
+``/ready`` stays binary: memory filling up is a warning for metrics and
+``check-prod`` (from 80 %), not a reason to take a plane out of rotation;
+only redis refusing writes (``noeviction`` past ``maxmemory``) makes it 503.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,22 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from productionlab.errors import REDIS_RETRY_AFTER
+from productionlab.metrics import RedisMemory
 
 log = logging.getLogger("productionlab.health")
 
 
 def ready_problem() -> str | None:
-    """Why this plane is not ready (redis or AOF), or None: ``/ready`` and the console."""
+    """Why this plane is not ready (redis, AOF, or redis refusing writes at
+    maxmemory), or None: ``/ready`` and the console."""
     durability = current_app.extensions["plab_durability"]
     try:
-        current_app.extensions["plab_redis"].ping()
-        return durability.problem(fresh=True)
+        client = current_app.extensions["plab_redis"]
+        client.ping()
+        problem = durability.problem(fresh=True)
+        if not problem and RedisMemory.read(client).refuses_writes:
+            problem = "redis is at maxmemory and refuses writes"
+        return problem
     except redis.RedisError as exc:
         log.warning("not ready: redis %s", type(exc).__name__)
         return "the store does not answer"

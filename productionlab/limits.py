@@ -265,7 +265,13 @@ local function take_limit(counter, limit, window)
 end
 """
 
-_CHARGE = LIMIT_LUA + "return take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+# allow-oom: at maxmemory, charging a few bytes of counter must not turn every
+# read and admin request into an error (see kv.ALLOW_OOM).
+_CHARGE = (
+    "#!lua flags=allow-oom\n"
+    + LIMIT_LUA
+    + "return take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+)
 
 
 @dataclass(frozen=True)
@@ -412,7 +418,10 @@ class RouteLimits:
             storage_options={**options, "key_prefix": ROUTE_LIMITS},
             strategy="fixed-window",
             headers_enabled=False,
-            swallow_errors=False,
+            # Fail open when its storage errs: a full redis (noeviction) refuses the
+            # counter's INCR, and the admin API must stay usable to free memory.
+            # The login guard and the routes' own writes still apply.
+            swallow_errors=True,
             enabled=settings.rate_limits_enabled,
         )
         self.admin = self.limiter.shared_limit(

@@ -586,9 +586,12 @@ class LocalStack:
         }
 
     def _write_redis_conf(self) -> None:
+        from productionlab.settings import redis_maxmemory  # bounded memory, noeviction
+
         tls = self._prepare_redis_tls() if self.config.redis_tls else None
         conf = render_redis_conf(
             tls=tls,
+            maxmemory=redis_maxmemory({**os.environ, **self.config.extra_env}),
             port=self.config.redis_port,
             data_dir=str(self.redis_dir),
             bind=self.config.bind,

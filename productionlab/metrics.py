@@ -2,11 +2,106 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import redis
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("productionlab.metrics")
+
+MEMORY_CACHE_SECONDS = 5.0
+MEMORY_WARNING_RATIO = 0.8  # check-prod warns, and the documented alert fires, from here
+
+
+@dataclass(frozen=True)
+class RedisMemory:
+    """Redis's own view of its memory bound (``INFO memory``)."""
+
+    used: int
+    maximum: int
+    not_counted: int  # AOF and replication buffers: redis leaves them out of the bound
+
+    @classmethod
+    def read(cls, client: redis.Redis) -> RedisMemory:
+        info = client.info("memory")
+        return cls(
+            used=int(info.get("used_memory", 0)),
+            maximum=int(info.get("maxmemory", 0)),
+            not_counted=int(info.get("mem_not_counted_for_evict", 0)),
+        )
+
+    @property
+    def ratio(self) -> float:
+        """Counted memory over ``maxmemory``; 0 when there is no bound."""
+        if self.maximum <= 0:
+            return 0.0
+        return max(0, self.used - self.not_counted) / self.maximum
+
+    @property
+    def refuses_writes(self) -> bool:
+        """What ``noeviction`` does past the bound: redis answers OOM to every write
+        command (its own test: counted memory above ``maxmemory``)."""
+        return self.maximum > 0 and self.used - self.not_counted > self.maximum
+
+
+class RedisMemoryCollector:
+    """Gauges of redis memory, read on scrape and cached for a few seconds, so a
+    burst of scrapes (several Prometheis, a curl loop) costs one ``INFO`` at most
+    per :data:`MEMORY_CACHE_SECONDS`, and requests never cost one."""
+
+    def __init__(self, client: Callable[[], redis.Redis | None], plane: str):
+        self._client = client
+        self._plane = plane
+        self._lock = threading.Lock()
+        self._cached: RedisMemory | None = None
+        self._read_at = float("-inf")
+
+    def current(self) -> RedisMemory | None:
+        with self._lock:
+            if time.monotonic() - self._read_at >= MEMORY_CACHE_SECONDS:
+                client = self._client()
+                if client is not None:
+                    try:
+                        self._cached = RedisMemory.read(client)
+                    except redis.RedisError as exc:
+                        log.warning("redis memory unknown: %s", type(exc).__name__)
+                        self._cached = None
+                self._read_at = time.monotonic()
+            return self._cached
+
+    def _families(self, memory: RedisMemory | None) -> list[GaugeMetricFamily]:
+        families = [
+            GaugeMetricFamily(
+                "plab_redis_used_memory_bytes", "Redis used_memory", labels=["plane"]
+            ),
+            GaugeMetricFamily(
+                "plab_redis_maxmemory_bytes", "Redis maxmemory (0: unbounded)", labels=["plane"]
+            ),
+            GaugeMetricFamily(
+                "plab_redis_memory_ratio",
+                "Redis memory counted against maxmemory over maxmemory (alert from 0.8; "
+                "at 1 redis refuses writes)",
+                labels=["plane"],
+            ),
+        ]
+        if memory is not None:
+            values = (memory.used, memory.maximum, memory.ratio)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([self._plane], value)
+        return families
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families(None))  # registration must not ask redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families(self.current()))
 
 
 class Metrics:
@@ -32,6 +127,7 @@ class Metrics:
             registry=self.registry,
         )
         self.plane = plane
+        self.redis_memory: RedisMemoryCollector | None = None
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
@@ -40,6 +136,8 @@ class Metrics:
 def init_app(app: Flask, plane: str) -> Metrics:
     metrics = Metrics(plane)
     app.extensions["plab_metrics"] = metrics
+    metrics.redis_memory = RedisMemoryCollector(lambda: app.extensions.get("plab_redis"), plane)
+    metrics.registry.register(metrics.redis_memory)
     # Label children are looked up once per (method, route, status) and kept:
     # ``labels()`` validates and locks on every call.
     counters: dict[tuple[str, str, int], Counter] = {}

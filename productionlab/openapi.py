@@ -42,13 +42,15 @@ def documented_path(rule: str) -> str:
 _ERROR_TEXT = {
     "400": "Malformed request: bad key, value, header or query parameter",
     "401": "No or wrong credentials",
-    "403": "The caller's role or grants do not cover this",
+    "403": "The caller's role or grants do not cover this; or (code quota_exceeded) the "
+    "write would take the caller past their key or byte quota and changed nothing",
     "404": "No such key or resource",
     "409": "Conflict with the current state",
     "412": "The If-Match / If-None-Match precondition failed",
     "413": "The value or body is too large",
     "429": "Rate limited, or too many failed logins",
-    "503": "The store is unavailable or cannot promise durability now; retry later",
+    "503": "The store is unavailable, full (redis at maxmemory refuses writes) or cannot "
+    "promise durability now; retry later",
 }
 
 
@@ -188,6 +190,27 @@ def _schemas() -> dict:
                 "created": {"type": "number"},
                 "updated": {"type": "number"},
             },
+        },
+        "UserWithUsage": {
+            "allOf": [
+                _ref("User"),
+                {
+                    "type": "object",
+                    "required": ["usage"],
+                    "properties": {
+                        "usage": {
+                            "type": "object",
+                            "required": ["keys", "bytes", "max_keys", "max_bytes"],
+                            "properties": {
+                                "keys": {"type": "integer", "minimum": 0},
+                                "bytes": {"type": "integer", "minimum": 0},
+                                "max_keys": {"type": "integer", "minimum": 1},
+                                "max_bytes": {"type": "integer", "minimum": 1},
+                            },
+                        }
+                    },
+                },
+            ]
         },
         "UserWithPassword": {
             "allOf": [
@@ -369,6 +392,12 @@ def _schemas() -> dict:
                 "users": integer,
                 "audit_entries": integer,
                 "redis_used_memory": {"type": ["integer", "null"]},
+                "redis_maxmemory": {"type": ["integer", "null"]},
+                "usage_unattributed": {
+                    "type": "object",
+                    "description": "keys from before quotas that no audit entry attributes",
+                    "properties": {"keys": integer, "bytes": integer},
+                },
                 "aof_enabled": {"type": "boolean"},
                 "aof_last_write_status": {"type": ["string", "null"]},
             },
@@ -539,7 +568,11 @@ def _admin_paths() -> dict:
             "get": _op("The users, never their secrets", {"200": _ok("Users", _ref("UserList"))}),
         },
         "/admin/users/{name}": {
-            "get": _op("One user", {"200": _ok("The user", user)}, parameters=[NAME]),
+            "get": _op(
+                "One user, with what their keys hold against their quota",
+                {"200": _ok("The user", _ref("UserWithUsage"))},
+                parameters=[NAME],
+            ),
             "patch": _op(
                 "Change a user's role and/or key-prefix grants",
                 {"200": _ok("The user", user)},

@@ -36,6 +36,9 @@ def bootstrap_control_plane(app) -> None:
             delay = min(delay * 2, 5.0)
     if created:
         log.warning("created user admin; its password is in %s", created)
+    from productionlab.cp import migrate_usage
+
+    migrate_usage(app.extensions["plab_kv"])
     if widened:
         log.warning(
             "empty-string grants (a silent wildcard) are now the explicit '*' for: %s",

@@ -6,7 +6,10 @@ Every variable is prefixed ``PLAB_``; every secret may instead be given as
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -31,6 +34,12 @@ KNOWN_DEFAULTS = frozenset(
     {"changeme", "change-me", "secret", "password", "default", "example", "test", "admin"}
 )
 DURABILITY_MODES = ("everysec", "strict")
+# Per-user quotas on what a user's writes keep in redis (see kv.py).
+DEFAULT_USER_MAX_KEYS = 100_000
+DEFAULT_USER_MAX_BYTES = 64 * 1024**2
+# redis.conf's maxmemory for `make run` (compose sets its own with --redis-maxmemory).
+DEFAULT_REDIS_MAXMEMORY = "256mb"
+_REDIS_SIZE_RE = re.compile(r"^(\d+)(b|k|kb|m|mb|g|gb)?$")
 ENVIRONMENTS = ("development", "production", "test")
 _RATE_RE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
@@ -74,45 +83,121 @@ def parse_cidrs(text: str) -> tuple[str, ...]:
     return tuple(ranges)
 
 
-def secret_entropy_bits(secret: str) -> float:
-    """A conservative estimate of a secret's entropy from its alphabet and length.
+MIN_SECRET_BYTES = MIN_SECRET_BITS // 8
+_HEX_RE = re.compile(r"\A[0-9a-fA-F]+\Z")
+_B64_RE = re.compile(r"\A[A-Za-z0-9+/_-]+={0,2}\Z")
+MAX_ARITHMETIC_RUN = 8  # P(a run this long in 32 random bytes) is about 32 * 256**-6
 
-    Generated secrets (hex or base64url of 32+ random bytes) pass; words,
-    short strings and low-variety strings do not.
+
+def decode_secret(value: str) -> bytes | None:
+    """The bytes a secret encodes: hex (even length) first, else base64 or base64url
+    (padding optional); None when it is neither."""
+    text = value.strip()
+    if _HEX_RE.match(text) and len(text) % 2 == 0:
+        return bytes.fromhex(text)
+    mixed = ("-" in text or "_" in text) and ("+" in text or "/" in text)
+    if not _B64_RE.match(text) or mixed:
+        return None
+    body = text.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(
+            body.replace("+", "-").replace("/", "_") + "=" * (-len(body) % 4)
+        )
+    except (binascii.Error, ValueError):
+        return None
+
+
+def repetition_problem(data: bytes) -> str | None:
+    """Why ``data`` looks patterned rather than random, or None.
+
+    Three shapes that random bytes practically never take: few distinct byte
+    values (a repeated byte or short block), a whole sequence that repeats
+    itself with a period up to half its length, and a long arithmetic run
+    (ascending or descending bytes, ``0123...`` in hex decodes to one).
     """
-    if not secret:
-        return 0.0
-    alphabet = 0
-    if re.search(r"[a-z]", secret):
-        alphabet += 26
-    if re.search(r"[A-Z]", secret):
-        alphabet += 26
-    if re.search(r"[0-9]", secret):
-        alphabet += 10
-    if re.search(r"[^A-Za-z0-9]", secret):
-        alphabet += 32
-    if re.fullmatch(r"[0-9a-f]+", secret):
-        alphabet = 16
-    distinct = len(set(secret))
-    if distinct < min(10, len(secret) // 4):
-        # Few distinct characters (repeats, patterns): count only what varies.
-        return len(secret) * math.log2(max(2, distinct))
-    return len(secret) * math.log2(alphabet)
+    if len(set(data)) < min(16, len(data) // 2):
+        return "it repeats a few byte values"
+    for period in range(1, len(data) // 2 + 1):
+        if data[period:] == data[:-period]:
+            return f"it repeats a block of {period} bytes"
+    run = 2
+    for i in range(2, len(data)):
+        if (data[i] - data[i - 1]) % 256 == (data[i - 1] - data[i - 2]) % 256:
+            run += 1
+            if run >= MAX_ARITHMETIC_RUN:
+                return "it holds an ascending or descending run"
+        else:
+            run = 2
+    return None
+
+
+def _text_run_problem(text: str) -> str | None:
+    """An ascending or descending run of characters (``abcdefgh``, ``98765432``)."""
+    run, last = 1, 0
+    for before, after in itertools.pairwise(text):
+        step = ord(after) - ord(before)
+        if abs(step) == 1:
+            run = run + 1 if step == last else 2
+        else:
+            run = 1
+        last = step
+        if run >= MAX_ARITHMETIC_RUN:
+            return "it holds an ascending or descending run"
+    return None
 
 
 def secret_problem(name: str, value: str | None) -> str | None:
+    """Why ``value`` is not acceptable as the secret ``name``, or None.
+
+    A secret must be hex or base64 that decodes to at least 32 bytes and is not
+    an obvious repetition: ``openssl rand -hex 32``, ``openssl rand -base64 32``
+    and :mod:`productionlab.secretgen` pass; ``"0123456789abcdef" * 4``, one
+    repeated byte and dictionary words do not.
+    """
+    var = f"PLAB_{name.upper()}"
     if value is None or value == "":
-        return f"PLAB_{name.upper()} is missing (set it or PLAB_{name.upper()}_FILE)"
+        return f"{var} is missing (set it or {var}_FILE)"
     lowered = value.strip().lower()
     if lowered in KNOWN_DEFAULTS or any(lowered.startswith(d) for d in KNOWN_DEFAULTS):
-        return f"PLAB_{name.upper()} is a default or example value"
-    bits = secret_entropy_bits(value)
-    if bits < MIN_SECRET_BITS:
+        return f"{var} is a default or example value"
+    advice = "use e.g. `openssl rand -hex 32` or `openssl rand -base64 32`"
+    data = decode_secret(value)
+    if data is None:
+        return f"{var} is weak (not hex or base64; {advice})"
+    if len(data) < MIN_SECRET_BYTES:
         return (
-            f"PLAB_{name.upper()} is weak (about {bits:.0f} bits; at least "
-            f"{MIN_SECRET_BITS} bits, e.g. 32 random bytes as hex, are required)"
+            f"{var} is weak ({len(data)} bytes once decoded; at least "
+            f"{MIN_SECRET_BYTES} random bytes are required; {advice})"
         )
+    pattern = repetition_problem(data) or _text_run_problem(value.strip())
+    if pattern:
+        return f"{var} is weak ({pattern}; {advice})"
     return None
+
+
+def parse_redis_size(text: str) -> int:
+    """Bytes in a redis.conf size (``256mb``, ``1gb``, ``1048576``; ``k``/``m``/``g``
+    are powers of 1000 and ``kb``/``mb``/``gb`` of 1024, as redis reads them)."""
+    match = _REDIS_SIZE_RE.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"not a redis size: {text!r} (expected e.g. 256mb, 1gb)")
+    unit = match.group(2) or "b"
+    scale = {"b": 1, "k": 10**3, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9}
+    return int(match.group(1)) * scale.get(unit, 1024**3)
+
+
+def redis_maxmemory(environ: Mapping[str, str]) -> str:
+    """``PLAB_REDIS_MAXMEMORY`` validated for redis.conf: 0 (no bound) or at least 4mb."""
+    raw = environ.get("PLAB_REDIS_MAXMEMORY", DEFAULT_REDIS_MAXMEMORY).strip().lower()
+    try:
+        size = parse_redis_size(raw)
+    except ValueError as exc:
+        raise ConfigError([f"PLAB_REDIS_MAXMEMORY: {exc}"]) from None
+    if size != 0 and size < 4 * 1024**2:
+        raise ConfigError(["PLAB_REDIS_MAXMEMORY must be 0 (no bound) or at least 4mb"])
+    return raw
 
 
 def read_secret(environ: Mapping[str, str], name: str) -> str | None:
@@ -219,6 +304,9 @@ class Settings:
     console: bool = True
     console_idle: int = 15 * 60
     console_lifetime: int = 8 * 3600
+    user_max_keys: int = DEFAULT_USER_MAX_KEYS
+    user_max_bytes: int = DEFAULT_USER_MAX_BYTES
+    redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
 
     @property
     def production(self) -> bool:
@@ -275,6 +363,16 @@ class Settings:
         except ValueError as exc:
             problems.append(f"PLAB_MAX_BODY: {exc}")
             max_body = 1024 * 1024
+        try:
+            user_max_bytes = parse_size(get("USER_MAX_BYTES", "64m"))
+        except ValueError as exc:
+            problems.append(f"PLAB_USER_MAX_BYTES: {exc}")
+            user_max_bytes = DEFAULT_USER_MAX_BYTES
+        try:
+            maxmemory = redis_maxmemory(environ)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            maxmemory = DEFAULT_REDIS_MAXMEMORY
         htpasswd = get("HTPASSWD", "")
         previous = read_secret(environ, "token_key_previous") or ""
         key_file = environ.get("PLAB_TOKEN_KEY_FILE")
@@ -359,6 +457,9 @@ class Settings:
             console=console != "off",
             console_idle=integer("CONSOLE_IDLE", 15 * 60),
             console_lifetime=integer("CONSOLE_LIFETIME", 8 * 3600),
+            user_max_keys=integer("USER_MAX_KEYS", DEFAULT_USER_MAX_KEYS),
+            user_max_bytes=user_max_bytes,
+            redis_maxmemory=maxmemory,
         )
         settings.validate(extra_problems=problems)
         return settings
@@ -423,6 +524,10 @@ class Settings:
             problems.append(
                 "PLAB_CONSOLE_IDLE must be 5s..1d and at most PLAB_CONSOLE_LIFETIME (at most 7d)"
             )
+        if not 1 <= self.user_max_keys <= 10**9:
+            problems.append("PLAB_USER_MAX_KEYS must be between 1 and 1000000000")
+        if not 1024 <= self.user_max_bytes <= 1024**4:
+            problems.append("PLAB_USER_MAX_BYTES must be between 1k and 1024g")
         if self.audit_retention is not None and self.audit_retention < 0:
             problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
         if not 1 <= self.audit_checkpoint_interval <= 86_400:
@@ -442,6 +547,9 @@ class Settings:
             problems += self._checkpoint_key_problems()
             if self.audit_key:  # optional: only verifies the previous release's entries
                 secrets["audit_key"] = self.audit_key
+        if self.token_key_previous:
+            # Tokens signed with it are still accepted: it must be as strong as the key.
+            secrets["token_key_previous"] = self.token_key_previous
         for name, value in secrets.items():
             if not value:
                 problems.append(

@@ -71,6 +71,17 @@ class Client:
             )
 
 
+# Limits raised so functional tests are not throttled (rate-limit tests keep the
+# defaults), and a small stack for modules that start their own.
+RAISED_LIMITS = {"edge_rate": 5000, "edge_burst": 5000, "admin_rate": 1000, "admin_burst": 1000}
+SMALL_STACK = {"ap_workers": 1, "threads": 4, **RAISED_LIMITS}
+
+
+def small_stack_config(directory: Path, **overrides) -> StackConfig:
+    """One app process, four threads, raised limits, on ``directory``."""
+    return StackConfig.ephemeral(directory, **{**SMALL_STACK, **overrides})
+
+
 def start_stack(**overrides) -> LocalStack:
     """Start a stack on free ports; retry with new ports if one was taken meanwhile
     (other suites on this machine pick free ports too)."""
@@ -103,7 +114,7 @@ def stack() -> Iterator[LocalStack]:
 
     Rate-limit tests start their own stack with the defaults.
     """
-    stack = start_stack(edge_rate=5000, edge_burst=5000, admin_rate=1000, admin_burst=1000)
+    stack = start_stack(**RAISED_LIMITS)
     yield stack
     stop_stack(stack)
 

@@ -15,6 +15,7 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,10 +44,10 @@ from productionlab.audit_archive import (
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
 from productionlab.backup import TempRedis
-from productionlab.localstack import LocalStack, StackConfig
+from productionlab.localstack import LocalStack
 from productionlab.settings import ConfigError, Settings
 from productionlab.tokens import SigningKey
-from tests.conftest import Client, admin_of, create_user, state_dir
+from tests.conftest import Client, admin_of, create_user, small_stack_config, state_dir
 
 APPENDER_PASSWORD = secrets.token_hex(16)
 MONITOR_PASSWORD = secrets.token_hex(16)
@@ -72,14 +73,8 @@ class CustodyStack(LocalStack):
 def custody() -> Iterator[LocalStack]:
     directory = state_dir("plab-custody-")
     stack = CustodyStack(
-        StackConfig.ephemeral(
+        small_stack_config(
             directory,
-            ap_workers=1,
-            threads=4,
-            edge_rate=1000,
-            edge_burst=1000,
-            admin_rate=1000,
-            admin_burst=1000,
             extra_env={"PLAB_AUDIT_MAX_ENTRIES": "40", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "1"},
         )
     )
@@ -104,6 +99,18 @@ def verify(stack) -> dict:
     return json.loads(result.stdout)
 
 
+def monitor_socket(stack) -> socket.socket:
+    """A raw connection to the stack's redis (TLS with the control plane's
+    certificate when the stack's redis is on TLS)."""
+    raw = socket.create_connection((stack.config.bind, stack.config.redis_port))
+    options = stack.redis_tls_options("cp")
+    if not options:
+        return raw
+    context = ssl.create_default_context(cafile=options["ssl_ca_certs"])
+    context.load_cert_chain(options["ssl_certfile"], options["ssl_keyfile"])
+    return context.wrap_socket(raw, server_hostname=stack.config.bind)
+
+
 def user_client(stack, name: str, password: str) -> redis.Redis:
     return redis.Redis(
         host=stack.config.bind,
@@ -111,6 +118,9 @@ def user_client(stack, name: str, password: str) -> redis.Redis:
         username=name,
         password=password,
         socket_timeout=10,
+        # under TLS any certificate from the stack's CA gets through the handshake;
+        # the ACL user (name, password) decides what it may do
+        **stack.redis_tls_options("ap"),
     )
 
 
@@ -179,7 +189,7 @@ def test_monitor_shows_no_secret_during_a_write_a_login_and_a_token_issue(custod
     stop = threading.Event()
 
     def watch() -> None:
-        with socket.create_connection((custody.config.bind, custody.config.redis_port)) as s:
+        with monitor_socket(custody) as s:
             s.settimeout(0.5)
             s.sendall(f"AUTH plab-monitor {MONITOR_PASSWORD}\r\nMONITOR\r\n".encode())
             while not stop.is_set():

@@ -176,3 +176,67 @@ def test_admin_route(admin, make_user):
     assert body["ok"] is False
     assert "env: PLAB_ENV is 'development', not 'production'" in body["findings"]
     assert make_user("writer", ["*"]).get("/admin/check-prod").status_code == 403
+
+
+def test_redis_memory_findings(stack, tmp_path):
+    """Unbounded memory, an evicting policy and memory from 80 % of maxmemory are
+    findings, on a real redis filled for real."""
+    server = TempRedis()
+    with server as scratch:
+        env = production(
+            stack,
+            tmp_path,
+            PLAB_REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
+            PLAB_REDIS_USERNAME="",
+            PLAB_REDIS_PASSWORD=server.password,
+        )
+        environment = {**stack.plane_env("cp"), **env}
+        environment.pop("PLAB_REDIS_PASSWORD_FILE")
+
+        def memory_lines() -> list[str]:
+            result = subprocess.run(
+                [sys.executable, "-m", "productionlab", "check-prod"],
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return [line for line in lines(result) if line.startswith("redis: m")]
+
+        scratch.config_set("maxmemory", 0)
+        assert memory_lines() == [
+            "redis: maxmemory is 0 (unbounded); the OOM killer decides (set maxmemory)"
+        ]
+        for i in range(24):
+            scratch.set(f"fill:{i}", b"x" * 256 * 1024)
+        info = scratch.info("memory")
+        counted = info["used_memory"] - info.get("mem_not_counted_for_evict", 0)
+        scratch.config_set("maxmemory", int(counted / 0.88))
+        (line,) = memory_lines()
+        assert line.startswith("redis: memory at ") and "(warning from 80%)" in line, line
+        percent = int(line.removeprefix("redis: memory at ").split("%")[0])
+        assert 80 <= percent < 100, line
+        assert "writes will soon be refused" in line
+        scratch.config_set("maxmemory", counted * 4)
+        assert memory_lines() == []
+        scratch.config_set("maxmemory-policy", "allkeys-lru")
+        assert memory_lines() == [
+            "redis: maxmemory-policy is 'allkeys-lru'; it would evict stored keys"
+        ]
+
+
+def test_a_pem_checkpoint_key_is_not_taken_for_a_weak_secret(stack, tmp_path):
+    """Secrets must be hex or base64 of 32 random bytes; the audit checkpoint key
+    may also be an Ed25519 PEM key, which its own parser validates."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = tmp_path / "checkpoint.pem"
+    path.write_bytes(pem)
+    env = production(stack, tmp_path, PLAB_AUDIT_CHECKPOINT_KEY_FILE=str(path))
+    result = check_prod(stack, env)
+    assert not [line for line in lines(result) if "AUDIT_CHECKPOINT_KEY" in line], result.stdout

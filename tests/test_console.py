@@ -11,7 +11,7 @@ import time
 
 import pytest
 import requests
-from conftest import Client, admin_of, create_user, start_stack, stop_stack
+from conftest import RAISED_LIMITS, Client, admin_of, create_user, start_stack, stop_stack
 
 from productionlab.settings import ConfigError, Settings
 
@@ -69,14 +69,7 @@ def signed_in(stack, client: Client) -> Console:
 @pytest.fixture(scope="module")
 def stack():
     """This module's stack: the session one's raised limits, and the console's raised too."""
-    stack = start_stack(
-        edge_rate=5000,
-        edge_burst=5000,
-        admin_rate=1000,
-        admin_burst=1000,
-        console_rate=1000,
-        console_burst=1000,
-    )
+    stack = start_stack(**RAISED_LIMITS, console_rate=1000, console_burst=1000)
     yield stack
     stop_stack(stack)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Client, admin_of, create_user, start_stack, stop_stack
+from conftest import RAISED_LIMITS, Client, admin_of, create_user, start_stack, stop_stack
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -59,14 +59,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def stack():
-    stack = start_stack(
-        edge_rate=5000,
-        edge_burst=5000,
-        admin_rate=1000,
-        admin_burst=1000,
-        console_rate=1000,
-        console_burst=1000,
-    )
+    stack = start_stack(**RAISED_LIMITS, console_rate=1000, console_burst=1000)
     yield stack
     stop_stack(stack)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+import redis
+
 
 def wait_for_line(path, needle: str, timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
@@ -110,3 +113,89 @@ def test_apps_send_security_headers_on_answers_and_errors(stack, admin):
         assert headers["Cache-Control"] == "no-store"
     # The edge (a trusted proxy) says the client used HTTPS: HSTS is sent.
     assert "Strict-Transport-Security" in response.headers
+
+
+def metric(text: str, name: str, plane: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{plane="{plane}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} for {plane} not in the metrics")
+
+
+def test_redis_memory_gauges(stack, admin):
+    body = admin.direct("GET", stack.config.ap_ports[0], "/metrics").text
+    maximum = metric(body, "plab_redis_maxmemory_bytes", "ap")
+    assert maximum == 256 * 1024**2  # the local stack's default bound
+    used = metric(body, "plab_redis_used_memory_bytes", "ap")
+    assert 0 < used < maximum
+    assert 0 < metric(body, "plab_redis_memory_ratio", "ap") < 0.8
+
+
+def test_a_full_redis_refuses_writes_with_503_keeps_reads_and_fails_ready(stack_factory):
+    """noeviction at maxmemory: writes 503 + Retry-After (never 500) and change
+    nothing, reads and deletes work, /ready is 503 on every plane; once memory is
+    freed all is back. Filled for real, on a redis started with a small maxmemory."""
+    from tests.conftest import SMALL_STACK, admin_of, create_user
+
+    full = stack_factory(**SMALL_STACK, extra_env={"PLAB_REDIS_MAXMEMORY": "12mb"})
+    admin = admin_of(full)
+    writer = create_user(admin, "writer", ["full-"])
+    assert writer.put("/v1/kv/full-kept", data=b"kept").status_code == 201
+    assert writer.put("/v1/kv/full-doomed", data=b"doomed").status_code == 201
+    client = full.redis_client("cp")
+    # Fill past the bound by half a megabyte (an allow-oom script may cross it, as
+    # one large write landing just under it does), so the refusal does not hinge
+    # on the size of the next command's query buffer.
+    overfill = client.register_script(
+        "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1])"
+    )
+    filler = b"f" * (256 * 1024)
+    for i in range(400):
+        memory = client.info("memory")
+        counted = memory["used_memory"] - memory.get("mem_not_counted_for_evict", 0)
+        if counted > memory["maxmemory"] + 512 * 1024:
+            break
+        overfill(keys=[f"{{plab}}:test-filler:{i}"], args=[filler])
+    else:
+        raise AssertionError("redis never got full: maxmemory is not set")
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("{plab}:test-filler:probe", b"1")
+    ports = [full.config.cp_port, *full.config.ap_ports]
+    try:
+        version = int(client.get("{plab}:kv-version"))
+        for response in (
+            writer.put("/v1/kv/full-new", data=b"v"),
+            writer.post("/write/full-new/v"),
+            writer.put("/v1/kv/full-kept", data=b"changed"),
+            admin.put("/ops/v1/kv/full-new", data=b"v"),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"].isdigit()
+            assert response.json()["error"]["code"] == "unavailable"
+        assert int(client.get("{plab}:kv-version")) == version
+        read = writer.get("/v1/kv/full-kept")
+        assert read.status_code == 200 and read.content == b"kept"
+        assert writer.get("/read/full-kept").json()["value"] == "kept"
+        assert admin.get("/ops/v1/kv/full-kept").content == b"kept"  # operators read too
+        # the admin API stays usable to free memory: its route limit fails open
+        listed = admin.get("/admin/users")
+        assert listed.status_code == 200, listed.text
+        assert writer.delete("/v1/kv/full-doomed").status_code == 204
+        for port in ports:
+            ready = admin.direct("GET", port, "/ready")
+            assert ready.status_code == 503 and ready.headers["Retry-After"].isdigit()
+            assert admin.direct("GET", port, "/health").status_code == 200
+        deadline = time.monotonic() + 60  # the gauge is cached for a few seconds
+        while True:
+            body = admin.direct("GET", full.config.ap_ports[0], "/metrics").text
+            if metric(body, "plab_redis_memory_ratio", "ap") >= 0.8:
+                break
+            assert time.monotonic() < deadline, "the memory ratio never reached 0.8"
+            time.sleep(0.5)
+    finally:
+        for i in range(400):
+            client.delete(f"{{plab}}:test-filler:{i}")
+    for port in ports:
+        assert admin.direct("GET", port, "/ready").status_code == 200
+    assert writer.put("/v1/kv/full-new", data=b"v").status_code == 201
+    client.close()

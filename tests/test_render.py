@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from productionlab.localstack import LocalStack, StackConfig, find_binary
 from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
 from tests.conftest import state_dir
@@ -63,6 +65,34 @@ def test_redis_conf_has_aof_acl_and_no_plaintext_password():
     assert "-@dangerous" in conf
     strict = render_redis_conf(port=1, data_dir="/d", users=[], appendfsync="always")
     assert "appendfsync always" in strict
+
+
+def test_local_and_compose_redis_confs_bound_memory_without_eviction(tmp_path):
+    """`make run` had no maxmemory at all: the OOM killer decided."""
+    from productionlab import deploy
+    from productionlab.settings import ConfigError
+
+    stack = LocalStack(StackConfig.ephemeral(state_dir()))
+    stack.prepare()
+    conf = (stack.redis_dir / "redis.conf").read_text()
+    assert "\nmaxmemory 256mb\n" in conf and "\nmaxmemory-policy noeviction\n" in conf
+    small = LocalStack(
+        StackConfig.ephemeral(state_dir(), extra_env={"PLAB_REDIS_MAXMEMORY": "64MB"})
+    )
+    small.prepare()
+    assert "\nmaxmemory 64mb\n" in (small.redis_dir / "redis.conf").read_text()
+    for bad in ("lots", "1mb", "-5mb"):
+        broken = LocalStack(
+            StackConfig.ephemeral(state_dir(), extra_env={"PLAB_REDIS_MAXMEMORY": bad})
+        )
+        with pytest.raises(ConfigError, match="PLAB_REDIS_MAXMEMORY"):
+            broken.prepare()
+    directory = tmp_path / "secrets"
+    deploy.prepare_secrets(directory)
+    compose = (directory / "redis.conf").read_text()
+    assert "\nmaxmemory 384mb\n" in compose and "\nmaxmemory-policy noeviction\n" in compose
+    assert deploy.main(["secrets", "--dir", str(directory), "--redis-maxmemory", "1gb"]) == 0
+    assert "\nmaxmemory 1gb\n" in (directory / "redis.conf").read_text()
 
 
 def test_trusted_proxies_are_off_by_default_and_rendered_when_set():

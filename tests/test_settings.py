@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import time
 
 import pytest
 
-from productionlab.settings import ConfigError, Settings, parse_size, secret_entropy_bits
+from productionlab.secretgen import ensure_secrets
+from productionlab.settings import ConfigError, Settings, parse_size, secret_problem
 from productionlab.tokens import SigningKey
 
 
@@ -134,12 +137,6 @@ def test_sizes():
         parse_size("1 mb")
 
 
-def test_entropy_estimate_orders_secrets():
-    assert secret_entropy_bits(secrets.token_hex(32)) >= 256
-    assert secret_entropy_bits(secrets.token_urlsafe(32)) >= 256
-    assert secret_entropy_bits("hunter2") < 64
-
-
 def test_token_lifetimes_are_validated():
     settings = Settings.from_env(strong_env(PLAB_TOKEN_TTL="600", PLAB_REFRESH_TTL="3600"))
     assert (settings.token_ttl, settings.refresh_ttl) == (600, 3600)
@@ -175,6 +172,87 @@ def test_paths_and_retention_settings(tmp_path):
     )
     with pytest.raises(ConfigError):
         Settings.from_env(strong_env(PLAB_AUDIT_RETENTION="many"))
+
+
+def openssl_rand(*args: str) -> str:
+    """Real `openssl rand` output, the way an operator makes a secret."""
+    result = subprocess.run(
+        ["openssl", "rand", *args], capture_output=True, text=True, check=True, timeout=30
+    )
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("run", range(20))
+def test_generated_secrets_pass(tmp_path, run):
+    """openssl's hex and base64 output and the project's own generator always pass."""
+    generated = ensure_secrets(tmp_path / "secrets", ("token_key", "audit_key"))
+    values = [
+        openssl_rand("-hex", "32"),
+        openssl_rand("-base64", "32"),
+        openssl_rand("-base64", "48"),
+        generated["token_key"].read_text().strip(),
+        generated["audit_key"].read_text().strip(),
+        secrets.token_urlsafe(32),
+    ]
+    for value in values:
+        assert secret_problem("audit_key", value) is None, value
+    env = cp_env(PLAB_ENV="production", PLAB_AUDIT_KEY=values[1], PLAB_BACKUP_KEY=values[0])
+    env["PLAB_TOKEN_KEY_PREVIOUS"] = values[2]
+    assert Settings.from_env(env, plane="cp").token_key_previous == values[2]
+
+
+def cp_env(**extra: str) -> dict[str, str]:
+    """What the control plane needs besides strong_env: the checkpoint key, and the
+    time of the last token-key rotation when a previous key is given."""
+    return strong_env(
+        PLAB_AUDIT_CHECKPOINT_KEY=secrets.token_hex(32),
+        PLAB_TOKEN_KEY_ROTATED_AT=str(int(time.time())),
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "patterned",
+    [
+        "0123456789abcdef" * 4,  # ascending hex, repeated: decodes to 8 bytes, 4 times
+        "ab" * 32,  # one repeated byte
+        "deadbeef" * 8,  # a repeated 4-byte block
+        "00" * 32,
+        "".join(f"{i:02x}" for i in range(32)),  # ascending bytes
+        "".join(f"{255 - i:02x}" for i in range(32)),  # descending bytes
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",  # base64 of "A" * 32
+        "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=",  # base64 of "abc...z123456"
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        secrets.token_hex(16),  # hex, but only 16 bytes
+        secrets.token_urlsafe(16),  # base64, but only 16 bytes
+        "correct horse battery staple, correct horse battery staple",  # neither encoding
+        secrets.token_hex(16) * 2,  # 32 bytes that are one 16-byte block twice
+    ],
+)
+def test_patterned_or_short_secrets_are_refused(patterned):
+    problem = secret_problem("token_key", patterned)
+    assert problem is not None and "PLAB_TOKEN_KEY is weak" in problem
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_ENV="production", PLAB_SECRET_KEY=patterned))
+    assert "PLAB_SECRET_KEY is weak" in str(failure.value)
+
+
+def test_previous_token_key_is_validated_like_the_key(tmp_path):
+    env = cp_env(PLAB_ENV="production", PLAB_TOKEN_KEY_PREVIOUS="0123456789abcdef" * 4)
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(env, plane="cp")
+    assert "PLAB_TOKEN_KEY_PREVIOUS is weak" in str(failure.value)
+    key = secrets.token_hex(32)
+    (tmp_path / "token_key").write_text(key)
+    (tmp_path / "token_key.previous").write_text("changeme\n")
+    env = cp_env(PLAB_ENV="production", PLAB_TOKEN_KEY_FILE=str(tmp_path / "token_key"))
+    env["PLAB_TOKEN_PUBLIC_KEY"] = SigningKey(key).public_hex
+    del env["PLAB_TOKEN_KEY"], env["PLAB_TOKEN_KEY_ROTATED_AT"]
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(env, plane="cp")
+    assert "PLAB_TOKEN_KEY_PREVIOUS is a default" in str(failure.value)
+    development = Settings.from_env({**env, "PLAB_ENV": "development"}, plane="cp")
+    assert any("PLAB_TOKEN_KEY_PREVIOUS" in w for w in development.warnings)
 
 
 # --- issue 9: auth-abuse settings ------------------------------------------------

@@ -143,3 +143,35 @@ def test_strict_durability_with_appendfsync_always(stack_factory):
     client = stack.redis_client()
     assert client.config_get("appendfsync") == {"appendfsync": "always"}
     client.close()
+
+
+def test_each_planes_redis_user_can_keep_the_quota_accounting(stack):
+    """The app plane writes and expires keys (charge, move, release); the control
+    plane reads usage and migrates: their redis ACLs must allow every command the
+    quota scripts run, including PEXPIRETIME and the allow-oom flagged scripts."""
+    from productionlab.audit import Actor
+    from productionlab.kv import KVStore, Quota, charge_unowned_keys
+    from productionlab.limits import Ticket
+    from productionlab.store.durability import Durability
+
+    stores = {}
+    for plane in ("ap", "cp"):
+        client = stack.redis_client(plane)
+        stores[plane] = KVStore(
+            client, Durability(client, strict=False), Quota(max_keys=2, max_bytes=10_000)
+        )
+    user = f"acl{secrets.token_hex(4)}"
+    actor = Actor(user, "127.0.0.1", "acl")
+    key = f"acl-{secrets.token_hex(4)}"
+    ap, cp = stores["ap"], stores["cp"]
+    ap.put(key, b"one", actor, ttl=3600)
+    ap.put(key, b"two", actor)
+    ap.put(key + "-b", b"x", actor)
+    assert (cp.usage(user).keys, cp.usage(user).bytes) == (2, len(key) + 3 + len(key) + 3)
+    ticket = Ticket(f"{{plab}}:limits:user:{user}:60", 100, 60)
+    assert ap.get(key, limit=ticket).value == b"two"  # the allow-oom read script
+    ap.delete(key + "-b", actor)
+    assert cp.usage(user).keys == 1
+    assert charge_unowned_keys(cp.client) == 0
+    for store in stores.values():
+        store.client.close()

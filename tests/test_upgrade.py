@@ -15,8 +15,8 @@ from upgrade_kit import PreviousState, previous_release_state
 
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
-from productionlab.localstack import LocalStack, StackConfig
-from tests.conftest import Client, state_dir
+from productionlab.localstack import LocalStack
+from tests.conftest import Client, small_stack_config, state_dir
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,7 @@ def upgraded() -> Iterator[tuple[LocalStack, PreviousState]]:
     """The previous release's state, then this release started on it."""
     directory = state_dir("plab-upgrade-")
     old = previous_release_state(directory)
-    stack = LocalStack(
-        StackConfig.ephemeral(
-            directory,
-            ap_workers=1,
-            threads=4,
-            edge_rate=5000,
-            edge_burst=5000,
-            admin_rate=1000,
-            admin_burst=1000,
-        )
-    )
+    stack = LocalStack(small_stack_config(directory))
     stack.start(timeout=90)
     yield stack, old
     stack.stop()
