@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test-redis-tls run test e2e bench soak bench-deps lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv
+.PHONY: test-redis-tls run test e2e bench soak bench-deps lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv scan
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,7 @@ run: venv system-deps
 
 ## test: the test suite against real redis, Waitress and nginx
 test: venv system-deps tls-venv
+	scripts/system-deps.sh promtool
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 ## test-redis-tls: the redis-facing tests again with every test stack's redis on TLS only
@@ -45,6 +46,13 @@ security: venv
 ##             vulnerability service cannot be reached - never a silent pass
 audit-deps: venv
 	$(PY) scripts/audit_deps.py requirements.txt requirements-dev.txt requirements-tls.txt
+
+## scan: vulnerability scan of the images' SBOMs (var/e2e/sbom/, written by `make e2e`) and
+##       the pinned runtime requirements; exit 2 (UNVERIFIED) when a scanner or its
+##       database is missing or unreachable - never a silent pass
+SBOM_DIR ?= var/e2e/sbom
+scan: venv
+	$(PY) scripts/scan.py --sbom-dir $(SBOM_DIR) requirements.txt
 
 ## tls-venv: sslyze in its own virtualenv (it pins an older cryptography than the service)
 TLS_VENV ?= .venv-tls
@@ -83,7 +91,8 @@ secrets: venv
 	$(PY) -m productionlab.deploy secrets --dir secrets
 
 ## e2e: build the images and drive a real `docker compose up` through the edge (as root;
-## starts its own dockerd when none answers; see docs/COMPOSE.md)
+## starts its own dockerd when none answers; see docs/COMPOSE.md); writes a CycloneDX
+## SBOM per image (OS and Python packages) to var/e2e/sbom/
 e2e: venv
 	scripts/system-deps.sh docker docker-compose debootstrap
 	$(PY) -m pytest e2e -v -s -p no:cacheprovider $(E2E_ARGS)

@@ -6,6 +6,7 @@ and the dockerd the session started (if any) is stopped."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import secrets as random
 import shutil
 import sys
@@ -23,6 +24,7 @@ from e2e.harness import (
     Compose,
     DockerDaemon,
     HarnessError,
+    binary,
     free_port,
     import_standin,
     log,
@@ -31,6 +33,7 @@ from e2e.harness import (
 from productionlab.deploy import prepare_secrets
 
 STATE = "/var/lib/productionlab/state"
+SBOMS = REPO / "var" / "e2e" / "sbom"
 LOGS = REPO / "var" / "e2e"
 IMAGES = {
     "PLAB_AP_IMAGE": "productionlab-ap:e2e",
@@ -142,6 +145,18 @@ class Deployment:
         self.wait_for("/ready")
 
 
+def write_sboms(daemon: DockerDaemon) -> None:
+    """A CycloneDX SBOM of each image just built (OS and Python packages), kept
+    beside the e2e logs (var/e2e/sbom/); `make scan` reads them."""
+    spec = importlib.util.spec_from_file_location("plab_sbom", REPO / "scripts" / "sbom.py")
+    sbom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sbom)
+    shutil.rmtree(SBOMS, ignore_errors=True)  # only this run's images
+    for image in IMAGES.values():
+        for path in sbom.image_sboms(image, SBOMS, [binary("docker")], env=daemon.env):
+            log(f"sbom: {path}")
+
+
 @pytest.fixture(scope="session")
 def deployment() -> Iterator[Deployment]:
     started = time.monotonic()
@@ -171,6 +186,7 @@ def deployment() -> Iterator[Deployment]:
         )
         log(f"compose: {' '.join(compose.argv)} build (project {compose.project})")
         compose("build", timeout=1800)
+        write_sboms(daemon)
         deployment = Deployment(daemon, compose, secrets_dir, 0, 0)
         deployment.publish_on(free_port(), free_port())
         log("compose: up")

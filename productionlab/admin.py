@@ -143,6 +143,16 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     def list_users() -> Response:
         return jsonify({"users": [u.public() for u in users().all()]})
 
+    @bp.get("/users/review")
+    @admin_only
+    def review_users() -> Response:
+        """The quarterly access review (lastused.py); ``/users/<name>`` for a user
+        named "review"."""
+        from productionlab.lastused import review
+
+        client = current_app.extensions["plab_redis"]
+        return jsonify({"users": review(users().all(), client, tokens().families)})
+
     @bp.get("/users/<name>")
     @admin_only
     def show_user(name: str) -> Response:

@@ -98,7 +98,13 @@ class AuditKeeper:
             public = self.private.public_key()
             trusted[key_id(public)] = public
         with self.archive.lock():
-            return verify_log(self.client, self.archive, self.checkpoints, trusted, self.legacy_key)
+            result = verify_log(
+                self.client, self.archive, self.checkpoints, trusted, self.legacy_key
+            )
+        from productionlab.securitymetrics import record_audit_verification
+
+        record_audit_verification(self.client, result.ok)  # for the control plane's gauges
+        return result
 
     def tick(self) -> None:
         """One round: migrate, archive and trim past the bound, checkpoint."""

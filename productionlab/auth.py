@@ -101,6 +101,9 @@ class Authenticator:
     @staticmethod
     def _accept(user: User) -> User:
         g.user = user
+        tracker = current_app.extensions.get("plab_lastused")
+        if tracker is not None:  # at most one redis write a minute per user (lastused.py)
+            tracker.touch(user.name, g.get("plab_token_family"))
         return user
 
     @staticmethod

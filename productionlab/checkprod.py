@@ -29,7 +29,7 @@ from productionlab.settings import (
 )
 from productionlab.store.connection import connect
 
-EXPIRY_WARNING_DAYS = 14
+EXPIRY_WARNING_DAYS = 30
 
 
 def load_settings(environ: Mapping[str, str]) -> tuple[Settings | None, list[str]]:

@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=cmd_render_nginx)
 
     from productionlab.deploy import register as register_deploy
+    from productionlab.keyexport import register as register_keys
     from productionlab.opscli import REGISTRARS
+    from productionlab.tlsrotate import register as register_tls
 
-    for register in (*REGISTRARS, register_deploy, *EXTRA_COMMANDS):
+    for register in (*REGISTRARS, register_deploy, register_tls, register_keys, *EXTRA_COMMANDS):
         register(commands)
     return parser
 
@@ -123,7 +125,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 # Commands that talk to a stack as the control plane (users, tokens, audit,
 # backup, check-prod): they find the local stack's settings on their own.
-OPERATOR_COMMANDS = frozenset({"users", "tokens", "audit", "backup", "check-prod"})
+OPERATOR_COMMANDS = frozenset({"users", "tokens", "audit", "backup", "check-prod", "keys"})
 
 
 def use_local_stack_if_unconfigured() -> bool:

@@ -6,13 +6,14 @@ import redis
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from productionlab import errors, headers, limits, metrics, requestlog, tokens
+from productionlab import errors, headers, limits, metrics, requestlog, securitymetrics, tokens
 from productionlab.audit import AuditLog
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
 from productionlab.kv import KVStore, Quota
 from productionlab.kv_routes import TailConverter
+from productionlab.lastused import LastUsed
 from productionlab.openapi import openapi_blueprint
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
@@ -51,6 +52,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     errors.init_app(app)
     headers.init_app(app)
     metrics.init_app(app, settings.plane)
+    securitymetrics.init_app(app, settings)
 
     durability = Durability(
         client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
@@ -69,6 +71,7 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     )
     users.start_listener()
     app.extensions["plab_users"] = users
+    app.extensions["plab_lastused"] = LastUsed(client)
     guard = limits.failure_guard(settings, client)
     app.extensions["plab_guard"] = guard
     user_limit = limits.init_app(app, settings, client)

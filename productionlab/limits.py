@@ -27,6 +27,7 @@ from flask import Flask, Response, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_rate
 
+from productionlab import securitymetrics
 from productionlab.audit import AUDIT_ARGC, AUDIT_KEYS, LUA_PRELUDE, Actor, clean
 from productionlab.errors import TooManyRequests, error_response
 from productionlab.settings import Settings
@@ -169,6 +170,7 @@ class LoginGuard:
             pipe.ttl(counter)
             count, ttl = pipe.execute()
             if int(count or 0) >= self.per_address_tokens:
+                securitymetrics.throttled("login_guard")
                 raise TooManyRequests("too many failed tokens from this address", retry_after=ttl)
             return
         pair, addr = self._keys(address, name)
@@ -179,8 +181,10 @@ class LoginGuard:
         pipe.ttl(addr)
         pair_count, pair_ttl, addr_count, addr_ttl = pipe.execute()
         if int(pair_count or 0) >= self.per_pair:
+            securitymetrics.throttled("login_guard")
             raise TooManyRequests("too many failed logins; wait and retry", retry_after=pair_ttl)
         if int(addr_count or 0) >= self.per_address:
+            securitymetrics.throttled("login_guard")
             raise TooManyRequests("too many failed logins from this address", retry_after=addr_ttl)
 
     def failed(self, address: str, name: str, reason: str, now: float | None = None) -> None:
@@ -193,13 +197,16 @@ class LoginGuard:
         if self._is_token(name):
             self.token_failed(address, now)
             return
+        securitymetrics.auth_failed(reason)
         self._count(address, list(self._keys(address, name)), 0, now)
 
     def token_failed(self, address: str, now: float | None = None) -> None:
         """Count a refused token from ``address``; 429 once the address is past its limit."""
+        securitymetrics.auth_failed("bad_token")
         counter = TOKEN_FAILURES + clean(address)
         wait = self._count(address, [counter], self.per_address_tokens, now)
         if wait > 0:
+            securitymetrics.throttled("login_guard")
             raise TooManyRequests("too many failed tokens from this address", retry_after=wait)
 
     def _count(self, address: str, counters: list[str], limit: int, now: float | None) -> int:
@@ -347,6 +354,7 @@ def take_ticket() -> Ticket | None:
 def refused(wait: int) -> None:
     """Raise 429 when a limit script answered a positive wait in seconds."""
     if wait > 0:
+        securitymetrics.throttled("user_limit")
         raise TooManyRequests("too many requests for this user; wait and retry", retry_after=wait)
 
 
@@ -444,6 +452,7 @@ class RouteLimits:
 
         @app.errorhandler(RateLimitExceeded)
         def too_many(exc: RateLimitExceeded) -> Response:
+            securitymetrics.throttled("flask_limiter")
             current = self.limiter.current_limit
             wait = 1
             if current is not None:

@@ -56,6 +56,34 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_review(args: argparse.Namespace) -> int:
+    from productionlab.lastused import review
+
+    service = token_service()
+    rows = review(user_store().all(), service.client, service.families)
+    if args.json:
+        for row in rows:
+            _print(row)
+        return 0
+    print(
+        f"{'user':<20} {'role':<7} {'created':<10} {'last used':<16} {'tokens':>6}  flags / grants"
+    )
+    for row in rows:
+        created = datetime.datetime.fromtimestamp(row["created"], datetime.UTC)
+        last = row["last_used"]
+        used = (
+            datetime.datetime.fromtimestamp(last, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+            if last
+            else "never"
+        )
+        print(
+            f"{row['name']:<20} {row['role']:<7} {created:%Y-%m-%d} {used:<16} "
+            f"{len(row['token_families']):>6}  {','.join(row['flags']) or '-'} "
+            f"[{' '.join(row['grants']) or '-'}]"
+        )
+    return 0
+
+
 def cmd_users_show(args: argparse.Namespace) -> int:
     _print(user_store().get(args.name).public())
     return 0
@@ -109,6 +137,13 @@ def register_users(commands: argparse._SubParsersAction) -> None:
     users.add_parser("list", help="list users (never their secrets)").set_defaults(
         handler=cmd_users_list
     )
+    review_cmd = users.add_parser(
+        "review",
+        help="access review: role, grants, created, last used, live token families; "
+        "flags admins, wildcard grants, accounts unused for 90 days",
+    )
+    review_cmd.add_argument("--json", action="store_true", help="one JSON object per user")
+    review_cmd.set_defaults(handler=cmd_users_review)
     for action, handler, text in (
         ("show", cmd_users_show, "show one user"),
         ("disable", cmd_users_disable, "disable a user (refused everywhere within a second)"),
@@ -415,7 +450,7 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
 def cmd_backup_verify(args: argparse.Namespace) -> int:
     from productionlab.backup import verify_backup
 
-    contents = verify_backup(Path(args.file), _settings().backup_key)
+    contents = verify_backup(Path(args.file), _backup_key(args, _settings()))
     print(f"backup: {args.file} OK ({contents.keys} keys, digest {contents.digest[:16]})")
     return 0
 
@@ -438,6 +473,17 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup_key(args: argparse.Namespace, settings: Settings) -> str:
+    """The live backup key, or the one in ``--keys`` (a ``keys export`` file)."""
+    if not getattr(args, "keys", None):
+        return settings.backup_key
+    from productionlab.keyexport import passphrase, read_export
+
+    return read_export(Path(args.keys), passphrase(args.passphrase_file, confirm=False))[
+        "backup_key"
+    ]
+
+
 def cmd_backup_drill(args: argparse.Namespace) -> int:
     from productionlab.backup import drill
 
@@ -445,7 +491,7 @@ def cmd_backup_drill(args: argparse.Namespace) -> int:
     client = _client(settings)
     report = drill(
         client,
-        settings.backup_key,
+        _backup_key(args, settings),
         _backup_dir(args, settings),
         path=Path(args.file) if args.file else None,
         progress=not args.quiet,
@@ -453,6 +499,15 @@ def cmd_backup_drill(args: argparse.Namespace) -> int:
     _audit(settings, client, "backup.drill", report.backup, "ok" if report.ok else "failed")
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _keys_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="use the backup key of a `keys export` file, not the live one",
+    )
+    parser.add_argument("--passphrase-file", help="its passphrase (default: ask on the terminal)")
 
 
 def register_backup(commands: argparse._SubParsersAction) -> None:
@@ -468,6 +523,7 @@ def register_backup(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=cmd_backup_list)
     verify = backup.add_parser("verify", help="authenticate and check a backup file")
     verify.add_argument("file")
+    _keys_options(verify)
     verify.set_defaults(handler=cmd_backup_verify)
     restore = backup.add_parser("restore", help="load a backup into an empty store")
     restore.add_argument("file")
@@ -482,6 +538,7 @@ def register_backup(commands: argparse._SubParsersAction) -> None:
     drill_cmd.add_argument("--file", help="drill this backup instead of making a new one")
     drill_cmd.add_argument("--dir")
     drill_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    _keys_options(drill_cmd)
     drill_cmd.set_defaults(handler=cmd_backup_drill)
 
 

@@ -46,7 +46,16 @@ from dataclasses import dataclass, field
 import redis
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_request_context,
+    jsonify,
+    request,
+)
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
 from productionlab.errors import BadRequest, Unauthorized
@@ -419,7 +428,12 @@ class TokenService:
             )
         )
         if result != 1:
-            raise TokenError({0: "unknown_family", -1: "family_revoked"}.get(result, "reuse"))
+            reason = {0: "unknown_family", -1: "family_revoked"}.get(result, "reuse")
+            if reason == "reuse":
+                from productionlab.securitymetrics import token_reuse_detected
+
+                token_reuse_detected()
+            raise TokenError(reason)
         access = self._claims("access", user, claims.fam, self.access_ttl, now)
         return TokenPair(self.sign(access), self.sign(fresh), self.access_ttl, self.refresh_ttl)
 
@@ -445,7 +459,10 @@ class TokenService:
         data, revoked = pipe.execute()
         if revoked != b"0":
             raise TokenError("family_revoked")
-        return self._still_valid(claims, data)
+        user = self._still_valid(claims, data)
+        if has_request_context():
+            g.plab_token_family = claims.fam  # for the last-used record (lastused.py)
+        return user
 
     def revoke_family(self, family: str, actor: Actor) -> bool:
         if not family.isalnum() or len(family) > 64:

@@ -5,6 +5,7 @@ set -euo pipefail
 declare -A package_of=(
   [redis-server]=redis-server [nginx]=nginx [wrk]=wrk [docker]=docker.io
   [docker-compose]=docker-compose [debootstrap]=debootstrap [openssl]=openssl
+  [promtool]=prometheus
 )
 missing=()
 for binary in "$@"; do
@@ -32,7 +33,7 @@ fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
 if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 [ "${status:-0}" -eq 0 ] || exit "$status"
-for service in redis-server nginx docker containerd; do
+for service in redis-server nginx docker containerd prometheus; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
   service "$service" stop >/dev/null 2>&1 || true
 done

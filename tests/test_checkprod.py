@@ -122,13 +122,27 @@ def test_self_signed_certificate_in_production(stack, tmp_path):
     ]
 
 
-@pytest.mark.parametrize("days,text", [(5, "expires in 4 days"), (-1, "expired on")])
+@pytest.mark.parametrize(
+    "days,text",
+    [
+        (5, "expires in 4 days"),
+        (10, "expires in 9 days"),
+        (29, "warning threshold 30 days"),
+        (-1, "expired on"),
+    ],
+)
 def test_expiring_and_expired_certificates(stack, tmp_path, days, text):
     cert = ca_signed_cert(tmp_path, days)
     result = check_prod(stack, production(stack, tmp_path, PLAB_TLS_CERT=str(cert)))
     assert result.returncode == 1
     (line,) = lines(result)
     assert line.startswith(f"tls: certificate {cert}") and text in line
+
+
+def test_a_certificate_with_more_than_30_days_left_is_no_finding(stack, tmp_path):
+    cert = ca_signed_cert(tmp_path, 31)
+    result = check_prod(stack, production(stack, tmp_path, PLAB_TLS_CERT=str(cert)))
+    assert result.returncode == 0, result.stdout
 
 
 def test_redis_without_aof_or_password(stack, tmp_path):

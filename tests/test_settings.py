@@ -223,10 +223,11 @@ def cp_env(**extra: str) -> dict[str, str]:
         "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",  # base64 of "A" * 32
         "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=",  # base64 of "abc...z123456"
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-        secrets.token_hex(16),  # hex, but only 16 bytes
-        secrets.token_urlsafe(16),  # base64, but only 16 bytes
+        # Fixed random-looking values: parameters must be the same in every xdist worker.
+        "4e5beb79a16f485cb74e6f5f9784fe90",  # hex, but only 16 bytes
+        "TeF0hRjzHDZ0yp4LLMs4SQ",  # base64, but only 16 bytes
         "correct horse battery staple, correct horse battery staple",  # neither encoding
-        secrets.token_hex(16) * 2,  # 32 bytes that are one 16-byte block twice
+        "e5e885bff61a6b32c0e358fbfc29c9f9" * 2,  # 32 bytes that are one 16-byte block twice
     ],
 )
 def test_patterned_or_short_secrets_are_refused(patterned):

@@ -203,6 +203,32 @@ def test_previous_release_tokens_get_a_clean_401_and_basic_issues_a_new_pair(upg
     assert "PLAB_TOKEN_KEY_FILE" not in env and "PLAB_TOKEN_PUBLIC_KEY_FILE" in env
 
 
+def test_previous_release_users_are_reviewed_and_their_use_recorded(upgraded):
+    """Issue 15, item 4: no last-used record before the upgrade (shown as never),
+    and the upgraded app plane's ACL lets it record one."""
+    from productionlab.lastused import LAST_USED, review
+
+    stack, old = upgraded
+    cp = stack.redis_client("cp")
+    reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
+    assert reader.get("/v1/kv/app-old-0").status_code == 200
+    # written by the upgraded app plane (this request, or an earlier test's within
+    # the minute): the previous release never wrote these keys
+    assert int(cp.hget(LAST_USED + "olduser-r", "at") or 0) > 0
+    cp.delete(LAST_USED + "olduser-r")
+    rows = {row["name"]: row for row in review(all_users(stack), cp, lambda name: [])}
+    assert rows["olduser-r"]["last_used"] is None
+    assert "unused_90_days" not in rows["olduser-r"]["flags"]  # created today
+    assert rows["olduser-w"]["role"] == "writer" and rows["olduser-w"]["grants"] == ["app-"]
+    assert rows["olduser-empty"]["flags"] == ["wildcard"]  # the old "" grant, now "*"
+
+
+def all_users(stack: LocalStack) -> list:
+    from productionlab.users import UserStore
+
+    return UserStore(stack.redis_client("cp"), b"k" * 32).all()
+
+
 def test_a_stored_empty_grant_becomes_an_explicit_wildcard(upgraded):
     """The previous release stored "" as a grant (a silent wildcard); it is refused
     now, and the upgrade makes a stored one the explicit "*" it meant, audited, so

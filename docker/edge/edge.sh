@@ -6,12 +6,17 @@
 # them. The htpasswd is written by the control plane into a volume of its own
 # (read-only here; nginx.conf is in another volume the control plane never
 # mounts); nginx reads it per request, and a change also reloads nginx, so the
-# edge never keeps serving from a stale view of it.
+# edge never keeps serving from a stale view of it. It also watches the TLS
+# certificate and key (compose secrets, bind-mounted): when the operator
+# rewrites them (`productionlab tls rotate --dir secrets`) and `nginx -t`
+# accepts the pair, nginx reloads gracefully; a half-written or mismatched pair
+# is retried on the next look, never loaded.
 set -eu
 conf=${PLAB_EDGE_CONF:-/var/lib/productionlab/edge/nginx.conf}
 htpasswd=${PLAB_EDGE_HTPASSWD:-/var/lib/productionlab/htpasswd/htpasswd}
 upstream=${PLAB_AP_HOST:-ap}
 every=${PLAB_EDGE_RESOLVE_SECONDS:-5}
+tls_files=${PLAB_EDGE_TLS_FILES:-/run/secrets/tls_crt /run/secrets/tls_key}
 
 replicas() {
   getent ahostsv4 "$upstream" | awk '{ print $1 }' | sort -u | tr '\n' ' '
@@ -21,6 +26,11 @@ users_file() {
   cksum "$htpasswd" 2>/dev/null || echo missing
 }
 
+tls_sum() {
+  # shellcheck disable=SC2086 # a list of paths
+  cat $tls_files 2>/dev/null | cksum
+}
+
 mkdir -p /tmp/nginx
 nginx -e stderr -t -q -c "$conf"
 nginx -e stderr -c "$conf" &
@@ -28,6 +38,7 @@ master=$!
 trap 'kill -QUIT "$master" 2>/dev/null; wait "$master"; exit 0' TERM INT QUIT
 known=$(replicas || true)
 users=$(users_file)
+tls_known=$(tls_sum)
 echo "edge: nginx started; app plane replicas: ${known:-none}" >&2
 while kill -0 "$master" 2>/dev/null; do
   sleep "$every" &
@@ -47,6 +58,12 @@ while kill -0 "$master" 2>/dev/null; do
       kill -HUP "$master"
       known=$current
     fi
+  fi
+  tls_now=$(tls_sum)
+  if [ "$tls_now" != "$tls_known" ] && nginx -e stderr -t -q -c "$conf"; then
+    echo "edge: TLS certificate or key changed; reloading nginx" >&2
+    kill -HUP "$master"
+    tls_known=$tls_now
   fi
 done
 wait "$master"
