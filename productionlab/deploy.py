@@ -26,6 +26,7 @@ from productionlab.secretgen import (
     REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
     REDIS_TLS_SERVER,
+    TOKEN_PUBLIC_KEY,
     ensure_redis_tls,
     ensure_secrets,
     ensure_tls,
@@ -139,6 +140,8 @@ def prepare_secrets(
     of the host can reach them, and each container sees only the ones it is given.
     """
     paths = list(ensure_secrets(directory, ALL_SECRETS).values())
+    # the public key's previous half: compose mounts it too (empty outside a rotation)
+    paths.append(directory / f"{TOKEN_PUBLIC_KEY}.previous")
     paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
     redis_tls = ensure_redis_tls(
         directory,

@@ -34,6 +34,10 @@ def test_secrets_are_strong_kept_and_readable_only_through_a_private_directory(t
         assert secret_problem(name, first[name].strip()) is None
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o444
     assert {"tls.crt", "tls.key", "redis.conf"} <= set(first)
+    # every file compose mounts as a secret is readable by the containers' users
+    for secret in yaml.safe_load(COMPOSE_FILE.read_text())["secrets"].values():
+        name = Path(secret["file"].rsplit("/", 1)[-1])
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o444, name
     assert len({first[n] for n in ("redis_ap_password", "redis_cp_password", "secret_key")}) == 3
 
 
