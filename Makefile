@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test e2e bench soak bench-deps lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv scan
+.PHONY: test-redis-tls run test e2e bench soak bench-deps lint audit secrets venv system-deps clean fuzz security audit-deps tls-venv scan
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ run: venv system-deps
 test: venv system-deps tls-venv
 	scripts/system-deps.sh promtool
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+## test-redis-tls: the redis-facing tests again with every test stack's redis on TLS only
+##                 (PLAB_TEST_REDIS_TLS=1; SECURITY.md, "Redis over TLS")
+REDIS_TLS_TESTS ?= tests/test_kv_routes.py tests/test_auth.py tests/test_tokens.py \
+	tests/test_audit.py tests/test_acl.py tests/test_backup.py tests/test_durability.py
+test-redis-tls: venv system-deps
+	PLAB_TEST_REDIS_TLS=1 $(PY) -m pytest -n 2 $(REDIS_TLS_TESTS) $(PYTEST_ARGS)
 
 ## fuzz: the bad-input proofs alone: schemathesis (OpenAPI), hypothesis properties, hostile corpus
 fuzz: venv system-deps

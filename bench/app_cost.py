@@ -93,6 +93,7 @@ def main() -> None:
             port=system.stack.config.redis_port,
             username="plab-ap",
             password=system.stack.secret("redis_ap_password"),
+            **system.stack.redis_tls_options("ap"),  # type: ignore[arg-type]
         )
         client.set("{plab}:naive", "value")
         naive = naive_app.create_app(client)

@@ -219,6 +219,8 @@ class Hardened(System):
             overrides["ap_workers"] = ap_workers
         if threads is not None:
             overrides["threads"] = threads
+        # PLAB_REDIS_TLS=on measures the hardened stack with redis on TLS only
+        overrides["redis_tls"] = os.environ.get("PLAB_REDIS_TLS", "off").lower() == "on"
         self.stack = LocalStack(StackConfig.ephemeral(tmp, **overrides))
         self.stack.start(timeout=60)
         self.context = ssl.create_default_context(cafile=str(self.stack.tls_cert))

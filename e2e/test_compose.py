@@ -146,6 +146,34 @@ def test_redis_is_unreachable_from_the_edge(deployment):
     assert blocked.returncode != 0
 
 
+REDIS_TLS_PROBE = """
+import sys, redis
+password = open("/run/secrets/redis_cp_password").read().strip()
+common = dict(host="redis", port=6379, username="plab-cp", password=password, socket_timeout=5)
+tls = dict(ssl=True, ssl_ca_certs="/run/secrets/redis_ca_crt", ssl_cert_reqs="required")
+def refused(**options):
+    try:
+        redis.Redis(**common, **options).ping()
+    except redis.RedisError:
+        return True
+    return False
+assert redis.Redis(**common, **tls, ssl_certfile="/run/secrets/redis_cp_crt",
+                   ssl_keyfile="/run/secrets/redis_cp_key").ping() is True
+assert refused(), "plain TCP answered"
+assert refused(**tls), "TLS without a client certificate answered"
+print("tls-only")
+"""
+
+
+def test_redis_speaks_tls_only_with_a_client_certificate(deployment):
+    """Inside compose: the control plane's certificate gets a PONG over TLS; plain
+    TCP and TLS without a client certificate are refused (issue 15, item 6)."""
+    result = deployment.compose.exec("cp", "python", "-c", REDIS_TLS_PROBE, check=False)
+    assert result.returncode == 0 and "tls-only" in result.stdout, result.stderr
+    conf = deployment.compose.exec("redis", "cat", "/run/secrets/redis_conf").stdout
+    assert "\nport 0\n" in conf and "tls-auth-clients yes" in conf
+
+
 def test_every_process_is_non_root_without_capabilities(deployment):
     for service, containers in running(deployment).items():
         for container_id in containers:

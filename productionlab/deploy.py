@@ -20,8 +20,17 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import ALL_SECRETS, TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
+from productionlab.render import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.secretgen import (
+    ALL_SECRETS,
+    REDIS_TLS_CA,
+    REDIS_TLS_CA_KEY,
+    REDIS_TLS_SERVER,
+    TOKEN_PUBLIC_KEY,
+    ensure_redis_tls,
+    ensure_secrets,
+    ensure_tls,
+)
 from productionlab.settings import parse_cidrs, redis_maxmemory
 from productionlab.users import write_atomic
 
@@ -40,6 +49,16 @@ REDIS_PORT = 6379
 REDIS_DATA = "/data"
 # The healthcheck's redis user may run PING and nothing else; it needs no password.
 HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping nopass")
+# Redis speaks TLS only in compose; its certificate names the service and loopback
+# (the healthcheck connects from inside the container); one client cert per plane
+# and one for the healthcheck.
+REDIS_SERVICE = "redis"
+REDIS_TLS_CLIENTS = ("ap", "cp", "health")
+REDIS_TLS = RedisTLS(
+    cert=str(SECRETS_MOUNT / REDIS_TLS_SERVER[0]),
+    key=str(SECRETS_MOUNT / REDIS_TLS_SERVER[1]),
+    ca=str(SECRETS_MOUNT / REDIS_TLS_CA),
+)
 
 
 def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
@@ -97,6 +116,7 @@ def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "
         bind="0.0.0.0",  # noqa: S104 - in-container; the network is internal  # nosec B104
         appendfsync="always" if durability == "strict" else "everysec",
         maxmemory=maxmemory,
+        tls=REDIS_TLS,
         users=[
             RedisUser("plab-ap", password("redis_ap_password")),
             RedisUser("plab-cp", password("redis_cp_password")),
@@ -123,6 +143,14 @@ def prepare_secrets(
     # the public key's previous half: compose mounts it too (empty outside a rotation)
     paths.append(directory / f"{TOKEN_PUBLIC_KEY}.previous")
     paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
+    redis_tls = ensure_redis_tls(
+        directory,
+        hostnames=tuple(dict.fromkeys(["localhost", REDIS_SERVICE])),
+        addresses=("127.0.0.1", "::1"),
+        clients=REDIS_TLS_CLIENTS,
+    )
+    # The redis CA's key signs client certificates: it stays 0600, given to no container.
+    paths += [path for name, path in redis_tls.items() if name != REDIS_TLS_CA_KEY]
     conf_path = directory / "redis.conf"
     body = redis_conf(directory, durability=durability, maxmemory=maxmemory)
     if not conf_path.exists() or conf_path.read_text() != body:

@@ -33,8 +33,17 @@ from pathlib import Path
 import redis
 
 from productionlab import stackfile
-from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
-from productionlab.secretgen import TOKEN_PUBLIC_KEY, ensure_secrets, ensure_tls
+from productionlab.render import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.secretgen import (
+    REDIS_TLS_CA,
+    REDIS_TLS_CA_KEY,
+    REDIS_TLS_SERVER,
+    TOKEN_PUBLIC_KEY,
+    ensure_redis_tls,
+    ensure_secrets,
+    ensure_tls,
+    redis_client_files,
+)
 from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, parse_cidrs, parse_size
 
 PR_SET_PDEATHSIG = 1
@@ -192,6 +201,7 @@ class StackConfig:
     restart_apps: bool = True
     restart_redis: bool = True
     ready_path: str = "/ready"
+    redis_tls: bool = False  # PLAB_REDIS_TLS=on: redis speaks TLS only, mutually authenticated
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -200,6 +210,12 @@ class StackConfig:
 
         def get(name: str, default: object) -> str:
             return environ.get(f"PLAB_{name}", str(default))
+
+        def on_off(name: str, default: str) -> bool:
+            raw = get(name, default).strip().lower()
+            if raw not in ("on", "off"):
+                raise ValueError(f"PLAB_{name}={raw!r} is on or off")
+            return raw == "on"
 
         defaults = cls()
         return cls(
@@ -221,6 +237,7 @@ class StackConfig:
             max_body=get("MAX_BODY", defaults.max_body),
             threads=int(get("THREADS", defaults.threads)),
             edge_trusted_proxies=get("EDGE_TRUSTED_PROXIES", ""),
+            redis_tls=on_off("REDIS_TLS", "off"),
             # the control plane's console settings pass through to it (PLAB_CONSOLE=off)
             extra_env={k: environ[k] for k in CONSOLE_VARIABLES if k in environ},
         )
@@ -525,10 +542,55 @@ class LocalStack:
         for path in [self.nginx_temp, *self.nginx_temp.iterdir()]:
             os.chmod(path, 0o700)
 
+    @property
+    def redis_tls_dir(self) -> Path:
+        """Where redis and the planes read the redis TLS files. As root it is a copy
+        inside the service-owned redis dir (redis and the planes run as the service
+        user and read them at every connection); the CA key never goes there."""
+        return self.redis_dir / "tls" if self.as_root else self.state / "redis-tls"
+
+    def _prepare_redis_tls(self) -> RedisTLS:
+        source = self.state / "redis-tls"
+        hosts = tuple(dict.fromkeys(["localhost"]))
+        addresses = tuple(dict.fromkeys(["127.0.0.1", "::1", self.config.bind]))
+        files = ensure_redis_tls(source, hostnames=hosts, addresses=addresses)
+        target = self.redis_tls_dir
+        if target != source and self.service is not None:
+            target.mkdir(parents=True, exist_ok=True)
+            os.chmod(target, 0o700)
+            os.chown(target, self.service.uid, self.service.gid)
+            for name, path in files.items():
+                if name == REDIS_TLS_CA_KEY:
+                    continue
+                copy = target / name
+                shutil.copyfile(path, copy)
+                os.chmod(copy, 0o600)
+                os.chown(copy, self.service.uid, self.service.gid)
+        cert, key = REDIS_TLS_SERVER
+        return RedisTLS(
+            cert=str(target / cert), key=str(target / key), ca=str(target / REDIS_TLS_CA)
+        )
+
+    def redis_tls_options(self, plane: str = "cp") -> dict[str, object]:
+        """redis-py SSL options for a client holding ``plane``'s certificate (empty
+        when the stack's redis is plain)."""
+        if not self.config.redis_tls:
+            return {}
+        cert, key = redis_client_files(plane)
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.redis_tls_dir / REDIS_TLS_CA),
+            "ssl_certfile": str(self.redis_tls_dir / cert),
+            "ssl_keyfile": str(self.redis_tls_dir / key),
+            "ssl_cert_reqs": "required",
+        }
+
     def _write_redis_conf(self) -> None:
         from productionlab.settings import redis_maxmemory  # bounded memory, noeviction
 
+        tls = self._prepare_redis_tls() if self.config.redis_tls else None
         conf = render_redis_conf(
+            tls=tls,
             maxmemory=redis_maxmemory({**os.environ, **self.config.extra_env}),
             port=self.config.redis_port,
             data_dir=str(self.redis_dir),
@@ -584,10 +646,11 @@ class LocalStack:
     # --- processes ----------------------------------------------------------
     def plane_env(self, plane: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLAB_")}
+        scheme = "rediss" if self.config.redis_tls else "redis"
         env.update(
             {
                 "PLAB_ENV": self.config.env,
-                "PLAB_REDIS_URL": f"redis://{self.config.bind}:{self.config.redis_port}/0",
+                "PLAB_REDIS_URL": f"{scheme}://{self.config.bind}:{self.config.redis_port}/0",
                 "PLAB_REDIS_USERNAME": f"plab-{plane}",
                 "PLAB_REDIS_PASSWORD_FILE": str(self.secrets_dir / f"redis_{plane}_password"),
                 "PLAB_STATE_DIR": str(self.state),
@@ -610,6 +673,11 @@ class LocalStack:
         # plane derives the public key itself.
         for name in PLANE_SECRETS[plane] + (CP_SECRET_NAMES if plane == "cp" else ()):
             env[f"PLAB_{name.upper()}_FILE"] = str(self.secrets_dir / name)
+        if self.config.redis_tls:
+            cert, key = redis_client_files(plane)
+            env["PLAB_REDIS_TLS_CA_FILE"] = str(self.redis_tls_dir / REDIS_TLS_CA)
+            env["PLAB_REDIS_TLS_CERT_FILE"] = str(self.redis_tls_dir / cert)
+            env["PLAB_REDIS_TLS_KEY_FILE"] = str(self.redis_tls_dir / key)
         if plane == "ap":
             env["PLAB_TOKEN_PUBLIC_KEY_FILE"] = str(self.secrets_dir / TOKEN_PUBLIC_KEY)
         if plane == "cp":
@@ -882,6 +950,7 @@ Ctrl-C stops everything.""",
             username=f"plab-{plane}",
             password=self.secret(f"redis_{plane}_password"),
             socket_timeout=5,
+            **self.redis_tls_options(plane),  # type: ignore[arg-type]
         )
 
     def wait_redis(self, timeout: float) -> None:

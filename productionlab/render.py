@@ -102,6 +102,15 @@ class RedisUser:
         return hashlib.sha256(self.password.encode()).hexdigest()
 
 
+@dataclass
+class RedisTLS:
+    """Paths (as redis sees them) of redis's server certificate, key and client CA."""
+
+    cert: str
+    key: str
+    ca: str
+
+
 def render_redis_conf(
     *,
     port: int,
@@ -112,7 +121,10 @@ def render_redis_conf(
     logfile: str = "",
     pidfile: str | None = None,
     maxmemory: str = "0",
+    tls: RedisTLS | None = None,
 ) -> str:
+    """redis.conf; with ``tls`` the plain port is closed (``port 0``) and redis
+    listens on ``port`` with TLS only, requiring a client certificate."""
     template = _environment(PACKAGE_TEMPLATES).get_template("redis.conf.j2")
     return template.render(
         port=port,
@@ -123,4 +135,5 @@ def render_redis_conf(
         logfile=logfile,
         pidfile=pidfile,
         maxmemory=maxmemory,
+        tls=tls,
     )

@@ -248,6 +248,11 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6390/0"
     redis_username: str | None = None
     redis_password: str | None = field(default=None, repr=False)
+    # Redis's own TLS (rediss://): the CA that signed redis's certificate and this
+    # plane's client certificate and key (PLAB_REDIS_TLS_{CA,CERT,KEY}_FILE).
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
     secret_key: str = field(default="", repr=False)
     token_key: str = field(default="", repr=False)
     audit_key: str = field(default="", repr=False)
@@ -402,12 +407,19 @@ class Settings:
             get("AUDIT_ARCHIVE_DIR", ""),
         )
         control = plane == "cp"
+        redis_tls = {
+            part: Path(value) if (value := get(f"REDIS_TLS_{part.upper()}_FILE", "")) else None
+            for part in ("ca", "cert", "key")
+        }
         settings = cls(
             env=get("ENV", "development"),
             plane=plane,
             redis_url=get("REDIS_URL", "redis://127.0.0.1:6390/0"),
             redis_username=get("REDIS_USERNAME", "") or None,
             redis_password=read_secret(environ, "redis_password"),
+            redis_tls_ca_file=redis_tls["ca"],
+            redis_tls_cert_file=redis_tls["cert"],
+            redis_tls_key_file=redis_tls["key"],
             secret_key=read_secret(environ, "secret_key") or "",
             token_key=read_secret(environ, "token_key") or "",
             audit_key=(read_secret(environ, "audit_key") or "") if control else "",
@@ -478,6 +490,7 @@ class Settings:
             ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
         ):
             problems.append(f"PLAB_REDIS_URL={self.redis_url!r} has an unknown scheme")
+        problems += self._redis_tls_problems()
         if not 1 <= self.threads <= 256:
             problems.append(f"PLAB_THREADS={self.threads} must be between 1 and 256")
         if not 1 <= self.login_failures_per_minute <= 10_000:
@@ -567,6 +580,37 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         object.__setattr__(self, "_warnings", tuple(warnings))
+
+    @property
+    def redis_tls(self) -> bool:
+        return self.redis_url.startswith("rediss://") or self.redis_tls_ca_file is not None
+
+    def _redis_tls_problems(self) -> list[str]:
+        """rediss:// needs the CA (the server is verified, never trusted blindly);
+        a client certificate comes with its key; every file named must be readable;
+        certificate files with a plain redis:// URL are a mistake, not a silent downgrade."""
+        problems = []
+        files = {
+            "PLAB_REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
+            "PLAB_REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+            "PLAB_REDIS_TLS_KEY_FILE": self.redis_tls_key_file,
+        }
+        if self.redis_url.startswith("rediss://") and self.redis_tls_ca_file is None:
+            problems.append(
+                "PLAB_REDIS_URL is rediss:// but PLAB_REDIS_TLS_CA_FILE is not set "
+                "(the CA that signed redis's certificate)"
+            )
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            problems.append("PLAB_REDIS_TLS_CERT_FILE and PLAB_REDIS_TLS_KEY_FILE go together")
+        if any(files.values()) and self.redis_url.startswith(("redis://", "unix://")):
+            problems.append(
+                "PLAB_REDIS_TLS_*_FILE is set but PLAB_REDIS_URL is not rediss:// "
+                "(use rediss://host:port/db for TLS)"
+            )
+        for variable, path in files.items():
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+                problems.append(f"{variable}={path} is not a readable file")
+        return problems
 
     def _checkpoint_key_problems(self) -> list[str]:
         if not self.audit_checkpoint_key:

@@ -87,6 +87,9 @@ def start_stack(**overrides) -> LocalStack:
     (other suites on this machine pick free ports too)."""
     overrides.setdefault("ap_workers", 2)
     overrides.setdefault("threads", 8)
+    if os.environ.get("PLAB_TEST_REDIS_TLS") == "1":
+        # CI's TLS pass (`make test-redis-tls`): every stack's redis speaks TLS only.
+        overrides.setdefault("redis_tls", True)
     for attempt in range(3):
         stack = LocalStack(StackConfig.ephemeral(state_dir(), **overrides))
         try:

@@ -247,6 +247,9 @@ def test_each_local_plane_process_gets_only_its_own_secrets(stack):
             "PLAB_REDIS_PASSWORD_FILE",
         },
     }
+    if stack.config.redis_tls:
+        tls = {"PLAB_REDIS_TLS_CA_FILE", "PLAB_REDIS_TLS_CERT_FILE", "PLAB_REDIS_TLS_KEY_FILE"}
+        expected = {plane: names | tls for plane, names in expected.items()}
     for name, component in stack.components.items():
         plane = "ap" if name.startswith("ap") else name
         if plane not in expected:
@@ -256,6 +259,8 @@ def test_each_local_plane_process_gets_only_its_own_secrets(stack):
         files = {k for k in env if k.startswith("PLAB_") and k.endswith("_FILE")}
         assert files == expected[plane], (name, files)
         assert env["PLAB_REDIS_PASSWORD_FILE"].endswith(f"redis_{plane}_password")
+        if stack.config.redis_tls:  # its own client certificate, never the other plane's
+            assert env["PLAB_REDIS_TLS_KEY_FILE"].endswith(f"redis_{plane}_key")
         held = "".join(Path(env[k]).read_text() for k in files)
         for secret in ("token_key", "backup_key", "audit_key", "audit_checkpoint_key"):
             if plane == "ap":

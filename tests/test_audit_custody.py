@@ -15,6 +15,7 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -98,6 +99,18 @@ def verify(stack) -> dict:
     return json.loads(result.stdout)
 
 
+def monitor_socket(stack) -> socket.socket:
+    """A raw connection to the stack's redis (TLS with the control plane's
+    certificate when the stack's redis is on TLS)."""
+    raw = socket.create_connection((stack.config.bind, stack.config.redis_port))
+    options = stack.redis_tls_options("cp")
+    if not options:
+        return raw
+    context = ssl.create_default_context(cafile=options["ssl_ca_certs"])
+    context.load_cert_chain(options["ssl_certfile"], options["ssl_keyfile"])
+    return context.wrap_socket(raw, server_hostname=stack.config.bind)
+
+
 def user_client(stack, name: str, password: str) -> redis.Redis:
     return redis.Redis(
         host=stack.config.bind,
@@ -105,6 +118,9 @@ def user_client(stack, name: str, password: str) -> redis.Redis:
         username=name,
         password=password,
         socket_timeout=10,
+        # under TLS any certificate from the stack's CA gets through the handshake;
+        # the ACL user (name, password) decides what it may do
+        **stack.redis_tls_options("ap"),
     )
 
 
@@ -173,7 +189,7 @@ def test_monitor_shows_no_secret_during_a_write_a_login_and_a_token_issue(custod
     stop = threading.Event()
 
     def watch() -> None:
-        with socket.create_connection((custody.config.bind, custody.config.redis_port)) as s:
+        with monitor_socket(custody) as s:
             s.settimeout(0.5)
             s.sendall(f"AUTH plab-monitor {MONITOR_PASSWORD}\r\nMONITOR\r\n".encode())
             while not stop.is_set():

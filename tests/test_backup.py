@@ -68,6 +68,10 @@ def scratch_env(scratch: TempRedis, tmp_path: Path) -> dict:
         "PLAB_REDIS_URL": f"redis://127.0.0.1:{scratch.port}/0",
         "PLAB_REDIS_USERNAME": "",
         "PLAB_REDIS_PASSWORD_FILE": str(password_file),
+        # the scratch redis is plain on loopback (backup.TempRedis): no client certificate
+        "PLAB_REDIS_TLS_CA_FILE": "",
+        "PLAB_REDIS_TLS_CERT_FILE": "",
+        "PLAB_REDIS_TLS_KEY_FILE": "",
         # another redis holds another audit log: its own checkpoints and archive
         "PLAB_AUDIT_CHECKPOINT_FILE": str(tmp_path / "scratch-checkpoints.jsonl"),
         "PLAB_AUDIT_ARCHIVE_DIR": str(tmp_path / "scratch-archive"),

@@ -62,7 +62,8 @@ def test_redis_conf_starts_redis_and_the_health_user_may_only_ping(tmp_path):
     (tmp_path / "check.conf").write_text(conf)
     sock = tmp_path / "redis.sock"
     server = subprocess.Popen(
-        [redis_server, str(tmp_path / "check.conf"), "--port", "0", "--unixsocket", str(sock)],
+        # the unix socket only (compose's TLS port is proven in tests/test_redis_tls.py)
+        [redis_server, str(tmp_path / "check.conf"), "--tls-port", "0", "--unixsocket", str(sock)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -141,7 +142,16 @@ def test_each_container_gets_only_the_secrets_it_uses():
     assert {"token_key", "backup_key", "audit_key", "audit_checkpoint_key"} <= set(cp["secrets"])
     assert "redis_ap_password" not in cp["secrets"]
     assert set(edge["secrets"]) == {"tls_crt", "tls_key"}
-    assert services["redis"]["secrets"] == ["redis_conf"]
+    assert set(services["redis"]["secrets"]) == {
+        "redis_conf",
+        "redis_ca_crt",
+        "redis_server_crt",
+        "redis_server_key",
+        "redis_health_crt",
+        "redis_health_key",
+    }
+    assert "redis_ap_key" not in cp["secrets"] and "redis_cp_key" not in ap["secrets"]
+    assert not any("redis_ca_key" in s.get("secrets", []) for s in services.values())
     assert "secrets" not in services["edge-config"]
     for name, service in (("ap", ap), ("cp", cp)):
         files = secret_env(service)

@@ -4,10 +4,16 @@
 ``redis+sentinel://host:port[,host:port]/service[/db]`` a Sentinel-managed
 master and ``redis+cluster://host:port`` a cluster client. Retries and
 timeouts are connection options, never loops in callers.
+
+TLS (redis's own, SECURITY.md "Redis over TLS"): ``rediss://`` verifies the
+server's certificate against ``PLAB_REDIS_TLS_CA_FILE`` (hostname included) and
+presents the plane's client certificate; for Sentinel and cluster URLs the same
+options apply when the CA is set.
 """
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import unquote, urlparse
 
 import redis
@@ -35,11 +41,28 @@ def _common_options(settings: Settings) -> dict:
     }
 
 
+def tls_options(settings: Settings) -> dict:
+    """redis-py's SSL options for the configured certificates (empty: plain TCP)."""
+    if not settings.redis_tls:
+        return {}
+    options: dict = {
+        "ssl_ca_certs": str(settings.redis_tls_ca_file),
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+    }
+    if settings.redis_tls_cert_file is not None:
+        options["ssl_certfile"] = str(settings.redis_tls_cert_file)
+        options["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    return options
+
+
 def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     """A client for the configured topology with a pool sized to the server's threads."""
     size = pool_size or settings.redis_pool_size
     url = settings.redis_url
     options = _common_options(settings)
+    tls = tls_options(settings)
     if url.startswith("redis+sentinel://"):
         parsed = urlparse(url)
         hosts = []
@@ -50,10 +73,12 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
         if not path:
             raise ValueError("redis+sentinel:// URL needs a service name: /mymaster[/db]")
         service, db = path[0], int(path[1]) if len(path) > 1 else 0
+        sentinel_tls = {"ssl": True, **tls} if tls else {}
         sentinel = redis.Sentinel(
             hosts,
-            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT},
+            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_tls},
             socket_timeout=SOCKET_TIMEOUT,
+            **sentinel_tls,
         )
         return sentinel.master_for(
             service,
@@ -69,6 +94,7 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             host=parsed.hostname,
             port=parsed.port or 6379,
             max_connections=size,
+            **({"ssl": True, **tls} if tls else {}),
             **options,
         )
     parsed = urlparse(url)
@@ -76,6 +102,8 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
         options["password"] = unquote(parsed.password)
     if parsed.username and not options["username"]:
         options["username"] = unquote(parsed.username)
+    if url.startswith("rediss://"):
+        options.update(tls)
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=size, timeout=POOL_WAIT, **options
     )
