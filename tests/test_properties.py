@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from productionlab.kv import validate_key
+from tests.conftest import SMALL_STACK, start_stack, stop_stack
 
 EXAMPLES = int(os.environ.get("PLAB_PROPERTY_EXAMPLES", "150"))
 COMMON = settings(
@@ -54,8 +55,19 @@ class Direct:
 
 
 @pytest.fixture(scope="module")
-def direct(stack):
-    return Direct(stack)
+def property_stack():
+    """A stack of this module's own: the state machines send thousands of operations
+    as admin, and each transaction operation is charged to the per-user limit, so the
+    limit is raised here (tests/test_limits.py proves it) and no other test's window
+    is spent."""
+    stack = start_stack(**SMALL_STACK, user_rate="1000000/minute")
+    yield stack
+    stop_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def direct(property_stack):
+    return Direct(property_stack)
 
 
 @COMMON
