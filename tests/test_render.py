@@ -106,9 +106,9 @@ def test_trusted_proxies_are_off_by_default_and_rendered_when_set():
         tls_cert="/x/tls.crt",
         tls_key="/x/tls.key",
         htpasswd="/x/htpasswd",
-        trusted_proxies=["10.0.0.0/8", "2001:db8::/32"],
+        trusted_proxies=["198.18.0.0/15", "2001:db8::/32"],
     ).render()
-    assert "set_real_ip_from 10.0.0.0/8;" in conf
+    assert "set_real_ip_from 198.18.0.0/15;" in conf
     assert "set_real_ip_from 2001:db8::/32;" in conf
     assert "real_ip_header X-Forwarded-For;" in conf and "real_ip_recursive on;" in conf
     with pytest.raises(ValueError):
@@ -118,5 +118,5 @@ def test_trusted_proxies_are_off_by_default_and_rendered_when_set():
             tls_cert="/x/tls.crt",
             tls_key="/x/tls.key",
             htpasswd="/x/htpasswd",
-            trusted_proxies=["10.0.0.0/8; include /etc/passwd"],
+            trusted_proxies=["198.18.0.0/15; include /etc/passwd"],
         ).render()

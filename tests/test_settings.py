@@ -270,10 +270,10 @@ def test_previous_token_key_is_validated_like_the_key(tmp_path):
         ("PLAB_ADMIN_ROUTE_RATE", "lots"),
         ("PLAB_AUTH_ADDRESS_RATE", "60"),
         ("PLAB_AUTH_USER_RATE", "x/minute"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/33"),
         ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
         ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "10.0.0.0/8,::/0"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/15,::/0"),
     ],
 )
 def test_auth_abuse_settings_are_validated(variable, value):
@@ -290,8 +290,8 @@ def test_auth_abuse_settings_defaults_and_values():
     custom = Settings.from_env(
         strong_env(
             PLAB_VERIFY_CACHE_SECONDS="300",
-            PLAB_EDGE_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.7 2001:db8::/32",
+            PLAB_EDGE_TRUSTED_PROXIES="198.18.0.0/15, 192.0.2.7 2001:db8::/32",
         )
     )
     assert custom.verify_cache_seconds == 300
-    assert custom.edge_trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")
+    assert custom.edge_trusted_proxies == ("198.18.0.0/15", "192.0.2.7/32", "2001:db8::/32")
