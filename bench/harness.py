@@ -2,7 +2,7 @@
 
 Each system runs against its own fresh redis on free loopback ports in a temp
 dir: the naive baseline (``bench/naive_app.py``), the hardened stack through
-its edge (``productionlab.localstack.LocalStack``) and Webdis when installed.
+its edge (``productionlab.supervisor.Supervisor``) and Webdis when installed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from productionlab.localstack import LocalStack, StackConfig, find_binary, free_port
+from productionlab.supervisor import StackConfig, Supervisor, find_binary, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 KEYS = 256
@@ -221,7 +221,7 @@ class Hardened(System):
             overrides["threads"] = threads
         # PLAB_REDIS_TLS=on measures the hardened stack with redis on TLS only
         overrides["redis_tls"] = os.environ.get("PLAB_REDIS_TLS", "off").lower() == "on"
-        self.stack = LocalStack(StackConfig.ephemeral(tmp, **overrides))
+        self.stack = Supervisor(StackConfig.ephemeral(tmp, **overrides))
         self.stack.start(timeout=60)
         self.context = ssl.create_default_context(cafile=str(self.stack.tls_cert))
         admin_password = self.stack.admin_password_file.read_text().strip()

@@ -122,7 +122,7 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
     hc = info.get("hardened_config", {})
     lines += [
         "- **hardened**: the whole stack through the edge, started by "
-        "`productionlab.localstack.LocalStack`: nginx TLS (1.2/1.3), `auth_basic` against the "
+        "`productionlab.supervisor.Supervisor`: nginx TLS (1.2/1.3), `auth_basic` against the "
         "rendered htpasswd, key regex, edge rate limit; then "
         f"{hc.get('ap_workers', '?')} app-plane processes x {hc.get('threads', '?')} Waitress "
         "threads (the defaults: `PLAB_AP_WORKERS` = CPU count) with Basic auth (verification "

@@ -109,7 +109,7 @@ def run_drill() -> backup.DrillReport:
 
 
 def close_failure_window() -> None:
-    """Append the aggregate failure entries of a window that has ended (see limits.py)."""
+    """Append the aggregate failure entries of a window that has ended (see ratelimit.py)."""
     current_app.extensions["plab_guard"].close_window(actor())
 
 

@@ -19,9 +19,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 
+from productionlab.configfiles import EDGE_FAILURE_PATH
 from productionlab.errors import Forbidden, Unauthorized
-from productionlab.limits import LoginGuard, RouteLimits
-from productionlab.render import EDGE_FAILURE_PATH
+from productionlab.ratelimit import LoginGuard, RouteLimits
 from productionlab.users import User, UserStore
 
 REALM = "productionlab"

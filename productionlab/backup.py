@@ -513,7 +513,7 @@ class TempRedis:
     """A throwaway redis-server (free port, temp dir, AOF on, a random password)."""
 
     def __init__(self, binary: str | None = None):
-        from productionlab.localstack import find_binary, free_port
+        from productionlab.supervisor import find_binary, free_port
 
         self.binary = binary or find_binary("redis-server")
         if self.binary is None:

@@ -30,7 +30,7 @@ from productionlab.kv import (
     VERSION_COUNTER,
     KVStore,
 )
-from productionlab.limits import Ticket, refused
+from productionlab.ratelimit import Ticket, refused
 
 MAX_TXN_OPS = 64
 MAX_BULK_ITEMS = 1000

@@ -34,7 +34,7 @@ from productionlab.errors import (
     QuotaExceeded,
 )
 from productionlab.kv import ITEM, KEY_RE, MAX_TTL, KVStore
-from productionlab.limits import rides_on_store, take_ticket
+from productionlab.ratelimit import rides_on_store, take_ticket
 
 TXN_KINDS = frozenset({"get", *WRITES, *CONDITIONS})
 BULK_KINDS = frozenset({"get", *WRITES})

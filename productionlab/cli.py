@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from productionlab.localstack import LocalStack, StackConfig, StackError
+    from productionlab.supervisor import StackConfig, StackError, Supervisor
 
     # Every start-up failure a newcomer can meet is one line saying what to do.
     try:
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"productionlab: a PLAB_* port or count is not a number ({exc})", file=sys.stderr)
         return 2
     try:
-        LocalStack(config).run_forever()
+        Supervisor(config).run_forever()
     except StackError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 1
@@ -77,7 +77,7 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 def cmd_render_nginx(args: argparse.Namespace) -> int:
-    from productionlab.render import EdgeConfig
+    from productionlab.configfiles import EdgeConfig
 
     values = json.loads(Path(args.values).read_text()) if args.values else {}
     print(EdgeConfig(**values).render(), end="")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from productionlab.render import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
 from productionlab.secretgen import (
     ALL_SECRETS,
     REDIS_TLS_CA,

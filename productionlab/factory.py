@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from productionlab import errors, headers, limits, metrics, requestlog, securitymetrics, tokens
+from productionlab import errors, headers, metrics, ratelimit, requestlog, securitymetrics, tokens
 from productionlab.audit import AuditLog
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
@@ -73,12 +73,12 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     users.start_listener()
     app.extensions["plab_users"] = users
     app.extensions["plab_lastused"] = LastUsed(client)
-    guard = limits.failure_guard(settings, client)
+    guard = ratelimit.failure_guard(settings, client)
     app.extensions["plab_guard"] = guard
-    user_limit = limits.init_app(app, settings, client)
+    user_limit = ratelimit.init_app(app, settings, client)
     # Flask-Limiter's per-route limits serve the control plane's /admin and /auth
     # routes; the app plane has none (its hot routes keep the fused UserLimit).
-    route_limits = limits.RouteLimits(app, settings, client) if settings.plane == "cp" else None
+    route_limits = ratelimit.RouteLimits(app, settings, client) if settings.plane == "cp" else None
     auth = init_auth(app, users, guard, user_limit, route_limits)
     tokens.init_app(app, auth)  # Bearer access tokens on both planes
     app.register_blueprint(health_blueprint())

@@ -6,7 +6,7 @@ and ``ver`` (version). Versions come from one global counter, so a key that
 is deleted and written again never reuses a version (no ABA for If-Match).
 Every change is one Lua script: the check, the write, the version and the
 audit entry happen atomically, in one round trip. The caller's per-user rate
-limit charge (a :class:`~productionlab.limits.Ticket`) rides in the same
+limit charge (a :class:`~productionlab.ratelimit.Ticket`) rides in the same
 script, so a request costs one round trip in all, and a limited request
 changes nothing.
 
@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError
 
 from productionlab.audit import AUDIT_KEYS, AUDIT_LIST, LUA_PRELUDE, Actor
 from productionlab.errors import InvalidKey, NotFound, PreconditionFailed, QuotaExceeded
-from productionlab.limits import LIMIT_LUA, Ticket, refused
+from productionlab.ratelimit import LIMIT_LUA, Ticket, refused
 from productionlab.settings import DEFAULT_USER_MAX_BYTES, DEFAULT_USER_MAX_KEYS
 from productionlab.store.durability import Durability
 

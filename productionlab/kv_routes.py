@@ -29,7 +29,7 @@ from productionlab.kv import (
     KVStore,
     effective_prefixes,
 )
-from productionlab.limits import rides_on_store, take_ticket
+from productionlab.ratelimit import rides_on_store, take_ticket
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")

@@ -288,7 +288,7 @@ def audit_keeper():
 
 def close_failure_window() -> None:
     """Append the aggregate auth-failure entries of a window that has ended (issue 9)."""
-    from productionlab.limits import failure_guard
+    from productionlab.ratelimit import failure_guard
 
     settings = _settings()
     failure_guard(settings, _client(settings)).close_window(operator())

@@ -103,7 +103,7 @@ def preload_modules() -> int:
 
 def drop_privileges(user: str) -> None:
     """Become ``user`` (all of real, effective and saved ids; no extra groups)."""
-    from productionlab.localstack import die_with_parent
+    from productionlab.supervisor import die_with_parent
 
     entry = pwd.getpwnam(user)
     os.setgroups([])

@@ -1,7 +1,7 @@
 """The local stack's descriptor, ``<state dir>/stack.json``: how operator commands
 find a ``make run`` stack without the operator exporting its settings.
 
-``LocalStack.start()`` writes it (mode 0600) once the state dir is prepared. It
+``Supervisor.start()`` writes it (mode 0600) once the state dir is prepared. It
 holds the control plane's ``PLAB_*`` environment — secrets only as
 ``PLAB_<NAME>_FILE`` paths, never their values — the edge URL and the
 supervisor's pid. It stays after the stack stops, so commands that need no

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from productionlab.localstack import LocalStack, StackConfig, StackError
+from productionlab.supervisor import StackConfig, StackError, Supervisor
 
 
 def state_dir(prefix: str = "plab-test-") -> Path:
@@ -31,7 +31,7 @@ def state_dir(prefix: str = "plab-test-") -> Path:
 class Client:
     """A client of the edge, the way `curl` users see it."""
 
-    stack: LocalStack
+    stack: Supervisor
     name: str | None = None
     password: str | None = None
 
@@ -82,7 +82,7 @@ def small_stack_config(directory: Path, **overrides) -> StackConfig:
     return StackConfig.ephemeral(directory, **{**SMALL_STACK, **overrides})
 
 
-def start_stack(**overrides) -> LocalStack:
+def start_stack(**overrides) -> Supervisor:
     """Start a stack on free ports; retry with new ports if one was taken meanwhile
     (other suites on this machine pick free ports too)."""
     overrides.setdefault("ap_workers", 2)
@@ -91,7 +91,7 @@ def start_stack(**overrides) -> LocalStack:
         # CI's TLS pass (`make test-redis-tls`): every stack's redis speaks TLS only.
         overrides.setdefault("redis_tls", True)
     for attempt in range(3):
-        stack = LocalStack(StackConfig.ephemeral(state_dir(), **overrides))
+        stack = Supervisor(StackConfig.ephemeral(state_dir(), **overrides))
         try:
             stack.start(timeout=60)
             return stack
@@ -102,14 +102,14 @@ def start_stack(**overrides) -> LocalStack:
     raise AssertionError("unreachable")
 
 
-def stop_stack(stack: LocalStack) -> None:
+def stop_stack(stack: Supervisor) -> None:
     stack.stop()
     if os.environ.get("PLAB_KEEP_TEST_STATE") != "1":
         shutil.rmtree(stack.state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def stack() -> Iterator[Supervisor]:
     """One stack for the session, edge limits raised so ordinary tests are not throttled.
 
     Rate-limit tests start their own stack with the defaults.
@@ -120,10 +120,10 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def stack_factory() -> Iterator[Callable[..., LocalStack]]:
-    started: list[LocalStack] = []
+def stack_factory() -> Iterator[Callable[..., Supervisor]]:
+    started: list[Supervisor] = []
 
-    def make(**overrides) -> LocalStack:
+    def make(**overrides) -> Supervisor:
         stack = start_stack(**overrides)
         started.append(stack)
         return stack
@@ -133,17 +133,17 @@ def stack_factory() -> Iterator[Callable[..., LocalStack]]:
         stop_stack(stack)
 
 
-def admin_of(stack: LocalStack) -> Client:
+def admin_of(stack: Supervisor) -> Client:
     return Client(stack, "admin", stack.admin_password_file.read_text().strip())
 
 
 @pytest.fixture
-def admin(stack: LocalStack) -> Client:
+def admin(stack: Supervisor) -> Client:
     return admin_of(stack)
 
 
 @pytest.fixture
-def anonymous(stack: LocalStack) -> Client:
+def anonymous(stack: Supervisor) -> Client:
     return Client(stack)
 
 

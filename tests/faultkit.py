@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 import requests
 
-from productionlab.localstack import LocalStack, find_binary, free_port
+from productionlab.supervisor import Supervisor, find_binary, free_port
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Load:
 
     def __init__(
         self,
-        stack: LocalStack,
+        stack: Supervisor,
         auth: tuple[str, str],
         threads: int = 12,
         mode: str = "write",

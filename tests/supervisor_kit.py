@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from productionlab.localstack import LocalStack, StackConfig, free_port, port_free
+from productionlab.supervisor import StackConfig, Supervisor, free_port, port_free
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,7 +162,7 @@ def finished(argv_prefix: list[str], env: dict[str, str], cwd: Path, timeout: fl
 
 
 def edge_client(state: Path, https_port: int) -> tuple[requests.Session, str]:
-    stack = LocalStack(StackConfig(state_dir=state, https_port=https_port))
+    stack = Supervisor(StackConfig(state_dir=state, https_port=https_port))
     session = requests.Session()
     session.trust_env = False
     session.verify = str(state / "tls" / "tls.crt")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from productionlab.configfiles import RedisUser, render_redis_conf
 from productionlab.deploy import redis_conf
-from productionlab.localstack import LocalStack
-from productionlab.render import RedisUser, render_redis_conf
+from productionlab.supervisor import Supervisor
 from tests.conftest import Client, admin_of, create_user
 
 ADMIN = "{plab}:user:admin"
@@ -71,7 +71,7 @@ def snapshot(client: redis.Redis) -> dict:
 
 
 @pytest.fixture
-def planes(stack: LocalStack):
+def planes(stack: Supervisor):
     ap, cp = stack.redis_client("ap"), stack.redis_client("cp")
     # a revoked family the app plane must not be able to revive
     cp.hset("{plab}:tok:fam:f00d", mapping={"user": "admin", "revoked": "1", "current": "x"})

@@ -44,8 +44,8 @@ from productionlab.audit_archive import (
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
 from productionlab.backup import TempRedis
-from productionlab.localstack import LocalStack
 from productionlab.settings import ConfigError, Settings
+from productionlab.supervisor import Supervisor
 from productionlab.tokens import SigningKey
 from tests.conftest import Client, admin_of, create_user, small_stack_config, state_dir
 
@@ -60,7 +60,7 @@ APPENDER_ACL = (
 MONITOR_ACL = f"user plab-monitor on >{MONITOR_PASSWORD} resetkeys -@all +monitor +ping"
 
 
-class CustodyStack(LocalStack):
+class CustodyStack(Supervisor):
     """A local stack whose redis also knows the attack and monitor users."""
 
     def _write_redis_conf(self) -> None:
@@ -70,7 +70,7 @@ class CustodyStack(LocalStack):
 
 
 @pytest.fixture(scope="module")
-def custody() -> Iterator[LocalStack]:
+def custody() -> Iterator[Supervisor]:
     directory = state_dir("plab-custody-")
     stack = CustodyStack(
         small_stack_config(

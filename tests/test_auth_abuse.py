@@ -211,7 +211,7 @@ def _names(node: ast.AST) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("module", ["users.py", "auth.py", "tokens.py", "limits.py"])
+@pytest.mark.parametrize("module", ["users.py", "auth.py", "tokens.py", "ratelimit.py"])
 def test_secrets_are_never_compared_with_equality(module):
     """Every comparison of a secret-looking value goes through hmac.compare_digest
     (or argon2's verify); ``==``/``!=``/``in`` on them would leak timing."""
@@ -329,7 +329,7 @@ def capped_stack():
 
 
 def _guard(stack):
-    from productionlab.limits import LoginGuard
+    from productionlab.ratelimit import LoginGuard
 
     return LoginGuard(stack.redis_client("cp"), 10, 100, audit_addresses=20)
 

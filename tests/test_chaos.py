@@ -20,7 +20,7 @@ import pytest
 import redis
 import requests
 
-from productionlab.localstack import LocalStack, port_free
+from productionlab.supervisor import Supervisor, port_free
 from tests.conftest import start_stack
 from tests.supervisor_kit import processes_mentioning, wait_until
 
@@ -38,7 +38,7 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def session_for(stack: LocalStack) -> requests.Session:
+def session_for(stack: Supervisor) -> requests.Session:
     session = requests.Session()
     session.trust_env = False
     session.verify = str(stack.tls_cert)
@@ -46,7 +46,7 @@ def session_for(stack: LocalStack) -> requests.Session:
     return session
 
 
-def writer(stack: LocalStack, number: int, ledger: Ledger, stop: threading.Event) -> None:
+def writer(stack: Supervisor, number: int, ledger: Ledger, stop: threading.Event) -> None:
     session = session_for(stack)
     for index in range(MAX_WRITES_PER_WRITER):
         if stop.is_set():
@@ -79,12 +79,12 @@ def acceptable_refusal(response: requests.Response) -> bool:
         return False
 
 
-class Supervisor:
+class RunLoop:
     """`make run`'s loop, run on the main thread as there: children the supervisor
     starts get SIGTERM when the thread that started them ends (PR_SET_PDEATHSIG),
     so the supervising thread must live as long as the stack."""
 
-    def __init__(self, stack: LocalStack):
+    def __init__(self, stack: Supervisor):
         self.stack = stack
         self.restarted: list[str] = []
 
@@ -105,7 +105,7 @@ class Supervisor:
             time.sleep(0.2)
 
 
-def plane_ready(stack: LocalStack, port: int) -> bool:
+def plane_ready(stack: Supervisor, port: int) -> bool:
     try:
         url = f"http://{stack.config.bind}:{port}/ready"
         return requests.get(url, timeout=2).status_code == 200
@@ -113,14 +113,14 @@ def plane_ready(stack: LocalStack, port: int) -> bool:
         return False
 
 
-def edge_healthy(stack: LocalStack) -> bool:
+def edge_healthy(stack: Supervisor) -> bool:
     try:
         return session_for(stack).get(f"{stack.url}/ready", timeout=5).status_code == 200
     except requests.RequestException:
         return False
 
 
-def redis_up(stack: LocalStack) -> bool:
+def redis_up(stack: Supervisor) -> bool:
     try:
         client = stack.redis_client()
         client.ping()
@@ -130,7 +130,7 @@ def redis_up(stack: LocalStack) -> bool:
         return False
 
 
-def kill_and_recover(stack: LocalStack, name: str, supervisor: Supervisor) -> None:
+def kill_and_recover(stack: Supervisor, name: str, supervisor: RunLoop) -> None:
     component = stack.components[name]
     before = supervisor.restarted.count(name)
     os.kill(component.process.pid, signal.SIGKILL)
@@ -144,7 +144,7 @@ def kill_and_recover(stack: LocalStack, name: str, supervisor: Supervisor) -> No
     supervisor.wait(lambda: edge_healthy(stack), RECOVERY_TIMEOUT, f"the edge after {name}")
 
 
-def kill_a_worker(stack: LocalStack, supervisor: Supervisor) -> None:
+def kill_a_worker(stack: Supervisor, supervisor: RunLoop) -> None:
     nginx = stack.components["nginx"]
     master = nginx.process.pid
     workers = [pid for pid in nginx.members() if pid != master]
@@ -169,7 +169,7 @@ def test_every_component_killed_under_write_load_recovers_and_loses_no_acknowled
         user_rate="1000000/minute",
     )
     ledger, stop_load = Ledger(), threading.Event()
-    supervisor = Supervisor(stack)
+    supervisor = RunLoop(stack)
     writers = [
         threading.Thread(target=writer, args=(stack, n, ledger, stop_load)) for n in range(WRITERS)
     ]

@@ -174,7 +174,7 @@ def test_redis_without_aof_or_password(stack, tmp_path):
 
 
 def test_unreachable_redis_is_a_finding(stack, tmp_path):
-    from productionlab.localstack import free_port
+    from productionlab.supervisor import free_port
 
     env = production(stack, tmp_path, PLAB_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     result = check_prod(stack, env)

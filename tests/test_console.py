@@ -416,9 +416,9 @@ def test_sessions_end_at_their_absolute_lifetime_however_busy(stack):
 
 
 def test_make_run_hands_the_console_settings_to_the_control_plane(tmp_path):
-    from productionlab.localstack import LocalStack, StackConfig
+    from productionlab.supervisor import StackConfig, Supervisor
 
     environ = {"PLAB_STATE_DIR": str(tmp_path), "PLAB_CONSOLE": "off", "PLAB_CONSOLE_IDLE": "60"}
-    env = LocalStack(StackConfig.from_env(environ)).plane_env("cp")
+    env = Supervisor(StackConfig.from_env(environ)).plane_env("cp")
     assert env["PLAB_CONSOLE"] == "off" and env["PLAB_CONSOLE_IDLE"] == "60"
-    assert "PLAB_CONSOLE" not in LocalStack(StackConfig.from_env({})).plane_env("cp")
+    assert "PLAB_CONSOLE" not in Supervisor(StackConfig.from_env({})).plane_env("cp")

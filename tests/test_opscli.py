@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from productionlab import stackfile
-from productionlab.localstack import LocalStack, free_port
 from productionlab.settings import SECRET_NAMES
+from productionlab.supervisor import Supervisor, free_port
 from tests.conftest import Client
 
 
@@ -44,17 +44,17 @@ def cli(
 
 
 @pytest.fixture
-def checkout(stack: LocalStack, tmp_path: Path) -> Path:
+def checkout(stack: Supervisor, tmp_path: Path) -> Path:
     """A directory whose `var` is the stack's state dir, as in a checkout after `make run`."""
     (tmp_path / "var").symlink_to(stack.state)
     return tmp_path
 
 
-def banner(stack: LocalStack) -> str:
+def banner(stack: Supervisor) -> str:
     return f"productionlab: using the local stack in {stack.state} ({stack.url})"
 
 
-def test_descriptor_holds_the_control_planes_settings_and_no_secret(stack: LocalStack) -> None:
+def test_descriptor_holds_the_control_planes_settings_and_no_secret(stack: Supervisor) -> None:
     path = stack.state / "stack.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
@@ -69,7 +69,7 @@ def test_descriptor_holds_the_control_planes_settings_and_no_secret(stack: Local
 
 
 def test_operator_commands_work_bare_in_the_checkout(
-    stack: LocalStack, checkout: Path, key: str
+    stack: Supervisor, checkout: Path, key: str
 ) -> None:
     verify = cli("audit", "verify", cwd=checkout)
     assert verify.returncode == 0, verify.stderr
@@ -104,13 +104,13 @@ def test_operator_commands_work_bare_in_the_checkout(
     assert findings and not [f for f in findings if f.startswith("config:")], findings
 
 
-def test_state_dir_variable_points_at_the_stack(stack: LocalStack, tmp_path: Path) -> None:
+def test_state_dir_variable_points_at_the_stack(stack: Supervisor, tmp_path: Path) -> None:
     result = cli("audit", "verify", cwd=tmp_path, env=clean_env(PLAB_STATE_DIR=str(stack.state)))
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines()[0] == banner(stack)
 
 
-def test_a_subdirectory_of_the_checkout_finds_it(stack: LocalStack, checkout: Path) -> None:
+def test_a_subdirectory_of_the_checkout_finds_it(stack: Supervisor, checkout: Path) -> None:
     inner = checkout / "docs" / "deeper"
     inner.mkdir(parents=True)
     result = cli("users", "list", cwd=inner)
@@ -119,7 +119,7 @@ def test_a_subdirectory_of_the_checkout_finds_it(stack: LocalStack, checkout: Pa
 
 
 def test_explicit_variables_win_over_the_descriptor(
-    stack: LocalStack, checkout: Path, tmp_path: Path
+    stack: Supervisor, checkout: Path, tmp_path: Path
 ) -> None:
     # One explicit setting on top of the local stack: it wins, the rest comes from it.
     elsewhere = tmp_path / "elsewhere"
@@ -224,7 +224,7 @@ def test_a_stopped_stack_is_still_found(stack_factory, tmp_path: Path) -> None:
 
 
 def test_commands_run_as_root_leave_their_files_to_the_planes_user(
-    stack: LocalStack, checkout: Path
+    stack: Supervisor, checkout: Path
 ) -> None:
     """As root the planes run as the service user: what an operator command writes
     in their directories (archive segments, checkpoints, lock files, backups) must

@@ -58,7 +58,7 @@ class Direct:
 def property_stack():
     """A stack of this module's own: the state machines send thousands of operations
     as admin, and each transaction operation is charged to the per-user limit, so the
-    limit is raised here (tests/test_limits.py proves it) and no other test's window
+    limit is raised here (tests/test_ratelimit.py proves it) and no other test's window
     is spent."""
     stack = start_stack(**SMALL_STACK, user_rate="1000000/minute")
     yield stack

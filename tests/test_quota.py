@@ -25,15 +25,15 @@ from productionlab.kv import (
     Quota,
     charge_unowned_keys,
 )
-from productionlab.localstack import LocalStack
 from productionlab.store.durability import Durability
+from productionlab.supervisor import Supervisor
 from tests.conftest import SMALL_STACK, Client, admin_of, create_user, start_stack, stop_stack
 
 MAX_KEYS, MAX_BYTES = 5, 2048
 
 
 @pytest.fixture(scope="module")
-def quota_stack() -> Iterator[LocalStack]:
+def quota_stack() -> Iterator[Supervisor]:
     stack = start_stack(
         **SMALL_STACK,
         extra_env={"PLAB_USER_MAX_KEYS": str(MAX_KEYS), "PLAB_USER_MAX_BYTES": str(MAX_BYTES)},
@@ -43,7 +43,7 @@ def quota_stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def qadmin(quota_stack: LocalStack) -> Client:
+def qadmin(quota_stack: Supervisor) -> Client:
     return admin_of(quota_stack)
 
 
@@ -60,7 +60,7 @@ def usage(admin: Client, name: str) -> dict:
     return body["usage"]
 
 
-def truth(stack: LocalStack, prefix: str) -> dict[str, tuple[int, int]]:
+def truth(stack: Supervisor, prefix: str) -> dict[str, tuple[int, int]]:
     """owner -> (keys, bytes) from the live items under ``prefix`` themselves."""
     client = stack.redis_client("cp")
     owners: dict[str, tuple[int, int]] = {}
@@ -76,7 +76,7 @@ def truth(stack: LocalStack, prefix: str) -> dict[str, tuple[int, int]]:
     return owners
 
 
-def state(stack: LocalStack) -> tuple[int, int]:
+def state(stack: Supervisor) -> tuple[int, int]:
     """What a refused write must not change: the version counter and the audit length."""
     client = stack.redis_client("cp")
     try:
@@ -259,7 +259,7 @@ def test_upgrade_charges_the_previous_releases_keys_to_their_writers():
 
     directory = state_dir("plab-quota-upgrade-")
     old = previous_release_state(directory)
-    stack = LocalStack(small_stack_config(directory, extra_env={"PLAB_USER_MAX_KEYS": "7"}))
+    stack = Supervisor(small_stack_config(directory, extra_env={"PLAB_USER_MAX_KEYS": "7"}))
     stack.start(timeout=90)
     try:
         admin = admin_of(stack)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from productionlab.localstack import LocalStack
+from productionlab.supervisor import Supervisor
 from tests.conftest import start_stack, stop_stack
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -252,7 +252,7 @@ class Runner:
 
 
 @pytest.fixture(scope="module")
-def readme_stack() -> Iterator[LocalStack]:
+def readme_stack() -> Iterator[Supervisor]:
     """A stack with `make run`'s limits, on free ports, one app-plane process."""
     stack = start_stack(ap_workers=1)
     yield stack
@@ -260,7 +260,7 @@ def readme_stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def checkout(readme_stack: LocalStack) -> Iterator[Path]:
+def checkout(readme_stack: Supervisor) -> Iterator[Path]:
     """A directory that looks like the checkout after `make run`: var and .venv."""
     venv = Path(sys.prefix)
     assert (venv / "bin" / "productionlab").is_file(), "run the tests from the project's venv"
@@ -272,7 +272,7 @@ def checkout(readme_stack: LocalStack) -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def runner_for(stack: LocalStack, directory: Path) -> Runner:
+def runner_for(stack: Supervisor, directory: Path) -> Runner:
     return Runner(
         directory,
         {
@@ -283,7 +283,7 @@ def runner_for(stack: LocalStack, directory: Path) -> Runner:
 
 
 # --- the README itself ----------------------------------------------------------
-def test_readme_examples_do_what_the_readme_says(readme_stack: LocalStack, checkout: Path) -> None:
+def test_readme_examples_do_what_the_readme_says(readme_stack: Supervisor, checkout: Path) -> None:
     examples = extract(README.read_text(encoding="utf-8"))
     commands = [e.command for e in examples]
     # The walk-through, the operator commands and the probes are all there.
@@ -358,7 +358,7 @@ def test_extractor_rejects_malformed_examples(markdown: str, message: str) -> No
         extract(markdown)
 
 
-def test_a_drifted_example_fails(readme_stack: LocalStack, checkout: Path) -> None:
+def test_a_drifted_example_fails(readme_stack: Supervisor, checkout: Path) -> None:
     runner = runner_for(readme_stack, checkout)
     good = extract(
         "```sh\nURL=https://127.0.0.1:8443\n"

@@ -21,22 +21,22 @@ import redis
 from cryptography import x509
 
 from productionlab import deploy
-from productionlab.localstack import LocalStack, StackConfig, free_port
 from productionlab.secretgen import REDIS_TLS_CA, ensure_redis_tls, redis_client_files
 from productionlab.settings import ConfigError, Settings
 from productionlab.store.connection import connect
+from productionlab.supervisor import StackConfig, Supervisor, free_port
 from tests.conftest import admin_of, create_user, start_stack, stop_stack
 from tests.test_settings import strong_env
 
 
 @pytest.fixture(scope="module")
-def tls_stack() -> Iterator[LocalStack]:
+def tls_stack() -> Iterator[Supervisor]:
     stack = start_stack(redis_tls=True, edge_rate=5000, edge_burst=5000)
     yield stack
     stop_stack(stack)
 
 
-def plain_options(stack: LocalStack, plane: str = "cp") -> dict:
+def plain_options(stack: Supervisor, plane: str = "cp") -> dict:
     return {
         "host": stack.config.bind,
         "port": stack.config.redis_port,

@@ -56,7 +56,7 @@ def test_missing_os_package_says_how_to_install_it():
     state = state_dir()
     env = port_env(state)
     code = (
-        "import productionlab.localstack as stack; stack.find_binary = lambda name: None; "
+        "import productionlab.supervisor as stack; stack.find_binary = lambda name: None; "
         "from productionlab.cli import main; raise SystemExit(main(['run']))"
     )
     result = subprocess.run(

@@ -8,9 +8,9 @@ import time
 
 import redis
 
-from productionlab.localstack import find_binary, free_port
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
+from productionlab.supervisor import find_binary, free_port
 from tests.conftest import admin_of, state_dir
 
 
@@ -151,7 +151,7 @@ def test_each_planes_redis_user_can_keep_the_quota_accounting(stack):
     quota scripts run, including PEXPIRETIME and the allow-oom flagged scripts."""
     from productionlab.audit import Actor
     from productionlab.kv import KVStore, Quota, charge_unowned_keys
-    from productionlab.limits import Ticket
+    from productionlab.ratelimit import Ticket
     from productionlab.store.durability import Durability
 
     stores = {}

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from productionlab.localstack import EDGE_USER, SERVICE_USER, find_binary
+from productionlab.supervisor import EDGE_USER, SERVICE_USER, find_binary
 from tests.supervisor_kit import (
     RunProcess,
     all_ports_free,

@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from productionlab.localstack import free_port
-from productionlab.render import EdgeConfig
+from productionlab.configfiles import EdgeConfig
 from productionlab.secretgen import ensure_tls
+from productionlab.supervisor import free_port
 from productionlab.tlsrotate import RotateError, validate
 
 CHECKOUT = Path(__file__).resolve().parent.parent

@@ -15,16 +15,16 @@ from upgrade_kit import PreviousState, previous_release_state
 
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
-from productionlab.localstack import LocalStack
+from productionlab.supervisor import Supervisor
 from tests.conftest import Client, small_stack_config, state_dir
 
 
 @pytest.fixture(scope="module")
-def upgraded() -> Iterator[tuple[LocalStack, PreviousState]]:
+def upgraded() -> Iterator[tuple[Supervisor, PreviousState]]:
     """The previous release's state, then this release started on it."""
     directory = state_dir("plab-upgrade-")
     old = previous_release_state(directory)
-    stack = LocalStack(small_stack_config(directory))
+    stack = Supervisor(small_stack_config(directory))
     stack.start(timeout=90)
     yield stack, old
     stack.stop()
@@ -75,7 +75,7 @@ def test_failure_counting_and_aggregate_audit_work_on_the_old_log(upgraded):
     import requests
 
     from productionlab.audit import Actor
-    from productionlab.limits import LoginGuard
+    from productionlab.ratelimit import LoginGuard
 
     stack, old = upgraded
     port = stack.config.ap_ports[0]
@@ -223,7 +223,7 @@ def test_previous_release_users_are_reviewed_and_their_use_recorded(upgraded):
     assert rows["olduser-empty"]["flags"] == ["wildcard"]  # the old "" grant, now "*"
 
 
-def all_users(stack: LocalStack) -> list:
+def all_users(stack: Supervisor) -> list:
     from productionlab.users import UserStore
 
     return UserStore(stack.redis_client("cp"), b"k" * 32).all()

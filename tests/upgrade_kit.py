@@ -34,11 +34,11 @@ PREVIOUS_RELEASE = "c64ef1124ea63af082305e1e5057ed35d4e46178"
 _FILL = r"""
 import json, os, secrets, sys, requests
 import productionlab
-from productionlab.localstack import LocalStack, StackConfig
+from productionlab.supervisor import Supervisor, StackConfig
 
 assert productionlab.__file__.startswith(os.environ["PLAB_OLD_TREE"]), productionlab.__file__
 state = sys.argv[1]
-stack = LocalStack(StackConfig.ephemeral(__import__("pathlib").Path(state), ap_workers=1,
+stack = Supervisor(StackConfig.ephemeral(__import__("pathlib").Path(state), ap_workers=1,
                    threads=4, edge_rate=5000, edge_burst=5000, admin_rate=1000, admin_burst=1000))
 stack.start(timeout=90)
 try:

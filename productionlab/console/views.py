@@ -46,7 +46,7 @@ from productionlab.errors import APIError, BadRequest, NotFound, PreconditionFai
 from productionlab.health import ready_problem
 from productionlab.kv import ITEM, KEY_RE, MAX_TTL, PREFIX_RE, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
-from productionlab.limits import client_address
+from productionlab.ratelimit import client_address
 from productionlab.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

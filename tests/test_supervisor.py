@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from productionlab.localstack import (
-    LocalStack,
+from productionlab.supervisor import (
     StackConfig,
+    Supervisor,
     free_port,
     port_free,
     process_group_members,
@@ -66,7 +66,7 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
 def test_data_survives_a_full_stop_and_start():
     directory = state_dir()
     config = StackConfig.ephemeral(directory, ap_workers=1)
-    first = LocalStack(config)
+    first = Supervisor(config)
     first.start(timeout=60)
     try:
         admin = admin_of(first)
@@ -75,7 +75,7 @@ def test_data_survives_a_full_stop_and_start():
         admin.post("/admin/users", json={"name": "kept-user", "role": "reader", "prefixes": []})
     finally:
         first.stop()
-    second = LocalStack(config)
+    second = Supervisor(config)
     second.start(timeout=60)
     try:
         admin = admin_of(second)
@@ -126,7 +126,7 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm():
         assert json.loads(line) == {"event": "ready", "url": f"https://127.0.0.1:{ports['HTTPS']}"}
         children = _children_of(process.pid)
         assert len(children) == 4, children  # redis, cp, one ap, nginx
-        stack = LocalStack(StackConfig(state_dir=directory, https_port=ports["HTTPS"]))
+        stack = Supervisor(StackConfig(state_dir=directory, https_port=ports["HTTPS"]))
         admin = Client(
             stack, "admin", (directory / "secrets" / "admin.password").read_text().strip()
         )
@@ -145,11 +145,11 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm():
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch):
-    from productionlab import localstack
+    from productionlab import supervisor
 
-    monkeypatch.setattr(localstack, "find_binary", lambda name: None)
-    stack = LocalStack(StackConfig.ephemeral(state_dir()))
-    with pytest.raises(localstack.StackError) as failure:
+    monkeypatch.setattr(supervisor, "find_binary", lambda name: None)
+    stack = Supervisor(StackConfig.ephemeral(state_dir()))
+    with pytest.raises(supervisor.StackError) as failure:
         stack.start()
     assert "redis-server" in str(failure.value) and "nginx" in str(failure.value)
 

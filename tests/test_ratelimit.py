@@ -47,7 +47,7 @@ def version_counter(stack) -> int:
 def test_edge_limits_bursts_per_address(edge_limited_stack):
     """Edge limit configured at 5 r/s, burst 10 here: 100 concurrent requests see 429s.
 
-    The defaults (50 r/s, burst 100) are pinned by tests/test_render.py."""
+    The defaults (50 r/s, burst 100) are pinned by tests/test_configfiles.py."""
     stack = edge_limited_stack
     admin = admin_of(stack)
     session = admin.session()

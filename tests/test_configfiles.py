@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from productionlab.localstack import LocalStack, StackConfig, find_binary
-from productionlab.render import EdgeConfig, RedisUser, render_redis_conf
+from productionlab.configfiles import EdgeConfig, RedisUser, render_redis_conf
+from productionlab.supervisor import StackConfig, Supervisor, find_binary
 from tests.conftest import state_dir
 
 
@@ -33,7 +33,7 @@ def test_edge_defaults_match_the_contract():
 
 
 def test_local_stack_renders_valid_nginx_config():
-    stack = LocalStack(
+    stack = Supervisor(
         StackConfig.ephemeral(state_dir(), ap_workers=3, edge_rate=7, edge_burst=9, max_body="2m")
     )
     stack.prepare()
@@ -72,17 +72,17 @@ def test_local_and_compose_redis_confs_bound_memory_without_eviction(tmp_path):
     from productionlab import deploy
     from productionlab.settings import ConfigError
 
-    stack = LocalStack(StackConfig.ephemeral(state_dir()))
+    stack = Supervisor(StackConfig.ephemeral(state_dir()))
     stack.prepare()
     conf = (stack.redis_dir / "redis.conf").read_text()
     assert "\nmaxmemory 256mb\n" in conf and "\nmaxmemory-policy noeviction\n" in conf
-    small = LocalStack(
+    small = Supervisor(
         StackConfig.ephemeral(state_dir(), extra_env={"PLAB_REDIS_MAXMEMORY": "64MB"})
     )
     small.prepare()
     assert "\nmaxmemory 64mb\n" in (small.redis_dir / "redis.conf").read_text()
     for bad in ("lots", "1mb", "-5mb"):
-        broken = LocalStack(
+        broken = Supervisor(
             StackConfig.ephemeral(state_dir(), extra_env={"PLAB_REDIS_MAXMEMORY": bad})
         )
         with pytest.raises(ConfigError, match="PLAB_REDIS_MAXMEMORY"):

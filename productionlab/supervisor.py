@@ -33,7 +33,7 @@ from pathlib import Path
 import redis
 
 from productionlab import stackfile
-from productionlab.render import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
 from productionlab.secretgen import (
     REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
@@ -376,7 +376,7 @@ class StackError(RuntimeError):
     pass
 
 
-class LocalStack:
+class Supervisor:
     """The supervisor. As an ordinary user everything lives in the state dir and
     runs as that user. As root (SECURITY.md, "The local stack as root"):
 
