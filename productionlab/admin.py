@@ -14,7 +14,7 @@ from productionlab import backup, checkprod
 from productionlab.audit import Actor, AuditLog
 from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, current_user
-from productionlab.errors import BadRequest, Conflict, NotFound
+from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
 from productionlab.kv import INDEX, UNATTRIBUTED
 from productionlab.settings import Settings
 from productionlab.tokens import TokenService
@@ -58,14 +58,14 @@ def actor() -> Actor:
 def json_body() -> dict:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise MalformedRequest("the body must be a JSON object")
     return body
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name, str(default))
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} is a whole number from {low} to {high}")
+        raise MalformedRequest(f"{name} is a whole number from {low} to {high}")
     return int(raw)
 
 
@@ -74,11 +74,11 @@ def refuse_self_harm(name: str, action: str, role: str | None = None) -> None:
     if name != current_user().name:
         return
     if action == "disable":
-        raise BadRequest("you cannot disable yourself")
+        raise MalformedRequest("you cannot disable yourself")
     if action == "delete":
-        raise BadRequest("you cannot delete yourself")
+        raise MalformedRequest("you cannot delete yourself")
     if action == "grants" and role not in (None, "admin"):
-        raise BadRequest("you cannot take the admin role from yourself")
+        raise MalformedRequest("you cannot take the admin role from yourself")
 
 
 def make_backup() -> backup.Summary:
@@ -129,7 +129,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         body = json_body()
         unknown = set(body) - {"name", "role", "prefixes"}
         if unknown:
-            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+            raise MalformedRequest(f"unknown fields: {', '.join(sorted(unknown))}")
         user, password = users().create(
             body.get("name"), body.get("role"), body.get("prefixes", []), actor()
         )
@@ -166,7 +166,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         body = json_body()
         unknown = set(body) - {"role", "prefixes"}
         if unknown or not body:
-            raise BadRequest("give role and/or prefixes")
+            raise MalformedRequest("give role and/or prefixes")
         current = users().get(name)
         refuse_self_harm(name, "grants", body.get("role", "admin"))
         user = users().set_grants(
@@ -210,7 +210,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def revoke_family(family: str) -> Response:
         if not tokens().revoke_family(family, actor()):
-            raise NotFound(f"no token family {family!r}")
+            raise ResourceNotFound(f"no token family {family!r}")
         return jsonify({"family": family, "revoked": True})
 
     @bp.get("/tokens/keys")
@@ -264,7 +264,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         body = json_body()
         keep = body.get("keep")
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise BadRequest('give {"keep": N} with N at least 1')
+            raise MalformedRequest('give {"keep": N} with N at least 1')
         dropped, first, segment = audit_keeper().trim(actor(), keep)
         return jsonify(
             {
@@ -293,12 +293,12 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         try:
             path = backup.backup_path(backup_dir(config), name)
         except (backup.BackupError, FileNotFoundError):
-            raise NotFound(f"no backup {name!r}") from None
+            raise ResourceNotFound(f"no backup {name!r}") from None
         try:
             contents = backup.verify_backup(path, config.backup_key)
         except backup.BackupError as exc:
             audit_log().append(actor(), "backup.verify", name, "failed")
-            raise Conflict(str(exc)) from None
+            raise StateConflict(str(exc)) from None
         audit_log().append(actor(), "backup.verify", name, "ok")
         return jsonify({"name": name, "ok": True, "keys": contents.keys, "digest": contents.digest})
 

@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 
 from productionlab.configfiles import EDGE_FAILURE_PATH
-from productionlab.errors import Forbidden, Unauthorized
+from productionlab.errors import AuthenticationRequired, NotGranted
 from productionlab.ratelimit import LoginGuard, RouteLimits
 from productionlab.users import User, UserStore
 
@@ -109,8 +109,8 @@ class Authenticator:
     @staticmethod
     def _error(status: int) -> Any:
         if status == 403:
-            raise Forbidden("your role does not allow this")
-        raise Unauthorized()
+            raise NotGranted("your role does not allow this")
+        raise AuthenticationRequired()
 
     def require(self, role: str) -> Callable:
         """Authenticate (Basic or Bearer), demand ``role``, then apply the per-user limit."""
@@ -143,7 +143,7 @@ def edge_failure_blueprint(guard: LoginGuard) -> Blueprint:
             guard.failed(address, name, "edge_basic")
         elif scheme in ("basic", "other"):
             guard.token_failed(address)
-        raise Unauthorized()
+        raise AuthenticationRequired()
 
     return bp
 
@@ -168,7 +168,7 @@ def authenticator() -> Authenticator:
 def current_user() -> User:
     user = g.get("user")
     if user is None:
-        raise Unauthorized()
+        raise AuthenticationRequired()
     return user
 
 
@@ -176,5 +176,5 @@ def require_grant(key: str) -> User:
     """The caller, if their grants cover ``key``; 403 otherwise."""
     user = current_user()
     if not user.covers(key):
-        raise Forbidden(f"your grants do not cover key {key!r}")
+        raise NotGranted(f"your grants do not cover key {key!r}")
     return user

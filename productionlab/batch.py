@@ -32,8 +32,6 @@ from productionlab.kv import (
 )
 from productionlab.ratelimit import Ticket, refused
 
-MAX_TXN_OPS = 64
-MAX_BULK_ITEMS = 1000
 WRITES = frozenset({"put", "delete"})
 CONDITIONS = frozenset({"version_equals", "exists", "absent"})
 _NO_LIMIT = "{plab}:limits:none"

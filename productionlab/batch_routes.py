@@ -17,8 +17,6 @@ from flask import Blueprint, Response, current_app, g, request
 from productionlab.auth import current_user
 from productionlab.batch import (
     CONDITIONS,
-    MAX_BULK_ITEMS,
-    MAX_TXN_OPS,
     WRITES,
     Batches,
     ConditionFailed,
@@ -26,14 +24,15 @@ from productionlab.batch import (
     OpResult,
     TxnQuotaExceeded,
 )
+from productionlab.contract import KEY_RE, KEY_RULE, MAX_BULK_ITEMS, MAX_TTL, MAX_TXN_OPS
 from productionlab.errors import (
-    BadRequest,
-    Forbidden,
     InvalidKey,
     InvalidValue,
+    MalformedRequest,
+    NotGranted,
     QuotaExceeded,
 )
-from productionlab.kv import ITEM, KEY_RE, MAX_TTL, KVStore
+from productionlab.kv import ITEM, KVStore
 from productionlab.ratelimit import rides_on_store, take_ticket
 
 TXN_KINDS = frozenset({"get", *WRITES, *CONDITIONS})
@@ -52,40 +51,40 @@ def parse_ops(field: str, kinds: frozenset[str], most: int) -> list[Op]:
     try:
         body = json.loads(request.get_data(cache=False) or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the body is not JSON") from exc
+        raise MalformedRequest("the body is not JSON") from exc
     if not isinstance(body, dict) or set(body) != {field}:
-        raise BadRequest(f'the body is {{"{field}": [...]}}')
+        raise MalformedRequest(f'the body is {{"{field}": [...]}}')
     raw_ops = body[field]
     if not isinstance(raw_ops, list) or not raw_ops:
-        raise BadRequest(f"{field} is a non-empty list")
+        raise MalformedRequest(f"{field} is a non-empty list")
     if len(raw_ops) > most:
-        raise BadRequest(f"{field} holds at most {most} operations")
+        raise MalformedRequest(f"{field} holds at most {most} operations")
     return [parse_op(i, raw, kinds) for i, raw in enumerate(raw_ops)]
 
 
 def parse_op(index: int, raw: object, kinds: frozenset[str]) -> Op:
     where = f"operation {index}"
     if not isinstance(raw, dict):
-        raise BadRequest(f"{where} is an object")
+        raise MalformedRequest(f"{where} is an object")
     kind = raw.get("op")
     if kind not in kinds:
-        raise BadRequest(f"{where}: op is one of {', '.join(sorted(kinds))}")
+        raise MalformedRequest(f"{where}: op is one of {', '.join(sorted(kinds))}")
     allowed = {"op", "key"}
     if kind == "put":
         allowed |= {"value", "encoding", "ttl"}
     if kind == "version_equals":
         allowed |= {"version"}
     if not set(raw) <= allowed:
-        raise BadRequest(f"{where}: unknown fields {sorted(set(raw) - allowed)}")
+        raise MalformedRequest(f"{where}: unknown fields {sorted(set(raw) - allowed)}")
     key = raw.get("key")
     if not isinstance(key, str) or not KEY_RE.match(key):
-        raise InvalidKey(f"{where}: keys match ^[A-Za-z0-9_-]{{1,256}}$")
+        raise InvalidKey(f"{where}: {KEY_RULE}")
     if kind == "put":
         return Op(kind, key, parse_value(where, raw), ttl=parse_ttl(where, raw.get("ttl")))
     if kind == "version_equals":
         version = raw.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise BadRequest(f"{where}: version is a whole number from 1")
+            raise MalformedRequest(f"{where}: version is a whole number from 1")
         return Op(kind, key, version=version)
     return Op(kind, key)
 
@@ -111,7 +110,7 @@ def parse_ttl(where: str, ttl: object) -> int | None:
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
-        raise BadRequest(f"{where}: ttl is a whole number of seconds from 1 to {MAX_TTL}")
+        raise MalformedRequest(f"{where}: ttl is a whole number of seconds from 1 to {MAX_TTL}")
     return ttl
 
 
@@ -120,9 +119,9 @@ def authorize(ops: list[Op], write_role: str) -> None:
     user = current_user()
     for index, op in enumerate(ops):
         if op.kind in WRITES and write_role not in user.roles:
-            raise Forbidden(f"operation {index}: writing needs the {write_role} role")
+            raise NotGranted(f"operation {index}: writing needs the {write_role} role")
         if not user.covers(op.key):
-            raise Forbidden(f"operation {index}: your grants do not cover its key")
+            raise NotGranted(f"operation {index}: your grants do not cover its key")
 
 
 def render(result: OpResult) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 
 from productionlab.backup import BackupError
-from productionlab.errors import APIError
+from productionlab.errors import PlabError
 from productionlab.settings import ConfigError, Settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 2
-    except (APIError, BackupError) as exc:
+    except (PlabError, BackupError) as exc:
         print(f"productionlab: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:

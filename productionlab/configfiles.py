@@ -10,6 +10,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from productionlab import contract
+from productionlab.contract import ERROR_CODES
 from productionlab.settings import parse_cidrs
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
@@ -23,19 +25,23 @@ NGINX_TEMPLATE = Path(
 # (productionlab.auth.EDGE_FAILURE_PATH; kept here so rendering imports no Flask).
 EDGE_FAILURE_PATH = "/_plab/edge-auth-failure"
 
-EDGE_ERRORS = (
-    (400, "bad_request", "the request is malformed or the key is invalid"),
-    (401, "unauthorized", "authentication required"),
-    (403, "forbidden", "forbidden"),
-    (404, "not_found", "no such route"),
-    (405, "method_not_allowed", "method not allowed"),
-    (408, "request_timeout", "the request took too long"),
-    (413, "payload_too_large", "the body is too large"),
-    (414, "uri_too_long", "the URI is too long"),
-    (429, "rate_limited", "too many requests"),
-    (431, "headers_too_large", "the request headers are too large"),
-    (500, "internal", "internal error"),
-    (503, "unavailable", "the service is unavailable; retry later"),
+# The edge's own answers: the contract's codes, with the edge's messages.
+EDGE_MESSAGES = {
+    400: "the request is malformed or the key is invalid",
+    401: "authentication required",
+    403: "forbidden",
+    404: "no such route",
+    405: "method not allowed",
+    408: "the request took too long",
+    413: "the body is too large",
+    414: "the URI is too long",
+    429: "too many requests",
+    431: "the request headers are too large",
+    500: "internal error",
+    503: "the service is unavailable; retry later",
+}
+EDGE_ERRORS = tuple(
+    (status, ERROR_CODES[status], message) for status, message in EDGE_MESSAGES.items()
 )
 
 
@@ -87,6 +93,9 @@ class EdgeConfig:
             "https_port_suffix": suffix,
             "errors": EDGE_ERRORS,
             "edge_failure_path": EDGE_FAILURE_PATH,
+            "key": contract.KEY_CLASS,
+            "user_name": contract.USER_NAME_CLASS,
+            "request_id": contract.REQUEST_ID_CLASS,
         }
         return _environment(template.parent).get_template(template.name).render(**values)
 

@@ -14,39 +14,62 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from productionlab.contract import ERROR_CODES, KEY_RULE
+
 log = logging.getLogger("productionlab.errors")
 
 REDIS_RETRY_AFTER = 2
 REDIS_FULL_RETRY_AFTER = 10  # freeing memory takes an operator or expiries
 
 
-class APIError(Exception):
-    status = 500
-    code = "internal"
-    message = "internal error"
+class PlabError(HTTPException):
+    """Base of our errors: a werkzeug ``HTTPException`` (``code`` is the HTTP status,
+    ``description`` the message) with the contract's machine-readable ``error_code``
+    and extra response headers. Names are ours on purpose (``KeyNotFound``, not
+    ``NotFound``) so no reader mistakes one for werkzeug's own class."""
+
+    # No status on the base: Flask files a handler under its class's ``code``, and
+    # only a handler filed under ``None`` is found for every subclass's status.
+    code: int | None = None
+    error_code = "internal"
+    description = "internal error"
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
-        super().__init__(message or self.message)
-        self.message = message or self.message
+        super().__init__(message or self.description)
         self.headers = headers or {}
 
+    @property
+    def message(self) -> str:
+        return self.description or ""
 
-class BadRequest(APIError):
-    status, code, message = 400, "bad_request", "the request is malformed"
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__ and "error_code" not in cls.__dict__:
+            cls.error_code = ERROR_CODES[cls.code]  # the contract's code for the status
+
+    def __str__(self) -> str:  # the message alone, as CLI and console print it
+        return self.message
+
+    def get_headers(self, *args: object, **kwargs: object) -> list[tuple[str, str]]:
+        return [*super().get_headers(*args, **kwargs), *self.headers.items()]  # type: ignore[arg-type]
 
 
-class InvalidKey(BadRequest):
-    code = "invalid_key"
-    message = "keys match ^[A-Za-z0-9_-]{1,256}$"
+class MalformedRequest(PlabError):
+    code, description = 400, "the request is malformed"
 
 
-class InvalidValue(BadRequest):
-    code = "invalid_value"
-    message = "the value is not acceptable"
+class InvalidKey(MalformedRequest):
+    error_code = "invalid_key"
+    description = KEY_RULE
 
 
-class Unauthorized(APIError):
-    status, code, message = 401, "unauthorized", "authentication required"
+class InvalidValue(MalformedRequest):
+    error_code = "invalid_value"
+    description = "the value is not acceptable"
+
+
+class AuthenticationRequired(PlabError):
+    code, description = 401, "authentication required"
 
     def __init__(self, message: str | None = None):
         super().__init__(
@@ -54,11 +77,11 @@ class Unauthorized(APIError):
         )
 
 
-class Forbidden(APIError):
-    status, code, message = 403, "forbidden", "your grants do not cover this"
+class NotGranted(PlabError):
+    code, description = 403, "your grants do not cover this"
 
 
-class QuotaExceeded(Forbidden):
+class QuotaExceeded(NotGranted):
     """A write that would take its writer past their per-user key or byte quota.
 
     403, not 413: the refusal is about the account's standing, not this
@@ -67,61 +90,50 @@ class QuotaExceeded(Forbidden):
     deletes or shrinks keys. 507 is not in the contract.
     """
 
-    code, message = "quota_exceeded", "this write would exceed your quota"
+    error_code, description = "quota_exceeded", "this write would exceed your quota"
 
 
-class NotFound(APIError):
-    status, code, message = 404, "not_found", "no such resource"
+class ResourceNotFound(PlabError):
+    code, description = 404, "no such resource"
 
 
-class MethodNotAllowed(APIError):
-    status, code, message = 405, "method_not_allowed", "method not allowed here"
+class KeyNotFound(ResourceNotFound):
+    pass
 
 
-class Conflict(APIError):
-    status, code, message = 409, "conflict", "the resource already exists"
+class UserNotFound(ResourceNotFound):
+    pass
 
 
-class PreconditionFailed(APIError):
-    status, code, message = 412, "precondition_failed", "the version does not match"
+class StateConflict(PlabError):
+    code, description = 409, "the resource already exists"
 
 
-class PayloadTooLarge(APIError):
-    status, code, message = 413, "payload_too_large", "the value is too large"
+class UserExists(StateConflict):
+    pass
 
 
-class TooManyRequests(APIError):
-    status, code, message = 429, "rate_limited", "too many requests"
+class VersionConflict(PlabError):
+    code, description = 412, "the version does not match"
+
+
+class ValueTooLarge(PlabError):
+    code, description = 413, "the value is too large"
+
+
+class RateLimited(PlabError):
+    code, description = 429, "too many requests"
 
     def __init__(self, message: str | None = None, *, retry_after: int = 1):
         super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
-class Unavailable(APIError):
-    status, code, message = 503, "unavailable", "the store is unavailable; retry later"
+class StoreUnavailable(PlabError):
+    code = 503
+    description = "the store is unavailable; retry later"
 
     def __init__(self, message: str | None = None, *, retry_after: int = REDIS_RETRY_AFTER):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
-
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    409: "conflict",
-    411: "length_required",
-    412: "precondition_failed",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    416: "range_not_satisfiable",
-    428: "precondition_required",
-    429: "rate_limited",
-    431: "headers_too_large",
-}
 
 
 def error_response(
@@ -137,9 +149,9 @@ def error_response(
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(APIError)
-    def handle_api_error(exc: APIError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    @app.errorhandler(PlabError)
+    def handle_plab_error(exc: PlabError) -> Response:
+        return error_response(exc.code or 500, exc.error_code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Response:
@@ -148,13 +160,13 @@ def init_app(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         if status == 429:
-            # Our own limits raise TooManyRequests with their wait; a bare 429 gets 1 s.
+            # Our own limits raise RateLimited with their wait; a bare 429 gets 1 s.
             headers["Retry-After"] = "1"
             return error_response(429, "rate_limited", "too many requests", headers)
         if status >= 500:
             log.error("http exception %s", status)
             return error_response(500, "internal", "internal error")
-        code = _HTTP_CODES.get(status, "error")
+        code = ERROR_CODES.get(status, "error")
         return error_response(status, code, code.replace("_", " "), headers)
 
     @app.errorhandler(RedisConnectionError)

@@ -38,7 +38,6 @@ until then they are simply not charged to anyone.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,20 +46,15 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from productionlab.audit import AUDIT_KEYS, AUDIT_LIST, LUA_PRELUDE, Actor
-from productionlab.errors import InvalidKey, NotFound, PreconditionFailed, QuotaExceeded
+from productionlab.contract import KEY_RE
+from productionlab.errors import InvalidKey, KeyNotFound, QuotaExceeded, VersionConflict
 from productionlab.ratelimit import LIMIT_LUA, Ticket, refused
 from productionlab.settings import DEFAULT_USER_MAX_BYTES, DEFAULT_USER_MAX_KEYS
 from productionlab.store.durability import Durability
 
-# \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let
-# "key\n" (sent as key%0A) through.
-KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{1,256}\Z")
-PREFIX_RE = re.compile(r"\A[A-Za-z0-9_-]{0,256}\Z")
 ITEM = "{plab}:kv:"
 VERSION_COUNTER = "{plab}:kv-version"
 INDEX = "{plab}:kv-index"
-MAX_TTL = 10 * 365 * 24 * 3600
-MAX_LIST_LIMIT = 1000
 USAGE = "{plab}:usage:"
 USAGE_MIGRATED = "{plab}:usage-migrated"
 UNATTRIBUTED = "-"  # owner of pre-quota keys the audit log cannot attribute
@@ -404,7 +398,7 @@ class KVStore:
                 refused(int(found[0]))
             value, version = found
         if version is None:
-            raise NotFound(f"key {key!r} not found")
+            raise KeyNotFound(f"key {key!r} not found")
         return Item(key, value or b"", int(version))
 
     def put(
@@ -442,7 +436,7 @@ class KVStore:
                 f"{int(extra[0])} bytes); delete or shrink keys first"
             )
         if int(status) < 0:
-            raise PreconditionFailed(
+            raise VersionConflict(
                 "the key already exists" if if_absent else "the version does not match",
                 headers={"ETag": f'"{int(version)}"'} if version not in (b"", "", None) else None,
             )
@@ -468,9 +462,9 @@ class KVStore:
         if int(status) == -2:
             refused(int(version))
         if int(status) == 0:
-            raise NotFound(f"key {key!r} not found")
+            raise KeyNotFound(f"key {key!r} not found")
         if int(status) < 0:
-            raise PreconditionFailed(headers={"ETag": f'"{int(version)}"'})
+            raise VersionConflict(headers={"ETag": f'"{int(version)}"'})
         self.durability.after_write()
         return int(version)
 

@@ -20,15 +20,15 @@ from werkzeug.routing import PathConverter
 from productionlab import batch_routes
 from productionlab.audit import Actor
 from productionlab.auth import Authenticator, current_user, require_grant
-from productionlab.errors import BadRequest, Forbidden, InvalidKey, InvalidValue, PayloadTooLarge
-from productionlab.kv import (
-    KEY_RE,
-    MAX_LIST_LIMIT,
-    MAX_TTL,
-    PREFIX_RE,
-    KVStore,
-    effective_prefixes,
+from productionlab.contract import KEY_RE, MAX_LIST_LIMIT, MAX_TTL, PREFIX_PATTERN, PREFIX_RE
+from productionlab.errors import (
+    InvalidKey,
+    InvalidValue,
+    MalformedRequest,
+    NotGranted,
+    ValueTooLarge,
 )
+from productionlab.kv import KVStore, effective_prefixes
 from productionlab.ratelimit import rides_on_store, take_ticket
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -85,7 +85,7 @@ def parse_path_value(raw: str) -> bytes:
     value = unquote_to_bytes(raw)
     limit = current_app.config["PLAB_MAX_PATH_VALUE"]
     if len(value) > limit:
-        raise PayloadTooLarge(f"a value in the path is at most {limit} bytes; PUT larger ones")
+        raise ValueTooLarge(f"a value in the path is at most {limit} bytes; PUT larger ones")
     if not value:
         raise InvalidValue("the value is empty")
     try:
@@ -102,7 +102,7 @@ def parse_ttl() -> int | None:
     if raw is None:
         return None
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_TTL:
-        raise BadRequest(f"ttl is a whole number of seconds from 1 to {MAX_TTL}")
+        raise MalformedRequest(f"ttl is a whole number of seconds from 1 to {MAX_TTL}")
     return int(raw)
 
 
@@ -121,7 +121,7 @@ def wants_if_absent() -> bool:
     if header is None:
         return False
     if header.strip() != "*":
-        raise BadRequest("writes support only If-None-Match: *")
+        raise MalformedRequest("writes support only If-None-Match: *")
     return True
 
 
@@ -195,7 +195,7 @@ def kv_blueprint(
         key = parse_key(raw_tail(url_prefix + "/v1/kv/"))
         if request.method in ("PUT", "DELETE"):
             if write_role not in current_user().roles:
-                raise Forbidden(f"writing needs the {write_role} role")
+                raise NotGranted(f"writing needs the {write_role} role")
             require_grant(key)
             if request.method == "PUT":
                 return put_item(key)
@@ -212,7 +212,7 @@ def kv_blueprint(
         if_absent = wants_if_absent()
         if_match = parse_if_match()
         if if_absent and if_match is not None:
-            raise BadRequest("give If-Match or If-None-Match, not both")
+            raise MalformedRequest("give If-Match or If-None-Match, not both")
         value = request.get_data(cache=False)
         result = store().put(
             key,
@@ -230,18 +230,18 @@ def kv_blueprint(
     def listing() -> Response:
         prefix = request.args.get("prefix", "")
         if not PREFIX_RE.match(prefix):
-            raise BadRequest("prefix matches ^[A-Za-z0-9_-]{0,256}$")
+            raise MalformedRequest(f"prefix matches {PREFIX_PATTERN}")
         raw_limit = request.args.get("limit", "100")
         if (
             not (raw_limit.isascii() and raw_limit.isdigit())
             or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT
         ):
-            raise BadRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
+            raise MalformedRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
         after = decode_cursor(request.args.get("cursor", ""))
         prefixes = effective_prefixes(current_user().grants, prefix)
         with_values = request.args.get("values", "false")
         if with_values not in ("true", "false"):
-            raise BadRequest("values is true or false")
+            raise MalformedRequest("values is true or false")
         keys, last = store().list_keys(prefixes, after, int(raw_limit))
         if with_values == "true":
             items, last = batch_routes.with_values(
@@ -267,7 +267,7 @@ def decode_cursor(cursor: str) -> str:
     try:
         key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("cursor is not one this service gave out") from exc
+        raise MalformedRequest("cursor is not one this service gave out") from exc
     if not KEY_RE.match(key):
-        raise BadRequest("cursor is not one this service gave out")
+        raise MalformedRequest("cursor is not one this service gave out")
     return key

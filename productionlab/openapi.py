@@ -13,9 +13,16 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-KEY_PATTERN = "^[A-Za-z0-9_-]{1,256}$"
-PREFIX_PATTERN = "^[A-Za-z0-9_-]{0,256}$"
-NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
+from productionlab.contract import (
+    GRANT_PATTERN,
+    KEY_PATTERN,
+    MAX_BULK_ITEMS,
+    MAX_GRANTS,
+    MAX_TXN_OPS,
+    PREFIX_PATTERN,
+    ROLES,
+    USER_NAME_PATTERN,
+)
 
 # Flask rules that are degenerate forms of a documented path: the empty-tail
 # routes exist only so that a missing key gets a JSON 400, not a 404.
@@ -130,7 +137,7 @@ def _query(name: str, schema: dict, description: str = "") -> dict:
 
 
 KEY = _path_param("key", {"type": "string", "pattern": KEY_PATTERN})
-NAME = _path_param("name", {"type": "string", "pattern": NAME_PATTERN})
+NAME = _path_param("name", {"type": "string", "pattern": USER_NAME_PATTERN})
 TTL = _query("ttl", {"type": "integer", "minimum": 1, "maximum": 315360000}, "expiry in seconds")
 ETAG = {"ETag": {"$ref": "#/components/headers/ETag"}}
 
@@ -188,7 +195,7 @@ def _schemas() -> dict:
             "required": ["name", "role", "prefixes", "disabled"],
             "properties": {
                 "name": string,
-                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "role": {"type": "string", "enum": list(ROLES)},
                 "prefixes": {"type": "array", "items": string},
                 "disabled": {"type": "boolean"},
                 "created": {"type": "number"},
@@ -247,7 +254,7 @@ def _schemas() -> dict:
                         ],
                         "properties": {
                             "name": {"type": "string"},
-                            "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                            "role": {"type": "string", "enum": list(ROLES)},
                             "grants": {"type": "array", "items": {"type": "string"}},
                             "disabled": {"type": "boolean"},
                             "created": {"type": "integer"},
@@ -270,12 +277,12 @@ def _schemas() -> dict:
             "required": ["name", "role"],
             "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "pattern": NAME_PATTERN},
-                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "name": {"type": "string", "pattern": USER_NAME_PATTERN},
+                "role": {"type": "string", "enum": list(ROLES)},
                 "prefixes": {
                     "type": "array",
-                    "maxItems": 100,
-                    "items": {"type": "string", "pattern": "^(\\*|[A-Za-z0-9_-]{0,256})$"},
+                    "maxItems": MAX_GRANTS,
+                    "items": {"type": "string", "pattern": GRANT_PATTERN},
                 },
             },
         },
@@ -284,11 +291,11 @@ def _schemas() -> dict:
             "minProperties": 1,
             "additionalProperties": False,
             "properties": {
-                "role": {"type": "string", "enum": ["reader", "writer", "admin"]},
+                "role": {"type": "string", "enum": list(ROLES)},
                 "prefixes": {
                     "type": "array",
-                    "maxItems": 100,
-                    "items": {"type": "string", "pattern": "^(\\*|[A-Za-z0-9_-]{0,256})$"},
+                    "maxItems": MAX_GRANTS,
+                    "items": {"type": "string", "pattern": GRANT_PATTERN},
                 },
             },
         },
@@ -546,7 +553,12 @@ def _batch_schemas() -> dict:
             "required": ["ops"],
             "additionalProperties": False,
             "properties": {
-                "ops": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("BatchOp")}
+                "ops": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_TXN_OPS,
+                    "items": _ref("BatchOp"),
+                }
             },
         },
         "BulkRequest": {
@@ -557,7 +569,7 @@ def _batch_schemas() -> dict:
                 "items": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": 1000,
+                    "maxItems": MAX_BULK_ITEMS,
                     "items": _ref("BatchOp"),
                 }
             },
@@ -588,7 +600,8 @@ def _batch_paths() -> dict:
     return {
         "/v1/txn": {
             "post": _op(
-                "Up to 64 operations applied all or nothing, in order (conditions first checked)",
+                f"Up to {MAX_TXN_OPS} operations applied all or nothing, in order "
+                "(conditions first checked)",
                 {
                     "200": _ok("Every operation's result", _ref("BatchResults")),
                     "409": _ok("A condition failed; nothing was applied", _ref("TxnFailed")),
@@ -599,7 +612,8 @@ def _batch_paths() -> dict:
         },
         "/v1/bulk": {
             "post": _op(
-                "Up to 1,000 independent get/put/delete items (not atomic); one result each",
+                f"Up to {MAX_BULK_ITEMS:,} independent get/put/delete items (not atomic); "
+                "one result each",
                 {"200": _ok("Every item's result", _ref("BatchResults"))},
                 body={"required": True, "content": _json(_ref("BulkRequest"))},
                 errors=(*AUTHED, "413"),
@@ -798,7 +812,7 @@ def _admin_paths() -> dict:
                         "name": "user",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string", "pattern": NAME_PATTERN},
+                        "schema": {"type": "string", "pattern": USER_NAME_PATTERN},
                     }
                 ],
             )

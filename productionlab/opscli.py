@@ -15,6 +15,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from productionlab.contract import ROLES
 from productionlab.settings import Settings
 
 
@@ -157,12 +158,12 @@ def register_users(commands: argparse._SubParsersAction) -> None:
         sub.set_defaults(handler=handler)
     create = users.add_parser("create", help="create a user; prints its password once")
     create.add_argument("name")
-    create.add_argument("--role", required=True, choices=["reader", "writer", "admin"])
+    create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--prefix", action="append", help="a key prefix grant (repeatable)")
     create.set_defaults(handler=cmd_users_create)
     grants = users.add_parser("grants", help="change a user's role and/or key-prefix grants")
     grants.add_argument("name")
-    grants.add_argument("--role", choices=["reader", "writer", "admin"])
+    grants.add_argument("--role", choices=ROLES)
     grants.add_argument(
         "--prefix", action="append", help="a key prefix grant (repeatable; replaces all)"
     )

@@ -29,7 +29,7 @@ from limits import parse as parse_rate
 
 from productionlab import securitymetrics
 from productionlab.audit import AUDIT_ARGC, AUDIT_KEYS, LUA_PRELUDE, Actor, clean
-from productionlab.errors import TooManyRequests, error_response
+from productionlab.errors import RateLimited, error_response
 from productionlab.settings import Settings
 
 FAILURES = "{plab}:authfail:"
@@ -171,7 +171,7 @@ class LoginGuard:
             count, ttl = pipe.execute()
             if int(count or 0) >= self.per_address_tokens:
                 securitymetrics.throttled("login_guard")
-                raise TooManyRequests("too many failed tokens from this address", retry_after=ttl)
+                raise RateLimited("too many failed tokens from this address", retry_after=ttl)
             return
         pair, addr = self._keys(address, name)
         pipe = self.client.pipeline(transaction=False)
@@ -182,10 +182,10 @@ class LoginGuard:
         pair_count, pair_ttl, addr_count, addr_ttl = pipe.execute()
         if int(pair_count or 0) >= self.per_pair:
             securitymetrics.throttled("login_guard")
-            raise TooManyRequests("too many failed logins; wait and retry", retry_after=pair_ttl)
+            raise RateLimited("too many failed logins; wait and retry", retry_after=pair_ttl)
         if int(addr_count or 0) >= self.per_address:
             securitymetrics.throttled("login_guard")
-            raise TooManyRequests("too many failed logins from this address", retry_after=addr_ttl)
+            raise RateLimited("too many failed logins from this address", retry_after=addr_ttl)
 
     def failed(self, address: str, name: str, reason: str, now: float | None = None) -> None:
         """Count one failure (Basic, or a token when ``name`` starts with "-").
@@ -207,7 +207,7 @@ class LoginGuard:
         wait = self._count(address, [counter], self.per_address_tokens, now)
         if wait > 0:
             securitymetrics.throttled("login_guard")
-            raise TooManyRequests("too many failed tokens from this address", retry_after=wait)
+            raise RateLimited("too many failed tokens from this address", retry_after=wait)
 
     def _count(self, address: str, counters: list[str], limit: int, now: float | None) -> int:
         # The entries this may append (a closed window's) are not this request's:
@@ -355,7 +355,7 @@ def refused(wait: int) -> None:
     """Raise 429 when a limit script answered a positive wait in seconds."""
     if wait > 0:
         securitymetrics.throttled("user_limit")
-        raise TooManyRequests("too many requests for this user; wait and retry", retry_after=wait)
+        raise RateLimited("too many requests for this user; wait and retry", retry_after=wait)
 
 
 def init_app(app: Flask, settings: Settings, client: redis.Redis) -> Callable:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import sys
 import time
@@ -20,8 +19,10 @@ import time
 from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
 
+from productionlab.contract import REQUEST_ID_RE
+
 ACCESS = logging.getLogger("productionlab.access")
-_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+_REQUEST_ID = REQUEST_ID_RE
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -58,7 +58,7 @@ from flask import (
 )
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
-from productionlab.errors import BadRequest, Unauthorized
+from productionlab.errors import AuthenticationRequired, MalformedRequest
 from productionlab.settings import Settings
 from productionlab.users import USER, User, UserStore
 
@@ -466,7 +466,7 @@ class TokenService:
 
     def revoke_family(self, family: str, actor: Actor) -> bool:
         if not family.isalnum() or len(family) > 64:
-            raise BadRequest("a family id is hexadecimal")
+            raise MalformedRequest("a family id is hexadecimal")
         user = self.client.hget(FAMILY + family, "user")
         target = clean(f"{(user or b'-').decode()}:{family}")
         return bool(
@@ -597,7 +597,7 @@ def token_blueprint(auth) -> Blueprint:
         body = request.get_json(force=True, silent=True)
         token = body.get("refresh_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise BadRequest('the body must be {"refresh_token": "..."}')
+            raise MalformedRequest('the body must be {"refresh_token": "..."}')
         address = request.remote_addr or "-"
         auth.guard.check(address, GUARD_NAME)
         try:
@@ -608,7 +608,7 @@ def token_blueprint(auth) -> Blueprint:
                 auth.guard.failed(address, GUARD_NAME, f"refresh_{reason}")
             elif reason not in AUDITED_REFUSALS:
                 audit_log().append(_actor("-"), "token.refresh", "-", reason)
-            raise Unauthorized("the refresh token is not valid") from None
+            raise AuthenticationRequired("the refresh token is not valid") from None
         return jsonify(pair.as_dict())
 
     return bp

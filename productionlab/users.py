@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import secrets
 import tempfile
 import threading
@@ -37,18 +36,19 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
-from productionlab.errors import BadRequest, Conflict, NotFound, Unavailable
-from productionlab.kv import PREFIX_RE
+from productionlab.contract import (
+    GRANT_RULE,
+    MAX_GRANTS,
+    PREFIX_RE,
+    ROLE_IMPLIES,
+    ROLES,
+    USER_NAME_RE,
+    USER_NAME_RULE,
+)
+from productionlab.errors import MalformedRequest, StoreUnavailable, UserExists, UserNotFound
 
 log = logging.getLogger("productionlab.users")
 
-ROLES = ("reader", "writer", "admin")
-ROLE_IMPLIES = {
-    "reader": ("reader",),
-    "writer": ("reader", "writer"),
-    "admin": ("reader", "writer", "admin"),
-}
-NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
 USER = "{plab}:user:"
 USERS = "{plab}:users"
 EVENTS = "{plab}:users:events"
@@ -103,27 +103,27 @@ def edge_hash(password: str) -> str:
 
 
 def validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise BadRequest("user names match ^[a-z0-9][a-z0-9_-]{0,63}$")
+    if not isinstance(name, str) or not USER_NAME_RE.match(name):
+        raise MalformedRequest(USER_NAME_RULE)
     return name
 
 
 def validate_role(role: object) -> str:
     if role not in ROLES:
-        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+        raise MalformedRequest(f"role must be one of {', '.join(ROLES)}")
     return str(role)
 
 
 def validate_prefixes(prefixes: object) -> list[str]:
-    if not isinstance(prefixes, list) or len(prefixes) > 100:
-        raise BadRequest("prefixes must be a list of at most 100 key prefixes")
+    if not isinstance(prefixes, list) or len(prefixes) > MAX_GRANTS:
+        raise MalformedRequest(f"prefixes must be a list of at most {MAX_GRANTS} key prefixes")
     cleaned: list[str] = []
     for prefix in prefixes:
         if prefix == "":
             # "" is a prefix of every key: a wildcard nobody meant. "*" says it.
-            raise BadRequest("an empty prefix would grant every key; give '*' to mean that")
+            raise MalformedRequest("an empty prefix would grant every key; give '*' to mean that")
         if not isinstance(prefix, str) or not (prefix == "*" or PREFIX_RE.match(prefix)):
-            raise BadRequest("each prefix is '*' or matches ^[A-Za-z0-9_-]{1,256}$")
+            raise MalformedRequest(GRANT_RULE)
         if prefix not in cleaned:
             cleaned.append(prefix)
     return cleaned
@@ -280,7 +280,7 @@ class UserStore:
     def get(self, name: str) -> User:
         data = self.client.hgetall(USER + validate_name(name))
         if not data:
-            raise NotFound(f"no user {name!r}")
+            raise UserNotFound(f"no user {name!r}")
         return User.from_hash(data)
 
     def all(self) -> list[User]:
@@ -305,7 +305,7 @@ class UserStore:
             if cached is not None:
                 return cached
             if not self._slow_slots.acquire(blocking=False):
-                raise Unavailable(
+                raise StoreUnavailable(
                     "too many password checks in progress; retry later",
                     retry_after=self.verify_retry_after,
                 )
@@ -318,7 +318,7 @@ class UserStore:
         cached = self.cache.get(name, password)
         if cached is not None:
             return cached
-        if not NAME_RE.match(name or "") or len(password) > 1024:
+        if not USER_NAME_RE.match(name or "") or len(password) > 1024:
             _burn(password)
             return None
         epoch = self.cache.epoch
@@ -378,14 +378,14 @@ class UserStore:
             "updated": now,
         }
         if self._write("create", name, "user.create", actor, fields) == 0:
-            raise Conflict(f"user {name!r} already exists")
+            raise UserExists(f"user {name!r} already exists")
         return self.get(name), password
 
     def update(self, name: str, actor: Actor, action: str, **changes: str) -> User:
         validate_name(name)
         changes["updated"] = f"{time.time():.3f}"
         if self._write("update", name, action, actor, changes) < 0:
-            raise NotFound(f"no user {name!r}")
+            raise UserNotFound(f"no user {name!r}")
         return self.get(name)
 
     def set_grants(self, name: str, role: str, prefixes: Iterable[str], actor: Actor) -> User:
@@ -433,7 +433,7 @@ class UserStore:
             args=[*actor.audit_args(), name],
         )
         if not int(deleted):
-            raise NotFound(f"no user {name!r}")
+            raise UserNotFound(f"no user {name!r}")
         self.changed()
 
     def changed(self) -> None:
@@ -457,7 +457,7 @@ class UserStore:
         os.chmod(password_file, 0o600)
         try:
             self.create(ADMIN_NAME, "admin", ["*"], Actor("system"), password=password)
-        except Conflict:
+        except UserExists:
             return None  # another process won the race; its password file stands
         return str(password_file)
 

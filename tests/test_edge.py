@@ -90,7 +90,7 @@ def test_apps_check_keys_again(admin, stack, bad):
     ):
         response = admin.direct(method, port, path)
         assert response.status_code == 400, (method, path)
-        assert response.json()["error"]["code"] == "invalid_key"
+        assert response.json()["error"]["code"] == "invalid_key", (method, path, response.json())
 
 
 def test_http_redirects_to_https_with_json(stack):

@@ -30,7 +30,7 @@ from flask import (
     url_for,
 )
 
-from productionlab import admin, checkprod
+from productionlab import admin, checkprod, contract
 from productionlab.audit import Actor, clean
 from productionlab.auth import Authenticator
 from productionlab.backup import BackupError, list_backups
@@ -42,9 +42,10 @@ from productionlab.console.sessions import (
     SessionStore,
     tokens_equal,
 )
-from productionlab.errors import APIError, BadRequest, NotFound, PreconditionFailed
+from productionlab.contract import KEY_RE, KEY_RULE, MAX_TTL, PREFIX_PATTERN, PREFIX_RE
+from productionlab.errors import KeyNotFound, MalformedRequest, PlabError, VersionConflict
 from productionlab.health import ready_problem
-from productionlab.kv import ITEM, KEY_RE, MAX_TTL, PREFIX_RE, KVStore, effective_prefixes
+from productionlab.kv import ITEM, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
 from productionlab.ratelimit import client_address
 from productionlab.settings import Settings
@@ -74,6 +75,7 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
             me=console.user if console else None,
             csrf=console.csrf if console else "",
             flash=flash,
+            contract=contract,
             **context,
         ),
         status,
@@ -132,7 +134,7 @@ def signed_in(view: Callable) -> Callable:
 
 def valid_key(key: str) -> str:
     if not KEY_RE.match(key):
-        raise BadRequest("keys match ^[A-Za-z0-9_-]{1,256}$")
+        raise MalformedRequest(KEY_RULE)
     return key
 
 
@@ -143,9 +145,9 @@ def form_value() -> bytes:
         try:
             return base64.b64decode(raw.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise BadRequest("the value is not valid base64") from None
+            raise MalformedRequest("the value is not valid base64") from None
     if encoding != "text":
-        raise BadRequest("encoding is text or base64")
+        raise MalformedRequest("encoding is text or base64")
     return raw.replace("\r\n", "\n").encode("utf-8")
 
 
@@ -154,18 +156,18 @@ def form_ttl() -> int | None:
     if not raw:
         return None
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_TTL:
-        raise BadRequest(f"TTL is a whole number of seconds from 1 to {MAX_TTL}")
+        raise MalformedRequest(f"TTL is a whole number of seconds from 1 to {MAX_TTL}")
     return int(raw)
 
 
 def form_version() -> list[str]:
     raw = request.form.get("version", "")
     if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest("the form lost the version it was opened at; reload the key")
+        raise MalformedRequest("the form lost the version it was opened at; reload the key")
     return [raw]
 
 
-def stale(exc: PreconditionFailed, key: str) -> str:
+def stale(exc: VersionConflict, key: str) -> str:
     now = exc.headers.get("ETag", "").strip('"')
     return (
         f"Stale edit refused: {key} changed since you opened it"
@@ -183,9 +185,9 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         static_folder="static",
     )
 
-    @bp.errorhandler(APIError)
-    def api_error(exc: APIError) -> Response:
-        response = render("error.html", exc.status, message=exc.message)
+    @bp.errorhandler(PlabError)
+    def api_error(exc: PlabError) -> Response:
+        response = render("error.html", exc.code or 500, message=exc.message)
         for name, value in exc.headers.items():
             if name.lower() == "retry-after":
                 response.headers[name] = value
@@ -253,7 +255,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     def keys() -> Response:
         prefix = request.args.get("prefix", "")
         if not PREFIX_RE.match(prefix):
-            raise BadRequest("a prefix matches ^[A-Za-z0-9_-]{0,256}$")
+            raise MalformedRequest(f"a prefix matches {PREFIX_PATTERN}")
         cursor = request.args.get("cursor", "")
         found, last = kv().list_keys(
             effective_prefixes(session().user.grants, prefix), decode_cursor(cursor), PAGE
@@ -273,7 +275,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         key = valid_key(request.form.get("key", ""))
         try:
             kv().put(key, form_value(), console_actor(), ttl=form_ttl(), if_absent=True)
-        except PreconditionFailed:
+        except VersionConflict:
             return back("console.show_key", f"{key} already exists; edit it here.", key=key)
         return back("console.show_key", f"Created {key}.", key=key)
 
@@ -290,13 +292,13 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
             result = kv().put(
                 key, form_value(), console_actor(), ttl=form_ttl(), if_match=form_version()
             )
-        except PreconditionFailed as exc:
+        except VersionConflict as exc:
             # Say so, show what is there now, and keep the operator's draft.
             try:
                 return key_page(
                     key, status=409, flash=stale(exc, key), draft=request.form.get("value")
                 )
-            except NotFound:
+            except KeyNotFound:
                 return back("console.keys", stale(exc, key))
         return back("console.show_key", f"Saved {key} (version {result.version}).", key=key)
 
@@ -306,11 +308,11 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         """Rewrite the value as it was at the form's version, with a TTL (one CAS write)."""
         ttl = form_ttl()
         if ttl is None:
-            raise BadRequest("give a TTL in seconds")
+            raise MalformedRequest("give a TTL in seconds")
         item = kv().get(valid_key(key))
         try:
             kv().put(key, item.value, console_actor(), ttl=ttl, if_match=form_version())
-        except PreconditionFailed as exc:
+        except VersionConflict as exc:
             return back("console.show_key", stale(exc, key), key=key)
         return back("console.show_key", f"{key} now expires in {ttl} s.", key=key)
 
@@ -326,7 +328,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         valid_key(key)
         try:
             kv().delete(key, console_actor(), if_match=form_version())
-        except PreconditionFailed as exc:
+        except VersionConflict as exc:
             return back("console.show_key", stale(exc, key), key=key)
         return back("console.keys", f"Deleted {key}.")
 
@@ -386,7 +388,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
             store.delete(name, console_actor())
             return back("console.users", f"Deleted user {name}.")
         else:
-            raise BadRequest(f"no user action {action!r}")
+            raise MalformedRequest(f"no user action {action!r}")
         return back("console.show_user", f"{name}: {action} done.", name=name)
 
     @bp.get("/users/<name>/delete")
@@ -409,7 +411,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     def audit() -> Response:
         raw = request.args.get("since", "1")
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 2**62:
-            raise BadRequest("since is a whole number from 1")
+            raise MalformedRequest("since is a whole number from 1")
         admin.close_failure_window()
         entries, next_since = admin.audit_log().page(since=int(raw), limit=PAGE)
         head = admin.audit_log().head()

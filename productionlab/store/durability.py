@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from productionlab.errors import Unavailable
+from productionlab.errors import StoreUnavailable
 
 log = logging.getLogger("productionlab.durability")
 CHECK_EVERY = 5.0
@@ -65,7 +65,7 @@ class Durability:
             problem = self.problem()
             if problem:
                 log.error("refusing write: %s", problem)
-                raise Unavailable("durability cannot be guaranteed now")
+                raise StoreUnavailable("durability cannot be guaranteed now")
 
     def after_write(self) -> None:
         if (self.strict or self.fsync_when_possible) and self._waitaof is None:
@@ -73,4 +73,4 @@ class Durability:
         if (self.strict or self.fsync_when_possible) and self._waitaof:
             local, _replicas = self.client.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
             if int(local) < 1:
-                raise Unavailable("the write was not fsynced in time; its state is unknown")
+                raise StoreUnavailable("the write was not fsynced in time; its state is unknown")
