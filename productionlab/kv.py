@@ -4,7 +4,9 @@ TTL, listing and the audit append.
 Each key lives in a redis hash ``{plab}:kv:<key>`` with fields ``v`` (value)
 and ``ver`` (version). Versions come from one global counter, so a key that
 is deleted and written again never reuses a version (no ABA for If-Match).
-Every change is one Lua script: the check, the write, the version and the
+Every change is one Lua script (``lua/kv_put.lua``, ``lua/kv_delete.lua``; the
+shared write and its quota accounting in ``lua/kv_write.lua`` and ``lua/quota.lua``,
+see :mod:`productionlab.luascripts`): the check, the write, the version and the
 audit entry happen atomically, in one round trip. The caller's per-user rate
 limit charge (a :class:`~productionlab.ratelimit.Ticket`) rides in the same
 script, so a request costs one round trip in all, and a limited request

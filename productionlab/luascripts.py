@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,20 @@ class ScriptCallError(TypeError):
     """A call names a key or arg the script does not declare, or leaves one out."""
 
 
+def _getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple]:
+    """Reads ``names`` from a mapping, in order, as a tuple (KeyError if one is missing)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda given: (given[name],)
+    if not names:
+        return lambda given: ()
+    return itemgetter(*names)
+
+
 class Slots:
     """One script's declared KEYS or ARGV: names mapped to positions once, at load."""
 
-    __slots__ = ("declared", "fields", "names", "plain", "script", "what")
+    __slots__ = ("count", "declared", "fields", "names", "pick", "runs", "script", "what")
 
     def __init__(self, script: str, what: str, declaration: str):
         self.script, self.what, self.declared = script, what, declaration.strip()
@@ -78,27 +89,44 @@ class Slots:
             fields.append((name, 0 if rest else int(size or 1)))
         self.fields = tuple(fields)
         self.names = frozenset(name for name, _ in fields)
-        self.plain = all(size == 1 for _, size in fields)
+        self.count = len(fields)
+        # The declaration as runs: consecutive one-slot names read by one C-level
+        # itemgetter (-> a tuple), a group or the rest by its name. Nothing else
+        # is worked out per call.
+        runs: list[tuple[Callable | str, int]] = []
+        plain: list[str] = []
+        for name, size in fields:
+            if size == 1:
+                plain.append(name)
+                continue
+            if plain:
+                runs.append((_getter(plain), 1))
+                plain = []
+            runs.append((name, size))
+        if plain or not runs:
+            runs.append((_getter(plain), 1))
+        self.runs = tuple(runs)
+        self.pick = runs[0][0] if len(runs) == 1 and runs[0][1] == 1 else None
 
-    def flatten(self, given: Mapping[str, Any]) -> list:
+    def flatten(self, given: Mapping[str, Any]) -> tuple | list:
         """The values in declared order (groups and the rest spliced in)."""
-        if len(given) != len(self.fields):
+        if len(given) != self.count:
             raise self._refusal(given)
         try:
-            if self.plain:
-                return [given[name] for name, _ in self.fields]
+            if self.pick is not None:
+                return self.pick(given)
             flat: list = []
-            for name, size in self.fields:
-                value = given[name]
+            for part, size in self.runs:
                 if size == 1:
-                    flat.append(value)
+                    flat += part(given)
                     continue
+                value = given[part]
                 if size > 1 and len(value) != size:
                     raise ScriptCallError(
-                        f"{self.script}.lua: {self.what} {name} takes {size} values, "
+                        f"{self.script}.lua: {self.what} {part} takes {size} values, "
                         f"not {len(value)}"
                     )
-                flat.extend(value)
+                flat += value
             return flat
         except KeyError:
             raise self._refusal(given) from None
