@@ -193,6 +193,8 @@ def compose(filename: str, included: set[str] | None = None, stack: tuple = ()) 
             continue
         include = _INCLUDE.match(stripped)
         if include is None:
+            if stripped != "--! fragment" and _DECLARE.match(stripped) is None:
+                raise ScriptError(f"{filename}: unknown directive {stripped!r}")
             continue
         fragment = include.group(1)
         if fragment in included:

@@ -173,12 +173,14 @@ def test_the_loader_refuses_malformed_files(tmp_path, monkeypatch):
     (tmp_path / "bad.lua").write_text("--! keys: Item\n--! args:\nreturn 1\n")
     (tmp_path / "rest.lua").write_text("--! keys: more... x\n--! args:\nreturn 1\n")
     (tmp_path / "nohead.lua").write_text("return 1\n")
+    (tmp_path / "typo.lua").write_text("--! keys:\n--! args:\n--! includ c.lua\nreturn 1\n")
     for name, message in [
         ("uses_plain", "not a fragment"),
         ("missing", "no Lua file none.lua"),
         ("bad", "not a slot name"),
         ("rest", "only the last name"),
         ("nohead", "declares no"),
+        ("typo", "unknown directive"),
     ]:
         with pytest.raises(ScriptError, match=message):
             luascripts._load(name)
