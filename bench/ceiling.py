@@ -148,7 +148,13 @@ class Ceiling(harness.System):
     hardened stack's in the same run."""
 
     def __init__(
-        self, edge_conf: str, ap_workers: int, threads: int, tls_cert: Path, tls_key: Path
+        self,
+        edge_conf: str,
+        ap_workers: int,
+        threads: int,
+        tls_cert: Path,
+        tls_key: Path,
+        auth_header: str | None = None,
     ) -> None:
         tmp = harness.temp_dir("plab-bench-ceiling-")
         self.workers: list[subprocess.Popen] = []
@@ -159,18 +165,21 @@ class Ceiling(harness.System):
         except BaseException:
             self.stop()
             raise
+        # The ceiling gets the same request bytes as the hardened stack: wrk sends the
+        # same Authorization header (nothing checks it) and nginx adds X-Request-ID.
         super().__init__(
             "ceiling",
             f"ceiling ({ap_workers} Waitress x {threads} threads, empty Flask route, "
             "edge TLS, no auth)",
             f"https://127.0.0.1:{self.port}",
+            env={"BENCH_AUTH": auth_header} if auth_header else {},
             tmp=tmp,
         )
 
     @classmethod
     def matching(cls, hardened: harness.Hardened) -> Ceiling:
         """The ceiling for ``hardened``: its process and thread counts, its rendered
-        edge config and its certificate."""
+        edge config, its certificate and its client's Authorization header."""
         stack = hardened.stack
         return cls(
             edge_conf=(stack.nginx_dir / "nginx.conf").read_text(),
@@ -178,6 +187,7 @@ class Ceiling(harness.System):
             threads=stack.config.threads,
             tls_cert=stack.tls_cert,
             tls_key=stack.tls_cert.with_name("tls.key"),
+            auth_header=hardened.env.get("BENCH_AUTH"),
         )
 
     def _start(
