@@ -72,8 +72,9 @@ COMPONENTS = (
     ("last-used record", ("productionlab/lastused.py",)),
     ("redis call path (redis-py, hiredis)", ("redis/", "productionlab/store/")),
     ("KV view + core (parsing, limit, audit args, JSON)", ("productionlab/",)),
-    ("view (the ceiling's empty route)", ("bench/ceiling_app.py",)),
-    (HARNESS := "bench harness (building the WSGI environ)", ("bench/",)),
+    # py-spy names files relative to sys.path: bench/'s modules by their name alone
+    ("view (the ceiling's empty route)", ("ceiling_app.py",)),
+    (HARNESS := "bench harness (building the WSGI environ)", ("profile_costs.py", "app_cost.py")),
 )
 FLASK = "Flask/Werkzeug dispatch (routing, request/response objects, hooks)"
 OTHER = "other (thread start-up, stdlib with no caller above)"
@@ -218,7 +219,9 @@ def render(result: dict, in_process: bool = False) -> str:
     if in_process:
         head = (
             f"{result['system']} {result['workload']} in process (no HTTP server): app CPU "
-            f"{result['cpu_us']:.0f} us/request ({result['samples']} samples)"
+            f"{result['cpu_us']:.0f} us/request ({result['samples']} samples; while sampled "
+            f"{result['sampled_cpu_us']:.0f} us CPU, {result['sampled_gil_us']:.0f} us of it "
+            "holding the GIL; components are GIL-sample shares x the app CPU)"
         )
         rows = [
             f"  {v['us']:5.0f} us  {100 * v['share']:5.1f}%  {name}"
@@ -334,9 +337,12 @@ def in_process(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            sampled_calls, sampled_cpu = 0, time.process_time()
             while spy.poll() is None:
                 for _ in range(50):
                     call()
+                sampled_calls += 50
+            sampled_cpu = time.process_time() - sampled_cpu
             counts, total = costs(target.read_text())
             results.append(
                 {
@@ -344,6 +350,10 @@ def in_process(
                     "workload": workload,
                     "cpu_us": cpu_us,
                     "samples": total,
+                    # a check on the scaling below: CPU per call while sampled, and
+                    # the part of it py-spy saw holding the GIL (the rest: system calls)
+                    "sampled_cpu_us": 1e6 * sampled_cpu / max(1, sampled_calls),
+                    "sampled_gil_us": 1e6 * total / 1000 / max(1, sampled_calls),
                     "components": {
                         name: {"share": n / total, "us": cpu_us * n / total}
                         for name, n in counts.most_common()
