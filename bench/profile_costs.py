@@ -89,7 +89,8 @@ def _frame(raw: str) -> tuple[str, str]:
     if not match:
         return raw, ""
     function, path = match.groups()
-    return function, "/".join(Path(path).parts[-2:])
+    # py-spy's short names: relative to sys.path (werkzeug/routing/map.py, flask/app.py)
+    return function, path
 
 
 def _component(path: str) -> str | None:
@@ -111,7 +112,7 @@ def category(stack: list[str]) -> str:
         function, path = _frame(raw)
         if (function, path) in FLASK_ENTRY:
             entered_flask = True
-        if path.startswith(("flask/", "werkzeug/")):
+        if path.startswith(("flask/", "werkzeug/")) or "/flask/" in path or "/werkzeug/" in path:
             saw_flask = True
             continue
         component = _component(path)
@@ -219,9 +220,8 @@ def render(result: dict, in_process: bool = False) -> str:
     if in_process:
         head = (
             f"{result['system']} {result['workload']} in process (no HTTP server): app CPU "
-            f"{result['cpu_us']:.0f} us/request ({result['samples']} samples; while sampled "
-            f"{result['sampled_cpu_us']:.0f} us CPU, {result['sampled_gil_us']:.0f} us of it "
-            "holding the GIL; components are GIL-sample shares x the app CPU)"
+            f"{result['cpu_us']:.0f} us/request ({result['samples']} GIL samples; each "
+            "component is its share of the samples x the app CPU)"
         )
         rows = [
             f"  {v['us']:5.0f} us  {100 * v['share']:5.1f}%  {name}"
@@ -350,8 +350,8 @@ def in_process(
                     "workload": workload,
                     "cpu_us": cpu_us,
                     "samples": total,
-                    # a check on the scaling below: CPU per call while sampled, and
-                    # the part of it py-spy saw holding the GIL (the rest: system calls)
+                    # py-spy samples wall time: on a loaded machine a descheduled thread
+                    # still "holds" the GIL, so only the shares are used, not these
                     "sampled_cpu_us": 1e6 * sampled_cpu / max(1, sampled_calls),
                     "sampled_gil_us": 1e6 * total / 1000 / max(1, sampled_calls),
                     "components": {
