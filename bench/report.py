@@ -133,9 +133,16 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
         "users. The client is a `writer` user with grant `bench-`. Limits raised for the run by "
         f"configuration (edge {hc.get('edge_rate', '?')} r/s, user {hc.get('user_rate', '?')}), "
         "still checked on every request.",
-        "- **ceiling**: the hardened stack's topology with nothing behind it: the edge's TLS and "
-        "keepalive upstream, no auth/limits/access log, the same processes x threads of "
-        "Waitress serving an empty Flask route (`bench/ceiling.py`; see the ceiling section).",
+        *(
+            [
+                "- **ceiling**: the hardened stack's topology with nothing behind it: the edge's "
+                "TLS and keepalive upstream, no auth/limits/access log, the same processes x "
+                "threads of Waitress serving an empty Flask route (`bench/ceiling.py`; see the "
+                "ceiling section)."
+            ]
+            if any(("ceiling", w) in stats for w in WORKLOADS)
+            else []
+        ),
         "- **webdis**: Webdis (C, plain HTTP, no auth; `GET /GET/<key>`, `GET /SET/<key>/<value>`)"
         " when installed: what the hardware gives without Python.",
         "",
