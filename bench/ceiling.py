@@ -295,20 +295,21 @@ class Ceiling(harness.System):
         return found
 
     def stop(self) -> None:
-        """nginx first (graceful: SIGQUIT), then the Waitress processes; each
-        process group is killed when it has not gone within 10 s."""
+        """nginx first (graceful: SIGQUIT, its master waits for its workers), then the
+        Waitress processes; a process still there after 10 s is killed with its
+        process group (each leads a session of its own)."""
         for process, signum in [
             *([(self.nginx, signal.SIGQUIT)] if self.nginx is not None else []),
             *[(w, signal.SIGTERM) for w in self.workers],
         ]:
-            if process.poll() is None:
-                try:
-                    process.send_signal(signum)
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: only its group
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            if process.poll() is not None:
+                continue
+            process.send_signal(signum)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                # still alive, so not reaped: its session's group id is still ours
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
         super().stop()
