@@ -108,6 +108,8 @@ def test_both_planes_take_their_services_from_the_one_builder(stack: Supervisor)
         assert services_of(first) is wired and services_of(second) is wired
         with first.app_context():
             assert services() is wired
+        # One entry is the whole wiring: no per-module "plab_..." extensions.
+        assert [name for name in first.extensions if name.startswith("plab")] == ["plab"]
         assert (wired.console_sessions is not None) == (plane == "cp")
         assert (wired.users.htpasswd is not None) == (plane == "cp")
         assert (wired.tokens.keys.signer is not None) == (plane == "cp")
