@@ -197,7 +197,7 @@ def register(bp: Blueprint, auth, read_role: str, write_role: str) -> None:
             return answer(
                 {
                     "error": {
-                        "code": "condition_failed",
+                        "code": "condition_failed",  # contract.REFINED_CODES
                         "message": f"operation {failed.index} ({ops[failed.index].kind}) "
                         "did not hold; nothing was applied",
                     },
