@@ -188,12 +188,12 @@ class UserStore:
         self._slow_slots = threading.BoundedSemaphore(verify_concurrency)
         self.verify_retry_after = verify_retry_after
         self.htpasswd_path = htpasswd_path
-        self.htpasswd = HtpasswdFile(htpasswd_path) if htpasswd_path is not None else None
         self._save = client.register_script(_SAVE)
         self._delete = client.register_script(_DELETE)
         self._listener: threading.Thread | None = None
         self.resubscriptions = 0  # subscribe confirmations seen (each one clears the cache)
         self._stop = threading.Event()
+        self.htpasswd = HtpasswdFile(htpasswd_path) if htpasswd_path is not None else None
 
     # --- reading -----------------------------------------------------------
     def get(self, name: str) -> User:
