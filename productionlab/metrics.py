@@ -1,4 +1,6 @@
-"""Prometheus metrics, one registry per app (tests build many apps)."""
+"""Prometheus metrics: one registry per plane's services (wiring.py builds it;
+tests build many), the per-request counters every app records, and the
+``/metrics`` route that serves them (Prometheus text; the edge does not route it)."""
 
 from __future__ import annotations
 
