@@ -44,7 +44,17 @@ from productionlab.secretgen import (
     ensure_tls,
     redis_client_files,
 )
-from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, parse_cidrs, parse_size
+from productionlab.settings import (
+    CP_SECRET_NAMES,
+    DEFAULT_REDIS_MAXMEMORY,
+    LOCAL_STACK_CONCERNS,
+    PLANE_SECRETS,
+    Settings,
+    nginx_size,
+    parse_cidrs,
+    parse_size,
+    redis_maxmemory,
+)
 
 PR_SET_PDEATHSIG = 1
 
@@ -202,45 +212,45 @@ class StackConfig:
     restart_redis: bool = True
     ready_path: str = "/ready"
     redis_tls: bool = False  # PLAB_REDIS_TLS=on: redis speaks TLS only, mutually authenticated
+    redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
+        """The stack ``make run`` starts: every value from the validated Settings
+        (ConfigError, naming the variable, when one is bad)."""
         environ = os.environ if environ is None else environ
-
-        def get(name: str, default: object) -> str:
-            return environ.get(f"PLAB_{name}", str(default))
-
-        def on_off(name: str, default: str) -> bool:
-            raw = get(name, default).strip().lower()
-            if raw not in ("on", "off"):
-                raise ValueError(f"PLAB_{name}={raw!r} is on or off")
-            return raw == "on"
-
-        defaults = cls()
-        return cls(
-            state_dir=Path(get("STATE_DIR", "var")),
-            bind=get("BIND", defaults.bind),
-            https_port=int(get("HTTPS_PORT", defaults.https_port)),
-            http_port=int(get("HTTP_PORT", defaults.http_port)),
-            ap_port=int(get("AP_PORT", defaults.ap_port)),
-            ap_workers=int(get("AP_WORKERS", defaults.ap_workers)),
-            cp_port=int(get("CP_PORT", defaults.cp_port)),
-            redis_port=int(get("REDIS_PORT", defaults.redis_port)),
-            env=get("ENV", defaults.env),
-            durability=get("DURABILITY", defaults.durability),
-            edge_rate=int(get("EDGE_RATE", defaults.edge_rate)),
-            edge_burst=int(get("EDGE_BURST", defaults.edge_burst)),
-            admin_rate=int(get("ADMIN_RATE", defaults.admin_rate)),
-            admin_burst=int(get("ADMIN_BURST", defaults.admin_burst)),
-            user_rate=get("USER_RATE", defaults.user_rate),
-            max_body=get("MAX_BODY", defaults.max_body),
-            threads=int(get("THREADS", defaults.threads)),
-            edge_trusted_proxies=get("EDGE_TRUSTED_PROXIES", ""),
-            redis_tls=on_off("REDIS_TLS", "off"),
+        return cls.from_settings(
+            Settings.from_env(environ, concerns=LOCAL_STACK_CONCERNS),
             # the control plane's console settings pass through to it (PLAB_CONSOLE=off)
             extra_env={k: environ[k] for k in CONSOLE_VARIABLES if k in environ},
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> StackConfig:
+        values: dict[str, object] = {
+            "state_dir": settings.state_dir,
+            "bind": settings.bind,
+            "https_port": settings.https_port,
+            "http_port": settings.http_port,
+            "ap_port": settings.ap_port,
+            "ap_workers": settings.ap_workers,
+            "cp_port": settings.cp_port,
+            "redis_port": settings.redis_port,
+            "env": settings.env,
+            "durability": settings.durability,
+            "edge_rate": settings.edge_rate,
+            "edge_burst": settings.edge_burst,
+            "admin_rate": settings.admin_rate,
+            "admin_burst": settings.admin_burst,
+            "user_rate": settings.user_rate,
+            "max_body": nginx_size(settings.max_body),
+            "threads": settings.threads,
+            "edge_trusted_proxies": " ".join(settings.edge_trusted_proxies),
+            "redis_tls": settings.stack_redis_tls,
+            "redis_maxmemory": settings.redis_maxmemory,
+        }
+        return cls(**{**values, **overrides})  # type: ignore[arg-type]
 
     @classmethod
     def ephemeral(cls, state_dir: Path, **overrides: object) -> StackConfig:
@@ -586,12 +596,13 @@ class Supervisor:
         }
 
     def _write_redis_conf(self) -> None:
-        from productionlab.settings import redis_maxmemory  # bounded memory, noeviction
-
         tls = self._prepare_redis_tls() if self.config.redis_tls else None
         conf = render_redis_conf(
             tls=tls,
-            maxmemory=redis_maxmemory({**os.environ, **self.config.extra_env}),
+            # bounded memory, noeviction (extra_env may override it: the tests do)
+            maxmemory=redis_maxmemory(
+                {"PLAB_REDIS_MAXMEMORY": self.config.redis_maxmemory, **self.config.extra_env}
+            ),
             port=self.config.redis_port,
             data_dir=str(self.redis_dir),
             bind=self.config.bind,
