@@ -358,3 +358,12 @@ def test_local_stack_and_compose_edge_defaults_come_from_settings():
     edge = deploy.edge_config({"PLAB_HTTPS_PORT": "443", "PLAB_EDGE_WORKERS": "4"})
     assert edge.public_https_port == 443 and edge.worker_processes == "4"
     assert deploy.edge_config({}).worker_processes == "2"
+
+
+def test_a_plane_reads_neither_the_local_stack_nor_the_edge_limits():
+    """Those belong to `make run` and the edge: a plane starts as it did before they
+    were Settings (check-prod reports a broken edge limit as a finding)."""
+    settings = Settings.from_env(strong_env(PLAB_EDGE_RATE="0", PLAB_AP_WORKERS="many"))
+    assert (settings.edge_rate, settings.https_port) == (50, 8443)
+    with pytest.raises(ConfigError, match="PLAB_REDIS_MAXMEMORY"):
+        Settings.from_env(strong_env(PLAB_REDIS_MAXMEMORY="lots"))

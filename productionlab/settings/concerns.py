@@ -50,7 +50,10 @@ class Concern:
 ENVIRONMENT = Concern("environment", d.read_environment, d.check_environment)
 STACK = Concern("stack", d.read_stack, d.check_stack)
 EDGE = Concern("edge", d.read_edge, d.check_edge)
+EDGE_LIMITS = Concern("edge limits", d.read_edge_limits, d.check_edge_limits)
 REDIS = Concern("redis", d.read_redis, d.check_redis)
+REDIS_MEMORY = Concern("redis memory", d.read_redis_memory, d.check_redis_memory)
+FILES = Concern("files", d.read_files, d.check_files)
 SERVING = Concern("serving", p.read_serving, p.check_serving)
 AUTH_LIMITS = Concern("auth limits", p.read_auth_limits, p.check_auth_limits)
 QUOTAS = Concern("quotas", p.read_quotas, p.check_quotas)
@@ -58,9 +61,10 @@ SECRETS = Concern("secrets", p.read_secrets, p.check_secrets)
 TOKENS = Concern("tokens", p.read_tokens, p.check_tokens)
 AUDIT = Concern("audit", p.read_audit, p.check_audit)
 CONSOLE = Concern("console", p.read_console, p.check_console)
-FILES = Concern("files", d.read_files, d.check_files)
 
-ALL_CONCERNS = (
+# What a plane reads (Settings.from_env's default): everything but the local
+# stack's listeners and the edge's nginx limits, which no plane uses.
+PLANE_CONCERNS = (
     ENVIRONMENT,
     REDIS,
     SERVING,
@@ -72,10 +76,21 @@ ALL_CONCERNS = (
     AUDIT,
     CONSOLE,
     FILES,
-    STACK,
+    REDIS_MEMORY,
 )
 # What `make run`'s supervisor reads itself: its listeners and counts, the edge it
-# renders, and the values it hands both planes (the planes read the rest).
-LOCAL_STACK_CONCERNS = (ENVIRONMENT, STACK, EDGE, SERVING, CONSOLE, FILES)
+# renders, redis.conf's memory bound and the values it hands both planes (the
+# planes read the rest).
+LOCAL_STACK_CONCERNS = (
+    ENVIRONMENT,
+    STACK,
+    EDGE,
+    EDGE_LIMITS,
+    SERVING,
+    CONSOLE,
+    FILES,
+    REDIS_MEMORY,
+)
 # What the compose edge-config step renders nginx.conf from.
-COMPOSE_EDGE_CONCERNS = (EDGE, STACK)
+COMPOSE_EDGE_CONCERNS = (EDGE, EDGE_LIMITS, STACK)
+ALL_CONCERNS = (*PLANE_CONCERNS, STACK, EDGE_LIMITS)

@@ -61,10 +61,6 @@ def read_stack(env: EnvReader, plane: str) -> Fields:
     defaults = {"HTTPS_PORT": 8443, "HTTP_PORT": 8080, "AP_PORT": 8101, "CP_PORT": 8201}
     for name in STACK_PORTS:
         fields[name.lower()] = env.integer(name, defaults.get(name, 6390))
-    try:
-        fields["redis_maxmemory"] = redis_maxmemory(env.environ)
-    except ConfigError as exc:
-        env.problems.extend(exc.problems)
     return fields
 
 
@@ -81,22 +77,37 @@ def check_stack(s: Settings, problems: list[str], warnings: list[str]) -> None:
         problems.append(f"PLAB_AP_PORT={s.ap_port} leaves no port for each of PLAB_AP_WORKERS")
 
 
-# --- the edge: nginx's limits and the load balancers it trusts -----------------
+# --- the edge: what the planes check too (body size, trusted load balancers) -----
+def read_edge(env: EnvReader, plane: str) -> Fields:
+    return {
+        "edge_trusted_proxies": env.cidrs("EDGE_TRUSTED_PROXIES"),
+        "max_body": env.size("MAX_BODY", "1m"),
+    }
+
+
+def check_edge(s: Settings, problems: list[str], warnings: list[str]) -> None:
+    try:
+        parse_cidrs(" ".join(s.edge_trusted_proxies))
+    except ValueError as exc:
+        problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
+    if not 1 <= s.max_body <= 1024**3:
+        problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
+
+
+# --- the edge's own limits: nginx's rates per address, workers, upstream names ----
 EDGE_COUNTS = {"EDGE_RATE": 50, "EDGE_BURST": 100, "ADMIN_RATE": 5, "ADMIN_BURST": 10}
 
 
-def read_edge(env: EnvReader, plane: str) -> Fields:
+def read_edge_limits(env: EnvReader, plane: str) -> Fields:
     fields: Fields = {name.lower(): env.integer(name, n) for name, n in EDGE_COUNTS.items()}
     return fields | {
-        "edge_trusted_proxies": env.cidrs("EDGE_TRUSTED_PROXIES"),
-        "max_body": env.size("MAX_BODY", "1m"),
         "edge_workers": env.get("EDGE_WORKERS", "2").strip(),
         "ap_host": env.get("AP_HOST", "ap"),
         "cp_host": env.get("CP_HOST", "cp"),
     }
 
 
-def check_edge(s: Settings, problems: list[str], warnings: list[str]) -> None:
+def check_edge_limits(s: Settings, problems: list[str], warnings: list[str]) -> None:
     for name in EDGE_COUNTS:
         value = getattr(s, name.lower())
         if value <= 0:
@@ -104,12 +115,6 @@ def check_edge(s: Settings, problems: list[str], warnings: list[str]) -> None:
     workers = s.edge_workers
     if workers != "auto" and not (workers.isascii() and workers.isdigit() and int(workers) > 0):
         problems.append(f"PLAB_EDGE_WORKERS={workers!r} must be auto or a positive integer")
-    try:
-        parse_cidrs(" ".join(s.edge_trusted_proxies))
-    except ValueError as exc:
-        problems.append(f"PLAB_EDGE_TRUSTED_PROXIES: {exc}")
-    if not 1 <= s.max_body <= 1024**3:
-        problems.append("PLAB_MAX_BODY must be between 1 byte and 1g")
 
 
 # --- redis: where it is and how a plane connects --------------------------------
@@ -153,6 +158,19 @@ def check_redis(s: Settings, problems: list[str], warnings: list[str]) -> None:
     for variable, path in files.items():
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             problems.append(f"{variable}={path} is not a readable file")
+
+
+# --- redis's memory: redis.conf's maxmemory (make run; the planes check it too) ---
+def read_redis_memory(env: EnvReader, plane: str) -> Fields:
+    try:
+        return {"redis_maxmemory": redis_maxmemory(env.environ)}
+    except ConfigError as exc:
+        env.problems.extend(exc.problems)
+        return {}
+
+
+def check_redis_memory(s: Settings, problems: list[str], warnings: list[str]) -> None:
+    """Checked as it is read (``redis_maxmemory``): redis's own size syntax."""
 
 
 # --- files: the state dir and what may live elsewhere (backups, TLS, htpasswd) ---

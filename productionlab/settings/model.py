@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from productionlab.settings.concerns import (
-    ALL_CONCERNS,
     DEFAULT_USER_MAX_BYTES,
     DEFAULT_USER_MAX_KEYS,
+    PLANE_CONCERNS,
     Concern,
 )
 from productionlab.settings.values import DEFAULT_REDIS_MAXMEMORY, ConfigError, EnvReader
@@ -145,10 +145,10 @@ class Settings:
         cls,
         environ: Mapping[str, str] | None = None,
         plane: str = "ap",
-        concerns: Iterable[Concern] = ALL_CONCERNS,
+        concerns: Iterable[Concern] = PLANE_CONCERNS,
     ) -> Settings:
-        """Read and check ``concerns`` (every one by default; the local supervisor and
-        the compose tooling name the few they use); the others keep their defaults."""
+        """Read and check ``concerns`` (a plane's by default; the local supervisor and
+        the compose tooling name the ones they use); the others keep their defaults."""
         environ = os.environ if environ is None else environ
         concerns = tuple(concerns)
         reader = EnvReader(environ)
@@ -162,7 +162,7 @@ class Settings:
     def validate(
         self,
         extra_problems: list[str] | None = None,
-        concerns: Iterable[Concern] = ALL_CONCERNS,
+        concerns: Iterable[Concern] = PLANE_CONCERNS,
     ) -> None:
         """Refuse to start on any problem. Weak secrets are fatal in production only."""
         problems = list(extra_problems or [])
