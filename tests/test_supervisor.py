@@ -27,9 +27,11 @@ from tests.supervisor_kit import (
     children_of,
     cmdline,
     edge_client,
+    kill,
     port_env,
     ports_of,
     processes_mentioning,
+    restart,
     wait_until,
 )
 
@@ -38,7 +40,7 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
     stack = stack_factory(ap_workers=1, restart_redis=False)
     admin = admin_of(stack)
     assert admin.post("/write/outage-key/before").status_code == 201
-    stack.kill("redis")
+    kill(stack, "redis")
     for response in (
         admin.post("/write/outage-key/during"),
         admin.get("/read/outage-key"),
@@ -54,7 +56,7 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
         assert "Traceback" not in response.text
     assert admin.direct("GET", stack.config.cp_port, "/ready").status_code == 503
     assert admin.get("/health").status_code == 200
-    stack.restart("redis")
+    restart(stack, "redis")
     deadline = time.monotonic() + 15
     while admin.get("/ready").status_code != 200:
         assert time.monotonic() < deadline, "not ready 15 s after redis returned"
@@ -171,7 +173,7 @@ def test_killed_edge_master_leaves_no_orphan_worker_and_is_restarted(stack_facto
     workers = [pid for pid in nginx.members() if pid != master]
     assert len(workers) == 2
     conf = str(stack.nginx_dir / "nginx.conf")
-    stack.kill("nginx")  # the master only, as a crash would
+    kill(stack, "nginx")  # the master only, as a crash would
     assert all(_alive(pid) for pid in workers), "orphaned workers outlive their master"
     restarted: list[str] = []
     deadline = time.monotonic() + 30
