@@ -8,6 +8,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -66,34 +67,42 @@ class Readiness:
             )
 
     def wait_http(self, port: int, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://{self.config.bind}:{port}{path}"
-        while True:
+        """A plane answers 200 on ``path``; any plane or nginx that died meanwhile is
+        reported (redis is watched by ``wait_redis``)."""
+
+        def check_alive() -> None:
             for name, component in self.components.items():
                 if name != "redis" and component.process is not None and not component.alive:
                     self._check_alive(name)
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # http URL we built  # nosec B310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"{url} did not answer 200 in {timeout}s; see {self.log_dir}")
-            time.sleep(0.1)
+
+        url = f"http://{self.config.bind}:{port}{path}"
+        self._wait_200(url, None, check_alive, timeout, f"; see {self.log_dir}")
 
     def wait_https(self, path: str, timeout: float) -> None:
+        """The edge answers 200 on ``path`` over TLS, verified with the stack's certificate."""
         context = ssl.create_default_context(cafile=str(self.tls_cert))
         url = f"https://{self.config.bind}:{self.config.https_port}{path}"
+        self._wait_200(url, context, lambda: self._check_alive("nginx"), timeout, "")
+
+    def _wait_200(
+        self,
+        url: str,
+        context: ssl.SSLContext | None,
+        check_alive: Callable[[], None],
+        timeout: float,
+        hint: str,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            self._check_alive("nginx")
+            check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=2, context=context) as response:  # nosec B310
+                with urllib.request.urlopen(  # noqa: S310 - http(s) URLs we built  # nosec B310
+                    url, timeout=2, context=context
+                ) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise StackError(f"{url} did not answer 200 in {timeout}s")
+                raise StackError(f"{url} did not answer 200 in {timeout}s{hint}")
             time.sleep(0.1)
