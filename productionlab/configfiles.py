@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from productionlab import contract
 from productionlab.contract import ERROR_CODES
+from productionlab.secretgen import REDIS_TLS_CA, REDIS_TLS_SERVER
 from productionlab.settings import parse_cidrs
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
@@ -111,6 +112,15 @@ class RedisUser:
         return hashlib.sha256(self.password.encode()).hexdigest()
 
 
+def plane_redis_users(secrets_dir: Path) -> list[RedisUser]:
+    """The planes' redis users (``plab-ap``, ``plab-cp``), with the passwords
+    generated under ``secrets_dir``."""
+    return [
+        RedisUser(f"plab-{plane}", (secrets_dir / f"redis_{plane}_password").read_text().strip())
+        for plane in ("ap", "cp")
+    ]
+
+
 @dataclass
 class RedisTLS:
     """Paths (as redis sees them) of redis's server certificate, key and client CA."""
@@ -118,6 +128,14 @@ class RedisTLS:
     cert: str
     key: str
     ca: str
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> RedisTLS:
+        """The files ``secretgen.ensure_redis_tls`` names, in ``directory``."""
+        cert, key = REDIS_TLS_SERVER
+        return cls(
+            cert=str(directory / cert), key=str(directory / key), ca=str(directory / REDIS_TLS_CA)
+        )
 
 
 def render_redis_conf(

@@ -20,12 +20,16 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.configfiles import (
+    EdgeConfig,
+    RedisTLS,
+    RedisUser,
+    plane_redis_users,
+    render_redis_conf,
+)
 from productionlab.secretgen import (
     ALL_SECRETS,
-    REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
-    REDIS_TLS_SERVER,
     TOKEN_PUBLIC_KEY,
     ensure_redis_tls,
     ensure_secrets,
@@ -60,11 +64,7 @@ HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping nopass")
 # and one for the healthcheck.
 REDIS_SERVICE = "redis"
 REDIS_TLS_CLIENTS = ("ap", "cp", "health")
-REDIS_TLS = RedisTLS(
-    cert=str(SECRETS_MOUNT / REDIS_TLS_SERVER[0]),
-    key=str(SECRETS_MOUNT / REDIS_TLS_SERVER[1]),
-    ca=str(SECRETS_MOUNT / REDIS_TLS_CA),
-)
+REDIS_TLS = RedisTLS.in_directory(SECRETS_MOUNT)
 
 
 def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
@@ -104,10 +104,6 @@ def write_edge_config(path: Path = EDGE_CONF, environ: Mapping[str, str] | None 
 
 def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "384mb") -> str:
     """redis.conf for the ``redis`` service: one ACL user per plane, passwords as SHA-256."""
-
-    def password(name: str) -> str:
-        return (directory / name).read_text().strip()
-
     return render_redis_conf(
         port=REDIS_PORT,
         data_dir=REDIS_DATA,
@@ -115,11 +111,7 @@ def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "
         appendfsync="always" if durability == "strict" else "everysec",
         maxmemory=maxmemory,
         tls=REDIS_TLS,
-        users=[
-            RedisUser("plab-ap", password("redis_ap_password")),
-            RedisUser("plab-cp", password("redis_cp_password")),
-            HEALTH_USER,
-        ],
+        users=[*plane_redis_users(directory), HEALTH_USER],
     )
 
 

@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -91,9 +92,11 @@ def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def alt_names(hostnames: tuple[str, ...], addresses: tuple[str, ...]) -> list[x509.GeneralName]:
+def alt_names(
+    hostnames: tuple[str, ...], addresses: tuple[str, ...]
+) -> tuple[x509.GeneralName, ...]:
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    return names + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    return (*names, *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses))
 
 
 def validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
@@ -118,21 +121,27 @@ def ca_key_usage(*, digital_signature: bool, crl_sign: bool) -> x509.KeyUsage:
     )
 
 
+@dataclass(frozen=True)
+class Purpose:
+    """What a certificate is for: with ``key_usage`` it is a CA (path length 0: it
+    signs leaves only), else a leaf; ``usage`` is its extended key usage (server or
+    client auth), ``names`` the DNS names and addresses (SANs) it is valid for."""
+
+    key_usage: x509.KeyUsage | None = None
+    usage: x509.ObjectIdentifier | None = None
+    names: tuple[x509.GeneralName, ...] = ()
+
+
 def build_certificate(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
     valid: tuple[datetime.datetime, datetime.datetime],
-    *,
+    purpose: Purpose,
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-    key_usage: x509.KeyUsage | None = None,
-    usage: x509.ObjectIdentifier | None = None,
-    names: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
-    """The one X.509 builder (SHA-256). Self-signed without ``issuer``; with
-    ``key_usage`` it is a CA (path length 0: it signs leaves only), else a leaf;
-    ``usage`` is its extended key usage (server or client auth), ``names`` its SANs."""
+    """The one X.509 builder (SHA-256); self-signed without ``issuer``."""
     issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    ca = key_usage is not None
+    ca = purpose.key_usage is not None
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -148,12 +157,14 @@ def build_certificate(
         )
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
     )
-    if key_usage is not None:
-        builder = builder.add_extension(key_usage, critical=True)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if purpose.key_usage is not None:
+        builder = builder.add_extension(purpose.key_usage, critical=True)
+    if purpose.usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose.usage]), critical=False)
+    if purpose.names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(list(purpose.names)), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -192,9 +203,11 @@ def ensure_tls(
         _name(hostnames[0], "productionlab self-signed"),
         key,
         validity(days),
-        key_usage=ca_key_usage(digital_signature=True, crl_sign=False),
-        usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-        names=alt_names(hostnames, addresses),
+        Purpose(
+            key_usage=ca_key_usage(digital_signature=True, crl_sign=False),
+            usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+            names=alt_names(hostnames, addresses),
+        ),
     )
     write_pair(cert_path, key_path, cert, key)
     return cert_path, key_path
@@ -240,7 +253,7 @@ def ensure_redis_tls(
             _name("productionlab redis CA", REDIS_ORGANIZATION),
             ca_key,
             validity(days),
-            key_usage=ca_key_usage(digital_signature=False, crl_sign=True),
+            Purpose(key_usage=ca_key_usage(digital_signature=False, crl_sign=True)),
         )
         write_pair(ca_path, ca_key_path, ca, ca_key)
     ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
@@ -250,7 +263,7 @@ def ensure_redis_tls(
     server_names = alt_names(hostnames, addresses)
     wanted = [(REDIS_TLS_SERVER, "redis", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, server_names)]
     wanted += [
-        (redis_client_files(c), f"plab-{c}", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, None)
+        (redis_client_files(c), f"plab-{c}", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, ())
         for c in clients
     ]
     for (cert_name, key_name), subject, usage, names in wanted:
@@ -258,9 +271,8 @@ def ensure_redis_tls(
         if not (cert_path.exists() and key_path.exists()):
             key = ec.generate_private_key(ec.SECP256R1())
             subject_name = _name(subject, REDIS_ORGANIZATION)
-            cert = build_certificate(
-                subject_name, key, validity(days), issuer=(ca, ca_key), usage=usage, names=names
-            )
+            purpose = Purpose(usage=usage, names=names)
+            cert = build_certificate(subject_name, key, validity(days), purpose, (ca, ca_key))
             write_pair(cert_path, key_path, cert, key)
         paths[cert_name], paths[key_name] = cert_path, key_path
     return paths

@@ -18,11 +18,10 @@ from productionlab.accounts import (
     system_account,
     traversable_by_others,
 )
-from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.configfiles import EdgeConfig, RedisTLS, plane_redis_users, render_redis_conf
 from productionlab.secretgen import (
     REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
-    REDIS_TLS_SERVER,
     TOKEN_PUBLIC_KEY,
     ensure_redis_tls,
     ensure_secrets,
@@ -235,10 +234,7 @@ class StackLayout:
                 shutil.copyfile(path, copy)
                 os.chmod(copy, 0o600)
                 os.chown(copy, self.service.uid, self.service.gid)
-        cert, key = REDIS_TLS_SERVER
-        return RedisTLS(
-            cert=str(target / cert), key=str(target / key), ca=str(target / REDIS_TLS_CA)
-        )
+        return RedisTLS.in_directory(target)
 
     def redis_tls_options(self, plane: str = "cp") -> dict[str, object]:
         """redis-py SSL options for a client holding ``plane``'s certificate (empty
@@ -266,10 +262,7 @@ class StackLayout:
             data_dir=str(self.redis_dir),
             bind=self.config.bind,
             appendfsync="always" if self.config.durability == "strict" else "everysec",
-            users=[
-                RedisUser("plab-ap", self.secret("redis_ap_password")),
-                RedisUser("plab-cp", self.secret("redis_cp_password")),
-            ],
+            users=plane_redis_users(self.secrets_dir),
         )
         path = self.redis_dir / "redis.conf"
         path.write_text(conf)

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from productionlab.configfiles import EdgeConfig
-from productionlab.secretgen import build_certificate, ensure_tls, write_pair
+from productionlab.secretgen import Purpose, build_certificate, ensure_tls, write_pair
 from productionlab.supervisor import free_port
 from productionlab.tlsrotate import RotateError, validate
 
@@ -80,7 +80,7 @@ def expired_pair(tmp: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     valid = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1))
     cert_path, key_path = tmp / "expired.crt", tmp / "expired.key"
-    write_pair(cert_path, key_path, build_certificate(name, key, valid), key)
+    write_pair(cert_path, key_path, build_certificate(name, key, valid, Purpose()), key)
     return cert_path, key_path
 
 

@@ -86,22 +86,26 @@ class Settings:
     user_max_bytes: int = DEFAULT_USER_MAX_BYTES
     redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
 
-    # The local stack (`make run`): where it listens and how many app-plane processes
-    # it runs; PLAB_REDIS_TLS=on makes its redis speak TLS only.
+    # The local stack (`make run`): where it listens, how many app-plane processes it
+    # runs (their ports count up from ap_port), and PLAB_REDIS_TLS=on (redis speaks
+    # TLS only).
     bind: str = "127.0.0.1"
     https_port: int = 8443
     http_port: int = 8080
-    ap_port: int = 8101
-    ap_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     cp_port: int = 8201
     redis_port: int = 6390
+
+    ap_port: int = 8101
+    ap_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     stack_redis_tls: bool = False
-    # The edge's nginx limits per client address, its worker count (compose) and
-    # the planes' host names in compose.
+
+    # The edge's nginx limits per client address (data routes; /admin/, /auth/, /ops/).
     edge_rate: int = 50
     edge_burst: int = 100
     admin_rate: int = 5
     admin_burst: int = 10
+
+    # Compose's edge: nginx worker processes, and the planes' service names.
     edge_workers: str = "2"
     ap_host: str = "ap"
     cp_host: str = "cp"
