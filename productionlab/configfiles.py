@@ -4,7 +4,6 @@ and redis.conf. Nothing is a hand-edited copy per environment."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,14 +12,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from productionlab import contract
 from productionlab.contract import ERROR_CODES
 from productionlab.secretgen import REDIS_TLS_CA, REDIS_TLS_SERVER
-from productionlab.settings import parse_cidrs
+from productionlab.settings import TEMPLATES, Settings, parse_cidrs
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
-NGINX_TEMPLATE = Path(
-    os.environ.get(
-        "PLAB_NGINX_TEMPLATE", Path(__file__).parent.parent / "nginx" / "nginx.conf.template"
-    )
-)
+# PLAB_NGINX_TEMPLATE: the images install the template outside the package.
+NGINX_TEMPLATE = Settings.from_env(concerns=(TEMPLATES,)).nginx_template
 
 # The planes' counting endpoint for requests that failed the edge's Basic check
 # (productionlab.auth.EDGE_FAILURE_PATH; kept here so rendering imports no Flask).

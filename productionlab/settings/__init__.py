@@ -20,6 +20,7 @@ from productionlab.settings.concerns import (
     LOCAL_STACK_CONCERNS,
     MAX_VERIFY_CACHE_SECONDS,
     PLANE_CONCERNS,
+    TEMPLATES,
     TOKEN_FAMILIES_MAX_LIMIT,
     Concern,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "PLANE_CONCERNS",
     "PLANE_SECRETS",
     "SECRET_NAMES",
+    "TEMPLATES",
     "TOKEN_FAMILIES_MAX_LIMIT",
     "Concern",
     "ConfigError",

@@ -54,6 +54,7 @@ EDGE_LIMITS = Concern("edge limits", d.read_edge_limits, d.check_edge_limits)
 REDIS = Concern("redis", d.read_redis, d.check_redis)
 REDIS_MEMORY = Concern("redis memory", d.read_redis_memory, d.check_redis_memory)
 FILES = Concern("files", d.read_files, d.check_files)
+TEMPLATES = Concern("templates", d.read_templates, d.check_templates)
 SERVING = Concern("serving", p.read_serving, p.check_serving)
 AUTH_LIMITS = Concern("auth limits", p.read_auth_limits, p.check_auth_limits)
 QUOTAS = Concern("quotas", p.read_quotas, p.check_quotas)
@@ -93,4 +94,5 @@ LOCAL_STACK_CONCERNS = (
 )
 # What the compose edge-config step renders nginx.conf from.
 COMPOSE_EDGE_CONCERNS = (EDGE, EDGE_LIMITS, STACK)
-ALL_CONCERNS = (*PLANE_CONCERNS, STACK, EDGE_LIMITS)
+# The template renderer (configfiles.py) reads TEMPLATES once, at import.
+ALL_CONCERNS = (*PLANE_CONCERNS, STACK, EDGE_LIMITS, TEMPLATES)

@@ -186,3 +186,15 @@ def read_files(env: EnvReader, plane: str) -> Fields:
 
 def check_files(s: Settings, problems: list[str], warnings: list[str]) -> None:
     """Paths are checked where they are used (a missing backup dir is created)."""
+
+
+# --- templates: the edge's nginx template (the images install it outside the package)
+DEFAULT_NGINX_TEMPLATE = Path(__file__).parent.parent.parent / "nginx" / "nginx.conf.template"
+
+
+def read_templates(env: EnvReader, plane: str) -> Fields:
+    return {"nginx_template": Path(env.get("NGINX_TEMPLATE", str(DEFAULT_NGINX_TEMPLATE)))}
+
+
+def check_templates(s: Settings, problems: list[str], warnings: list[str]) -> None:
+    """A template that is missing is reported where it is rendered, by name."""

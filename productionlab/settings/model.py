@@ -14,6 +14,7 @@ from productionlab.settings.concerns import (
     PLANE_CONCERNS,
     Concern,
 )
+from productionlab.settings.deployment import DEFAULT_NGINX_TEMPLATE
 from productionlab.settings.values import DEFAULT_REDIS_MAXMEMORY, ConfigError, EnvReader
 
 
@@ -109,6 +110,7 @@ class Settings:
     edge_workers: str = "2"
     ap_host: str = "ap"
     cp_host: str = "cp"
+    nginx_template: Path = DEFAULT_NGINX_TEMPLATE
 
     @property
     def production(self) -> bool:
