@@ -73,7 +73,8 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def children_of(pid: int) -> list[int]:
+def children_of(pid: int, zombies: bool = False) -> list[int]:
+    """The children of ``pid`` from /proc (exited, unreaped ones too with ``zombies``)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -81,7 +82,7 @@ def children_of(pid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
                 found.append(int(entry.name))
     return found
 
