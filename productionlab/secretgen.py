@@ -105,6 +105,20 @@ def validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
     return now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
 
+# Key usages no certificate of ours has: its keys sign, never encrypt or agree.
+_UNUSED_KEY_USAGES = dict.fromkeys(
+    (
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "encipher_only",
+        "decipher_only",
+    ),
+    False,
+)
+
+
 def ca_key_usage(*, digital_signature: bool, crl_sign: bool) -> x509.KeyUsage:
     """What a CA's key may do: sign certificates, and as asked sign TLS handshakes
     (a self-signed server certificate) or CRLs (a CA that only issues)."""
@@ -112,12 +126,7 @@ def ca_key_usage(*, digital_signature: bool, crl_sign: bool) -> x509.KeyUsage:
         digital_signature=digital_signature,
         key_cert_sign=True,
         crl_sign=crl_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        encipher_only=False,
-        decipher_only=False,
+        **_UNUSED_KEY_USAGES,
     )
 
 

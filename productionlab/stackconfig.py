@@ -11,7 +11,6 @@ from pathlib import Path
 
 from productionlab.processes import free_port
 from productionlab.settings import (
-    DEFAULT_REDIS_MAXMEMORY,
     LOCAL_STACK_CONCERNS,
     Settings,
     nginx_size,
@@ -25,33 +24,37 @@ class StackError(RuntimeError):
 CONSOLE_VARIABLES = ("PLAB_CONSOLE", "PLAB_CONSOLE_IDLE", "PLAB_CONSOLE_LIFETIME")
 
 
+# The defaults are the settings' own (settings/model.py): one place says 8443.
+DEFAULTS = Settings()
+
+
 @dataclass
 class StackConfig:
-    state_dir: Path = Path("var")
-    bind: str = "127.0.0.1"
-    https_port: int = 8443
-    http_port: int = 8080
-    ap_port: int = 8101
-    ap_workers: int = max(1, os.cpu_count() or 1)
-    cp_port: int = 8201
-    redis_port: int = 6390
-    env: str = "development"
-    durability: str = "everysec"
-    edge_rate: int = 50
-    edge_burst: int = 100
-    admin_rate: int = 5
-    admin_burst: int = 10
-    console_rate: int = 5
+    state_dir: Path = DEFAULTS.state_dir
+    bind: str = DEFAULTS.bind
+    https_port: int = DEFAULTS.https_port
+    http_port: int = DEFAULTS.http_port
+    ap_port: int = DEFAULTS.ap_port
+    ap_workers: int = DEFAULTS.ap_workers
+    cp_port: int = DEFAULTS.cp_port
+    redis_port: int = DEFAULTS.redis_port
+    env: str = DEFAULTS.env
+    durability: str = DEFAULTS.durability
+    edge_rate: int = DEFAULTS.edge_rate
+    edge_burst: int = DEFAULTS.edge_burst
+    admin_rate: int = DEFAULTS.admin_rate
+    admin_burst: int = DEFAULTS.admin_burst
+    console_rate: int = 5  # the console's edge limit (not a setting)
     console_burst: int = 40
-    user_rate: str = "6000/minute"
-    max_body: str = "1m"
-    threads: int = 8
+    user_rate: str = DEFAULTS.user_rate
+    max_body: str = nginx_size(DEFAULTS.max_body)
+    threads: int = DEFAULTS.threads
     edge_trusted_proxies: str = ""  # CIDR list of load balancers in front of the edge
     restart_apps: bool = True
     restart_redis: bool = True
     ready_path: str = "/ready"
     redis_tls: bool = False  # PLAB_REDIS_TLS=on: redis speaks TLS only, mutually authenticated
-    redis_maxmemory: str = DEFAULT_REDIS_MAXMEMORY
+    redis_maxmemory: str = DEFAULTS.redis_maxmemory
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod

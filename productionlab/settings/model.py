@@ -106,11 +106,12 @@ class Settings:
     admin_rate: int = 5
     admin_burst: int = 10
 
-    # Compose's edge: nginx worker processes, and the planes' service names.
+    # The edge's template (the images install it outside the package); in compose,
+    # nginx's worker processes and the planes' service names.
+    nginx_template: Path = DEFAULT_NGINX_TEMPLATE
     edge_workers: str = "2"
     ap_host: str = "ap"
     cp_host: str = "cp"
-    nginx_template: Path = DEFAULT_NGINX_TEMPLATE
 
     @property
     def production(self) -> bool:
