@@ -86,8 +86,6 @@ class StackLayout:
         self.backup_dir = self.data_dir / "backups"
         self.service: Account | None = None
         self.edge_account: Account | None = None
-        self.service: Account | None = None
-        self.edge_account: Account | None = None
         self.notices: list[str] = []
 
     # --- files ----------------------------------------------------------------

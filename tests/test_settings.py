@@ -9,7 +9,7 @@ import time
 import pytest
 
 from productionlab.secretgen import ensure_secrets
-from productionlab.settings import ConfigError, Settings, parse_size, secret_problem
+from productionlab.settings import ConfigError, Settings, nginx_size, parse_size, secret_problem
 from productionlab.tokens import SigningKey
 
 
@@ -145,6 +145,14 @@ def test_production_refuses_debug_and_disabled_limits():
 
 
 def test_sizes():
+    for text, nginx in (
+        ("1m", "1m"),
+        ("1024k", "1m"),
+        ("1500", "1500"),
+        ("2G", "2g"),
+        ("3k", "3k"),
+    ):
+        assert nginx_size(parse_size(text)) == nginx  # what make run and compose hand nginx
     assert parse_size("1m") == 1024 * 1024
     assert parse_size("512k") == 512 * 1024
     assert parse_size("4096") == 4096
