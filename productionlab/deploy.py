@@ -27,6 +27,7 @@ from productionlab.configfiles import (
     plane_redis_users,
     render_redis_conf,
 )
+from productionlab.files import write_atomic
 from productionlab.secretgen import (
     ALL_SECRETS,
     REDIS_TLS_CA_KEY,
@@ -42,7 +43,6 @@ from productionlab.settings import (
     nginx_size,
     redis_maxmemory,
 )
-from productionlab.users import write_atomic
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
 APP_PORT = 8000
