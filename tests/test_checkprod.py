@@ -17,10 +17,15 @@ from cryptography.x509.oid import NameOID
 from productionlab.backup import TempRedis
 
 
-def check_prod(stack, env: dict | None = None) -> subprocess.CompletedProcess:
+def check_prod(stack, env: dict | None = None, drop: tuple[str, ...] = ()):
+    """`productionlab check-prod` with the control plane's environment, ``env`` over
+    it, and the variables in ``drop`` taken out."""
+    environment = {**stack.plane_env("cp"), **(env or {})}
+    for name in drop:
+        environment.pop(name)
     return subprocess.run(
         [sys.executable, "-m", "productionlab", "check-prod"],
-        env={**stack.plane_env("cp"), **(env or {})},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
@@ -156,15 +161,7 @@ def test_redis_without_aof_or_password(stack, tmp_path):
             PLAB_REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
             PLAB_REDIS_USERNAME="",
         )
-        environment = {**stack.plane_env("cp"), **env}
-        environment.pop("PLAB_REDIS_PASSWORD_FILE")
-        result = subprocess.run(
-            [sys.executable, "-m", "productionlab", "check-prod"],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = check_prod(stack, env, drop=("PLAB_REDIS_PASSWORD_FILE",))
     assert result.returncode == 1
     found = lines(result)
     assert "secret: PLAB_REDIS_PASSWORD is missing (set it or PLAB_REDIS_PASSWORD_FILE)" in found
@@ -204,17 +201,9 @@ def test_redis_memory_findings(stack, tmp_path):
             PLAB_REDIS_USERNAME="",
             PLAB_REDIS_PASSWORD=server.password,
         )
-        environment = {**stack.plane_env("cp"), **env}
-        environment.pop("PLAB_REDIS_PASSWORD_FILE")
 
         def memory_lines() -> list[str]:
-            result = subprocess.run(
-                [sys.executable, "-m", "productionlab", "check-prod"],
-                env=environment,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = check_prod(stack, env, drop=("PLAB_REDIS_PASSWORD_FILE",))
             return [line for line in lines(result) if line.startswith("redis: m")]
 
         scratch.config_set("maxmemory", 0)

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from productionlab.configfiles import EdgeConfig
-from productionlab.secretgen import ensure_tls
+from productionlab.secretgen import Purpose, build_certificate, ensure_tls, write_pair
 from productionlab.supervisor import free_port
 from productionlab.tlsrotate import RotateError, validate
 
@@ -71,32 +71,16 @@ def new_pair(tmp: Path, name: str, days: int = 30) -> tuple[Path, Path]:
 
 
 def expired_pair(tmp: Path) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
+    """A certificate that expired yesterday (the generator's one builder, back-dated)."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=10))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    valid = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1))
     cert_path, key_path = tmp / "expired.crt", tmp / "expired.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_pair(cert_path, key_path, build_certificate(name, key, valid, Purpose()), key)
     return cert_path, key_path
 
 
