@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from productionlab import backup, checkprod
+from productionlab import backup, checkprod, drill
 from productionlab.audit import Actor, AuditLog
 from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, current_user
@@ -90,12 +90,12 @@ def make_backup() -> backup.Summary:
     return summary
 
 
-def run_drill() -> backup.DrillReport:
+def run_drill() -> drill.DrillReport:
     """Back up, restore into a scratch redis-server, compare; audited with its verdict."""
     config = settings()
     client = current_app.extensions["plab_redis"]
     try:
-        report = backup.drill(
+        report = drill.drill(
             client,
             config.backup_key,
             backup_dir(config),

@@ -34,6 +34,7 @@ import redis
 
 from productionlab import stackfile
 from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.procutil import find_binary, free_port
 from productionlab.secretgen import (
     REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
@@ -60,23 +61,6 @@ FORMAT_FILE = "state-format"
 LOCK_FILE = "run.lock"
 SERVICE_DATA_ROOT = Path("/var/lib/productionlab")
 RUNTIME_ROOT = Path("/run")
-
-
-def find_binary(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (
-            str(p)
-            for d in ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
-            if (p := Path(d) / name).exists()
-        ),
-        None,
-    )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def die_with_parent() -> None:

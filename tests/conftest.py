@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from productionlab.supervisor import StackConfig, StackError, Supervisor
+from tests.http_client import HttpClient, new_session
 
 
 def state_dir(prefix: str = "plab-test-") -> Path:
@@ -28,46 +29,27 @@ def state_dir(prefix: str = "plab-test-") -> Path:
 
 
 @dataclass
-class Client:
+class Client(HttpClient):
     """A client of the edge, the way `curl` users see it."""
 
     stack: Supervisor
     name: str | None = None
     password: str | None = None
 
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False  # the machine's CA bundle / proxy variables must not apply
-        session.verify = str(self.stack.tls_cert)
-        if self.name is not None:
-            session.auth = (self.name, self.password or "")
-        return session
+    @property
+    def base_url(self) -> str:
+        return self.stack.url
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 15)
-        with self.session() as session:
-            return session.request(method, self.stack.url + path, **kwargs)
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return self.request("POST", path, **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        return self.request("PUT", path, **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        return self.request("DELETE", path, **kwargs)
+    @property
+    def verify(self) -> str:
+        return str(self.stack.tls_cert)
 
     def direct(self, method: str, plane_port: int, path: str, **kwargs) -> requests.Response:
         """Straight to one Waitress process, bypassing the edge (defence-in-depth tests)."""
         kwargs.setdefault("timeout", 15)
-        auth = (self.name, self.password or "") if self.name else None
-        with requests.Session() as session:
-            session.trust_env = False
+        with new_session(auth=self.auth) as session:
             return session.request(
-                method, f"http://{self.stack.config.bind}:{plane_port}{path}", auth=auth, **kwargs
+                method, f"http://{self.stack.config.bind}:{plane_port}{path}", **kwargs
             )
 
 

@@ -43,7 +43,7 @@ from productionlab.audit_archive import (
 )
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
-from productionlab.backup import TempRedis
+from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
 from productionlab.supervisor import Supervisor
 from productionlab.tokens import SigningKey
@@ -347,7 +347,7 @@ def legacy_log(client: redis.Redis, key: bytes, count: int) -> list[dict]:
 
 def test_a_broken_legacy_chain_is_archived_as_failed_and_stays_reported(tmp_path):
     key = secrets.token_bytes(32)
-    with TempRedis() as client:
+    with RedisProcess() as client:
         entries = legacy_log(client, key, 6)
         forged = dict(entries[2], actor="mallory")
         client.lset(AUDIT_LIST, 2, json.dumps(forged))
@@ -373,7 +373,7 @@ def test_a_broken_legacy_chain_is_archived_as_failed_and_stays_reported(tmp_path
 
 def test_without_the_old_key_the_legacy_part_is_archived_unverified(tmp_path):
     key = secrets.token_bytes(32)
-    with TempRedis() as client:
+    with RedisProcess() as client:
         legacy_log(client, key, 4)
         archive = Archive(tmp_path / "archive")
         result = migrate_legacy(client, archive, None, Actor("audit-keeper"))
@@ -386,7 +386,7 @@ def test_without_the_old_key_the_legacy_part_is_archived_unverified(tmp_path):
 
 
 def test_a_trim_refuses_when_the_log_moved_underneath(tmp_path):
-    with TempRedis() as client:
+    with RedisProcess() as client:
         log = AuditLog(client)
         for index in range(10):
             log.append(Actor("a"), "kv.put", f"k{index}", "created")

@@ -156,36 +156,28 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
     """redis-py reconnects a killed pub/sub connection and resubscribes without a
     word; events published meanwhile are lost, so the cache must be dropped then.
     A private redis-server (no ACL) lets the test kill the connection server-side."""
-    import shutil
-    import subprocess
     import time
 
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    from productionlab.redis_process import RedisProcess
     from productionlab.users import User, UserStore
-    from tests.faultkit import free_port, wait_until
+    from tests.faultkit import wait_until
 
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisProcess(password=False, appendonly=False, directory=tmp_path)
+    operator = server.start()
     # The planes' client options (store/connection.py): retries reconnect silently.
     client = redis.Redis(
         host="127.0.0.1",
-        port=port,
+        port=server.port,
         socket_timeout=2,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
-    operator = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     store = UserStore(client, cache_secret=b"s" * 32, cache_seconds=300)
     try:
-        assert wait_until(lambda: operator.ping(), 30) is not None
         store.start_listener()
         assert wait_until(lambda: store.cache.enabled, 30) is not None
         user = User(name="alice", role="reader", prefixes=("a-",))
@@ -204,6 +196,4 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
         if store._listener is not None:
             store._listener.join(10)
         client.close()
-        operator.close()
-        server.terminate()
-        server.wait(10)
+        server.stop()

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from productionlab.backup import TempRedis
+from productionlab.redis_process import RedisProcess
 
 
 def check_prod(stack, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -146,7 +146,7 @@ def test_a_certificate_with_more_than_30_days_left_is_no_finding(stack, tmp_path
 
 
 def test_redis_without_aof_or_password(stack, tmp_path):
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         scratch.config_set("appendonly", "no")
         scratch.config_set("requirepass", "")
@@ -195,7 +195,7 @@ def test_admin_route(admin, make_user):
 def test_redis_memory_findings(stack, tmp_path):
     """Unbounded memory, an evicting policy and memory from 80 % of maxmemory are
     findings, on a real redis filled for real."""
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         env = production(
             stack,
