@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Grants are enforced by the planes: on the in-process layer (tests/inprocess.py).
+pytestmark = pytest.mark.inprocess
+
 
 def test_reader_reads_only_inside_grants(admin, make_user, key):
     admin.post(f"/write/app-{key}/v")
@@ -99,6 +102,7 @@ def test_empty_prefix_grant_is_refused_by_the_admin_api(admin, make_user, prefix
     assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
 
 
+@pytest.mark.inprocess(False)  # the CLI runs against the stack's redis
 def test_empty_prefix_grant_is_refused_by_the_cli(stack, admin, make_user):
     import secrets
     import subprocess

@@ -1,4 +1,6 @@
-"""The data API through the edge, the way clients use it."""
+"""The data API the way clients use it, on the in-process layer (both planes' Flask
+apps over one real redis-server, tests/inprocess.py); the edge's part is in
+test_edge.py and test_hostile.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import base64
 import threading
 
 import pytest
+
+pytestmark = pytest.mark.inprocess
 
 
 def test_write_then_read(admin, key):
@@ -148,9 +152,9 @@ def test_if_none_match_race_creates_once(admin, key):
     assert sorted(statuses) == [201] + [412] * 5
 
 
-def test_ttl_expires_keys(admin, key, stack):
+def test_ttl_expires_keys(admin, key, planes):
     assert admin.put(f"/v1/kv/{key}?ttl=1", data=b"soon gone").status_code == 201
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert 0 < client.pttl("{plab}:kv:" + key) <= 1000
     client.close()
     # Let redis expire it instead of sleeping a fixed time in the test.
@@ -162,10 +166,10 @@ def test_ttl_expires_keys(admin, key, stack):
         time.sleep(0.2)
 
 
-def test_overwrite_without_ttl_clears_it(admin, key, stack):
+def test_overwrite_without_ttl_clears_it(admin, key, planes):
     admin.put(f"/v1/kv/{key}?ttl=100", data=b"1")
     admin.put(f"/v1/kv/{key}", data=b"2")
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert client.pttl("{plab}:kv:" + key) == -1
     client.close()
 
@@ -177,15 +181,15 @@ def test_bad_ttl_is_400(admin, key, ttl):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_write_accepts_ttl(admin, key, stack):
+def test_write_accepts_ttl(admin, key, planes):
     assert admin.post(f"/write/{key}/v?ttl=50").status_code == 201
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert 0 < client.pttl("{plab}:kv:" + key) <= 50_000
     client.close()
 
 
-def test_body_at_limit_accepted_and_over_limit_413(admin, key, stack):
-    limit = stack.max_body_bytes()
+def test_body_at_limit_accepted_and_over_limit_413(admin, key, planes):
+    limit = planes.max_body_bytes()
     assert admin.put(f"/v1/kv/{key}", data=b"x" * limit).status_code == 201
     over = admin.put(f"/v1/kv/{key}", data=b"y" * (limit + 1))
     assert over.status_code == 413
@@ -218,12 +222,12 @@ def test_listing_pages_with_cursor(admin):
     assert pages >= 3
 
 
-def test_listing_skips_deleted_and_expired(admin, stack):
+def test_listing_skips_deleted_and_expired(admin, planes):
     prefix = "gone-" + key_suffix()
     admin.post(f"/write/{prefix}-a/v")
     admin.post(f"/write/{prefix}-b/v")
     admin.delete(f"/v1/kv/{prefix}-a")
-    client = stack.redis_client()
+    client = planes.redis_client()
     client.delete("{plab}:kv:" + f"{prefix}-b")  # as if it expired
     client.close()
     assert admin.get("/v1/kv", params={"prefix": prefix}).json() == {
