@@ -53,13 +53,8 @@ class Client(HttpClient):
     patient: bool = True  # wait out the edge's 429s (Retry-After) as a polite client does
     timeout: float = 20
 
-    @property
-    def base_url(self) -> str:
-        return self.deployment.url
-
-    @property
-    def verify(self) -> str:
-        return str(self.deployment.cert)
+    def endpoint(self) -> tuple[str, str]:
+        return self.deployment.url, str(self.deployment.cert)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,24 @@ import requests
 from productionlab.supervisor import StackConfig, StackError, Supervisor
 from tests.http_client import HttpClient, new_session
 from tests.inprocess import InProcessClient, Planes, start_planes, with_user
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs):
+    """``python -m productionlab ARGS`` with ``env`` (default: this process's);
+    output captured as text."""
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run(
+        [sys.executable, "-m", "productionlab", *args],
+        env=env,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def cli(stack: Supervisor, *args: str, env: dict | None = None, **kwargs):
+    """The operator CLI against ``stack``: the control plane's environment, plus ``env``."""
+    return run_cli(*args, env={**stack.plane_env("cp"), **(env or {})}, **kwargs)
 
 
 def state_dir(prefix: str = "plab-test-") -> Path:
@@ -37,13 +57,8 @@ class Client(HttpClient):
     name: str | None = None
     password: str | None = None
 
-    @property
-    def base_url(self) -> str:
-        return self.stack.url
-
-    @property
-    def verify(self) -> str:
-        return str(self.stack.tls_cert)
+    def endpoint(self) -> tuple[str, str]:
+        return self.stack.url, str(self.stack.tls_cert)
 
     def direct(self, method: str, plane_port: int, path: str, **kwargs) -> requests.Response:
         """Straight to one Waitress process, bypassing the edge (defence-in-depth tests)."""

@@ -26,33 +26,30 @@ def new_session(verify: str | bool = True, auth: tuple[str, str] | None = None) 
 
 
 class HttpClient:
-    """Subclasses give ``base_url`` and ``verify`` and the fields below."""
+    """Subclasses give ``endpoint()`` and the fields below."""
 
     name: str | None = None
     password: str | None = None
     patient: bool = False
     timeout: float = 15
 
-    @property
-    def base_url(self) -> str:
+    def endpoint(self) -> tuple[str, str]:
+        """The base URL of what this client talks to, and the CA file it trusts."""
         raise NotImplementedError
-
-    @property
-    def verify(self) -> str | bool:
-        return True
 
     @property
     def auth(self) -> tuple[str, str] | None:
         return (self.name, self.password or "") if self.name is not None else None
 
     def session(self) -> requests.Session:
-        return new_session(self.verify, self.auth)
+        return new_session(self.endpoint()[1], self.auth)
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        base_url = self.endpoint()[0]
         with self.session() as session:
             for _ in range(20 if self.patient else 1):
-                response = session.request(method, self.base_url + path, **kwargs)
+                response = session.request(method, base_url + path, **kwargs)
                 if response.status_code != 429 or not self.patient:
                     return response
                 time.sleep(float(response.headers.get("Retry-After", "1")))

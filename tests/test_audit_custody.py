@@ -16,8 +16,6 @@ import secrets
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +45,14 @@ from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
 from productionlab.supervisor import Supervisor
 from productionlab.tokens import SigningKey
-from tests.conftest import Client, admin_of, create_user, small_stack_config, state_dir
+from tests.conftest import (
+    Client,
+    admin_of,
+    cli,
+    create_user,
+    small_stack_config,
+    state_dir,
+)
 
 APPENDER_PASSWORD = secrets.token_hex(16)
 MONITOR_PASSWORD = secrets.token_hex(16)
@@ -82,16 +87,6 @@ def custody() -> Iterator[Supervisor]:
     yield stack
     stack.stop()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env=stack.plane_env("cp"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def verify(stack) -> dict:

@@ -8,7 +8,6 @@ import os
 import pty
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from productionlab.backup import SUFFIX, BackupError, read_header, verify_backup
 from productionlab.redis_process import RedisProcess
-from tests.conftest import admin_of, start_stack, stop_stack
+from tests.conftest import admin_of, cli, start_stack, stop_stack
 
 BINARY = bytes(range(256))
 
@@ -31,17 +30,6 @@ def own() -> Iterator:
     assert admin.put("/ops/v1/kv/b-ttl?ttl=3600", data=b"short-lived").status_code == 201
     yield stack
     stop_stack(stack)
-
-
-def cli(stack, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env={**stack.plane_env("cp"), **(env or {})},
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
 
 
 def snapshot(client) -> dict:

@@ -89,8 +89,10 @@ def test_malformed_bulk_requests_are_refused(admin, key):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_the_control_plane_serves_bulk(admin, key):
-    response = bulk(admin, [{"op": "put", "key": key, "value": "ops"}], path="/ops/v1/bulk")
+@pytest.mark.parametrize("path,field", [("/ops/v1/bulk", "items"), ("/ops/v1/txn", "ops")])
+def test_the_control_plane_serves_bulk_and_transactions(admin, key, path, field):
+    operation = {"op": "put", "key": key, "value": "ops"}
+    response = admin.post(path, json={field: [operation]})
     assert response.status_code == 200, response.text
     assert admin.get(f"/v1/kv/{key}").content == b"ops"
 

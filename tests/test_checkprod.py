@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from productionlab.redis_process import RedisProcess
+from tests.conftest import cli, run_cli
 
 
 def check_prod(stack, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", "check-prod"],
-        env={**stack.plane_env("cp"), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return cli(stack, "check-prod", env=env)
 
 
 def ca_signed_cert(directory: Path, days: float) -> Path:
@@ -158,13 +152,7 @@ def test_redis_without_aof_or_password(stack, tmp_path):
         )
         environment = {**stack.plane_env("cp"), **env}
         environment.pop("PLAB_REDIS_PASSWORD_FILE")
-        result = subprocess.run(
-            [sys.executable, "-m", "productionlab", "check-prod"],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_cli("check-prod", env=environment)
     assert result.returncode == 1
     found = lines(result)
     assert "secret: PLAB_REDIS_PASSWORD is missing (set it or PLAB_REDIS_PASSWORD_FILE)" in found
@@ -208,13 +196,7 @@ def test_redis_memory_findings(stack, tmp_path):
         environment.pop("PLAB_REDIS_PASSWORD_FILE")
 
         def memory_lines() -> list[str]:
-            result = subprocess.run(
-                [sys.executable, "-m", "productionlab", "check-prod"],
-                env=environment,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = run_cli("check-prod", env=environment)
             return [line for line in lines(result) if line.startswith("redis: m")]
 
         scratch.config_set("maxmemory", 0)

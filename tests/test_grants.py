@@ -105,25 +105,16 @@ def test_empty_prefix_grant_is_refused_by_the_admin_api(admin, make_user, prefix
 @pytest.mark.inprocess(False)  # the CLI runs against the stack's redis
 def test_empty_prefix_grant_is_refused_by_the_cli(stack, admin, make_user):
     import secrets
-    import subprocess
-    import sys
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "productionlab", *args],
-            env=stack.plane_env("cp"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    from tests.conftest import cli
 
     name = f"u{secrets.token_hex(6)}"
-    created = cli("users", "create", name, "--role", "reader", "--prefix", "")
+    created = cli(stack, "users", "create", name, "--role", "reader", "--prefix", "")
     assert created.returncode != 0
     assert "empty prefix" in created.stderr + created.stdout
     assert admin.get(f"/admin/users/{name}").status_code == 404
     reader = make_user("reader", ["a-"])
-    changed = cli("users", "grants", reader.name, "--prefix", "")
+    changed = cli(stack, "users", "grants", reader.name, "--prefix", "")
     assert changed.returncode != 0
     assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
 

@@ -42,6 +42,11 @@ def build_corpus(auth: str) -> list[Hostile]:
     a = f"Authorization: Basic {auth}\r\n".encode()
     host = b"Host: localhost\r\n"
     close = b"Connection: close\r\n"
+
+    def request(line: bytes) -> tuple[bytes]:
+        """One request: ``line``, then Host, Authorization, Connection: close."""
+        return (line + host + a + close + b"\r\n",)
+
     smuggled = f"POST /write/{SMUGGLED}/x HTTP/1.1\r\n".encode() + host + a + b"\r\n"
     read = f"GET /read/{CANARY} HTTP/1.1\r\n".encode()
     write = f"POST /write/{CANARY}/changed HTTP/1.1\r\n".encode()
@@ -186,23 +191,11 @@ def build_corpus(auth: str) -> list[Hostile]:
         Hostile("duplicate-host", (write + host + b"Host: evil\r\n" + a + close + b"\r\n",)),
         Hostile(
             "crlf-in-path-value",
-            (
-                f"POST /write/{CANARY}/a\r\nX-Injected: 1 HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/{CANARY}/a\r\nX-Injected: 1 HTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "encoded-crlf-value",
-            (
-                f"POST /write/{CANARY}/a%0d%0aSet-Cookie:%20x HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/{CANARY}/a%0d%0aSet-Cookie:%20x HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
@@ -289,7 +282,7 @@ def build_corpus(auth: str) -> list[Hostile]:
         # --- invalid UTF-8, overlong encodings, NUL ---------------------------
         Hostile(
             "raw-invalid-utf8-key",
-            (b"GET /read/\xff\xfe HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET /read/\xff\xfe HTTP/1.1\r\n"),
             direct=True,
         ),
         Hostile(
@@ -306,119 +299,99 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
         Hostile(
             "overlong-slash-key",
-            (b"GET /read/%C0%AF HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET /read/%C0%AF HTTP/1.1\r\n"),
             direct=True,
         ),
         Hostile(
             "overlong-slash-value",
-            (f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "overlong-traversal",
-            (b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n"),
             direct=True,
         ),
         Hostile(
             "overlong-3byte",
-            (f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "surrogate-value",
-            (f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "encoded-nul-key",
-            (b"GET /read/a%00b HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET /read/a%00b HTTP/1.1\r\n"),
             direct=True,
         ),
         Hostile(
             "encoded-nul-value",
-            (f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "raw-nul-path",
-            (f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "encoded-slash-in-key",
-            (f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "bad-percent",
-            (f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         # --- request targets and lines --------------------------------------
         Hostile(
             "absolute-form-other-host",
-            (
-                f"GET http://evil.example/read/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"GET http://evil.example/read/{CANARY} HTTP/1.1\r\n".encode()),
             read_ok=True,
         ),
         Hostile(
             "absolute-form-bad-key",
-            (b"GET https://localhost/read/a%2Fb HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET https://localhost/read/a%2Fb HTTP/1.1\r\n"),
             direct=True,
         ),
-        Hostile(
-            "authority-form", (b"CONNECT localhost:443 HTTP/1.1\r\n" + host + a + close + b"\r\n",)
-        ),
-        Hostile("asterisk-form", (b"OPTIONS * HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
-        Hostile("trace", (b"TRACE / HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
+        Hostile("authority-form", request(b"CONNECT localhost:443 HTTP/1.1\r\n")),
+        Hostile("asterisk-form", request(b"OPTIONS * HTTP/1.1\r\n")),
+        Hostile("trace", request(b"TRACE / HTTP/1.1\r\n")),
         Hostile(
             "lowercase-method",
-            (f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "unknown-method",
-            (f"FOO /read/{CANARY} HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"FOO /read/{CANARY} HTTP/1.1\r\n".encode()),
         ),
         Hostile("http09", (f"GET /read/{CANARY}\r\n".encode(),)),
         Hostile(
             "bad-version",
-            (f"GET /read/{CANARY} HTTP/9.9\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"GET /read/{CANARY} HTTP/9.9\r\n".encode()),
         ),
         Hostile("h2-preface", (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",)),
         Hostile(
             "extra-spaces",
-            (f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode()),
             read_ok=True,
         ),
         Hostile(
             "tab-in-line",
-            (f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "dot-segments",
-            (
-                f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "encoded-dot-segments",
-            (
-                f"POST /read/%2e%2e/write/{CANARY}/dots HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /read/%2e%2e/write/{CANARY}/dots HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile("no-host-http11", (write + a + close + b"\r\n",)),

@@ -112,43 +112,42 @@ def test_if_none_match_on_get_gives_304(admin, key):
     assert response.status_code == 304
 
 
-def test_compare_and_set_race_has_one_winner(admin, key):
-    version = admin.put(f"/v1/kv/{key}", data=b"start").json()["version"]
-    barrier = threading.Barrier(8)
+def race(count: int, attempt) -> list[int]:
+    """``attempt(index)`` from ``count`` threads released at once; the statuses."""
+    barrier = threading.Barrier(count)
     statuses: list[int] = []
 
-    def contend(index: int) -> None:
+    def run(index: int) -> None:
         barrier.wait()
-        response = admin.put(
-            f"/v1/kv/{key}", data=f"writer-{index}".encode(), headers={"If-Match": f'"{version}"'}
-        )
-        statuses.append(response.status_code)
+        statuses.append(attempt(index).status_code)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return statuses
+
+
+def test_compare_and_set_race_has_one_winner(admin, key):
+    version = admin.put(f"/v1/kv/{key}", data=b"start").json()["version"]
+    statuses = race(
+        8,
+        lambda index: admin.put(
+            f"/v1/kv/{key}", data=f"writer-{index}".encode(), headers={"If-Match": f'"{version}"'}
+        ),
+    )
     assert sorted(statuses) == [200] + [412] * 7
     assert admin.get(f"/v1/kv/{key}").content.startswith(b"writer-")
 
 
 def test_if_none_match_race_creates_once(admin, key):
-    barrier = threading.Barrier(6)
-    statuses: list[int] = []
-
-    def create(index: int) -> None:
-        barrier.wait()
-        response = admin.put(
+    statuses = race(
+        6,
+        lambda index: admin.put(
             f"/v1/kv/{key}", data=str(index).encode(), headers={"If-None-Match": "*"}
-        )
-        statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        ),
+    )
     assert sorted(statuses) == [201] + [412] * 5
 
 

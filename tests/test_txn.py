@@ -217,12 +217,6 @@ def test_malformed_transactions_are_refused(admin, key):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_the_control_plane_serves_transactions(admin, key):
-    response = txn(admin, [{"op": "put", "key": key, "value": "ops"}], path="/ops/v1/txn")
-    assert response.status_code == 200, response.text
-    assert admin.get(f"/v1/kv/{key}").content == b"ops"
-
-
 def test_each_operation_counts_against_the_user_limit(planes_with):
     admin = planes_with(PLAB_USER_RATE="10/minute")
     writer, prefix = new_writer(admin, "l")
