@@ -75,6 +75,7 @@ class RedisProcess:
         self.timeout, self.socket_timeout = timeout, socket_timeout
         self.owns_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="plab-redis-"))
+        self.log_file = self.directory / "redis.log"
         self.port = 0
         self.process: subprocess.Popen | None = None
         self.client: redis.Redis | None = None
@@ -82,10 +83,6 @@ class RedisProcess:
     @property
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / "redis.log"
 
     def _conf_lines(self) -> list[str]:
         lines = [

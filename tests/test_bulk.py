@@ -59,7 +59,8 @@ def test_items_are_independent_and_apply_in_order(admin, key):
 
 
 def test_every_key_is_checked_first_and_the_403_names_no_key(admin, make_user, key):
-    writer, prefix = new_writer(admin, "b")
+    prefix = f"b{secrets.token_hex(4)}-"
+    writer = make_user("writer", [prefix])
     hidden = f"{key}-hidden"
     response = bulk(
         writer,

@@ -47,6 +47,10 @@ def build_corpus(auth: str) -> list[Hostile]:
         """One request: ``line``, then Host, Authorization, Connection: close."""
         return (line + host + a + close + b"\r\n",)
 
+    def with_header(line: bytes, header: bytes) -> tuple[bytes]:
+        """One request: ``line``, Host, Authorization, ``header``, Connection: close."""
+        return (line + host + a + header + close + b"\r\n",)
+
     smuggled = f"POST /write/{SMUGGLED}/x HTTP/1.1\r\n".encode() + host + a + b"\r\n"
     read = f"GET /read/{CANARY} HTTP/1.1\r\n".encode()
     write = f"POST /write/{CANARY}/changed HTTP/1.1\r\n".encode()
@@ -102,7 +106,7 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
         Hostile(
             "cl-negative",
-            (write + host + a + b"Content-Length: -1\r\n" + close + b"\r\n",),
+            with_header(write, b"Content-Length: -1\r\n"),
             direct=True,
         ),
         Hostile(
@@ -176,18 +180,18 @@ def build_corpus(auth: str) -> list[Hostile]:
         # --- header injection ----------------------------------------------
         Hostile(
             "bare-lf-in-header",
-            (read + host + a + b"X-A: 1\nX-B: 2\r\n" + close + b"\r\n",),
+            with_header(read, b"X-A: 1\nX-B: 2\r\n"),
             read_ok=True,
         ),
-        Hostile("bare-cr-in-header", (write + host + a + b"X-A: 1\rX-B: 2\r\n" + close + b"\r\n",)),
-        Hostile("nul-in-header", (write + host + a + b"X-A: a\x00b\r\n" + close + b"\r\n",)),
-        Hostile("obs-fold", (write + host + a + b"X-A: a\r\n folded\r\n" + close + b"\r\n",)),
+        Hostile("bare-cr-in-header", with_header(write, b"X-A: 1\rX-B: 2\r\n")),
+        Hostile("nul-in-header", with_header(write, b"X-A: a\x00b\r\n")),
+        Hostile("obs-fold", with_header(write, b"X-A: a\r\n folded\r\n")),
         Hostile(
             "header-no-colon",
-            (read + host + a + b"NoColonHere\r\n" + close + b"\r\n",),
+            with_header(read, b"NoColonHere\r\n"),
             read_ok=True,
         ),
-        Hostile("space-before-colon", (write + host + a + b"Host : evil\r\n" + close + b"\r\n",)),
+        Hostile("space-before-colon", with_header(write, b"Host : evil\r\n")),
         Hostile("duplicate-host", (write + host + b"Host: evil\r\n" + a + close + b"\r\n",)),
         Hostile(
             "crlf-in-path-value",
@@ -200,24 +204,17 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
         Hostile(
             "injected-request-id",
-            (read + host + a + b"X-Request-ID: a\r\n\r\nGET / HTTP/1.1\r\n" + close + b"\r\n",),
+            with_header(read, b"X-Request-ID: a\r\n\r\nGET / HTTP/1.1\r\n"),
             read_ok=True,
         ),
         # --- huge headers ----------------------------------------------------
         Hostile(
             "huge-header",
-            (write + host + a + b"X-Big: " + b"a" * 70_000 + b"\r\n" + close + b"\r\n",),
+            with_header(write, b"X-Big: " + b"a" * 70_000 + b"\r\n"),
         ),
         Hostile(
             "many-headers",
-            (
-                write
-                + host
-                + a
-                + b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
-                + close
-                + b"\r\n",
-            ),
+            with_header(write, b"".join(b"X-H%d: v\r\n" % i for i in range(2000))),
         ),
         Hostile(
             "huge-uri",
@@ -280,72 +277,25 @@ def build_corpus(auth: str) -> list[Hostile]:
             wait=25,
         ),
         # --- invalid UTF-8, overlong encodings, NUL ---------------------------
-        Hostile(
-            "raw-invalid-utf8-key",
-            request(b"GET /read/\xff\xfe HTTP/1.1\r\n"),
-            direct=True,
-        ),
-        Hostile(
-            "raw-invalid-utf8-value",
-            (
-                f"POST /write/{CANARY}/".encode()
-                + b"\xc3\x28 HTTP/1.1\r\n"
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-slash-key",
-            request(b"GET /read/%C0%AF HTTP/1.1\r\n"),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-slash-value",
-            request(f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-traversal",
-            request(b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n"),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-3byte",
-            request(f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "surrogate-value",
-            request(f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-nul-key",
-            request(b"GET /read/a%00b HTTP/1.1\r\n"),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-nul-value",
-            request(f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "raw-nul-path",
-            request(f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-slash-in-key",
-            request(f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode()),
-            direct=True,
-        ),
-        Hostile(
-            "bad-percent",
-            request(f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode()),
-            direct=True,
+        *(
+            Hostile(name, request(line), direct=True)
+            for name, line in (
+                ("raw-invalid-utf8-key", b"GET /read/\xff\xfe HTTP/1.1\r\n"),
+                (
+                    "raw-invalid-utf8-value",
+                    f"POST /write/{CANARY}/".encode() + b"\xc3\x28 HTTP/1.1\r\n",
+                ),
+                ("overlong-slash-key", b"GET /read/%C0%AF HTTP/1.1\r\n"),
+                ("overlong-slash-value", f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode()),
+                ("overlong-traversal", b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n"),
+                ("overlong-3byte", f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode()),
+                ("surrogate-value", f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode()),
+                ("encoded-nul-key", b"GET /read/a%00b HTTP/1.1\r\n"),
+                ("encoded-nul-value", f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode()),
+                ("raw-nul-path", f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode()),
+                ("encoded-slash-in-key", f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode()),
+                ("bad-percent", f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode()),
+            )
         ),
         # --- request targets and lines --------------------------------------
         Hostile(

@@ -146,8 +146,14 @@ class ModelledStore(RuleBasedStateMachine):
     key reads back as the model says (value, version as ETag) or is absent."""
 
     direct: Direct  # set by the test
-    keys: list[str]
-    model: dict[str, tuple[bytes, int]]
+    key_prefix = ""  # set by each machine
+
+    def __init__(self) -> None:
+        super().__init__()
+        run = secrets.token_hex(4)
+        self.keys = [f"{self.key_prefix}-{run}-{n}" for n in range(3)]
+        self.model: dict[str, tuple[bytes, int]] = {}
+        self.highest = 0
 
     @invariant()
     def store_matches_model(self):
@@ -176,14 +182,8 @@ class CompareAndSet(ModelledStore):
     """The store against a dict: unconditional and conditional puts and deletes,
     with current, stale and made-up versions, on a few keys."""
 
+    key_prefix = "cas"
     versions = Bundle("versions")
-
-    def __init__(self) -> None:
-        super().__init__()
-        run = secrets.token_hex(4)
-        self.keys = [f"cas-{run}-{n}" for n in range(3)]
-        self.model: dict[str, tuple[bytes, int]] = {}
-        self.highest = 0
 
     def _check_version(self, response: requests.Response) -> int:
         version = int(response.json()["version"])
@@ -301,12 +301,10 @@ class Transactions(ModelledStore):
     if every condition held; otherwise the store must answer 409 with the index
     of the first failing condition and change nothing."""
 
+    key_prefix = "txn"
+
     def __init__(self) -> None:
         super().__init__()
-        run = secrets.token_hex(4)
-        self.keys = [f"txn-{run}-{n}" for n in range(3)]
-        self.model: dict[str, tuple[bytes, int]] = {}
-        self.highest = 0
         self.seen: list[int] = [10**12]  # a made-up version no key will reach
 
     @rule(ops=txn_ops)
