@@ -14,6 +14,8 @@ import pytest
 import requests
 from faultkit import Load, record, wait_until
 
+from tests.http_client import new_session
+
 STOP_SECONDS = float(os.environ.get("PLAB_REDIS_STOP_SECONDS", "30"))
 
 
@@ -34,11 +36,7 @@ def auth_of(stack) -> tuple[str, str]:
 
 
 def session_for(stack) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(stack.tls_cert)
-    session.auth = auth_of(stack)
-    return session
+    return new_session(str(stack.tls_cert), auth_of(stack))
 
 
 def seed_keys(stack, count: int = 50) -> list[str]:
@@ -113,8 +111,7 @@ def probe_loop(stack, stop: threading.Event, answers: list[Answer], lock: thread
     /ready straight to each plane, operator read), so every kind has requests wholly
     inside the outage whatever the timing."""
     session = session_for(stack)
-    plain = requests.Session()
-    plain.trust_env = False
+    plain = new_session()
     direct_ready = [
         f"http://{stack.config.bind}:{p}/ready"
         for p in [*stack.config.ap_ports, stack.config.cp_port]
