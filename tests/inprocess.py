@@ -47,6 +47,26 @@ from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, Settings
 CONTROL_PLANE_PREFIXES = ("/ops/", "/admin/", "/auth/", "/console")
 
 
+def wired(app: Flask):
+    """What ``serve`` hands to ``bootstrap_control_plane`` and reads the user store
+    from: the app's one ``Services`` object where the wiring keeps one
+    (``app.extensions["plab"]``, services.py), else the app itself with its
+    per-name extensions. Issue 11 moves the wiring from the latter to the former
+    while this layer is written; either side of that merge works."""
+    return app.extensions.get("plab", app)
+
+
+def user_store(app: Flask):
+    services = app.extensions.get("plab")
+    return services.users if services is not None else app.extensions["plab_users"]
+
+
+def plane_setting(app: Flask, name: str):
+    services = app.extensions.get("plab")
+    settings = services.settings if services is not None else app.extensions["plab_settings"]
+    return getattr(settings, name)
+
+
 class Response:
     """Flask's test response with the face of a ``requests.Response``."""
 
@@ -153,7 +173,7 @@ class Planes:
         return self.state / "htpasswd"
 
     def max_body_bytes(self) -> int:
-        return self.ap.extensions["plab_settings"].max_body
+        return plane_setting(self.ap, "max_body")
 
     def variant(self, **extra_env: str) -> InProcessClient:
         """Both planes again with other settings (``PLAB_*`` values, e.g. a low user
@@ -173,13 +193,13 @@ class Planes:
     def stop_variants(self) -> None:
         for apps in self.variants:
             for app in apps.values():
-                app.extensions["plab_users"].stop_listener()
+                user_store(app).stop_listener()
         self.variants.clear()
 
     def stop(self) -> None:
         self.stop_variants()
         for app in (self.ap, self.cp):
-            app.extensions["plab_users"].stop_listener()
+            user_store(app).stop_listener()
         self.redis.stop()
         if os.environ.get("PLAB_KEEP_TEST_STATE") != "1":
             shutil.rmtree(self.state, ignore_errors=True)
@@ -216,7 +236,7 @@ def create_apps(
         app = module.create_app(plane_settings(server, state, plane, extra_env))
         # What serve.py does for a served app: follow user events (the
         # verification cache is on only while subscribed). Idempotent.
-        app.extensions["plab_users"].start_listener()
+        user_store(app).start_listener()
         apps[plane] = app
     return apps
 
@@ -228,7 +248,7 @@ def start_planes() -> Planes:
     try:
         ensure_secrets(state / "secrets")
         apps = create_apps(server, state)
-        bootstrap_control_plane(apps["cp"])
+        bootstrap_control_plane(wired(apps["cp"]))
         password = (state / "secrets" / "admin.password").read_text().strip()
     except BaseException:
         server.stop()
