@@ -252,18 +252,21 @@ class Hardened(System):
         super().stop()
 
 
-def children_of(pid: int) -> list[int]:
-    children = []
+def parents() -> dict[int, int]:
+    """Every live process's parent, from /proc/<pid>/stat."""
+    found: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            children.append(int(entry.name))
-    return children
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child, parent in parents().items() if parent == pid]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -287,14 +290,7 @@ def _busy_jiffies() -> int:
 
 
 def _descendants(root: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    parent = parents()
     found, frontier = [], [root]
     while frontier:
         current = frontier.pop()
