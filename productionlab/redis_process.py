@@ -22,6 +22,7 @@ import subprocess  # runs our own redis-server  # nosec B404
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -29,6 +30,28 @@ import redis
 from productionlab.procutil import find_binary, free_port
 
 HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RedisTLSFiles:
+    """TLS only (``port 0``), clients must present a certificate from ``ca``; our own
+    client presents ``client_cert``/``client_key``."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_options(self) -> dict[str, object]:
+        """redis-py's options for a client holding our client certificate."""
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.client_cert),
+            "ssl_keyfile": str(self.client_key),
+            "ssl_cert_reqs": "required",
+        }
 
 
 class RedisProcessError(RuntimeError):
@@ -46,7 +69,7 @@ class RedisProcess:
     another redis would load after a crash (a truncated tail is accepted).
     ``config``: further redis.conf directives (name -> value). ``sentinel``: run
     as a Sentinel (no persistence directives; ``config`` holds its ``sentinel``
-    lines).
+    lines). ``tls``: serve TLS only, with these files.
     """
 
     def __init__(
@@ -59,6 +82,7 @@ class RedisProcess:
         aof_source: Path | None = None,
         config: Mapping[str, str] | None = None,
         sentinel: bool = False,
+        tls: RedisTLSFiles | None = None,
         binary: str | None = None,
         timeout: float = 20.0,
         socket_timeout: float = 10.0,
@@ -72,6 +96,7 @@ class RedisProcess:
             self.password = password or None
         self.appendonly, self.appendfsync = appendonly, appendfsync
         self.aof_source, self.config, self.sentinel = aof_source, dict(config or {}), sentinel
+        self.tls = tls
         self.timeout, self.socket_timeout = timeout, socket_timeout
         self.owns_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="plab-redis-"))
@@ -82,11 +107,21 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
 
     def _conf_lines(self) -> list[str]:
-        lines = [
-            f"port {self.port}",
+        if self.tls is None:
+            lines = [f"port {self.port}"]
+        else:
+            lines = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server_cert}",
+                f"tls-key-file {self.tls.server_key}",
+                f"tls-ca-cert-file {self.tls.ca}",
+                "tls-auth-clients yes",
+            ]
+        lines += [
             f"bind {HOST}",
             f"dir {self.directory}",
             "daemonize no",
@@ -103,6 +138,16 @@ class RedisProcess:
         lines += [f"{name} {value}" for name, value in self.config.items()]
         return lines
 
+    def client_options(self) -> dict[str, object]:
+        """redis-py's options for another client of this server."""
+        options: dict[str, object] = {
+            "host": HOST,
+            "port": self.port,
+            "password": self.password,
+            "socket_timeout": self.socket_timeout,
+        }
+        return {**options, **(self.tls.client_options() if self.tls else {})}
+
     def start(self) -> redis.Redis:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.aof_source is not None:
@@ -116,9 +161,7 @@ class RedisProcess:
         self.process = subprocess.Popen(  # noqa: S603 - our binary, our config  # nosec B603
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        self.client = redis.Redis(
-            host=HOST, port=self.port, password=self.password, socket_timeout=self.socket_timeout
-        )
+        self.client = redis.Redis(**self.client_options())
         deadline = time.monotonic() + self.timeout
         while True:
             try:

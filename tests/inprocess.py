@@ -39,8 +39,15 @@ import redis
 from flask import Flask
 
 from productionlab import ap, cp
-from productionlab.redis_process import RedisProcess
-from productionlab.secretgen import TOKEN_PUBLIC_KEY, ensure_secrets
+from productionlab.redis_process import RedisProcess, RedisTLSFiles
+from productionlab.secretgen import (
+    REDIS_TLS_CA,
+    REDIS_TLS_SERVER,
+    TOKEN_PUBLIC_KEY,
+    ensure_redis_tls,
+    ensure_secrets,
+    redis_client_files,
+)
 from productionlab.serve import bootstrap_control_plane
 from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, Settings
 
@@ -163,9 +170,7 @@ class Planes:
 
     def redis_client(self) -> redis.Redis:
         """A new client of the planes' redis (the caller closes it), as the stack's."""
-        return redis.Redis(
-            host="127.0.0.1", port=self.redis.port, password=self.redis.password, socket_timeout=5
-        )
+        return redis.Redis(**{**self.redis.client_options(), "socket_timeout": 5})
 
     @property
     def htpasswd(self) -> Path:
@@ -220,6 +225,12 @@ def plane_settings(
     }
     for name in PLANE_SECRETS[plane] + (CP_SECRET_NAMES if plane == "cp" else ()):
         env[f"PLAB_{name.upper()}_FILE"] = str(secrets_dir / name)
+    if server.tls is not None:
+        cert, key = redis_client_files(plane)
+        tls_dir = server.tls.ca.parent
+        env["PLAB_REDIS_TLS_CA_FILE"] = str(server.tls.ca)
+        env["PLAB_REDIS_TLS_CERT_FILE"] = str(tls_dir / cert)
+        env["PLAB_REDIS_TLS_KEY_FILE"] = str(tls_dir / key)
     if plane == "ap":
         env["PLAB_TOKEN_PUBLIC_KEY_FILE"] = str(secrets_dir / TOKEN_PUBLIC_KEY)
     else:
@@ -241,9 +252,26 @@ def create_apps(
     return apps
 
 
+def redis_tls_if_asked(directory: Path) -> RedisTLSFiles | None:
+    """With PLAB_TEST_REDIS_TLS=1 (`make test-redis-tls`) the planes' redis speaks
+    TLS only, with a private CA and one client certificate per plane, as every
+    test stack's redis does then."""
+    if os.environ.get("PLAB_TEST_REDIS_TLS") != "1":
+        return None
+    files = ensure_redis_tls(directory)
+    cert, key = redis_client_files("cp")
+    return RedisTLSFiles(
+        ca=files[REDIS_TLS_CA],
+        server_cert=files[REDIS_TLS_SERVER[0]],
+        server_key=files[REDIS_TLS_SERVER[1]],
+        client_cert=files[cert],
+        client_key=files[key],
+    )
+
+
 def start_planes() -> Planes:
     state = Path(tempfile.mkdtemp(prefix="plab-inprocess-"))
-    server = RedisProcess(directory=state / "redis")
+    server = RedisProcess(directory=state / "redis", tls=redis_tls_if_asked(state / "redis-tls"))
     server.start()
     try:
         ensure_secrets(state / "secrets")
