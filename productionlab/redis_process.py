@@ -101,6 +101,7 @@ class RedisProcess:
         self.owns_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="plab-redis-"))
         self.log_file = self.directory / "redis.log"
+        self.aof_dir = self.directory / "appendonly"  # as the stack's redis names it
         self.port = 0
         self.process: subprocess.Popen | None = None
         self.client: redis.Redis | None = None
@@ -129,10 +130,9 @@ class RedisProcess:
         ]
         if not self.sentinel:
             lines += ['save ""', f"appendonly {'yes' if self.appendonly else 'no'}"]
-            if self.appendonly:
-                lines.append(f"appendfsync {self.appendfsync}")
+            lines += [f"appendfsync {self.appendfsync}", f"appenddirname {self.aof_dir.name}"]
         if self.aof_source is not None:
-            lines += ["appenddirname appendonly", "aof-load-truncated yes"]
+            lines.append("aof-load-truncated yes")
         if self.password:
             lines.append(f"requirepass {self.password}")
         lines += [f"{name} {value}" for name, value in self.config.items()]
@@ -151,8 +151,8 @@ class RedisProcess:
     def start(self) -> redis.Redis:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.aof_source is not None:
-            shutil.rmtree(self.directory / "appendonly", ignore_errors=True)
-            shutil.copytree(self.aof_source, self.directory / "appendonly")
+            shutil.rmtree(self.aof_dir, ignore_errors=True)
+            shutil.copytree(self.aof_source, self.aof_dir)
         self.port = free_port(HOST)
         conf = self.directory / ("sentinel.conf" if self.sentinel else "redis.conf")
         conf.write_text("\n".join(self._conf_lines()) + "\n")
