@@ -68,6 +68,16 @@ def user_store(app: Flask):
     return services.users if services is not None else app.extensions["plab_users"]
 
 
+def stop_listeners(apps: list[Flask]) -> None:
+    """Stop the apps' user-event listeners and wait for them (before redis goes away)."""
+    for app in apps:
+        user_store(app).stop_listener()
+    for app in apps:
+        listener = getattr(user_store(app), "_listener", None)
+        if listener is not None:
+            listener.join(10)
+
+
 def plane_setting(app: Flask, name: str):
     services = app.extensions.get("plab")
     settings = services.settings if services is not None else app.extensions["plab_settings"]
@@ -196,15 +206,12 @@ class Planes:
         return other.client(name, created.json()["password"])
 
     def stop_variants(self) -> None:
-        for apps in self.variants:
-            for app in apps.values():
-                user_store(app).stop_listener()
+        stop_listeners([app for apps in self.variants for app in apps.values()])
         self.variants.clear()
 
     def stop(self) -> None:
         self.stop_variants()
-        for app in (self.ap, self.cp):
-            user_store(app).stop_listener()
+        stop_listeners([self.ap, self.cp])
         self.redis.stop()
         if os.environ.get("PLAB_KEEP_TEST_STATE") != "1":
             shutil.rmtree(self.state, ignore_errors=True)
