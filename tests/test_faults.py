@@ -14,8 +14,6 @@ import pytest
 import requests
 from faultkit import Load, record, wait_until
 
-from tests.http_client import new_session
-
 STOP_SECONDS = float(os.environ.get("PLAB_REDIS_STOP_SECONDS", "30"))
 
 
@@ -36,7 +34,11 @@ def auth_of(stack) -> tuple[str, str]:
 
 
 def session_for(stack) -> requests.Session:
-    return new_session(str(stack.tls_cert), auth_of(stack))
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(stack.tls_cert)
+    session.auth = auth_of(stack)
+    return session
 
 
 def seed_keys(stack, count: int = 50) -> list[str]:
@@ -111,7 +113,8 @@ def probe_loop(stack, stop: threading.Event, answers: list[Answer], lock: thread
     /ready straight to each plane, operator read), so every kind has requests wholly
     inside the outage whatever the timing."""
     session = session_for(stack)
-    plain = new_session()
+    plain = requests.Session()
+    plain.trust_env = False
     direct_ready = [
         f"http://{stack.config.bind}:{p}/ready"
         for p in [*stack.config.ap_ports, stack.config.cp_port]

@@ -90,6 +90,19 @@ def test_data_survives_a_full_stop_and_start():
         stop_stack(second)
 
 
+def _children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
 def test_run_command_serves_and_stops_cleanly_on_sigterm():
     """`productionlab run` (what `make run` executes) starts everything, then SIGTERM
     stops every process it started."""
@@ -111,7 +124,7 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm():
     try:
         line = process.stdout.readline()
         assert json.loads(line) == {"event": "ready", "url": f"https://127.0.0.1:{ports['HTTPS']}"}
-        children = children_of(process.pid)
+        children = _children_of(process.pid)
         assert len(children) == 4, children  # redis, cp, one ap, nginx
         stack = Supervisor(StackConfig(state_dir=directory, https_port=ports["HTTPS"]))
         admin = Client(

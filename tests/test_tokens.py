@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from productionlab.settings import Settings
 from productionlab.tokens import TokenError, TokenKeys, TokenService, build_service
 from productionlab.users import UserStore
-from tests.conftest import Client, admin_of, cli, create_user
+from tests.conftest import Client, admin_of, create_user
 
 
 def bearer(stack, token: str) -> dict:
@@ -233,6 +235,17 @@ def test_expiry_and_wrong_key(stack):
     with pytest.raises(TokenError, match="unknown_key"):
         other.decode(token, "access", now=1_000_000)
     client.close()
+
+
+def cli(stack, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**stack.plane_env("cp"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "productionlab", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def restart_planes(stack) -> None:
