@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 
 import pytest
 
 from productionlab.users import User, VerificationCache
-from tests.conftest import Client, cli
+from tests.conftest import Client
 
 NEVER_SHOWN = ("pw", "edge", "password_hash", "edge_hash", "gen")
 
@@ -30,6 +32,16 @@ def refused_everywhere_within(stack, client: Client, path: str, seconds: float) 
         statuses = everywhere(stack, client, "GET", path)
         if all(s == 401 for s in statuses) or time.monotonic() > deadline:
             return statuses
+
+
+def cli(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "productionlab", *args],
+        env=stack.plane_env("cp"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_create_shows_password_once_and_list_never(admin, stack):
