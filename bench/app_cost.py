@@ -26,6 +26,7 @@ import naive_app
 import redis
 
 from productionlab.ap import create_app
+from productionlab.services import services_of
 from productionlab.settings import Settings
 
 
@@ -88,6 +89,9 @@ def main() -> None:
         configure_logging()
         settings = Settings.from_env(system.stack.plane_env("ap"), plane="ap")
         app = create_app(settings)
+        # What serve does before it serves: follow user changes, which turns the
+        # verification cache on (create_app itself starts nothing).
+        services_of(app).users.start_listener()
         auth = system.env["BENCH_AUTH"]
         client = redis.Redis(
             port=system.stack.config.redis_port,

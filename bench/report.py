@@ -6,8 +6,10 @@ import json
 import statistics
 from pathlib import Path
 
+import ceiling_report
+
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("naive", "hardened", "webdis")
+ORDER = ("naive", "hardened", "ceiling", "webdis")
 WORKLOADS = ("read", "write", "mix")
 WORKLOAD_NAMES = {"read": "reads", "write": "writes", "mix": "90/10 mix"}
 
@@ -57,7 +59,7 @@ def chart(stats: dict, path: Path) -> bool:
     except ImportError:
         return False
     systems = [s for s in ORDER if any((s, w) in stats for w in WORKLOADS)]
-    colours = {"naive": "#9e9e9e", "hardened": "#1565c0", "webdis": "#ef6c00"}
+    colours = {"naive": "#9e9e9e", "hardened": "#1565c0", "ceiling": "#2e7d32", "webdis": "#ef6c00"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / max(1, len(systems))
     for index, system in enumerate(systems):
@@ -131,6 +133,16 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
         "users. The client is a `writer` user with grant `bench-`. Limits raised for the run by "
         f"configuration (edge {hc.get('edge_rate', '?')} r/s, user {hc.get('user_rate', '?')}), "
         "still checked on every request.",
+        *(
+            [
+                "- **ceiling**: the hardened stack's topology with nothing behind it: the edge's "
+                "TLS and keepalive upstream, no auth/limits/access log, the same processes x "
+                "threads of Waitress serving an empty Flask route (`bench/ceiling.py`; see the "
+                "ceiling section)."
+            ]
+            if any(("ceiling", w) in stats for w in WORKLOADS)
+            else []
+        ),
         "- **webdis**: Webdis (C, plain HTTP, no auth; `GET /GET/<key>`, `GET /SET/<key>/<value>`)"
         " when installed: what the hardware gives without Python.",
         "",
@@ -174,6 +186,7 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
             f"{naive['rps']:,.0f} req/s) | {ok_p99} ({hardened['p99_ms']:.1f} vs "
             f"{naive['p99_ms']:.1f} ms) |"
         )
+    lines += ["", *ceiling_report.section(stats, data)]
     lines += [
         "",
         "## Noise",

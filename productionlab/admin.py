@@ -6,53 +6,23 @@ audit entry atomically with the change; actions that change nothing in redis
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from productionlab import backup, checkprod, drill
-from productionlab.audit import Actor, AuditLog
 from productionlab.audit_keeper import AuditKeeper
-from productionlab.auth import Authenticator, current_user
+from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
 from productionlab.kv import INDEX, UNATTRIBUTED
-from productionlab.settings import Settings
-from productionlab.tokens import TokenService
-from productionlab.users import UserStore
-
-
-def users() -> UserStore:
-    return current_app.extensions["plab_users"]
-
-
-def audit_log() -> AuditLog:
-    return current_app.extensions["plab_audit"]
+from productionlab.services import services
 
 
 def audit_keeper() -> AuditKeeper:
-    """The control plane's custodian of the log (archive, checkpoints, verification)."""
-    keeper = current_app.extensions.get("plab_audit_keeper")
-    if keeper is None:
-        keeper = AuditKeeper(settings(), current_app.extensions["plab_redis"])
-        current_app.extensions["plab_audit_keeper"] = keeper
-    return keeper
-
-
-def tokens() -> TokenService:
-    return current_app.extensions["plab_tokens"]
-
-
-def settings() -> Settings:
-    return current_app.extensions["plab_settings"]
-
-
-def backup_dir(config: Settings) -> Path:
-    """``PLAB_BACKUP_DIR``, else ``<PLAB_STATE_DIR>/backups``."""
-    return config.backup_dir
-
-
-def actor() -> Actor:
-    return Actor(current_user().name, request.remote_addr or "", g.get("request_id", ""))
+    """The control plane's custodian of the log (archive, checkpoints, verification):
+    the one serve.py started, else one made on first use."""
+    wired = services()
+    if wired.audit_keeper is None:
+        wired.audit_keeper = AuditKeeper(wired.settings, wired.redis)
+    return wired.audit_keeper
 
 
 def json_body() -> dict:
@@ -83,34 +53,31 @@ def refuse_self_harm(name: str, action: str, role: str | None = None) -> None:
 
 def make_backup() -> backup.Summary:
     """Write a backup now and audit it (the API's ``POST /admin/backups``, the console)."""
-    config = settings()
-    client = current_app.extensions["plab_redis"]
-    summary = backup.create_backup(client, config.backup_key, backup_dir(config), progress=False)
-    audit_log().append(actor(), "backup.create", summary.path.name, "ok")
+    wired = services()
+    config = wired.settings
+    summary = backup.create_backup(
+        wired.redis, config.backup_key, config.backup_dir, progress=False
+    )
+    wired.audit.append(actor(), "backup.create", summary.path.name, "ok")
     return summary
 
 
 def run_drill() -> drill.DrillReport:
     """Back up, restore into a scratch redis-server, compare; audited with its verdict."""
-    config = settings()
-    client = current_app.extensions["plab_redis"]
+    wired = services()
+    config = wired.settings
     try:
-        report = drill.drill(
-            client,
-            config.backup_key,
-            backup_dir(config),
-            progress=False,
-        )
+        report = drill.drill(wired.redis, config.backup_key, config.backup_dir, progress=False)
     except backup.BackupError:
-        audit_log().append(actor(), "backup.drill", "-", "failed")
+        wired.audit.append(actor(), "backup.drill", "-", "failed")
         raise
-    audit_log().append(actor(), "backup.drill", report.backup, "ok" if report.ok else "failed")
+    wired.audit.append(actor(), "backup.drill", report.backup, "ok" if report.ok else "failed")
     return report
 
 
 def close_failure_window() -> None:
     """Append the aggregate failure entries of a window that has ended (see ratelimit.py)."""
-    current_app.extensions["plab_guard"].close_window(actor())
+    services().guard.close_window(actor())
 
 
 def admin_blueprint(auth: Authenticator) -> Blueprint:
@@ -130,7 +97,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         unknown = set(body) - {"name", "role", "prefixes"}
         if unknown:
             raise MalformedRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        user, password = users().create(
+        user, password = services().users.create(
             body.get("name"), body.get("role"), body.get("prefixes", []), actor()
         )
         response = jsonify({**user.public(), "password": password})
@@ -141,7 +108,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/users")
     @admin_only
     def list_users() -> Response:
-        return jsonify({"users": [u.public() for u in users().all()]})
+        return jsonify({"users": [u.public() for u in services().users.all()]})
 
     @bp.get("/users/review")
     @admin_only
@@ -150,14 +117,14 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         named "review"."""
         from productionlab.lastused import review
 
-        client = current_app.extensions["plab_redis"]
-        return jsonify({"users": review(users().all(), client, tokens().families)})
+        wired = services()
+        return jsonify({"users": review(wired.users.all(), wired.redis, wired.tokens.families)})
 
     @bp.get("/users/<name>")
     @admin_only
     def show_user(name: str) -> Response:
-        user = users().get(name)
-        usage = current_app.extensions["plab_kv"].usage(user.name)
+        user = services().users.get(name)
+        usage = services().kv.usage(user.name)
         return jsonify({**user.public(), "usage": usage.as_dict()})
 
     @bp.route("/users/<name>", methods=["PATCH"])
@@ -167,9 +134,9 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         unknown = set(body) - {"role", "prefixes"}
         if unknown or not body:
             raise MalformedRequest("give role and/or prefixes")
-        current = users().get(name)
+        current = services().users.get(name)
         refuse_self_harm(name, "grants", body.get("role", "admin"))
-        user = users().set_grants(
+        user = services().users.set_grants(
             name,
             body.get("role", current.role),
             body.get("prefixes", list(current.prefixes)),
@@ -181,48 +148,48 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def disable_user(name: str) -> Response:
         refuse_self_harm(name, "disable")
-        return jsonify(users().set_disabled(name, True, actor()).public())
+        return jsonify(services().users.set_disabled(name, True, actor()).public())
 
     @bp.post("/users/<name>/enable")
     @admin_only
     def enable_user(name: str) -> Response:
-        return jsonify(users().set_disabled(name, False, actor()).public())
+        return jsonify(services().users.set_disabled(name, False, actor()).public())
 
     @bp.post("/users/<name>/rotate")
     @admin_only
     def rotate_password(name: str) -> Response:
-        user, password = users().rotate_password(name, actor())
+        user, password = services().users.rotate_password(name, actor())
         return jsonify({**user.public(), "password": password})
 
     @bp.post("/users/<name>/revoke-tokens")
     @admin_only
     def revoke_user_tokens(name: str) -> Response:
-        return jsonify(users().revoke_tokens(name, actor()).public())
+        return jsonify(services().users.revoke_tokens(name, actor()).public())
 
     @bp.get("/tokens")
     @admin_only
     def list_tokens() -> Response:
         name = request.args.get("user", "")
-        users().get(name)
-        return jsonify({"families": tokens().families(name)})
+        services().users.get(name)
+        return jsonify({"families": services().tokens.families(name)})
 
     @bp.post("/tokens/<family>/revoke")
     @admin_only
     def revoke_family(family: str) -> Response:
-        if not tokens().revoke_family(family, actor()):
+        if not services().tokens.revoke_family(family, actor()):
             raise ResourceNotFound(f"no token family {family!r}")
         return jsonify({"family": family, "revoked": True})
 
     @bp.get("/tokens/keys")
     @admin_only
     def token_keys() -> Response:
-        return jsonify(tokens().key_ids())
+        return jsonify(services().tokens.key_ids())
 
     @bp.delete("/users/<name>")
     @admin_only
     def delete_user(name: str) -> Response:
         refuse_self_harm(name, "delete")
-        users().delete(name, actor())
+        services().users.delete(name, actor())
         return Response(status=204)
 
     @bp.get("/audit")
@@ -232,7 +199,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         limit = int_arg("limit", 100, 1, 1000)
         actor_name = request.args.get("actor") or None
         close_failure_window()
-        entries, next_since = audit_log().page(since=since, limit=limit, actor=actor_name)
+        entries, next_since = services().audit.page(since=since, limit=limit, actor=actor_name)
         return jsonify({"entries": entries, "next_since": next_since})
 
     @bp.post("/audit/verify")
@@ -256,7 +223,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def audit_head() -> Response:
         close_failure_window()
-        return jsonify(audit_log().head())
+        return jsonify(services().audit.head())
 
     @bp.post("/audit/trim")
     @admin_only
@@ -277,7 +244,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.get("/backups")
     @admin_only
     def list_backups() -> Response:
-        return jsonify({"backups": backup.list_backups(backup_dir(settings()))})
+        return jsonify({"backups": backup.list_backups(services().settings.backup_dir)})
 
     @bp.post("/backups")
     @admin_only
@@ -289,41 +256,39 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @bp.post("/backups/<name>/verify")
     @admin_only
     def verify_backup(name: str) -> Response:
-        config = settings()
+        config = services().settings
         try:
-            path = backup.backup_path(backup_dir(config), name)
+            path = backup.backup_path(config.backup_dir, name)
         except (backup.BackupError, FileNotFoundError):
             raise ResourceNotFound(f"no backup {name!r}") from None
         try:
             contents = backup.verify_backup(path, config.backup_key)
         except backup.BackupError as exc:
-            audit_log().append(actor(), "backup.verify", name, "failed")
+            services().audit.append(actor(), "backup.verify", name, "failed")
             raise StateConflict(str(exc)) from None
-        audit_log().append(actor(), "backup.verify", name, "ok")
+        services().audit.append(actor(), "backup.verify", name, "ok")
         return jsonify({"name": name, "ok": True, "keys": contents.keys, "digest": contents.digest})
 
     @bp.get("/check-prod")
     @admin_only
     def check_prod() -> Response:
-        findings = checkprod.check(settings=settings())
+        findings = checkprod.check(settings=services().settings)
         return jsonify({"ok": not findings, "findings": findings})
 
     @bp.get("/stats")
     @admin_only
     def stats() -> Response:
-        client = current_app.extensions["plab_redis"]
+        client = services().redis
         memory = client.info("memory")
         persistence = client.info("persistence")
         return jsonify(
             {
                 "keys": client.zcard(INDEX),
-                "users": len(users().all()),
+                "users": len(services().users.all()),
                 "audit_entries": client.llen("{plab}:audit"),
                 "redis_used_memory": memory.get("used_memory"),
                 "redis_maxmemory": memory.get("maxmemory"),
-                "usage_unattributed": current_app.extensions["plab_kv"]
-                .usage(UNATTRIBUTED)
-                .as_dict(with_quota=False),
+                "usage_unattributed": services().kv.usage(UNATTRIBUTED).as_dict(with_quota=False),
                 "aof_enabled": bool(persistence.get("aof_enabled")),
                 "aof_last_write_status": persistence.get("aof_last_write_status"),
             }

@@ -43,6 +43,7 @@ from productionlab.audit import (
     legacy_entry_mac,
     parse_entry,
 )
+from productionlab.files import write_atomic
 
 SEGMENT_RE = re.compile(r"\Aaudit-(\d{12})-(\d{12})\.jsonl\Z")
 LEGACY_REPORT = "legacy-verification.json"
@@ -131,18 +132,7 @@ class Archive:
 
 
 def write_durably(path: Path, body: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+    write_atomic(path, body, 0o600, dir_mode=0o700)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

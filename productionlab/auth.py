@@ -16,12 +16,15 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 
+from productionlab.audit import Actor
 from productionlab.configfiles import EDGE_FAILURE_PATH
 from productionlab.errors import AuthenticationRequired, NotGranted
 from productionlab.ratelimit import LoginGuard, RouteLimits
+from productionlab.services import Services, services
+from productionlab.tokens import TokenError, TokenService
 from productionlab.users import User, UserStore
 
 REALM = "productionlab"
@@ -101,9 +104,8 @@ class Authenticator:
     @staticmethod
     def _accept(user: User) -> User:
         g.user = user
-        tracker = current_app.extensions.get("plab_lastused")
-        if tracker is not None:  # at most one redis write a minute per user (lastused.py)
-            tracker.touch(user.name, g.get("plab_token_family"))
+        # At most one redis write a minute per user (lastused.py).
+        services().lastused.touch(user.name, g.get("plab_token_family"))
         return user
 
     @staticmethod
@@ -148,21 +150,24 @@ def edge_failure_blueprint(guard: LoginGuard) -> Blueprint:
     return bp
 
 
-def init_app(
-    app: Flask,
-    users: UserStore,
-    guard: LoginGuard,
-    user_limit: Callable,
-    route_limits: RouteLimits | None = None,
-) -> Authenticator:
-    authenticator = Authenticator(users, guard, user_limit, route_limits)
-    app.extensions["plab_auth"] = authenticator
-    app.register_blueprint(edge_failure_blueprint(guard))
+def bearer_verifier(tokens: TokenService) -> Callable[[str], User | None]:
+    """Accept Bearer access tokens signed for this plane (see tokens.py)."""
+
+    def verify(token: str) -> User | None:
+        try:
+            return tokens.verify_access(token)
+        except TokenError:
+            return None
+
+    return verify
+
+
+def init_app(app: Flask, wired: Services, route_limits: RouteLimits | None = None) -> Authenticator:
+    """Basic and Bearer authentication for ``app``, and the edge's failure reports."""
+    authenticator = Authenticator(wired.users, wired.guard, wired.user_limit.decorate, route_limits)
+    authenticator.token_verifier = bearer_verifier(wired.tokens)  # Bearer tokens on both planes
+    app.register_blueprint(edge_failure_blueprint(wired.guard))
     return authenticator
-
-
-def authenticator() -> Authenticator:
-    return current_app.extensions["plab_auth"]
 
 
 def current_user() -> User:
@@ -178,3 +183,10 @@ def require_grant(key: str) -> User:
     if not user.covers(key):
         raise NotGranted(f"your grants do not cover key {key!r}")
     return user
+
+
+def actor(name: str | None = None) -> Actor:
+    """Who acts in this request, for the audit log: the authenticated user (or
+    ``name``, for a caller not yet authenticated), their address, the request id."""
+    who = current_user().name if name is None else name
+    return Actor(who, request.remote_addr or "", g.get("request_id", ""))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from functools import wraps
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
-from productionlab.auth import current_user
+from productionlab.auth import actor, current_user
 from productionlab.batch import (
     CONDITIONS,
     WRITES,
-    Batches,
     ConditionFailed,
     Op,
     OpResult,
@@ -34,16 +34,10 @@ from productionlab.errors import (
 )
 from productionlab.kv import ITEM, KVStore
 from productionlab.ratelimit import rides_on_store, take_ticket
+from productionlab.services import services
 
 TXN_KINDS = frozenset({"get", *WRITES, *CONDITIONS})
 BULK_KINDS = frozenset({"get", *WRITES})
-
-
-def batches() -> Batches:
-    found = current_app.extensions.get("plab_batches")
-    if found is None:
-        found = current_app.extensions["plab_batches"] = Batches(current_app.extensions["plab_kv"])
-    return found
 
 
 def parse_ops(field: str, kinds: frozenset[str], most: int) -> list[Op]:
@@ -169,19 +163,31 @@ def answer(body: dict, status: int = 200) -> Response:
     )
 
 
-def register_txn(bp: Blueprint, auth, read_role: str, write_role: str, actor) -> None:
-    """Add the transaction route to the KV blueprint (both planes)."""
+def register(bp: Blueprint, auth, read_role: str, write_role: str) -> None:
+    """Add the transaction and bulk routes to the KV blueprint (both planes)."""
 
-    @bp.post("/v1/txn")
-    @auth.require(read_role)
-    @rides_on_store
-    def txn() -> Response:
-        ops = parse_ops("ops", TXN_KINDS, MAX_TXN_OPS)
-        authorize(ops, write_role)
+    def batch_route(path: str, field: str, kinds: frozenset[str], most: int):
+        """``POST path`` taking the body's ``field`` list of operations, parsed and
+        authorized (reads: ``read_role``; writes: ``write_role``)."""
+
+        def decorate(view):
+            @wraps(view)
+            def parsed() -> Response:
+                ops = parse_ops(field, kinds, most)
+                authorize(ops, write_role)
+                return view(ops)
+
+            return bp.post(path)(auth.require(read_role)(rides_on_store(parsed)))
+
+        return decorate
+
+    @batch_route("/v1/txn", "ops", TXN_KINDS, MAX_TXN_OPS)
+    def txn(ops: list[Op]) -> Response:
+        wired = services()
         try:
-            results = batches().run(ops, actor(), atomic=True, limit=take_ticket())
+            results = wired.batches.run(ops, actor(), atomic=True, limit=take_ticket())
         except TxnQuotaExceeded as over:
-            quota = current_app.extensions["plab_kv"].quota
+            quota = wired.kv.quota
             raise QuotaExceeded(
                 f"operation {over.index} would take you past your quota of {quota.max_keys} "
                 f"keys and {quota.max_bytes} bytes (you use {over.keys} keys and {over.bytes} "
@@ -191,7 +197,7 @@ def register_txn(bp: Blueprint, auth, read_role: str, write_role: str, actor) ->
             return answer(
                 {
                     "error": {
-                        "code": "condition_failed",
+                        "code": "condition_failed",  # contract.REFINED_CODES
                         "message": f"operation {failed.index} ({ops[failed.index].kind}) "
                         "did not hold; nothing was applied",
                     },
@@ -203,15 +209,7 @@ def register_txn(bp: Blueprint, auth, read_role: str, write_role: str, actor) ->
             )
         return answer({"results": [render(r) for r in results]})
 
-
-def register_bulk(bp: Blueprint, auth, read_role: str, write_role: str, actor) -> None:
-    """Add the bulk route to the KV blueprint (both planes)."""
-
-    @bp.post("/v1/bulk")
-    @auth.require(read_role)
-    @rides_on_store
-    def bulk() -> Response:
-        ops = parse_ops("items", BULK_KINDS, MAX_BULK_ITEMS)
-        authorize(ops, write_role)
-        results = batches().run(ops, actor(), atomic=False, limit=take_ticket())
+    @batch_route("/v1/bulk", "items", BULK_KINDS, MAX_BULK_ITEMS)
+    def bulk(ops: list[Op]) -> Response:
+        results = services().batches.run(ops, actor(), atomic=False, limit=take_ticket())
         return answer({"results": [render(r) for r in results]})

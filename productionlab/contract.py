@@ -91,4 +91,6 @@ REFINED_CODES: dict[str, int] = {
     "invalid_key": 400,
     "invalid_value": 400,
     "quota_exceeded": 403,
+    "condition_failed": 409,  # a transaction's condition (POST /v1/txn)
+    "https_required": 301,  # the edge's plain-HTTP port: the body of its redirect
 }

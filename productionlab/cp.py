@@ -13,14 +13,18 @@ from productionlab.admin import admin_blueprint
 from productionlab.factory import base_app
 from productionlab.kv import KVStore
 from productionlab.kv_routes import kv_blueprint
+from productionlab.services import Services
 from productionlab.settings import Settings
-from productionlab.tokens import token_blueprint
+from productionlab.token_routes import token_blueprint
 
 log = logging.getLogger("productionlab.cp")
 
 
-def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
-    app, auth = base_app(settings, client)
+def create_app(
+    settings: Settings, client: redis.Redis | None = None, services: Services | None = None
+) -> Flask:
+    """The control plane's app (no side effects; serve.py starts what runs in the background)."""
+    app, auth = base_app(settings, client, services)
     app.register_blueprint(
         kv_blueprint(auth, read_role="admin", write_role="admin", url_prefix="/ops")
     )

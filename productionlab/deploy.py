@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.files import write_atomic
 from productionlab.secretgen import (
     ALL_SECRETS,
     REDIS_TLS_CA,
@@ -32,7 +33,6 @@ from productionlab.secretgen import (
     ensure_tls,
 )
 from productionlab.settings import parse_cidrs, redis_maxmemory
-from productionlab.users import write_atomic
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
 APP_PORT = 8000

@@ -1,4 +1,9 @@
-"""What both planes share: the short list of extensions every app gets."""
+"""What both planes share: the short list of extensions every app gets.
+
+Making an app has no side effects: the services come from wiring.py (built
+there if not given), nothing here starts a thread or contacts redis, and the
+user-event listener and the audit keeper are started by serve.py.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,15 @@ import redis
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from productionlab import errors, headers, metrics, ratelimit, requestlog, securitymetrics, tokens
-from productionlab.audit import AuditLog
+from productionlab import errors, headers, metrics, ratelimit, requestlog, securitymetrics
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
-from productionlab.kv import KVStore, Quota
 from productionlab.kv_routes import TailConverter
-from productionlab.lastused import LastUsed
 from productionlab.openapi import openapi_blueprint
+from productionlab.services import Services
 from productionlab.settings import Settings
-from productionlab.store.connection import connect
-from productionlab.store.durability import Durability
-from productionlab.users import UserStore
+from productionlab.wiring import build_services
 
 
 class NoSessions(SessionInterface):
@@ -31,7 +32,16 @@ class NoSessions(SessionInterface):
         return None
 
 
-def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Flask, Authenticator]:
+def base_app(
+    settings: Settings,
+    client: redis.Redis | None = None,
+    services: Services | None = None,
+) -> tuple[Flask, Authenticator]:
+    """A plane's app with ``services`` (built from ``settings`` and ``client`` when not given)."""
+    if services is None:
+        services = build_services(settings, client)
+    elif services.settings != settings:
+        raise ValueError("the services were built from other settings")
     app = Flask(f"productionlab.{settings.plane}")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body,
@@ -45,42 +55,20 @@ def base_app(settings: Settings, client: redis.Redis | None = None) -> tuple[Fla
     )
     app.url_map.converters["tail"] = TailConverter
     app.session_interface = NoSessions()
-    app.extensions["plab_settings"] = settings
-    client = client or connect(settings)
-    app.extensions["plab_redis"] = client
+    services.install(app)
 
     requestlog.init_app(app, settings.plane)
     errors.init_app(app)
     headers.init_app(app)
-    metrics.init_app(app, settings.plane)
-    securitymetrics.init_app(app, settings)
-
-    durability = Durability(
-        client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
-    )
-    app.extensions["plab_durability"] = durability
-    quota = Quota(settings.user_max_keys, settings.user_max_bytes)
-    app.extensions["plab_kv"] = KVStore(client, durability, quota)
-    app.extensions["plab_audit"] = AuditLog(client)
-    users = UserStore(
-        client,
-        cache_secret=settings.secret_key.encode(),
-        cache_seconds=settings.verify_cache_seconds,
-        htpasswd_path=settings.htpasswd_path if settings.plane == "cp" else None,
-        verify_concurrency=settings.verify_concurrency,
-        verify_retry_after=settings.verify_retry_after,
-    )
-    users.start_listener()
-    app.extensions["plab_users"] = users
-    app.extensions["plab_lastused"] = LastUsed(client)
-    guard = ratelimit.failure_guard(settings, client)
-    app.extensions["plab_guard"] = guard
-    user_limit = ratelimit.init_app(app, settings, client)
+    metrics.init_app(app, services.metrics)
+    securitymetrics.init_app(app, services.security_metrics)
     # Flask-Limiter's per-route limits serve the control plane's /admin and /auth
     # routes; the app plane has none (its hot routes keep the fused UserLimit).
-    route_limits = ratelimit.RouteLimits(app, settings, client) if settings.plane == "cp" else None
-    auth = init_auth(app, users, guard, user_limit, route_limits)
-    tokens.init_app(app, auth)  # Bearer access tokens on both planes
+    route_limits = (
+        ratelimit.RouteLimits(app, settings, services.redis) if settings.plane == "cp" else None
+    )
+    auth = init_auth(app, services, route_limits)
     app.register_blueprint(health_blueprint())
+    app.register_blueprint(metrics.metrics_blueprint())
     app.register_blueprint(openapi_blueprint())
     return app, auth

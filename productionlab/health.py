@@ -1,6 +1,5 @@
-"""Probes and metrics: ``/health`` (the process runs), ``/ready`` (redis answers,
-accepts writes and AOF writes are healthy) and ``/metrics`` (Prometheus text;
-the edge does not route it).
+"""Probes: ``/health`` (the process runs) and ``/ready`` (redis answers,
+accepts writes and AOF writes are healthy). ``/metrics`` lives in metrics.py.
 
 ``/ready`` stays binary: memory filling up is a warning for metrics and
 ``check-prod`` (from 80 %), not a reason to take a plane out of rotation;
@@ -12,10 +11,11 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from productionlab.errors import REDIS_RETRY_AFTER
 from productionlab.metrics import RedisMemory
+from productionlab.services import services
 
 log = logging.getLogger("productionlab.health")
 
@@ -23,11 +23,11 @@ log = logging.getLogger("productionlab.health")
 def ready_problem() -> str | None:
     """Why this plane is not ready (redis, AOF, or redis refusing writes at
     maxmemory), or None: ``/ready`` and the console."""
-    durability = current_app.extensions["plab_durability"]
+    wired = services()
     try:
-        client = current_app.extensions["plab_redis"]
+        client = wired.redis
         client.ping()
-        problem = durability.problem(fresh=True)
+        problem = wired.durability.problem(fresh=True)
         if not problem and RedisMemory.read(client).refuses_writes:
             problem = "redis is at maxmemory and refuses writes"
         return problem
@@ -53,9 +53,5 @@ def health_blueprint() -> Blueprint:
             response.headers["Retry-After"] = str(REDIS_RETRY_AFTER)
             return response
         return jsonify({"status": "ready"})
-
-    @bp.get("/metrics")
-    def metrics() -> Response:
-        return current_app.extensions["plab_metrics"].render()
 
     return bp

@@ -155,7 +155,7 @@ def passphrase(file: str | None, *, confirm: bool) -> str:
 
 
 def write_export(path: Path, document: dict) -> None:
-    from productionlab.users import write_atomic
+    from productionlab.files import write_atomic
 
     write_atomic(path, json.dumps(document, indent=2) + "\n", mode=0o600)
 
@@ -194,7 +194,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
         raise KeyExportError(
             f"{', '.join(clashing)} exist with other values; give --force to replace them"
         )
-    from productionlab.users import write_atomic
+    from productionlab.files import write_atomic
 
     for name, path in targets.items():
         write_atomic(path, keys[name] + "\n", mode=0o600)
@@ -203,9 +203,11 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    keys = commands.add_parser(
-        "keys", help="export/import the backup and audit-checkpoint keys under a passphrase"
-    ).add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    from productionlab.opscli import command_group
+
+    keys = command_group(
+        commands, "keys", "export/import the backup and audit-checkpoint keys under a passphrase"
+    )
     export = keys.add_parser("export", help="write the keys, encrypted (scrypt + AES-256-GCM)")
     export.add_argument("--out", required=True)
     export.add_argument("--passphrase-file", help="default: ask on the terminal (twice)")

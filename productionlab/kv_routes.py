@@ -14,12 +14,11 @@ import json
 import re
 from urllib.parse import quote, unquote, unquote_to_bytes
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.routing import PathConverter
 
 from productionlab import batch_routes
-from productionlab.audit import Actor
-from productionlab.auth import Authenticator, current_user, require_grant
+from productionlab.auth import Authenticator, actor, current_user, require_grant
 from productionlab.contract import KEY_RE, MAX_LIST_LIMIT, MAX_TTL, PREFIX_PATTERN, PREFIX_RE
 from productionlab.errors import (
     InvalidKey,
@@ -28,8 +27,9 @@ from productionlab.errors import (
     NotGranted,
     ValueTooLarge,
 )
-from productionlab.kv import KVStore, effective_prefixes
+from productionlab.kv import effective_prefixes
 from productionlab.ratelimit import rides_on_store, take_ticket
+from productionlab.services import services
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -41,14 +41,6 @@ class TailConverter(PathConverter):
 
     regex = r"(?s:.+?)"
     part_isolating = False
-
-
-def store() -> KVStore:
-    return current_app.extensions["plab_kv"]
-
-
-def actor() -> Actor:
-    return Actor(current_user().name, request.remote_addr or "", g.get("request_id", ""))
 
 
 def raw_path() -> str:
@@ -164,7 +156,7 @@ def kv_blueprint(
             raise InvalidValue("use /write/<key>/<value>")
         value = parse_path_value(raw_value)
         require_grant(key)
-        result = store().put(key, value, actor(), ttl=parse_ttl(), limit=take_ticket())
+        result = services().kv.put(key, value, actor(), ttl=parse_ttl(), limit=take_ticket())
         return written(key, result.version, result.created, url_prefix)
 
     @bp.get("/read/")
@@ -174,7 +166,7 @@ def kv_blueprint(
     def read(_rest: str = "") -> Response:
         key = parse_key(raw_tail(url_prefix + "/read/"))
         require_grant(key)
-        item = store().get(key, limit=take_ticket())
+        item = services().kv.get(key, limit=take_ticket())
         try:
             value: str = item.value.decode("utf-8")
             body = {"key": key, "value": value, "version": item.version}
@@ -199,10 +191,10 @@ def kv_blueprint(
             require_grant(key)
             if request.method == "PUT":
                 return put_item(key)
-            store().delete(key, actor(), if_match=parse_if_match(), limit=take_ticket())
+            services().kv.delete(key, actor(), if_match=parse_if_match(), limit=take_ticket())
             return Response(status=204)
         require_grant(key)
-        found = store().get(key, limit=take_ticket())
+        found = services().kv.get(key, limit=take_ticket())
         tag = etag(found.version)
         if request.if_none_match.contains(str(found.version)):
             return Response(status=304, headers={"ETag": tag})
@@ -214,7 +206,7 @@ def kv_blueprint(
         if if_absent and if_match is not None:
             raise MalformedRequest("give If-Match or If-None-Match, not both")
         value = request.get_data(cache=False)
-        result = store().put(
+        result = services().kv.put(
             key,
             value,
             actor(),
@@ -242,18 +234,17 @@ def kv_blueprint(
         with_values = request.args.get("values", "false")
         if with_values not in ("true", "false"):
             raise MalformedRequest("values is true or false")
-        keys, last = store().list_keys(prefixes, after, int(raw_limit))
+        keys, last = services().kv.list_keys(prefixes, after, int(raw_limit))
         if with_values == "true":
             items, last = batch_routes.with_values(
-                store(), keys, last, current_app.config["PLAB_LIST_MAX_BYTES"]
+                services().kv, keys, last, current_app.config["PLAB_LIST_MAX_BYTES"]
             )
             return batch_routes.answer(
                 {"items": items, "next_cursor": encode_cursor(last) if last else None}
             )
         return jsonify({"keys": keys, "next_cursor": encode_cursor(last) if last else None})
 
-    batch_routes.register_txn(bp, auth, read_role, write_role, actor)
-    batch_routes.register_bulk(bp, auth, read_role, write_role, actor)
+    batch_routes.register(bp, auth, read_role, write_role)
     return bp
 
 

@@ -1,4 +1,6 @@
-"""Prometheus metrics, one registry per app (tests build many apps)."""
+"""Prometheus metrics: one registry per plane's services (wiring.py builds it;
+tests build many), the per-request counters every app records, and the
+``/metrics`` route that serves them (Prometheus text; the edge does not route it)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from productionlab.services import services
 
 log = logging.getLogger("productionlab.metrics")
 
@@ -133,11 +137,9 @@ class Metrics:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def init_app(app: Flask, plane: str) -> Metrics:
-    metrics = Metrics(plane)
-    app.extensions["plab_metrics"] = metrics
-    metrics.redis_memory = RedisMemoryCollector(lambda: app.extensions.get("plab_redis"), plane)
-    metrics.registry.register(metrics.redis_memory)
+def init_app(app: Flask, metrics: Metrics) -> None:
+    """Count every answer of ``app`` in ``metrics`` (built by wiring.py)."""
+    plane = metrics.plane
     # Label children are looked up once per (method, route, status) and kept:
     # ``labels()`` validates and locks on every call.
     counters: dict[tuple[str, str, int], Counter] = {}
@@ -164,4 +166,13 @@ def init_app(app: Flask, plane: str) -> Metrics:
             metrics.redis_errors.labels(plane).inc()
         return response
 
-    return metrics
+
+def metrics_blueprint() -> Blueprint:
+    """``/metrics``: Prometheus text (the edge does not route it)."""
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        return services().metrics.render()
+
+    return bp

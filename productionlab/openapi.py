@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from productionlab.contract import (
     GRANT_PATTERN,
@@ -23,6 +23,7 @@ from productionlab.contract import (
     ROLES,
     USER_NAME_PATTERN,
 )
+from productionlab.services import services
 
 # Flask rules that are degenerate forms of a documented path: the empty-tail
 # routes exist only so that a missing key gets a JSON 400, not a 404.
@@ -964,6 +965,6 @@ def openapi_blueprint() -> Blueprint:
 
     @bp.get("/openapi.json")
     def document() -> Response:
-        return jsonify(build(current_app.extensions["plab_settings"].plane))
+        return jsonify(build(services().settings.plane))
 
     return bp

@@ -358,13 +358,6 @@ def refused(wait: int) -> None:
         raise RateLimited("too many requests for this user; wait and retry", retry_after=wait)
 
 
-def init_app(app: Flask, settings: Settings, client: redis.Redis) -> Callable:
-    """Return the per-user limit decorator that :mod:`productionlab.auth` applies."""
-    user_limit = UserLimit(client, settings.user_rate, settings.rate_limits_enabled)
-    app.extensions["plab_user_limit"] = user_limit
-    return user_limit.decorate
-
-
 # --- per-route limits on the control plane (Flask-Limiter) ----------------------
 ROUTE_LIMITS = "{plab}:routelimit"
 

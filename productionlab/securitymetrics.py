@@ -36,17 +36,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context
+from flask import Flask, Response, g, has_app_context, has_request_context
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
+from productionlab.services import services
 from productionlab.settings import Settings
 
 log = logging.getLogger("productionlab.metrics")
 
 AUDIT_VERIFY_KEY = "{plab}:metrics:audit-verify"
 LIMITERS = ("user_limit", "login_guard", "flask_limiter", "other")
-EXTENSION = "plab_security_metrics"
 
 
 class SecurityMetrics:
@@ -92,7 +92,7 @@ class SecurityMetrics:
 def _current() -> SecurityMetrics | None:
     if not has_app_context():
         return None  # the CLI: no process metrics to move
-    return current_app.extensions.get(EXTENSION)
+    return services().security_metrics
 
 
 def auth_failed(reason: str) -> None:
@@ -139,8 +139,8 @@ def newest_backup(directory: Path) -> tuple[int, float | None]:
 class RecoveryCollector:
     """Gauges of the audit verification and the backups, computed on scrape."""
 
-    def __init__(self, app: Flask, settings: Settings):
-        self._app = app
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self._client = client
         self._settings = settings
 
     def _families(self, live: bool) -> list[GaugeMetricFamily]:
@@ -162,9 +162,8 @@ class RecoveryCollector:
             labels=["plane"],
         )
         if live:
-            client = self._app.extensions.get("plab_redis")
             try:
-                state = client.hgetall(AUDIT_VERIFY_KEY) if client is not None else {}
+                state = self._client.hgetall(AUDIT_VERIFY_KEY)
             except redis.RedisError as exc:
                 log.warning("audit verification state unknown: %s", type(exc).__name__)
                 state = {}
@@ -191,12 +190,8 @@ class RecoveryCollector:
         return iter(self._families(True))
 
 
-def init_app(app: Flask, settings: Settings) -> SecurityMetrics:
-    registry = app.extensions["plab_metrics"].registry
-    metrics = SecurityMetrics(registry, settings.plane)
-    app.extensions[EXTENSION] = metrics
-    if settings.plane == "cp":
-        registry.register(RecoveryCollector(app, settings))
+def init_app(app: Flask, metrics: SecurityMetrics) -> None:
+    """Count the 429s of ``app`` by limiter in ``metrics`` (built by wiring.py)."""
 
     @app.after_request
     def count_refusals(response: Response) -> Response:

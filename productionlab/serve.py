@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import pkgutil
 import pwd
+import re
 import time
 
 import redis
 import waitress
+from flask import Flask
 
 from productionlab.audit import Actor
+from productionlab.services import Services
 from productionlab.settings import Settings
+from productionlab.wiring import build_services
 
 log = logging.getLogger("productionlab.serve")
 
 
-def bootstrap_control_plane(app) -> None:
+def bootstrap_control_plane(services: Services) -> None:
     """First start: create ``admin`` and render the edge's htpasswd; wait for redis."""
-    settings: Settings = app.extensions["plab_settings"]
-    users = app.extensions["plab_users"]
+    settings = services.settings
+    users = services.users
     delay = 0.2
     while True:
         try:
@@ -38,7 +43,7 @@ def bootstrap_control_plane(app) -> None:
         log.warning("created user admin; its password is in %s", created)
     from productionlab.cp import migrate_usage
 
-    migrate_usage(app.extensions["plab_kv"])
+    migrate_usage(services.kv)
     if widened:
         log.warning(
             "empty-string grants (a silent wildcard) are now the explicit '*' for: %s",
@@ -49,28 +54,18 @@ def bootstrap_control_plane(app) -> None:
 # Everything a plane may import while serving. A plane started by root drops to an
 # unprivileged user, after which the interpreter and the venv may be unreadable
 # (a checkout or pyenv under a 0700 home): every module is loaded before that.
+# The runtime requirements (requirements.txt, as the installed distribution's
+# metadata lists them) are found by :func:`required_packages`; this list holds
+# what they pull in and the standard library's packages a plane uses.
 PRELOAD_PACKAGES = (
     "productionlab",
-    "flask",
-    "werkzeug",
-    "jinja2",
     "markupsafe",
     "itsdangerous",
     "click",
     "blinker",
-    "waitress",
-    "redis",
-    "hiredis",
-    "flask_httpauth",
-    "flask_limiter",
     "ordered_set",
     "typing_extensions",
-    "limits",
-    "pythonjsonlogger",
-    "argon2",
     "_argon2_cffi_bindings",
-    "prometheus_client",
-    "cryptography",
     "encodings",
     "email",
     "http",
@@ -83,10 +78,36 @@ PRELOAD_PACKAGES = (
 PRELOAD_SKIP = ("__main__", ".tests", ".testing", "asyncio", "._pytest", ".contrib")
 
 
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def required_packages(distribution: str = "productionlab") -> tuple[str, ...]:
+    """The top-level import names of ``distribution``'s runtime requirements."""
+    try:
+        requires = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        log.warning("%s is not installed: only the listed packages are preloaded", distribution)
+        return ()
+    wanted = {_canonical(re.split(r"[\s<>=!~;\[(]", line, maxsplit=1)[0]) for line in requires}
+    provided = importlib.metadata.packages_distributions()
+    return tuple(
+        sorted(
+            name
+            for name, owners in provided.items()
+            if any(_canonical(owner) in wanted for owner in owners)
+        )
+    )
+
+
+def preload_packages() -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*PRELOAD_PACKAGES, *required_packages())))
+
+
 def preload_modules() -> int:
     """Import every submodule of the packages a plane uses; return how many loaded."""
     loaded = 0
-    for name in PRELOAD_PACKAGES:
+    for name in preload_packages():
         try:
             package = importlib.import_module(name)
         except ImportError:
@@ -115,16 +136,26 @@ def drop_privileges(user: str) -> None:
     log.info("running as %s (uid %d)", user, entry.pw_uid)
 
 
-def start_audit_keeper(app) -> None:
+def start_audit_keeper(services: Services) -> None:
     """Migrate, archive/trim and checkpoint the audit log: one round now (so a stack
     upgraded from the previous release is migrated before it serves), then every
     ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a background thread. Only the
     control plane runs it: it alone holds the checkpoint key and may trim."""
     from productionlab.audit_keeper import AuditKeeper
 
-    keeper = AuditKeeper(app.extensions["plab_settings"], app.extensions["plab_redis"])
-    app.extensions["plab_audit_keeper"] = keeper
+    keeper = AuditKeeper(services.settings, services.redis)
+    services.audit_keeper = keeper
     keeper.start()
+
+
+def make_app(settings: Settings) -> tuple[Flask, Services]:
+    """The plane's services, built once, and its app over them (no side effects)."""
+    services = build_services(settings)
+    if settings.plane == "cp":
+        from productionlab.cp import create_app
+    else:
+        from productionlab.ap import create_app
+    return create_app(settings, services=services), services
 
 
 def serve(
@@ -137,37 +168,37 @@ def serve(
     settings = settings or Settings.from_env(plane=plane)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
-    if plane == "cp":
-        from productionlab.cp import create_app
-
-        app = create_app(settings)
-        bootstrap_control_plane(app)
-    else:
-        from productionlab.ap import create_app
-
-        app = create_app(settings)
-    if run_as:
-        preload_modules()
-        drop_privileges(run_as)
-    if plane == "cp":
-        # After the drop: the keeper's files (archive, checkpoints) belong to the service user.
-        start_audit_keeper(app)
-    log.info("serving %s on %s:%s", plane, host, port)
-    waitress.serve(
-        app,
-        host=host,
-        port=port,
-        threads=settings.threads,
-        ident=None,
-        trusted_proxy=settings.trusted_proxy,
-        trusted_proxy_count=1 if settings.trusted_proxy else None,
-        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
-        clear_untrusted_proxy_headers=True,
-        # Flask enforces the contract's body bound with a JSON 413; Waitress's
-        # own plain-text 413 is only a backstop set above it.
-        max_request_body_size=settings.max_body + 65536,
-        channel_timeout=30,
-        connection_limit=1000,
-        expose_tracebacks=False,
-        asyncore_use_poll=True,
-    )
+    app, services = make_app(settings)
+    # The factory starts nothing: the server does. The user-event listener keeps
+    # the verification cache honest (and on: it is off while unsubscribed).
+    services.users.start_listener()
+    try:
+        if plane == "cp":
+            bootstrap_control_plane(services)
+        if run_as:
+            preload_modules()
+            drop_privileges(run_as)
+        if plane == "cp":
+            # After the drop: the keeper's files (archive, checkpoints) belong to the service user.
+            start_audit_keeper(services)
+        log.info("serving %s on %s:%s", plane, host, port)
+        waitress.serve(
+            app,
+            host=host,
+            port=port,
+            threads=settings.threads,
+            ident=None,
+            trusted_proxy=settings.trusted_proxy,
+            trusted_proxy_count=1 if settings.trusted_proxy else None,
+            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+            clear_untrusted_proxy_headers=True,
+            # Flask enforces the contract's body bound with a JSON 413; Waitress's
+            # own plain-text 413 is only a backstop set above it.
+            max_request_body_size=settings.max_body + 65536,
+            channel_timeout=30,
+            connection_limit=1000,
+            expose_tracebacks=False,
+            asyncore_use_poll=True,
+        )
+    finally:
+        services.users.stop_listener()

@@ -59,7 +59,7 @@ def descriptor_env(plane_env: Mapping[str, str]) -> dict[str, str]:
 
 def write(state_dir: Path, plane_env: Mapping[str, str], url: str, pid: int) -> Path:
     """Write ``<state_dir>/stack.json`` atomically, mode 0600."""
-    from productionlab.users import write_atomic
+    from productionlab.files import write_atomic
 
     body = {
         "version": FORMAT_VERSION,

@@ -36,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from productionlab.files import write_atomic
+
 
 class RotateError(Exception):
     """A one-line reason the rotation did not happen (nothing was changed)."""
@@ -120,23 +122,8 @@ def generate(hostnames: tuple[str, ...], addresses: tuple[str, ...], days: int) 
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` by rename: a reader sees the old file or the new one, never half."""
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        if path.exists():
-            stat = path.stat()
-            if os.geteuid() == 0:
-                os.chown(temp, stat.st_uid, stat.st_gid)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    """Write ``path`` by rename, keeping the owner of the file it replaces."""
+    write_atomic(path, data, mode, keep_owner=True)
 
 
 def _overwrite(path: Path, data: bytes) -> None:

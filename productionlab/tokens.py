@@ -46,19 +46,10 @@ from dataclasses import dataclass, field
 import redis
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    g,
-    has_request_context,
-    jsonify,
-    request,
-)
+from flask import g, has_request_context
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, AuditLog, clean
-from productionlab.errors import AuthenticationRequired, MalformedRequest
+from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, clean
+from productionlab.errors import MalformedRequest
 from productionlab.settings import Settings
 from productionlab.users import USER, User, UserStore
 
@@ -548,67 +539,3 @@ def build_service(settings: Settings, client: redis.Redis, users: UserStore) -> 
         settings.refresh_ttl,
         settings.token_families_max,
     )
-
-
-def service() -> TokenService:
-    return current_app.extensions["plab_tokens"]
-
-
-def audit_log() -> AuditLog:
-    return current_app.extensions["plab_audit"]
-
-
-def init_app(app: Flask, auth) -> TokenService:
-    """Accept Bearer access tokens on every authenticated route of this plane."""
-    tokens = build_service(
-        app.extensions["plab_settings"], app.extensions["plab_redis"], auth.users
-    )
-    app.extensions["plab_tokens"] = tokens
-
-    def verify(token: str) -> User | None:
-        try:
-            return tokens.verify_access(token)
-        except TokenError:
-            return None
-
-    auth.token_verifier = verify
-    return tokens
-
-
-# --- routes (control plane) ---------------------------------------------------
-def _actor(name: str) -> Actor:
-    return Actor(name, request.remote_addr or "", g.get("request_id", ""))
-
-
-def token_blueprint(auth) -> Blueprint:
-    bp = Blueprint("tokens", __name__)
-
-    @bp.post("/auth/token")
-    @auth.route_limits.token
-    @auth.basic.login_required
-    def issue() -> Response:
-        user: User = g.user
-        pair = service().issue(user, _actor(user.name))
-        return jsonify(pair.as_dict())
-
-    @bp.post("/auth/refresh")
-    @auth.route_limits.token
-    def refresh() -> Response:
-        body = request.get_json(force=True, silent=True)
-        token = body.get("refresh_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise MalformedRequest('the body must be {"refresh_token": "..."}')
-        address = request.remote_addr or "-"
-        auth.guard.check(address, GUARD_NAME)
-        try:
-            pair = service().refresh(token, _actor)
-        except TokenError as exc:
-            reason = str(exc)
-            if reason in FORGERY_SIGNS:
-                auth.guard.failed(address, GUARD_NAME, f"refresh_{reason}")
-            elif reason not in AUDITED_REFUSALS:
-                audit_log().append(_actor("-"), "token.refresh", "-", reason)
-            raise AuthenticationRequired("the refresh token is not valid") from None
-        return jsonify(pair.as_dict())
-
-    return bp

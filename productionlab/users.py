@@ -1,33 +1,24 @@
-"""The user store: users, roles and grants in redis, password hashing, the
-verification cache and the edge's htpasswd.
+"""The user store: users, roles and grants in redis, and password hashing.
 
 Passwords are stored as argon2id hashes (slow, salted). Paying that hash on
 every request would cap throughput, so a successful verification is cached in
-memory under an HMAC of the credential for a short time; the cache is
-dropped in every process the moment any user changes (a pub/sub message), and
-bypassed entirely while that subscription is down.
-
-The edge (nginx) checks basic auth too, per request, against a salted SHA-1
-(``{SSHA}``) rendered into its htpasswd. That hash is fast on purpose: the
-passwords are generated with 256 bits of entropy, so a fast hash cannot be
-brute-forced, while a slow one at the edge would divide throughput by ~100.
+memory under an HMAC of the credential for a short time (credential_cache.py);
+the cache is dropped in every process the moment any user changes (a pub/sub
+message this store follows), and bypassed entirely while that subscription is
+down. The edge's htpasswd (its fast ``{SSHA}`` hash, and why it is fast) lives
+in htpasswd.py.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +36,9 @@ from productionlab.contract import (
     USER_NAME_RE,
     USER_NAME_RULE,
 )
+from productionlab.credential_cache import VerificationCache
 from productionlab.errors import MalformedRequest, StoreUnavailable, UserExists, UserNotFound
+from productionlab.htpasswd import HtpasswdFile, edge_hash
 
 log = logging.getLogger("productionlab.users")
 
@@ -93,13 +86,6 @@ return 1
 def generate_password() -> str:
     """256 bits from the OS CSPRNG, URL-safe: what makes the fast edge hash acceptable."""
     return secrets.token_urlsafe(32)
-
-
-def edge_hash(password: str) -> str:
-    """nginx ``{SSHA}``: base64(sha1(password + salt) + salt)."""
-    salt = os.urandom(16)
-    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - see docstring  # nosec B324
-    return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
 def validate_name(name: object) -> str:
@@ -183,73 +169,6 @@ class User:
         )
 
 
-class VerificationCache:
-    """Successful verifications, keyed by HMAC(secret, name NUL password).
-
-    The HMAC means a memory dump does not reveal reusable credentials, and
-    the dict lookup never compares secrets directly.
-    """
-
-    def __init__(self, secret: bytes, ttl: float, max_entries: int = 10_000):
-        self._secret = secret
-        self._ttl = ttl
-        self._max = max_entries
-        self._entries: dict[bytes, tuple[float, User]] = {}
-        self._lock = threading.Lock()
-        self._flights: dict[bytes, threading.Lock] = {}
-        self.enabled = False
-        self.epoch = 0
-
-    @contextlib.contextmanager
-    def single_flight(self, name: str, password: str) -> Iterator[None]:
-        """One slow verification per credential at a time in this process.
-
-        When a hot credential's entry expires, every thread that meets it would
-        otherwise run argon2id at once (19 MiB each): the first verifies, the
-        others wait and then find its result in the cache.
-        """
-        key = self._key(name, password)
-        with self._lock:
-            if len(self._flights) >= self._max:
-                self._flights.clear()
-            lock = self._flights.setdefault(key, threading.Lock())
-        with lock:
-            yield
-
-    def _key(self, name: str, password: str) -> bytes:
-        return hmac.new(self._secret, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-
-    def get(self, name: str, password: str) -> User | None:
-        if not self.enabled or self._ttl <= 0:
-            return None
-        key = self._key(name, password)
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, user = entry
-        if expires < time.monotonic():
-            self._entries.pop(key, None)
-            return None
-        return user
-
-    def put(self, name: str, password: str, user: User, epoch: int | None = None) -> None:
-        """Cache a verification that began at ``epoch``; a clear since then wins,
-        so a user read just before a change is never cached after it."""
-        if not self.enabled or self._ttl <= 0:
-            return
-        with self._lock:
-            if epoch is not None and epoch != self.epoch:
-                return
-            if len(self._entries) >= self._max:
-                self._entries.clear()
-            self._entries[self._key(name, password)] = (time.monotonic() + self._ttl, user)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.epoch += 1
-            self._entries.clear()
-
-
 class UserStore:
     def __init__(
         self,
@@ -273,8 +192,8 @@ class UserStore:
         self._delete = client.register_script(_DELETE)
         self._listener: threading.Thread | None = None
         self.resubscriptions = 0  # subscribe confirmations seen (each one clears the cache)
-        self._render_lock = threading.Lock()
         self._stop = threading.Event()
+        self.htpasswd = HtpasswdFile(htpasswd_path) if htpasswd_path is not None else None
 
     # --- reading -----------------------------------------------------------
     def get(self, name: str) -> User:
@@ -463,15 +382,9 @@ class UserStore:
 
     # --- the edge's htpasswd ------------------------------------------------
     def render_htpasswd(self) -> None:
-        """Write the edge's htpasswd atomically (temp file, fsync, rename)."""
-        if self.htpasswd_path is None:
-            return
-        # Read and write under one lock: the last render to start reads the newest
-        # users, so a slower render of older state can never land after it.
-        with self._render_lock:
-            users = [u for u in self.all() if not u.disabled and u.edge_hash]
-            body = "".join(f"{u.name}:{u.edge_hash}\n" for u in users)
-            write_atomic(self.htpasswd_path, body, mode=0o640)
+        """Write the edge's htpasswd (control plane only; see htpasswd.py)."""
+        if self.htpasswd is not None:
+            self.htpasswd.render(self.all)
 
     # --- cross-process invalidation ----------------------------------------
     def start_listener(self) -> None:
@@ -532,19 +445,3 @@ def _burn(password: str) -> None:
         HASHER.verify(_dummy_hash(), password or "-")
     except (VerificationError, InvalidHashError):
         pass
-
-
-def write_atomic(path: Path, body: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise

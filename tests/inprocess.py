@@ -49,39 +49,20 @@ from productionlab.secretgen import (
     redis_client_files,
 )
 from productionlab.serve import bootstrap_control_plane
+from productionlab.services import services_of
 from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, Settings
 
 CONTROL_PLANE_PREFIXES = ("/ops/", "/admin/", "/auth/", "/console")
 
 
-def wired(app: Flask):
-    """What ``serve`` hands to ``bootstrap_control_plane`` and reads the user store
-    from: the app's one ``Services`` object where the wiring keeps one
-    (``app.extensions["plab"]``, services.py), else the app itself with its
-    per-name extensions. Issue 11 moves the wiring from the latter to the former
-    while this layer is written; either side of that merge works."""
-    return app.extensions.get("plab", app)
-
-
-def user_store(app: Flask):
-    services = app.extensions.get("plab")
-    return services.users if services is not None else app.extensions["plab_users"]
-
-
 def stop_listeners(apps: list[Flask]) -> None:
     """Stop the apps' user-event listeners and wait for them (before redis goes away)."""
     for app in apps:
-        user_store(app).stop_listener()
+        services_of(app).users.stop_listener()
     for app in apps:
-        listener = getattr(user_store(app), "_listener", None)
+        listener = getattr(services_of(app).users, "_listener", None)
         if listener is not None:
             listener.join(10)
-
-
-def plane_setting(app: Flask, name: str):
-    services = app.extensions.get("plab")
-    settings = services.settings if services is not None else app.extensions["plab_settings"]
-    return getattr(settings, name)
 
 
 class Response:
@@ -188,7 +169,7 @@ class Planes:
         return self.state / "htpasswd"
 
     def max_body_bytes(self) -> int:
-        return plane_setting(self.ap, "max_body")
+        return services_of(self.ap).settings.max_body
 
     def variant(self, **extra_env: str) -> InProcessClient:
         """Both planes again with other settings (``PLAB_*`` values, e.g. a low user
@@ -253,8 +234,8 @@ def create_apps(
     for plane, module in (("cp", cp), ("ap", ap)):
         app = module.create_app(plane_settings(server, state, plane, extra_env))
         # What serve.py does for a served app: follow user events (the
-        # verification cache is on only while subscribed). Idempotent.
-        user_store(app).start_listener()
+        # verification cache is on only while subscribed); create_app starts nothing.
+        services_of(app).users.start_listener()
         apps[plane] = app
     return apps
 
@@ -283,7 +264,7 @@ def start_planes() -> Planes:
     try:
         ensure_secrets(state / "secrets")
         apps = create_apps(server, state)
-        bootstrap_control_plane(wired(apps["cp"]))
+        bootstrap_control_plane(services_of(apps["cp"]))
         password = (state / "secrets" / "admin.password").read_text().strip()
     except BaseException:
         server.stop()

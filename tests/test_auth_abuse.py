@@ -211,7 +211,18 @@ def _names(node: ast.AST) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("module", ["users.py", "auth.py", "tokens.py", "ratelimit.py"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "users.py",
+        "credential_cache.py",
+        "htpasswd.py",
+        "auth.py",
+        "tokens.py",
+        "token_routes.py",
+        "ratelimit.py",
+    ],
+)
 def test_secrets_are_never_compared_with_equality(module):
     """Every comparison of a secret-looking value goes through hmac.compare_digest
     (or argon2's verify); ``==``/``!=``/``in`` on them would leak timing."""

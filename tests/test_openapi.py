@@ -34,9 +34,7 @@ SCHEMATHESIS_CHECKS = ",".join(
 
 def app_of(stack, plane: str):
     settings = Settings.from_env(stack.plane_env(plane), plane=plane)
-    app = (ap if plane == "ap" else cp).create_app(settings)
-    app.extensions["plab_users"].stop_listener()
-    return app
+    return (ap if plane == "ap" else cp).create_app(settings)
 
 
 @pytest.mark.parametrize("plane", ["ap", "cp"])

@@ -241,7 +241,7 @@ def test_accounting_stays_exact_under_a_random_mix_of_operations(quota_stack, pr
             else:
                 store.delete(key, actor)
         except Exception as exc:  # 404 and 412 are expected outcomes of a random mix
-            assert type(exc).__name__ in ("NotFound", "VersionConflict"), exc
+            assert type(exc).__name__ in ("KeyNotFound", "VersionConflict"), exc
     time.sleep(1.5)  # let the TTL'd ones expire: redis drops them without a script
     expected = truth(quota_stack, prefix)
     for user in users:

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from productionlab.users import User, VerificationCache
+from productionlab.credential_cache import VerificationCache
+from productionlab.users import User
 from tests.conftest import Client
 
 NEVER_SHOWN = ("pw", "edge", "password_hash", "edge_hash", "gen")

@@ -13,7 +13,6 @@ from flask import Flask
 from flask_talisman import Talisman
 
 from productionlab.auth import Authenticator
-from productionlab.console.sessions import SessionStore
 from productionlab.console.views import console_blueprint
 from productionlab.settings import Settings
 
@@ -29,15 +28,9 @@ CSP = {
 
 
 def init_app(app: Flask, settings: Settings, auth: Authenticator) -> None:
+    """The console's headers and pages (its session store is built by wiring.py)."""
     if not settings.console:
         return
-    sessions = SessionStore(
-        app.extensions["plab_redis"],
-        settings.secret_key,
-        settings.console_idle,
-        settings.console_lifetime,
-    )
-    app.extensions["plab_console_sessions"] = sessions
     Talisman(
         app,
         force_https=False,  # TLS ends at the edge; HSTS is still sent over HTTPS

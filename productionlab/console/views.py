@@ -21,7 +21,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    current_app,
     g,
     make_response,
     redirect,
@@ -32,7 +31,7 @@ from flask import (
 
 from productionlab import admin, checkprod, contract
 from productionlab.audit import Actor, clean
-from productionlab.auth import Authenticator
+from productionlab.auth import Authenticator, actor
 from productionlab.backup import BackupError, list_backups
 from productionlab.console.csrf import cross_site
 from productionlab.console.sessions import (
@@ -48,6 +47,7 @@ from productionlab.health import ready_problem
 from productionlab.kv import ITEM, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
 from productionlab.ratelimit import client_address
+from productionlab.services import services
 from productionlab.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -55,11 +55,11 @@ PAGE = 50
 
 
 def sessions() -> SessionStore:
-    return current_app.extensions["plab_console_sessions"]
+    return services().console_sessions
 
 
 def kv() -> KVStore:
-    return current_app.extensions["plab_kv"]
+    return services().kv
 
 
 def session() -> ConsoleSession:
@@ -104,10 +104,6 @@ def clear_cookie(response: Response, name: str) -> None:
     )
 
 
-def console_actor() -> Actor:
-    return Actor(session().user.name, request.remote_addr or "", g.get("request_id", ""))
-
-
 def signed_in(view: Callable) -> Callable:
     """A live session; for POSTs also a same-site request with the session's CSRF token."""
 
@@ -122,7 +118,7 @@ def signed_in(view: Callable) -> Callable:
             clear_cookie(response, COOKIE)
             return response
         g.console = found
-        g.user = found.user  # what admin.actor() and auth.current_user() read
+        g.user = found.user  # what auth.actor() and auth.current_user() read
         if request.method == "POST":
             reason = cross_site()
             if reason or not tokens_equal(request.form.get("csrf"), found.csrf):
@@ -226,7 +222,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
             )
         store.revoke(store.unsign(request.cookies.get(COOKIE)))  # never adopt a presented id
         session_id, _ = store.create(user)
-        admin.audit_log().append(
+        services().audit.append(
             Actor(user.name, address, g.get("request_id", "")), "console.login", user.name, "ok"
         )
         response = redirect(url_for("console.keys"), code=303)
@@ -238,7 +234,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @signed_in
     def logout() -> Response:
         sessions().revoke(session().id)
-        admin.audit_log().append(console_actor(), "console.logout", session().user.name, "ok")
+        services().audit.append(actor(), "console.logout", session().user.name, "ok")
         g.console = None
         response = render("login.html", login_csrf="", done="You are signed out.")
         clear_cookie(response, COOKIE)
@@ -274,7 +270,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     def create_key() -> Response:
         key = valid_key(request.form.get("key", ""))
         try:
-            kv().put(key, form_value(), console_actor(), ttl=form_ttl(), if_absent=True)
+            kv().put(key, form_value(), actor(), ttl=form_ttl(), if_absent=True)
         except VersionConflict:
             return back("console.show_key", f"{key} already exists; edit it here.", key=key)
         return back("console.show_key", f"Created {key}.", key=key)
@@ -289,9 +285,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     def edit_key(key: str) -> Response:
         valid_key(key)
         try:
-            result = kv().put(
-                key, form_value(), console_actor(), ttl=form_ttl(), if_match=form_version()
-            )
+            result = kv().put(key, form_value(), actor(), ttl=form_ttl(), if_match=form_version())
         except VersionConflict as exc:
             # Say so, show what is there now, and keep the operator's draft.
             try:
@@ -311,7 +305,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
             raise MalformedRequest("give a TTL in seconds")
         item = kv().get(valid_key(key))
         try:
-            kv().put(key, item.value, console_actor(), ttl=ttl, if_match=form_version())
+            kv().put(key, item.value, actor(), ttl=ttl, if_match=form_version())
         except VersionConflict as exc:
             return back("console.show_key", stale(exc, key), key=key)
         return back("console.show_key", f"{key} now expires in {ttl} s.", key=key)
@@ -327,7 +321,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     def delete_key(key: str) -> Response:
         valid_key(key)
         try:
-            kv().delete(key, console_actor(), if_match=form_version())
+            kv().delete(key, actor(), if_match=form_version())
         except VersionConflict as exc:
             return back("console.show_key", stale(exc, key), key=key)
         return back("console.keys", f"Deleted {key}.")
@@ -336,56 +330,56 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @bp.get("/users")
     @signed_in
     def users() -> Response:
-        return render("users.html", title="Users", users=admin.users().all())
+        return render("users.html", title="Users", users=services().users.all())
 
     @bp.post("/users")
     @signed_in
     def create_user() -> Response:
-        user, password = admin.users().create(
+        user, password = services().users.create(
             request.form.get("name", ""),
             request.form.get("role", ""),
             prefixes_field(),
-            console_actor(),
+            actor(),
         )
         return render("password.html", title="User created", user=user, password=password)
 
     @bp.get("/users/<name>")
     @signed_in
     def show_user(name: str) -> Response:
-        user = admin.users().get(name)
+        user = services().users.get(name)
         return render(
             "user.html",
             title=f"User {name}",
             user=user,
-            families=admin.tokens().families(name),
+            families=services().tokens.families(name),
         )
 
     @bp.post("/users/<name>/grants")
     @signed_in
     def change_grants(name: str) -> Response:
         role = request.form.get("role", "")
-        admin.users().get(name)
+        services().users.get(name)
         admin.refuse_self_harm(name, "grants", role)
-        admin.users().set_grants(name, role, prefixes_field(), console_actor())
+        services().users.set_grants(name, role, prefixes_field(), actor())
         return back("console.show_user", f"Saved the grants of {name}.", name=name)
 
     @bp.post("/users/<name>/<action>")
     @signed_in
     def user_action(name: str, action: str) -> Response:
-        store = admin.users()
+        store = services().users
         if action in ("disable", "delete"):
             admin.refuse_self_harm(name, action)
         if action == "disable":
-            store.set_disabled(name, True, console_actor())
+            store.set_disabled(name, True, actor())
         elif action == "enable":
-            store.set_disabled(name, False, console_actor())
+            store.set_disabled(name, False, actor())
         elif action == "revoke-tokens":
-            store.revoke_tokens(name, console_actor())
+            store.revoke_tokens(name, actor())
         elif action == "rotate":
-            user, password = store.rotate_password(name, console_actor())
+            user, password = store.rotate_password(name, actor())
             return render("password.html", title="Password rotated", user=user, password=password)
         elif action == "delete":
-            store.delete(name, console_actor())
+            store.delete(name, actor())
             return back("console.users", f"Deleted user {name}.")
         else:
             raise MalformedRequest(f"no user action {action!r}")
@@ -394,14 +388,14 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @bp.get("/users/<name>/delete")
     @signed_in
     def confirm_delete_user(name: str) -> Response:
-        return render("confirm_user.html", title=f"Delete {name}", user=admin.users().get(name))
+        return render("confirm_user.html", title=f"Delete {name}", user=services().users.get(name))
 
     @bp.post("/tokens/<family>/revoke")
     @signed_in
     def revoke_family(family: str) -> Response:
         user = request.form.get("user", "")
-        admin.users().get(user)
-        if not admin.tokens().revoke_family(family, console_actor()):
+        services().users.get(user)
+        if not services().tokens.revoke_family(family, actor()):
             return back("console.show_user", f"No token family {family}.", name=user)
         return back("console.show_user", f"Revoked token family {family}.", name=user)
 
@@ -413,8 +407,8 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 2**62:
             raise MalformedRequest("since is a whole number from 1")
         admin.close_failure_window()
-        entries, next_since = admin.audit_log().page(since=int(raw), limit=PAGE)
-        head = admin.audit_log().head()
+        entries, next_since = services().audit.page(since=int(raw), limit=PAGE)
+        head = services().audit.head()
         return render(
             "audit.html",
             title="Audit log",
@@ -434,7 +428,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @bp.get("/backups")
     @signed_in
     def backups() -> Response:
-        found = list_backups(admin.backup_dir(admin.settings()))
+        found = list_backups(services().settings.backup_dir)
         return render("backups.html", title="Backups", backups=found)
 
     @bp.post("/backups")
@@ -456,7 +450,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
     @signed_in
     def status() -> Response:
         problem = ready_problem()
-        findings = checkprod.check(settings=admin.settings())
+        findings = checkprod.check(settings=services().settings)
         return render("status.html", title="Status", problem=problem, findings=findings)
 
     return bp
@@ -465,7 +459,7 @@ def console_blueprint(auth: Authenticator, config: Settings) -> Blueprint:
 def key_page(key: str, status: int = 200, flash: str = "", draft: str | None = None) -> Response:
     """A key as it is now: text, or hex and base64 when the value is not UTF-8."""
     item = kv().get(key)
-    ttl = current_app.extensions["plab_redis"].pttl(ITEM + key)
+    ttl = services().redis.pttl(ITEM + key)
     try:
         text: str | None = item.value.decode("utf-8")
     except UnicodeDecodeError:
