@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess  # the local stack runs its own processes  # nosec B404
@@ -21,23 +20,6 @@ if TYPE_CHECKING:
     from productionlab.accounts import Account
 
 PR_SET_PDEATHSIG = 1
-
-
-def find_binary(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (
-            str(p)
-            for d in ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
-            if (p := Path(d) / name).exists()
-        ),
-        None,
-    )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def die_with_parent() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from productionlab.supervisor import StackConfig, Supervisor, free_port, port_free
+from tests.http_client import new_session
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,11 +166,8 @@ def finished(argv_prefix: list[str], env: dict[str, str], cwd: Path, timeout: fl
 
 def edge_client(state: Path, https_port: int) -> tuple[requests.Session, str]:
     stack = Supervisor(StackConfig(state_dir=state, https_port=https_port))
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(state / "tls" / "tls.crt")
-    session.auth = ("admin", (state / "secrets" / "admin.password").read_text().strip())
-    return session, stack.url
+    password = (state / "secrets" / "admin.password").read_text().strip()
+    return new_session(str(state / "tls" / "tls.crt"), ("admin", password)), stack.url
 
 
 def all_ports_free(ports: list[int]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from productionlab.backup import TempRedis
+from productionlab.redis_process import RedisProcess
+from tests.conftest import run_cli
 
 
 def check_prod(stack, env: dict | None = None, drop: tuple[str, ...] = ()):
@@ -23,13 +23,7 @@ def check_prod(stack, env: dict | None = None, drop: tuple[str, ...] = ()):
     environment = {**stack.plane_env("cp"), **(env or {})}
     for name in drop:
         environment.pop(name)
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", "check-prod"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli("check-prod", env=environment)
 
 
 def ca_signed_cert(directory: Path, days: float) -> Path:
@@ -151,7 +145,7 @@ def test_a_certificate_with_more_than_30_days_left_is_no_finding(stack, tmp_path
 
 
 def test_redis_without_aof_or_password(stack, tmp_path):
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         scratch.config_set("appendonly", "no")
         scratch.config_set("requirepass", "")
@@ -192,7 +186,7 @@ def test_admin_route(admin, make_user):
 def test_redis_memory_findings(stack, tmp_path):
     """Unbounded memory, an evicting policy and memory from 80 % of maxmemory are
     findings, on a real redis filled for real."""
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         env = production(
             stack,

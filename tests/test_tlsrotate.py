@@ -12,7 +12,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from productionlab.configfiles import EdgeConfig
 from productionlab.secretgen import Purpose, build_certificate, ensure_tls, write_pair
 from productionlab.supervisor import free_port
 from productionlab.tlsrotate import RotateError, validate
+from tests.conftest import run_cli
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -32,13 +32,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 def rotate(stack_state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLAB_")}
     env["PLAB_STATE_DIR"] = str(stack_state)
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", "tls", "rotate", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli("tls", "rotate", *args, env=env)
 
 
 def _fp(cert: x509.Certificate) -> str:
@@ -257,23 +251,8 @@ def test_compose_edge_script_reloads_on_rewritten_secret_files(rotating_stack, t
             except OSError:
                 time.sleep(0.2)
         assert first == (200, old_fp)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "productionlab",
-                "tls",
-                "rotate",
-                "--dir",
-                str(secrets),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        result = run_cli(
+            "tls", "rotate", "--dir", str(secrets), "--cert", str(cert), "--key", str(key)
         )
         assert result.returncode == 0, result.stderr
         assert (secrets / "tls.crt").stat().st_ino == inode  # in place: bind mounts see it
