@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Re-exported: the supervisor and the tests import them from here.
+from productionlab.procutil import find_binary as find_binary
+from productionlab.procutil import free_port as free_port
+
 if TYPE_CHECKING:
     from productionlab.accounts import Account
 
