@@ -5,9 +5,7 @@ local c = require("common")
 local items = tonumber(os.getenv("BENCH_BULK_ITEMS") or "100")
 local op = os.getenv("BENCH_BULK_OP") or "get"
 local counter = 0
-setup = c.setup
-init = c.init
-function request()
+c.workload(function()
   counter = counter + 1
   local parts = {}
   for i = 1, items do
@@ -21,5 +19,4 @@ function request()
   local headers = c.headers()
   headers["Content-Type"] = "application/json"
   return wrk.format("POST", "/v1/bulk", headers, '{"items":[' .. table.concat(parts, ",") .. "]}")
-end
-done = c.done
+end)

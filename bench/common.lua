@@ -50,4 +50,16 @@ function M.done(summary, latency, requests)
     e.status, e.timeout))
 end
 
+-- A workload script's wrk callbacks: ``request`` and the shared setup, init,
+-- done, and delay when BENCH_DELAY_MS paces the run.
+function M.workload(request)
+  _G.setup = M.setup
+  _G.init = M.init
+  _G.request = request
+  if M.delay_ms > 0 then
+    _G.delay = function() return M.delay_ms end
+  end
+  _G.done = M.done
+end
+
 return M

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
-from productionlab.supervisor import StackConfig, Supervisor, find_binary, free_port
+from productionlab.procutil import find_binary, free_port
+from productionlab.redis_process import RedisProcess
+from productionlab.supervisor import StackConfig, Supervisor
 
 BENCH_DIR = Path(__file__).resolve().parent
 KEYS = 256
@@ -51,51 +51,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing answered on port {port}")
 
 
-class PlainRedis:
-    """A throwaway redis-server with AOF on (everysec), as the hardened stack has."""
-
-    def __init__(self, directory: Path):
-        self.port = free_port()
-        self.dir = directory
-        binary = find_binary("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is missing: apt-get install redis-server")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ],
-            stdout=open(directory / "redis.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @dataclass
 class System:
     """One system under test: a base URL, wrk environment and its processes."""
@@ -114,12 +69,48 @@ class System:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class Naive(System):
-    def __init__(self) -> None:
-        tmp = temp_dir("plab-bench-naive-")
-        self.redis = PlainRedis(tmp)
+class RedisBacked(System):
+    """A system over its own plain redis-server (no password, AOF on, everysec, as the
+    hardened stack has), preloaded with the benchmark's keys."""
+
+    server_name = ""
+
+    def __init__(self, name: str, label: str, tmp: Path, **kwargs: object) -> None:
+        self.redis = RedisProcess(password=False, directory=tmp)
+        self.redis.start()
         port = free_port()
-        self.process = subprocess.Popen(
+        self.process = self.start_server(tmp, port)
+        wait_port(port)
+        pipe = self.redis.client.pipeline()
+        for i in range(KEYS):
+            pipe.set(f"bench-{i}", f"value-{i}")
+        pipe.execute()
+        super().__init__(name, label, f"http://127.0.0.1:{port}", tmp=tmp, **kwargs)
+
+    def start_server(self, tmp: Path, port: int) -> subprocess.Popen:
+        """Start the system's HTTP server on ``port``."""
+        raise NotImplementedError
+
+    def processes(self) -> dict[str, int]:
+        return {self.server_name: self.process.pid, "redis": self.redis.process.pid}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.redis.stop()
+        super().stop()
+
+
+class Naive(RedisBacked):
+    server_name = "naive"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "naive", "naive (1 Waitress, HTTP, no auth)", temp_dir("plab-bench-naive-")
+        )
+
+    def start_server(self, tmp: Path, port: int) -> subprocess.Popen:
+        process = subprocess.Popen(
             [
                 sys.executable,
                 str(BENCH_DIR / "naive_app.py"),
@@ -131,30 +122,21 @@ class Naive(System):
             stdout=open(tmp / "naive.log", "ab"),
             stderr=subprocess.STDOUT,
         )
-        wait_port(port)
-        pipe = self.redis.client.pipeline()
-        for i in range(KEYS):
-            pipe.set(f"bench-{i}", f"value-{i}")
-        pipe.execute()
+        return process
+
+
+class Webdis(RedisBacked):
+    server_name = "webdis"
+
+    def __init__(self) -> None:
         super().__init__(
-            "naive", "naive (1 Waitress, HTTP, no auth)", f"http://127.0.0.1:{port}", tmp=tmp
+            "webdis",
+            "Webdis (C, HTTP, no auth)",
+            temp_dir("plab-bench-webdis-"),
+            env={"BENCH_READ": "/GET/", "BENCH_WRITE": "/SET/", "BENCH_WRITE_METHOD": "GET"},
         )
 
-    def processes(self) -> dict[str, int]:
-        return {"naive": self.process.pid, "redis": self.redis.process.pid}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.redis.stop()
-        super().stop()
-
-
-class Webdis(System):
-    def __init__(self) -> None:
-        tmp = temp_dir("plab-bench-webdis-")
-        self.redis = PlainRedis(tmp)
-        port = free_port()
+    def start_server(self, tmp: Path, port: int) -> subprocess.Popen:
         conf = {
             "redis_host": "127.0.0.1",
             "redis_port": self.redis.port,
@@ -171,36 +153,16 @@ class Webdis(System):
         (tmp / "webdis.json").write_text(json.dumps(conf))
         binary = find_binary("webdis")
         assert binary is not None
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             [binary, str(tmp / "webdis.json")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(port)
-        pipe = self.redis.client.pipeline()
-        for i in range(KEYS):
-            pipe.set(f"bench-{i}", f"value-{i}")
-        pipe.execute()
-        super().__init__(
-            "webdis",
-            "Webdis (C, HTTP, no auth)",
-            f"http://127.0.0.1:{port}",
-            env={"BENCH_READ": "/GET/", "BENCH_WRITE": "/SET/", "BENCH_WRITE_METHOD": "GET"},
-            tmp=tmp,
-        )
+        return process
 
     @staticmethod
     def available() -> bool:
         return find_binary("webdis") is not None
-
-    def processes(self) -> dict[str, int]:
-        return {"webdis": self.process.pid, "redis": self.redis.process.pid}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.redis.stop()
-        super().stop()
 
 
 class Hardened(System):
@@ -290,18 +252,21 @@ class Hardened(System):
         super().stop()
 
 
-def children_of(pid: int) -> list[int]:
-    children = []
+def parents() -> dict[int, int]:
+    """Every live process's parent, from /proc/<pid>/stat."""
+    found: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            children.append(int(entry.name))
-    return children
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    return [child for child, parent in parents().items() if parent == pid]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -325,14 +290,7 @@ def _busy_jiffies() -> int:
 
 
 def _descendants(root: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    parent = parents()
     found, frontier = [], [root]
     while frontier:
         current = frontier.pop()

@@ -20,8 +20,8 @@ import secrets
 import time
 
 from productionlab.audit import Actor
-from productionlab.backup import TempRedis
 from productionlab.kv import KVStore
+from productionlab.redis_process import RedisProcess
 from productionlab.store.durability import Durability
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args()
-    with TempRedis() as client:
+    with RedisProcess() as client:
         durability = Durability(client, strict=False)
         if "audit_key" in inspect.signature(KVStore).parameters:  # c64ef11 and before
             store = KVStore(client, secrets.token_bytes(32), durability)

@@ -2,13 +2,7 @@
 package.path = (os.getenv("BENCH_DIR") or "bench") .. "/?.lua;" .. package.path
 local c = require("common")
 local ratio = tonumber(os.getenv("BENCH_WRITE_RATIO") or "0.1")
-setup = c.setup
-init = c.init
-function request()
+c.workload(function()
   if math.random() < ratio then return c.write() end
   return c.read()
-end
-if c.delay_ms > 0 then
-  function delay() return c.delay_ms end
-end
-done = c.done
+end)

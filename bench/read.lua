@@ -1,10 +1,4 @@
 -- 100% reads of preloaded keys.
 package.path = (os.getenv("BENCH_DIR") or "bench") .. "/?.lua;" .. package.path
 local c = require("common")
-setup = c.setup
-init = c.init
-function request() return c.read() end
-if c.delay_ms > 0 then
-  function delay() return c.delay_ms end
-end
-done = c.done
+c.workload(function() return c.read() end)

@@ -31,6 +31,7 @@ from e2e.harness import (
     prepare_wheels,
 )
 from productionlab.deploy import prepare_secrets
+from tests.http_client import HttpClient
 
 STATE = "/var/lib/productionlab/state"
 SBOMS = REPO / "var" / "e2e" / "sbom"
@@ -43,39 +44,17 @@ IMAGES = {
 
 
 @dataclass
-class Client:
+class Client(HttpClient):
     """A client of the edge through the published loopback port, as curl users see it."""
 
     deployment: Deployment
     name: str | None = None
     password: str | None = None
     patient: bool = True  # wait out the edge's 429s (Retry-After) as a polite client does
+    timeout: float = 20
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 20)
-        with requests.Session() as session:
-            session.trust_env = False
-            session.verify = str(self.deployment.cert)
-            if self.name is not None:
-                session.auth = (self.name, self.password or "")
-            for _ in range(20):
-                response = session.request(method, self.deployment.url + path, **kwargs)
-                if response.status_code != 429 or not self.patient:
-                    return response
-                time.sleep(float(response.headers.get("Retry-After", "1")))
-            return response
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return self.request("POST", path, **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        return self.request("PUT", path, **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        return self.request("DELETE", path, **kwargs)
+    def endpoint(self) -> tuple[str, str]:
+        return self.deployment.url, str(self.deployment.cert)
 
 
 @dataclass

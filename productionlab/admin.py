@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from productionlab import backup, checkprod
+from productionlab import backup, checkprod, drill
 from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
@@ -62,12 +62,12 @@ def make_backup() -> backup.Summary:
     return summary
 
 
-def run_drill() -> backup.DrillReport:
+def run_drill() -> drill.DrillReport:
     """Back up, restore into a scratch redis-server, compare; audited with its verdict."""
     wired = services()
     config = wired.settings
     try:
-        report = backup.drill(wired.redis, config.backup_key, config.backup_dir, progress=False)
+        report = drill.drill(wired.redis, config.backup_key, config.backup_dir, progress=False)
     except backup.BackupError:
         wired.audit.append(actor(), "backup.drill", "-", "failed")
         raise

@@ -1,4 +1,5 @@
-"""Encrypted backups of the key-value data: create, verify, restore, drill.
+"""Encrypted backups of the key-value data: create, verify, restore (the restore
+drill is in ``drill.py``).
 
 File format (``.plab-backup``)::
 
@@ -30,11 +31,7 @@ import datetime
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import signal
 import struct
-import subprocess  # runs our own redis-server for restore drills  # nosec B404
 import sys
 import tempfile
 import time
@@ -491,127 +488,3 @@ def backup_path(directory: Path, name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(name)
     return path
-
-
-# --- the drill ----------------------------------------------------------------
-class TempRedis:
-    """A throwaway redis-server (free port, temp dir, AOF on, a random password)."""
-
-    def __init__(self, binary: str | None = None):
-        from productionlab.supervisor import find_binary, free_port
-
-        self.binary = binary or find_binary("redis-server")
-        if self.binary is None:
-            raise BackupError("redis-server is not installed; the drill needs it")
-        self.port = free_port()
-        self.password = secrets.token_hex(24)
-        self.directory = Path(tempfile.mkdtemp(prefix="plab-drill-"))
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> redis.Redis:
-        conf = self.directory / "redis.conf"
-        conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nappendonly yes\n"
-            f'save ""\ndaemonize no\nlogfile "{self.directory / "redis.log"}"\n'
-            f"requirepass {self.password}\n"
-        )
-        os.chmod(conf, 0o600)
-        self.process = subprocess.Popen(  # noqa: S603 - our binary, our config  # nosec B603
-            [self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.client = redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=10
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.client.ping()
-                return self.client
-            except redis.RedisError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.__exit__(None, None, None)
-                    raise BackupError("the drill's redis-server did not start") from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        with contextlib.suppress(Exception):
-            self.client.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class DrillReport:
-    ok: bool
-    backup: str
-    backup_keys: int
-    restored_keys: int
-    live_keys: int
-    backup_digest: str
-    restored_digest: str
-    live_digest: str
-    seconds: float
-
-    def lines(self) -> list[str]:
-        verdict = "PASS" if self.ok else "FAIL"
-        return [
-            f"drill {verdict}: {self.backup}",
-            f"  backup:   {self.backup_keys} keys, digest {self.backup_digest[:16]}",
-            f"  restored: {self.restored_keys} keys, digest {self.restored_digest[:16]} "
-            f"(temporary redis-server, AOF on)",
-            f"  live:     {self.live_keys} keys, digest {self.live_digest[:16]}"
-            + ("" if self.live_digest == self.backup_digest else " (changed since the backup)"),
-            f"  took {self.seconds:.1f}s",
-        ]
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "lines": self.lines()}
-
-
-def drill(
-    client: redis.Redis,
-    secret: str,
-    directory: Path,
-    *,
-    path: Path | None = None,
-    progress: bool = True,
-) -> DrillReport:
-    """Back up now (or take ``path``), restore into a temporary redis-server, and
-    compare key count and digest with the backup and with the live data.
-
-    Passes when the restored data equals the backup and the backup equals the
-    live data (a store written to during the drill fails it: run it again, or
-    drill an existing file, whose comparison with live data is only reported).
-    """
-    started = time.monotonic()
-    fresh = path is None
-    if path is None:
-        summary = create_backup(client, secret, directory, progress=progress)
-        path = summary.path
-    contents = verify_backup(path, secret)
-    with TempRedis() as scratch:
-        restore_backup(scratch, path, secret, Actor("drill"), overwrite=False, progress=progress)
-        restored = live_digest(scratch)
-        aof = scratch.info("persistence").get("aof_enabled")
-    live = live_digest(client)
-    matches_backup = restored.count == contents.keys and restored.hexdigest() == contents.digest
-    ok = bool(matches_backup and aof)
-    if ok and fresh:
-        ok = live.count == contents.keys and live.hexdigest() == contents.digest
-    return DrillReport(
-        ok,
-        path.name,
-        contents.keys,
-        restored.count,
-        live.count,
-        contents.digest,
-        restored.hexdigest(),
-        live.hexdigest(),
-        time.monotonic() - started,
-    )

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from productionlab.metrics import MEMORY_WARNING_RATIO, RedisMemory
 from productionlab.settings import (
     CP_SECRET_NAMES,
+    EDGE_LIMITS,
     SECRET_NAMES,
     ConfigError,
     Settings,
@@ -193,10 +194,15 @@ def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     findings = []
     if not settings.rate_limits_enabled:
         findings.append("rate limits: PLAB_RATE_LIMITS is off")
-    for name in ("EDGE_RATE", "EDGE_BURST", "ADMIN_RATE", "ADMIN_BURST"):
-        raw = environ.get(f"PLAB_{name}")
-        if raw is not None and (not (raw.isascii() and raw.isdigit()) or int(raw) <= 0):
-            findings.append(f"rate limits: PLAB_{name}={raw!r} disables or breaks the edge limit")
+    try:  # the edge's limits, checked as the edge's own start-up checks them
+        Settings.from_env(environ, concerns=(EDGE_LIMITS,))
+    except ConfigError as exc:
+        for name in ("EDGE_RATE", "EDGE_BURST", "ADMIN_RATE", "ADMIN_BURST"):
+            if any(problem.startswith(f"PLAB_{name}=") for problem in exc.problems):
+                raw = environ[f"PLAB_{name}"]
+                findings.append(
+                    f"rate limits: PLAB_{name}={raw!r} disables or breaks the edge limit"
+                )
     return findings
 
 

@@ -44,8 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every start-up failure a newcomer can meet is one line saying what to do.
     try:
         config = StackConfig.from_env()
-    except ValueError as exc:
-        print(f"productionlab: a PLAB_* port or count is not a number ({exc})", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"productionlab: {exc.one_line}", file=sys.stderr)
         return 2
     try:
         Supervisor(config).run_forever()

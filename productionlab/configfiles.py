@@ -4,7 +4,6 @@ and redis.conf. Nothing is a hand-edited copy per environment."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +11,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from productionlab import contract
 from productionlab.contract import ERROR_CODES
-from productionlab.settings import parse_cidrs
+from productionlab.secretgen import REDIS_TLS_CA, REDIS_TLS_SERVER
+from productionlab.settings import TEMPLATES, Settings, parse_cidrs
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
-NGINX_TEMPLATE = Path(
-    os.environ.get(
-        "PLAB_NGINX_TEMPLATE", Path(__file__).parent.parent / "nginx" / "nginx.conf.template"
-    )
-)
+# PLAB_NGINX_TEMPLATE: the images install the template outside the package.
+NGINX_TEMPLATE = Settings.from_env(concerns=(TEMPLATES,)).nginx_template
 
 # The planes' counting endpoint for requests that failed the edge's Basic check
 # (productionlab.auth.EDGE_FAILURE_PATH; kept here so rendering imports no Flask).
@@ -111,6 +108,15 @@ class RedisUser:
         return hashlib.sha256(self.password.encode()).hexdigest()
 
 
+def plane_redis_users(secrets_dir: Path) -> list[RedisUser]:
+    """The planes' redis users (``plab-ap``, ``plab-cp``), with the passwords
+    generated under ``secrets_dir``."""
+    return [
+        RedisUser(f"plab-{plane}", (secrets_dir / f"redis_{plane}_password").read_text().strip())
+        for plane in ("ap", "cp")
+    ]
+
+
 @dataclass
 class RedisTLS:
     """Paths (as redis sees them) of redis's server certificate, key and client CA."""
@@ -118,6 +124,14 @@ class RedisTLS:
     cert: str
     key: str
     ca: str
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> RedisTLS:
+        """The files ``secretgen.ensure_redis_tls`` names, in ``directory``."""
+        cert, key = REDIS_TLS_SERVER
+        return cls(
+            cert=str(directory / cert), key=str(directory / key), ca=str(directory / REDIS_TLS_CA)
+        )
 
 
 def render_redis_conf(

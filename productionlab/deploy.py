@@ -20,19 +20,29 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from productionlab.configfiles import EdgeConfig, RedisTLS, RedisUser, render_redis_conf
+from productionlab.configfiles import (
+    EdgeConfig,
+    RedisTLS,
+    RedisUser,
+    plane_redis_users,
+    render_redis_conf,
+)
 from productionlab.files import write_atomic
 from productionlab.secretgen import (
     ALL_SECRETS,
-    REDIS_TLS_CA,
     REDIS_TLS_CA_KEY,
-    REDIS_TLS_SERVER,
     TOKEN_PUBLIC_KEY,
     ensure_redis_tls,
     ensure_secrets,
     ensure_tls,
 )
-from productionlab.settings import parse_cidrs, redis_maxmemory
+from productionlab.settings import (
+    COMPOSE_EDGE_CONCERNS,
+    ConfigError,
+    Settings,
+    nginx_size,
+    redis_maxmemory,
+)
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
 APP_PORT = 8000
@@ -54,48 +64,36 @@ HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping nopass")
 # and one for the healthcheck.
 REDIS_SERVICE = "redis"
 REDIS_TLS_CLIENTS = ("ap", "cp", "health")
-REDIS_TLS = RedisTLS(
-    cert=str(SECRETS_MOUNT / REDIS_TLS_SERVER[0]),
-    key=str(SECRETS_MOUNT / REDIS_TLS_SERVER[1]),
-    ca=str(SECRETS_MOUNT / REDIS_TLS_CA),
-)
+REDIS_TLS = RedisTLS.in_directory(SECRETS_MOUNT)
 
 
 def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
-    """The edge of the compose topology: upstreams by service name, secrets by mount."""
-    environ = os.environ if environ is None else environ
-
-    def get(name: str, default: object) -> str:
-        return environ.get(f"PLAB_{name}", str(default))
-
-    def positive(name: str, default: int) -> int:
-        raw = get(name, default)
-        if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
-            raise ValueError(f"PLAB_{name}={raw!r} must be a positive integer")
-        return int(raw)
-
+    """The edge of the compose topology: upstreams by service name, secrets by mount,
+    limits from the validated Settings (ConfigError, naming the variable, when bad)."""
+    settings = Settings.from_env(environ, concerns=COMPOSE_EDGE_CONCERNS)
+    max_body = nginx_size(settings.max_body)
     return EdgeConfig(
-        ap_servers=[f"{get('AP_HOST', 'ap')}:{APP_PORT}"],
-        cp_server=f"{get('CP_HOST', 'cp')}:{APP_PORT}",
+        ap_servers=[f"{settings.ap_host}:{APP_PORT}"],
+        cp_server=f"{settings.cp_host}:{APP_PORT}",
         tls_cert=str(SECRETS_MOUNT / "tls_crt"),
         tls_key=str(SECRETS_MOUNT / "tls_key"),
         htpasswd=str(HTPASSWD),
         https_listen=f"0.0.0.0:{EDGE_HTTPS_PORT}",
         http_listen=f"0.0.0.0:{EDGE_HTTP_PORT}",
-        public_https_port=int(get("HTTPS_PORT", 8443)),
+        public_https_port=settings.https_port,
         pid_path="/tmp/nginx/nginx.pid",  # noqa: S108 - the edge's private tmpfs  # nosec B108
         temp_dir="/tmp/nginx",  # noqa: S108 - the edge's private tmpfs  # nosec B108
         error_log="stderr",
         access_log="/dev/stdout",
         user=None,  # nginx runs as its container's non-root user
-        worker_processes=get("EDGE_WORKERS", "2"),
-        edge_rate=positive("EDGE_RATE", 50),
-        edge_burst=positive("EDGE_BURST", 100),
-        admin_rate=positive("ADMIN_RATE", 5),
-        admin_burst=positive("ADMIN_BURST", 10),
-        max_body=get("MAX_BODY", "1m"),
-        body_buffer=get("MAX_BODY", "1m"),
-        trusted_proxies=list(parse_cidrs(get("EDGE_TRUSTED_PROXIES", ""))),
+        worker_processes=settings.edge_workers,
+        edge_rate=settings.edge_rate,
+        edge_burst=settings.edge_burst,
+        admin_rate=settings.admin_rate,
+        admin_burst=settings.admin_burst,
+        max_body=max_body,
+        body_buffer=max_body,
+        trusted_proxies=list(settings.edge_trusted_proxies),
     )
 
 
@@ -106,10 +104,6 @@ def write_edge_config(path: Path = EDGE_CONF, environ: Mapping[str, str] | None 
 
 def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "384mb") -> str:
     """redis.conf for the ``redis`` service: one ACL user per plane, passwords as SHA-256."""
-
-    def password(name: str) -> str:
-        return (directory / name).read_text().strip()
-
     return render_redis_conf(
         port=REDIS_PORT,
         data_dir=REDIS_DATA,
@@ -117,11 +111,7 @@ def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "
         appendfsync="always" if durability == "strict" else "everysec",
         maxmemory=maxmemory,
         tls=REDIS_TLS,
-        users=[
-            RedisUser("plab-ap", password("redis_ap_password")),
-            RedisUser("plab-cp", password("redis_cp_password")),
-            HEALTH_USER,
-        ],
+        users=[*plane_redis_users(directory), HEALTH_USER],
     )
 
 
@@ -174,8 +164,8 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 def cmd_edge_config(args: argparse.Namespace) -> int:
     try:
         path = write_edge_config(Path(args.out))
-    except ValueError as exc:
-        print(f"edge-config: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"edge-config: {exc.one_line}", file=sys.stderr)
         return 2
     print(f"edge-config: wrote {path}", file=sys.stderr)
     return 0

@@ -374,7 +374,7 @@ def _backup_key(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def cmd_backup_drill(args: argparse.Namespace) -> int:
-    from productionlab.backup import drill
+    from productionlab.drill import drill
 
     services = wired()
     settings = services.settings

@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -85,6 +86,116 @@ def _write_public(path: Path, hex_key: str) -> None:
     os.replace(temp, path)
 
 
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def alt_names(
+    hostnames: tuple[str, ...], addresses: tuple[str, ...]
+) -> tuple[x509.GeneralName, ...]:
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    return (*names, *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses))
+
+
+def validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
+    """From five minutes ago (a little clock skew) for ``days``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+
+# Key usages no certificate of ours has: its keys sign, never encrypt or agree.
+_UNUSED_KEY_USAGES = dict.fromkeys(
+    (
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "encipher_only",
+        "decipher_only",
+    ),
+    False,
+)
+
+
+def ca_key_usage(*, digital_signature: bool, crl_sign: bool) -> x509.KeyUsage:
+    """What a CA's key may do: sign certificates, and as asked sign TLS handshakes
+    (a self-signed server certificate) or CRLs (a CA that only issues)."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        key_cert_sign=True,
+        crl_sign=crl_sign,
+        **_UNUSED_KEY_USAGES,
+    )
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """What a certificate is for: with ``key_usage`` it is a CA (path length 0: it
+    signs leaves only), else a leaf; ``usage`` is its extended key usage (server or
+    client auth), ``names`` the DNS names and addresses (SANs) it is valid for."""
+
+    key_usage: x509.KeyUsage | None = None
+    usage: x509.ObjectIdentifier | None = None
+    names: tuple[x509.GeneralName, ...] = ()
+
+
+def build_certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    valid: tuple[datetime.datetime, datetime.datetime],
+    purpose: Purpose,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+) -> x509.Certificate:
+    """The one X.509 builder (SHA-256); self-signed without ``issuer``."""
+    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    ca = purpose.key_usage is not None
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
+    if purpose.key_usage is not None:
+        builder = builder.add_extension(purpose.key_usage, critical=True)
+    if purpose.usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose.usage]), critical=False)
+    if purpose.names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(list(purpose.names)), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def write_pair(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Key 0600, certificate 0644, replacing what a half-written pair left."""
+    for path in (cert_path, key_path):
+        path.unlink(missing_ok=True)
+    write_private(key_path, pem_key(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def _name(common_name: str, organization: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]
+    )
+
+
 def ensure_tls(
     directory: Path,
     hostnames: tuple[str, ...] = ("localhost",),
@@ -97,60 +208,17 @@ def ensure_tls(
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0]),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "productionlab self-signed"),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    for path in (cert_path, key_path):
-        if path.exists():
-            path.unlink()
-    write_private(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    cert = build_certificate(
+        _name(hostnames[0], "productionlab self-signed"),
+        key,
+        validity(days),
+        Purpose(
+            key_usage=ca_key_usage(digital_signature=True, crl_sign=False),
+            usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+            names=alt_names(hostnames, addresses),
         ),
     )
-    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_pair(cert_path, key_path, cert, key)
     return cert_path, key_path
 
 
@@ -162,72 +230,12 @@ REDIS_TLS_CA_KEY = "redis_ca_key"  # stays with the operator: never given to a s
 REDIS_TLS_SERVER = ("redis_server_crt", "redis_server_key")
 REDIS_TLS_CLIENTS = ("ap", "cp")
 REDIS_TLS_DAYS = 825
+REDIS_ORGANIZATION = "productionlab redis"
 
 
 def redis_client_files(client: str) -> tuple[str, str]:
     """The certificate and key file names of one redis TLS client (``ap``, ``cp``, ...)."""
     return f"redis_{client}_crt", f"redis_{client}_key"
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _issue(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    days: int,
-    usage: x509.ObjectIdentifier | None = None,
-    alt_names: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, subject),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "productionlab redis"),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=True, path_length=0), critical=True
-        ).add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if alt_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def ensure_redis_tls(
@@ -249,31 +257,31 @@ def ensure_redis_tls(
     os.chmod(directory, 0o700)
     ca_path, ca_key_path = directory / REDIS_TLS_CA, directory / REDIS_TLS_CA_KEY
     if not (ca_path.exists() and ca_key_path.exists()):
-        for path in (ca_path, ca_key_path):
-            path.unlink(missing_ok=True)
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _issue("productionlab redis CA", ca_key, None, ca_key, days)
-        write_private(ca_key_path, _pem_key(ca_key))
-        write_private(ca_path, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        ca = build_certificate(
+            _name("productionlab redis CA", REDIS_ORGANIZATION),
+            ca_key,
+            validity(days),
+            Purpose(key_usage=ca_key_usage(digital_signature=False, crl_sign=True)),
+        )
+        write_pair(ca_path, ca_key_path, ca, ca_key)
     ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # we wrote it  # nosec B101
     paths = {REDIS_TLS_CA: ca_path, REDIS_TLS_CA_KEY: ca_key_path}
-    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    wanted = [(REDIS_TLS_SERVER, "redis", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, alt_names)]
+    server_names = alt_names(hostnames, addresses)
+    wanted = [(REDIS_TLS_SERVER, "redis", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, server_names)]
     wanted += [
-        (redis_client_files(c), f"plab-{c}", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, None)
+        (redis_client_files(c), f"plab-{c}", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, ())
         for c in clients
     ]
     for (cert_name, key_name), subject, usage, names in wanted:
         cert_path, key_path = directory / cert_name, directory / key_name
         if not (cert_path.exists() and key_path.exists()):
-            for path in (cert_path, key_path):
-                path.unlink(missing_ok=True)
             key = ec.generate_private_key(ec.SECP256R1())
-            cert = _issue(subject, key, ca, ca_key, days, usage, names)
-            write_private(key_path, _pem_key(key))
-            write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+            subject_name = _name(subject, REDIS_ORGANIZATION)
+            purpose = Purpose(usage=usage, names=names)
+            cert = build_certificate(subject_name, key, validity(days), purpose, (ca, ca_key))
+            write_pair(cert_path, key_path, cert, key)
         paths[cert_name], paths[key_name] = cert_path, key_path
     return paths

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,26 @@ import pytest
 import requests
 
 from productionlab.supervisor import StackConfig, StackError, Supervisor
+from tests.http_client import HttpClient, new_session
+from tests.inprocess import InProcessClient, Planes, start_planes, with_user
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs):
+    """``python -m productionlab ARGS`` with ``env`` (default: this process's);
+    output captured as text."""
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run(
+        [sys.executable, "-m", "productionlab", *args],
+        env=env,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def cli(stack: Supervisor, *args: str, env: dict | None = None, **kwargs):
+    """The operator CLI against ``stack``: the control plane's environment, plus ``env``."""
+    return run_cli(*args, env={**stack.plane_env("cp"), **(env or {})}, **kwargs)
 
 
 def state_dir(prefix: str = "plab-test-") -> Path:
@@ -28,46 +50,22 @@ def state_dir(prefix: str = "plab-test-") -> Path:
 
 
 @dataclass
-class Client:
+class Client(HttpClient):
     """A client of the edge, the way `curl` users see it."""
 
     stack: Supervisor
     name: str | None = None
     password: str | None = None
 
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False  # the machine's CA bundle / proxy variables must not apply
-        session.verify = str(self.stack.tls_cert)
-        if self.name is not None:
-            session.auth = (self.name, self.password or "")
-        return session
-
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 15)
-        with self.session() as session:
-            return session.request(method, self.stack.url + path, **kwargs)
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return self.request("POST", path, **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        return self.request("PUT", path, **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        return self.request("DELETE", path, **kwargs)
+    def endpoint(self) -> tuple[str, str]:
+        return self.stack.url, str(self.stack.tls_cert)
 
     def direct(self, method: str, plane_port: int, path: str, **kwargs) -> requests.Response:
         """Straight to one Waitress process, bypassing the edge (defence-in-depth tests)."""
         kwargs.setdefault("timeout", 15)
-        auth = (self.name, self.password or "") if self.name else None
-        with requests.Session() as session:
-            session.trust_env = False
+        with new_session(auth=self.auth) as session:
             return session.request(
-                method, f"http://{self.stack.config.bind}:{plane_port}{path}", auth=auth, **kwargs
+                method, f"http://{self.stack.config.bind}:{plane_port}{path}", **kwargs
             )
 
 
@@ -137,25 +135,67 @@ def admin_of(stack: Supervisor) -> Client:
     return Client(stack, "admin", stack.admin_password_file.read_text().strip())
 
 
-@pytest.fixture
-def admin(stack: Supervisor) -> Client:
-    return admin_of(stack)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "inprocess(on=True): route tests on the in-process layer (tests/inprocess.py)"
+    )
+
+
+def in_process(request: pytest.FixtureRequest) -> bool:
+    """Marked ``inprocess`` (module or test); ``inprocess(False)`` on a test of such a
+    module keeps that one test on the edge."""
+    marker = request.node.get_closest_marker("inprocess")
+    return marker is not None and (not marker.args or bool(marker.args[0]))
+
+
+@pytest.fixture(scope="session")
+def planes() -> Iterator[Planes]:
+    """Both planes in this process over one redis-server per worker (tests/inprocess.py)."""
+    planes = start_planes()
+    yield planes
+    planes.stop()
 
 
 @pytest.fixture
-def anonymous(stack: Supervisor) -> Client:
-    return Client(stack)
+def planes_with(planes: Planes) -> Iterator[Callable[..., InProcessClient]]:
+    """In process, what ``stack_factory`` is for stacks: ``planes_with(PLAB_USER_RATE=
+    "10/minute")`` builds both planes with those settings over the worker's redis
+    and answers an admin-role client of them."""
+    yield planes.variant
+    planes.stop_variants()
 
 
-def create_user(admin: Client, role: str, prefixes: list[str]) -> Client:
+@pytest.fixture
+def admin(request: pytest.FixtureRequest) -> Client | InProcessClient:
+    """``admin`` through the edge, or in process for tests marked ``inprocess``."""
+    if in_process(request):
+        return request.getfixturevalue("planes").admin()
+    return admin_of(request.getfixturevalue("stack"))
+
+
+@pytest.fixture
+def anonymous(request: pytest.FixtureRequest) -> Client | InProcessClient:
+    if in_process(request):
+        return request.getfixturevalue("planes").client()
+    return Client(request.getfixturevalue("stack"))
+
+
+def create_user(admin: Client | InProcessClient, role: str, prefixes: list[str]):
+    """A new user with a random name, signed in the way ``admin`` is (edge or in process)."""
     name = f"u{secrets.token_hex(6)}"
     response = admin.post("/admin/users", json={"name": name, "role": role, "prefixes": prefixes})
     assert response.status_code == 201, response.text
-    return Client(admin.stack, name, response.json()["password"])
+    return with_user(admin, name, response.json()["password"])
+
+
+def new_writer(admin: Client | InProcessClient, mark: str = "w"):
+    """A writer granted one fresh prefix (``<mark><hex>-``), and that prefix."""
+    prefix = f"{mark}{secrets.token_hex(4)}-"
+    return create_user(admin, "writer", [prefix]), prefix
 
 
 @pytest.fixture
-def make_user(admin: Client) -> Callable[[str, list[str]], Client]:
+def make_user(admin: Client | InProcessClient) -> Callable[[str, list[str]], Client]:
     return lambda role, prefixes: create_user(admin, role, prefixes)
 
 

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from pathlib import Path
 import redis
 import requests
 
-from productionlab.supervisor import Supervisor, find_binary, free_port
+from productionlab.redis_process import RedisProcess
+from productionlab.supervisor import Supervisor
+from tests.http_client import new_session
 
 
 @dataclass
@@ -84,11 +85,7 @@ class Load:
         ]
 
     def _session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = str(self.stack.tls_cert)
-        session.auth = self.auth
-        return session
+        return new_session(str(self.stack.tls_cert), self.auth)
 
     def _worker(self, number: int) -> None:
         session = self._session()
@@ -176,46 +173,14 @@ def scratch_redis(aof_source: Path, workdir: Path):
 
     What it loads is exactly what the stack's redis would load after a crash.
     """
-    binary = find_binary("redis-server")
-    assert binary, "redis-server is required"
     data = workdir / "scratch-redis"
     if data.exists():
         shutil.rmtree(data)
-    data.mkdir(parents=True)
-    shutil.copytree(aof_source, data / "appendonly")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--appenddirname",
-            "appendonly",
-            "--aof-load-truncated",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = RedisProcess(
+        password=False, directory=data, aof_source=aof_source, timeout=60, socket_timeout=30
     )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
-    try:
-        loaded = wait_until(lambda: client.ping() and not client.info("persistence")["loading"], 60)
-        assert loaded is not None, "scratch redis did not load the AOF"
+    with server as client:
         yield client
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(10)
 
 
 def kv_state(client: redis.Redis) -> dict[str, dict[bytes, bytes]]:

@@ -3,6 +3,7 @@ the checkout, and what /proc says about the processes and ports a stack owns."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import requests
 
 from productionlab.supervisor import StackConfig, Supervisor, free_port, port_free
+from tests.http_client import new_session
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +74,8 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def children_of(pid: int) -> list[int]:
+def children_of(pid: int, zombies: bool = False) -> list[int]:
+    """The children of ``pid`` from /proc (exited, unreaped ones too with ``zombies``)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -80,7 +83,7 @@ def children_of(pid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
                 found.append(int(entry.name))
     return found
 
@@ -163,12 +166,29 @@ def finished(argv_prefix: list[str], env: dict[str, str], cwd: Path, timeout: fl
 
 def edge_client(state: Path, https_port: int) -> tuple[requests.Session, str]:
     stack = Supervisor(StackConfig(state_dir=state, https_port=https_port))
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(state / "tls" / "tls.crt")
-    session.auth = ("admin", (state / "secrets" / "admin.password").read_text().strip())
-    return session, stack.url
+    password = (state / "secrets" / "admin.password").read_text().strip()
+    return new_session(str(state / "tls" / "tls.crt"), ("admin", password)), stack.url
 
 
 def all_ports_free(ports: list[int]) -> bool:
     return all(port_free("127.0.0.1", p) for p in ports)
+
+
+# --- fault hooks: what a crash or an operator does to one component ---------------
+def kill(stack: Supervisor, name: str, signum: int = signal.SIGKILL) -> None:
+    """Signal a component's leader only (as a crash would), and wait for it."""
+    component = stack.components[name]
+    if component.process is not None and component.alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(component.process.pid, signum)
+        component.process.wait(10)
+
+
+def restart(stack: Supervisor, name: str, timeout: float = 30.0) -> None:
+    """Stop a component's whole process group and start it again (redis: until it
+    answers)."""
+    component = stack.components[name]
+    component.stop()
+    component.start()
+    if name == "redis":
+        stack.wait_redis(timeout)

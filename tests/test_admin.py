@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Client, admin_of, create_user
+from tests.conftest import create_user
+
+# The admin API is the control plane's: on the in-process layer (tests/inprocess.py).
+pytestmark = pytest.mark.inprocess
 
 ADMIN_ROUTES = [
     ("GET", "/admin/users"),
@@ -33,12 +36,12 @@ ADMIN_ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def non_admins(stack) -> list[Client]:
-    return [create_user(admin_of(stack), role, ["*"]) for role in ("reader", "writer")]
+def non_admins(planes) -> list:
+    return [create_user(planes.admin(), role, ["*"]) for role in ("reader", "writer")]
 
 
 @pytest.mark.parametrize("method,path", ADMIN_ROUTES)
-def test_every_admin_route_needs_the_admin_role(stack, non_admins, anonymous, method, path):
+def test_every_admin_route_needs_the_admin_role(non_admins, anonymous, method, path):
     for user in non_admins:
         role = user.name
         response = user.request(method, path, json={})
@@ -50,9 +53,9 @@ def test_every_admin_route_needs_the_admin_role(stack, non_admins, anonymous, me
 
 
 @pytest.mark.parametrize("method,path", ADMIN_ROUTES)
-def test_admin_routes_refuse_on_the_app_plane(stack, admin, method, path):
+def test_admin_routes_refuse_on_the_app_plane(admin, method, path):
     """The admin API lives on the control plane only."""
-    response = admin.direct(method, stack.config.ap_ports[0], path.split("?")[0], json={})
+    response = admin.direct(method, "ap", path.split("?")[0], json={})
     assert response.status_code == 404
 
 
@@ -83,9 +86,9 @@ def test_stats(admin, key):
     assert body["aof_enabled"] is True and body["aof_last_write_status"] == "ok"
 
 
-def test_admin_with_a_bearer_token(stack, admin):
+def test_admin_with_a_bearer_token(admin, anonymous):
     token = admin.post("/auth/token").json()["access_token"]
-    response = Client(stack).get("/admin/stats", headers={"Authorization": f"Bearer {token}"})
+    response = anonymous.get("/admin/stats", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,20 +14,10 @@ import pytest
 
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import Segment
-from tests.conftest import Client, admin_of, create_user, start_stack, stop_stack
+from tests.conftest import Client, admin_of, cli, create_user, start_stack, stop_stack
 
 AUDIT = "{plab}:audit"
 META = "{plab}:audit:meta"
-
-
-def cli(stack, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env={**stack.plane_env("cp"), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def tail(stack, count: int = 50) -> list[dict]:

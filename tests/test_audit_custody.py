@@ -16,8 +16,6 @@ import secrets
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,11 +41,18 @@ from productionlab.audit_archive import (
 )
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
-from productionlab.backup import TempRedis
+from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
 from productionlab.supervisor import Supervisor
 from productionlab.tokens import SigningKey
-from tests.conftest import Client, admin_of, create_user, small_stack_config, state_dir
+from tests.conftest import (
+    Client,
+    admin_of,
+    cli,
+    create_user,
+    small_stack_config,
+    state_dir,
+)
 
 APPENDER_PASSWORD = secrets.token_hex(16)
 MONITOR_PASSWORD = secrets.token_hex(16)
@@ -82,16 +87,6 @@ def custody() -> Iterator[Supervisor]:
     yield stack
     stack.stop()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env=stack.plane_env("cp"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def verify(stack) -> dict:
@@ -347,7 +342,7 @@ def legacy_log(client: redis.Redis, key: bytes, count: int) -> list[dict]:
 
 def test_a_broken_legacy_chain_is_archived_as_failed_and_stays_reported(tmp_path):
     key = secrets.token_bytes(32)
-    with TempRedis() as client:
+    with RedisProcess() as client:
         entries = legacy_log(client, key, 6)
         forged = dict(entries[2], actor="mallory")
         client.lset(AUDIT_LIST, 2, json.dumps(forged))
@@ -373,7 +368,7 @@ def test_a_broken_legacy_chain_is_archived_as_failed_and_stays_reported(tmp_path
 
 def test_without_the_old_key_the_legacy_part_is_archived_unverified(tmp_path):
     key = secrets.token_bytes(32)
-    with TempRedis() as client:
+    with RedisProcess() as client:
         legacy_log(client, key, 4)
         archive = Archive(tmp_path / "archive")
         result = migrate_legacy(client, archive, None, Actor("audit-keeper"))
@@ -386,7 +381,7 @@ def test_without_the_old_key_the_legacy_part_is_archived_unverified(tmp_path):
 
 
 def test_a_trim_refuses_when_the_log_moved_underneath(tmp_path):
-    with TempRedis() as client:
+    with RedisProcess() as client:
         log = AuditLog(client)
         for index in range(10):
             log.append(Actor("a"), "kv.put", f"k{index}", "created")

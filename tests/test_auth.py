@@ -1,12 +1,15 @@
-"""Authentication at the edge and in the apps."""
+"""Authentication at the edge and in the apps (the apps' part on the in-process
+layer, tests/inprocess.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import Client
+from tests.inprocess import with_user
 
 
+@pytest.mark.inprocess
 def test_no_credentials_is_401_with_challenge(anonymous, key):
     response = anonymous.get(f"/read/{key}")
     assert response.status_code == 401
@@ -14,9 +17,10 @@ def test_no_credentials_is_401_with_challenge(anonymous, key):
     assert response.json()["error"]["code"] == "unauthorized"
 
 
+@pytest.mark.inprocess
 @pytest.mark.parametrize("name,password", [("admin", "wrong"), ("nobody", "x"), ("", "")])
-def test_bad_credentials_are_401(stack, name, password, key):
-    response = Client(stack, name, password).get(f"/read/{key}")
+def test_bad_credentials_are_401(anonymous, name, password, key):
+    response = with_user(anonymous, name, password).get(f"/read/{key}")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
 
@@ -46,9 +50,10 @@ def test_htpasswd_holds_salted_hashes_not_passwords(stack, make_user):
     assert stack.htpasswd.stat().st_mode & 0o777 == 0o640
 
 
-def test_redis_holds_argon2id_hashes(stack, make_user):
+@pytest.mark.inprocess
+def test_redis_holds_argon2id_hashes(planes, make_user):
     writer = make_user("writer", ["*"])
-    client = stack.redis_client()
+    client = planes.redis_client()
     stored = client.hget("{plab}:user:" + writer.name, "pw").decode()
     client.close()
     assert stored.startswith("$argon2id$")
@@ -60,6 +65,7 @@ def test_admin_password_file_is_private(stack):
     assert len(stack.admin_password_file.read_text().strip()) >= 43
 
 
+@pytest.mark.inprocess
 def test_users_listing_never_shows_secrets(admin, make_user):
     writer = make_user("writer", ["x-"])
     body = admin.get("/admin/users").text
@@ -68,6 +74,7 @@ def test_users_listing_never_shows_secrets(admin, make_user):
     assert "SSHA" not in body
 
 
+@pytest.mark.inprocess
 def test_create_user_validation(admin):
     for payload in (
         {"name": "Bad Name", "role": "reader", "prefixes": []},
@@ -83,6 +90,7 @@ def test_create_user_validation(admin):
     assert admin.get("/admin/users/ok-name").status_code == 404
 
 
+@pytest.mark.inprocess
 def test_create_user_twice_is_409(admin):
     body = {"name": "dup-user-x", "role": "reader", "prefixes": []}
     first = admin.post("/admin/users", json=body)
@@ -92,6 +100,7 @@ def test_create_user_twice_is_409(admin):
     assert second.json()["error"]["code"] == "conflict"
 
 
+@pytest.mark.inprocess
 def test_generated_password_shown_once(admin, make_user):
     writer = make_user("writer", ["*"])
     assert len(writer.password) >= 43
@@ -99,11 +108,12 @@ def test_generated_password_shown_once(admin, make_user):
     assert "password" not in shown
 
 
-def test_user_names_with_a_trailing_newline_are_refused(admin, stack):
+@pytest.mark.inprocess
+def test_user_names_with_a_trailing_newline_are_refused(admin, planes):
     """`$` would match before a final newline: a name like "bob\\n" must not reach htpasswd."""
     response = admin.post("/admin/users", json={"name": "bob\n", "role": "reader", "prefixes": []})
     assert response.status_code == 400
-    assert "bob\n" not in stack.htpasswd.read_text()
+    assert "bob\n" not in planes.htpasswd.read_text()
 
 
 # --- issue 9: scheme names are strict, at the edge and in the apps ---------------
@@ -156,36 +166,28 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
     """redis-py reconnects a killed pub/sub connection and resubscribes without a
     word; events published meanwhile are lost, so the cache must be dropped then.
     A private redis-server (no ACL) lets the test kill the connection server-side."""
-    import shutil
-    import subprocess
     import time
 
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    from productionlab.redis_process import RedisProcess
     from productionlab.users import User, UserStore
-    from tests.faultkit import free_port, wait_until
+    from tests.faultkit import wait_until
 
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisProcess(password=False, appendonly=False, directory=tmp_path)
+    operator = server.start()
     # The planes' client options (store/connection.py): retries reconnect silently.
     client = redis.Redis(
         host="127.0.0.1",
-        port=port,
+        port=server.port,
         socket_timeout=2,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
-    operator = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     store = UserStore(client, cache_secret=b"s" * 32, cache_seconds=300)
     try:
-        assert wait_until(lambda: operator.ping(), 30) is not None
         store.start_listener()
         assert wait_until(lambda: store.cache.enabled, 30) is not None
         user = User(name="alice", role="reader", prefixes=("a-",))
@@ -204,6 +206,4 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
         if store._listener is not None:
             store._listener.join(10)
         client.close()
-        operator.close()
-        server.terminate()
-        server.wait(10)
+        server.stop()

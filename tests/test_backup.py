@@ -8,14 +8,14 @@ import os
 import pty
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from productionlab.backup import SUFFIX, BackupError, TempRedis, read_header, verify_backup
-from tests.conftest import admin_of, start_stack, stop_stack
+from productionlab.backup import SUFFIX, BackupError, read_header, verify_backup
+from productionlab.redis_process import RedisProcess
+from tests.conftest import admin_of, cli, start_stack, stop_stack
 
 BINARY = bytes(range(256))
 
@@ -30,17 +30,6 @@ def own() -> Iterator:
     assert admin.put("/ops/v1/kv/b-ttl?ttl=3600", data=b"short-lived").status_code == 201
     yield stack
     stop_stack(stack)
-
-
-def cli(stack, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env={**stack.plane_env("cp"), **(env or {})},
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
 
 
 def snapshot(client) -> dict:
@@ -61,14 +50,14 @@ def make_backup(stack, tmp_path: Path) -> Path:
     return path
 
 
-def scratch_env(scratch: TempRedis, tmp_path: Path) -> dict:
+def scratch_env(scratch: RedisProcess, tmp_path: Path) -> dict:
     password_file = tmp_path / "scratch-password"
     password_file.write_text(scratch.password)
     return {
         "PLAB_REDIS_URL": f"redis://127.0.0.1:{scratch.port}/0",
         "PLAB_REDIS_USERNAME": "",
         "PLAB_REDIS_PASSWORD_FILE": str(password_file),
-        # the scratch redis is plain on loopback (backup.TempRedis): no client certificate
+        # the scratch redis is plain on loopback (redis_process.RedisProcess): no client certificate
         "PLAB_REDIS_TLS_CA_FILE": "",
         "PLAB_REDIS_TLS_CERT_FILE": "",
         "PLAB_REDIS_TLS_KEY_FILE": "",
@@ -90,7 +79,7 @@ def test_round_trip_into_an_empty_instance(own, tmp_path):
     live_counter = int(live.get("{plab}:kv-version"))
     live.close()
     assert len(expected) == 252
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         env = scratch_env(server, tmp_path)
         result = cli(own, "backup", "restore", str(path), "--quiet", env=env)
@@ -144,7 +133,7 @@ def test_a_flipped_byte_is_refused(own, tmp_path, where):
     verify = cli(own, "backup", "verify", str(path))
     assert verify.returncode == 1
     assert verify.stderr.startswith("productionlab: ")
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         env = scratch_env(server, tmp_path)
         restore = cli(own, "backup", "restore", str(path), "--quiet", env=env)

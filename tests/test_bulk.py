@@ -1,13 +1,18 @@
-"""POST /v1/bulk and GET /v1/kv?values=true through the edge (issue 13): many
-independent items in one request, one result each, every key checked first,
-the per-user limit counting items, pages bounded by count and by bytes."""
+"""POST /v1/bulk and GET /v1/kv?values=true (issue 13): many independent items
+in one request, one result each, every key checked first, the per-user limit
+counting items, pages bounded by count and by bytes. On the in-process layer
+(tests/inprocess.py)."""
 
 from __future__ import annotations
 
 import base64
 import secrets
 
-from tests.conftest import admin_of, create_user
+import pytest
+
+from tests.conftest import new_writer
+
+pytestmark = pytest.mark.inprocess
 
 
 def bulk(client, items, path="/v1/bulk"):
@@ -85,17 +90,17 @@ def test_malformed_bulk_requests_are_refused(admin, key):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_the_control_plane_serves_bulk(admin, key):
-    response = bulk(admin, [{"op": "put", "key": key, "value": "ops"}], path="/ops/v1/bulk")
+@pytest.mark.parametrize("path,field", [("/ops/v1/bulk", "items"), ("/ops/v1/txn", "ops")])
+def test_the_control_plane_serves_bulk_and_transactions(admin, key, path, field):
+    operation = {"op": "put", "key": key, "value": "ops"}
+    response = admin.post(path, json={field: [operation]})
     assert response.status_code == 200, response.text
     assert admin.get(f"/v1/kv/{key}").content == b"ops"
 
 
-def test_the_user_limit_counts_items_not_requests(stack_factory):
-    stack = stack_factory(user_rate="50/minute", edge_rate=1000, edge_burst=1000)
-    admin = admin_of(stack)
-    prefix = f"l{secrets.token_hex(4)}-"
-    writer = create_user(admin, "writer", [prefix])
+def test_the_user_limit_counts_items_not_requests(planes_with):
+    admin = planes_with(PLAB_USER_RATE="50/minute")
+    writer, prefix = new_writer(admin, "l")
     items = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(40)]
     assert bulk(writer, items).status_code == 200
     refused = bulk(writer, items[:20])
@@ -103,17 +108,9 @@ def test_the_user_limit_counts_items_not_requests(stack_factory):
     assert int(refused.headers["Retry-After"]) >= 1
 
 
-def test_a_bulk_put_over_quota_is_refused_alone(stack_factory):
-    stack = stack_factory(
-        ap_workers=1,
-        threads=4,
-        edge_rate=5000,
-        edge_burst=5000,
-        extra_env={"PLAB_USER_MAX_KEYS": "2"},
-    )
-    admin = admin_of(stack)
-    prefix = f"q{secrets.token_hex(4)}-"
-    writer = create_user(admin, "writer", [prefix])
+def test_a_bulk_put_over_quota_is_refused_alone(planes_with):
+    admin = planes_with(PLAB_USER_MAX_KEYS="2")
+    writer, prefix = new_writer(admin, "q")
     items = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(3)]
     results = bulk(writer, items).json()["results"]
     assert [r["outcome"] for r in results] == ["created", "created", "quota_exceeded"]
@@ -121,9 +118,8 @@ def test_a_bulk_put_over_quota_is_refused_alone(stack_factory):
     assert admin.get(f"/admin/users/{writer.name}").json()["usage"]["keys"] == 2
 
 
-def test_listing_with_values_is_bounded_by_count_and_bytes(stack_factory):
-    stack = stack_factory(extra_env={"PLAB_LIST_MAX_BYTES": "1000"})
-    admin = admin_of(stack)
+def test_listing_with_values_is_bounded_by_count_and_bytes(planes_with):
+    admin = planes_with(PLAB_LIST_MAX_BYTES="1000")
     prefix = f"p{secrets.token_hex(4)}-"
     items = [{"op": "put", "key": f"{prefix}{i}", "value": str(i) * 400} for i in range(5)]
     items.append({"op": "put", "key": f"{prefix}b", "value": "/w==", "encoding": "base64"})

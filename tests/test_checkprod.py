@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from productionlab.backup import TempRedis
+from productionlab.redis_process import RedisProcess
+from tests.conftest import run_cli
 
 
-def check_prod(stack, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", "check-prod"],
-        env={**stack.plane_env("cp"), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def check_prod(stack, env: dict | None = None, drop: tuple[str, ...] = ()):
+    """`productionlab check-prod` with the control plane's environment, ``env`` over
+    it, and the variables in ``drop`` taken out."""
+    environment = {**stack.plane_env("cp"), **(env or {})}
+    for name in drop:
+        environment.pop(name)
+    return run_cli("check-prod", env=environment)
 
 
 def ca_signed_cert(directory: Path, days: float) -> Path:
@@ -146,7 +145,7 @@ def test_a_certificate_with_more_than_30_days_left_is_no_finding(stack, tmp_path
 
 
 def test_redis_without_aof_or_password(stack, tmp_path):
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         scratch.config_set("appendonly", "no")
         scratch.config_set("requirepass", "")
@@ -156,15 +155,7 @@ def test_redis_without_aof_or_password(stack, tmp_path):
             PLAB_REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
             PLAB_REDIS_USERNAME="",
         )
-        environment = {**stack.plane_env("cp"), **env}
-        environment.pop("PLAB_REDIS_PASSWORD_FILE")
-        result = subprocess.run(
-            [sys.executable, "-m", "productionlab", "check-prod"],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = check_prod(stack, env, drop=("PLAB_REDIS_PASSWORD_FILE",))
     assert result.returncode == 1
     found = lines(result)
     assert "secret: PLAB_REDIS_PASSWORD is missing (set it or PLAB_REDIS_PASSWORD_FILE)" in found
@@ -195,7 +186,7 @@ def test_admin_route(admin, make_user):
 def test_redis_memory_findings(stack, tmp_path):
     """Unbounded memory, an evicting policy and memory from 80 % of maxmemory are
     findings, on a real redis filled for real."""
-    server = TempRedis()
+    server = RedisProcess()
     with server as scratch:
         env = production(
             stack,
@@ -204,17 +195,9 @@ def test_redis_memory_findings(stack, tmp_path):
             PLAB_REDIS_USERNAME="",
             PLAB_REDIS_PASSWORD=server.password,
         )
-        environment = {**stack.plane_env("cp"), **env}
-        environment.pop("PLAB_REDIS_PASSWORD_FILE")
 
         def memory_lines() -> list[str]:
-            result = subprocess.run(
-                [sys.executable, "-m", "productionlab", "check-prod"],
-                env=environment,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = check_prod(stack, env, drop=("PLAB_REDIS_PASSWORD_FILE",))
             return [line for line in lines(result) if line.startswith("redis: m")]
 
         scratch.config_set("maxmemory", 0)

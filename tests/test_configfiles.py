@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -120,3 +122,21 @@ def test_trusted_proxies_are_off_by_default_and_rendered_when_set():
             htpasswd="/x/htpasswd",
             trusted_proxies=["198.18.0.0/15; include /etc/passwd"],
         ).render()
+
+
+def test_the_nginx_template_comes_from_settings(tmp_path):
+    """PLAB_NGINX_TEMPLATE (the images install the template outside the package) is
+    a setting like the others; the renderer reads it through Settings."""
+    from productionlab.settings import TEMPLATES, Settings
+
+    default = Settings.from_env({}, concerns=(TEMPLATES,)).nginx_template
+    assert default.is_file() and default.name == "nginx.conf.template"
+    moved = tmp_path / "edge.template"
+    settings = Settings.from_env({"PLAB_NGINX_TEMPLATE": str(moved)}, concerns=(TEMPLATES,))
+    assert settings.nginx_template == moved
+    code = "from productionlab import configfiles; print(configfiles.NGINX_TEMPLATE)"
+    env = {**os.environ, "PLAB_NGINX_TEMPLATE": str(moved)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == str(moved)

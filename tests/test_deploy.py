@@ -17,7 +17,7 @@ import redis
 import yaml
 
 from productionlab import deploy
-from productionlab.settings import PLANE_SECRETS, secret_problem
+from productionlab.settings import PLANE_SECRETS, ConfigError, secret_problem
 from productionlab.tokens import SigningKey
 from tests.conftest import state_dir
 
@@ -102,7 +102,7 @@ def test_edge_config_uses_service_names_secrets_and_environment_limits():
 
 @pytest.mark.parametrize("bad", ["0", "-1", "fast"])
 def test_edge_config_refuses_a_broken_rate(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="PLAB_EDGE_RATE"):
         deploy.edge_config({"PLAB_EDGE_RATE": bad})
 
 

@@ -24,6 +24,7 @@ from faultkit import (
 from productionlab.audit_archive import Archive
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
+from tests.supervisor_kit import kill, restart
 
 MIN_ACKED = int(os.environ.get("PLAB_DURABILITY_MIN_ACKED", "8000"))
 KILLS = 4
@@ -67,11 +68,11 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
         while kills < KILLS and time.monotonic() - started < RUN_LIMIT:
             target = (kills + 1) * per_kill
             wait_until(lambda t=target: load.acked_count() >= t, RUN_LIMIT / (KILLS + 1), 0.1)
-            stack.kill("redis")  # SIGKILL, then reaped
+            kill(stack, "redis")  # SIGKILL, then reaped
             killed_at = time.monotonic()
             kills += 1
             time.sleep(1.0)  # the load keeps writing into a dead store
-            stack.restart("redis")
+            restart(stack, "redis")
             downtime.append(round(time.monotonic() - killed_at, 2))
             back = wait_until(lambda: writes_succeed(stack, auth), 30, 0.05)
             assert back is not None, "writes did not resume after redis came back"
@@ -84,7 +85,7 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
     tally = load.tally
 
     # The crash image: one last kill -9 with nothing flushed on purpose.
-    stack.kill("redis")
+    kill(stack, "redis")
     with scratch_redis(stack.redis_dir / "appendonly", tmp_path) as image:
         items = kv_state(image)
         lost = [

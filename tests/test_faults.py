@@ -14,6 +14,8 @@ import pytest
 import requests
 from faultkit import Load, record, wait_until
 
+from tests.supervisor_kit import kill
+
 STOP_SECONDS = float(os.environ.get("PLAB_REDIS_STOP_SECONDS", "30"))
 
 
@@ -59,7 +61,7 @@ def test_killed_app_process_reads_retried_elsewhere_and_supervisor_restarts_it(f
         Load(stack, auth_of(stack), threads=4, mode="write") as writes,
     ):
         time.sleep(2.0)
-        stack.kill("ap1")  # SIGKILL mid-load
+        kill(stack, "ap1")  # SIGKILL mid-load
         killed_at = time.monotonic()
         restarted: list[str] = []
         while "ap1" not in restarted and time.monotonic() - killed_at < 10:

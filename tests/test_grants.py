@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Grants are enforced by the planes: on the in-process layer (tests/inprocess.py).
+pytestmark = pytest.mark.inprocess
+
 
 def test_reader_reads_only_inside_grants(admin, make_user, key):
     admin.post(f"/write/app-{key}/v")
@@ -99,27 +102,19 @@ def test_empty_prefix_grant_is_refused_by_the_admin_api(admin, make_user, prefix
     assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
 
 
+@pytest.mark.inprocess(False)  # the CLI runs against the stack's redis
 def test_empty_prefix_grant_is_refused_by_the_cli(stack, admin, make_user):
     import secrets
-    import subprocess
-    import sys
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "productionlab", *args],
-            env=stack.plane_env("cp"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    from tests.conftest import cli
 
     name = f"u{secrets.token_hex(6)}"
-    created = cli("users", "create", name, "--role", "reader", "--prefix", "")
+    created = cli(stack, "users", "create", name, "--role", "reader", "--prefix", "")
     assert created.returncode != 0
     assert "empty prefix" in created.stderr + created.stdout
     assert admin.get(f"/admin/users/{name}").status_code == 404
     reader = make_user("reader", ["a-"])
-    changed = cli("users", "grants", reader.name, "--prefix", "")
+    changed = cli(stack, "users", "grants", reader.name, "--prefix", "")
     assert changed.returncode != 0
     assert admin.get(f"/admin/users/{reader.name}").json()["prefixes"] == ["a-"]
 

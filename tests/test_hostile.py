@@ -42,6 +42,15 @@ def build_corpus(auth: str) -> list[Hostile]:
     a = f"Authorization: Basic {auth}\r\n".encode()
     host = b"Host: localhost\r\n"
     close = b"Connection: close\r\n"
+
+    def request(line: bytes) -> tuple[bytes]:
+        """One request: ``line``, then Host, Authorization, Connection: close."""
+        return (line + host + a + close + b"\r\n",)
+
+    def with_header(line: bytes, header: bytes) -> tuple[bytes]:
+        """One request: ``line``, Host, Authorization, ``header``, Connection: close."""
+        return (line + host + a + header + close + b"\r\n",)
+
     smuggled = f"POST /write/{SMUGGLED}/x HTTP/1.1\r\n".encode() + host + a + b"\r\n"
     read = f"GET /read/{CANARY} HTTP/1.1\r\n".encode()
     write = f"POST /write/{CANARY}/changed HTTP/1.1\r\n".encode()
@@ -97,7 +106,7 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
         Hostile(
             "cl-negative",
-            (write + host + a + b"Content-Length: -1\r\n" + close + b"\r\n",),
+            with_header(write, b"Content-Length: -1\r\n"),
             direct=True,
         ),
         Hostile(
@@ -171,60 +180,41 @@ def build_corpus(auth: str) -> list[Hostile]:
         # --- header injection ----------------------------------------------
         Hostile(
             "bare-lf-in-header",
-            (read + host + a + b"X-A: 1\nX-B: 2\r\n" + close + b"\r\n",),
+            with_header(read, b"X-A: 1\nX-B: 2\r\n"),
             read_ok=True,
         ),
-        Hostile("bare-cr-in-header", (write + host + a + b"X-A: 1\rX-B: 2\r\n" + close + b"\r\n",)),
-        Hostile("nul-in-header", (write + host + a + b"X-A: a\x00b\r\n" + close + b"\r\n",)),
-        Hostile("obs-fold", (write + host + a + b"X-A: a\r\n folded\r\n" + close + b"\r\n",)),
+        Hostile("bare-cr-in-header", with_header(write, b"X-A: 1\rX-B: 2\r\n")),
+        Hostile("nul-in-header", with_header(write, b"X-A: a\x00b\r\n")),
+        Hostile("obs-fold", with_header(write, b"X-A: a\r\n folded\r\n")),
         Hostile(
             "header-no-colon",
-            (read + host + a + b"NoColonHere\r\n" + close + b"\r\n",),
+            with_header(read, b"NoColonHere\r\n"),
             read_ok=True,
         ),
-        Hostile("space-before-colon", (write + host + a + b"Host : evil\r\n" + close + b"\r\n",)),
+        Hostile("space-before-colon", with_header(write, b"Host : evil\r\n")),
         Hostile("duplicate-host", (write + host + b"Host: evil\r\n" + a + close + b"\r\n",)),
         Hostile(
             "crlf-in-path-value",
-            (
-                f"POST /write/{CANARY}/a\r\nX-Injected: 1 HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/{CANARY}/a\r\nX-Injected: 1 HTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "encoded-crlf-value",
-            (
-                f"POST /write/{CANARY}/a%0d%0aSet-Cookie:%20x HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/{CANARY}/a%0d%0aSet-Cookie:%20x HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "injected-request-id",
-            (read + host + a + b"X-Request-ID: a\r\n\r\nGET / HTTP/1.1\r\n" + close + b"\r\n",),
+            with_header(read, b"X-Request-ID: a\r\n\r\nGET / HTTP/1.1\r\n"),
             read_ok=True,
         ),
         # --- huge headers ----------------------------------------------------
         Hostile(
             "huge-header",
-            (write + host + a + b"X-Big: " + b"a" * 70_000 + b"\r\n" + close + b"\r\n",),
+            with_header(write, b"X-Big: " + b"a" * 70_000 + b"\r\n"),
         ),
         Hostile(
             "many-headers",
-            (
-                write
-                + host
-                + a
-                + b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
-                + close
-                + b"\r\n",
-            ),
+            with_header(write, b"".join(b"X-H%d: v\r\n" % i for i in range(2000))),
         ),
         Hostile(
             "huge-uri",
@@ -287,138 +277,71 @@ def build_corpus(auth: str) -> list[Hostile]:
             wait=25,
         ),
         # --- invalid UTF-8, overlong encodings, NUL ---------------------------
-        Hostile(
-            "raw-invalid-utf8-key",
-            (b"GET /read/\xff\xfe HTTP/1.1\r\n" + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "raw-invalid-utf8-value",
-            (
-                f"POST /write/{CANARY}/".encode()
-                + b"\xc3\x28 HTTP/1.1\r\n"
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-slash-key",
-            (b"GET /read/%C0%AF HTTP/1.1\r\n" + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-slash-value",
-            (f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-traversal",
-            (b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n" + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "overlong-3byte",
-            (f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "surrogate-value",
-            (f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-nul-key",
-            (b"GET /read/a%00b HTTP/1.1\r\n" + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-nul-value",
-            (f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "raw-nul-path",
-            (f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "encoded-slash-in-key",
-            (f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
-        ),
-        Hostile(
-            "bad-percent",
-            (f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
-            direct=True,
+        *(
+            Hostile(name, request(line), direct=True)
+            for name, line in (
+                ("raw-invalid-utf8-key", b"GET /read/\xff\xfe HTTP/1.1\r\n"),
+                (
+                    "raw-invalid-utf8-value",
+                    f"POST /write/{CANARY}/".encode() + b"\xc3\x28 HTTP/1.1\r\n",
+                ),
+                ("overlong-slash-key", b"GET /read/%C0%AF HTTP/1.1\r\n"),
+                ("overlong-slash-value", f"POST /write/{CANARY}/%C0%AF HTTP/1.1\r\n".encode()),
+                ("overlong-traversal", b"GET /read/..%c0%af..%c0%afetc HTTP/1.1\r\n"),
+                ("overlong-3byte", f"POST /write/{CANARY}/%E0%80%AF HTTP/1.1\r\n".encode()),
+                ("surrogate-value", f"POST /write/{CANARY}/%ED%A0%80 HTTP/1.1\r\n".encode()),
+                ("encoded-nul-key", b"GET /read/a%00b HTTP/1.1\r\n"),
+                ("encoded-nul-value", f"POST /write/{CANARY}/a%00b HTTP/1.1\r\n".encode()),
+                ("raw-nul-path", f"POST /write/{CANARY}/a\x00b HTTP/1.1\r\n".encode()),
+                ("encoded-slash-in-key", f"POST /write/{CANARY}%2Fx/y HTTP/1.1\r\n".encode()),
+                ("bad-percent", f"POST /write/{CANARY}/%zz%4 HTTP/1.1\r\n".encode()),
+            )
         ),
         # --- request targets and lines --------------------------------------
         Hostile(
             "absolute-form-other-host",
-            (
-                f"GET http://evil.example/read/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"GET http://evil.example/read/{CANARY} HTTP/1.1\r\n".encode()),
             read_ok=True,
         ),
         Hostile(
             "absolute-form-bad-key",
-            (b"GET https://localhost/read/a%2Fb HTTP/1.1\r\n" + host + a + close + b"\r\n",),
+            request(b"GET https://localhost/read/a%2Fb HTTP/1.1\r\n"),
             direct=True,
         ),
-        Hostile(
-            "authority-form", (b"CONNECT localhost:443 HTTP/1.1\r\n" + host + a + close + b"\r\n",)
-        ),
-        Hostile("asterisk-form", (b"OPTIONS * HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
-        Hostile("trace", (b"TRACE / HTTP/1.1\r\n" + host + a + close + b"\r\n",)),
+        Hostile("authority-form", request(b"CONNECT localhost:443 HTTP/1.1\r\n")),
+        Hostile("asterisk-form", request(b"OPTIONS * HTTP/1.1\r\n")),
+        Hostile("trace", request(b"TRACE / HTTP/1.1\r\n")),
         Hostile(
             "lowercase-method",
-            (f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "unknown-method",
-            (f"FOO /read/{CANARY} HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"FOO /read/{CANARY} HTTP/1.1\r\n".encode()),
         ),
         Hostile("http09", (f"GET /read/{CANARY}\r\n".encode(),)),
         Hostile(
             "bad-version",
-            (f"GET /read/{CANARY} HTTP/9.9\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"GET /read/{CANARY} HTTP/9.9\r\n".encode()),
         ),
         Hostile("h2-preface", (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",)),
         Hostile(
             "extra-spaces",
-            (f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode()),
             read_ok=True,
         ),
         Hostile(
             "tab-in-line",
-            (f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode() + host + a + close + b"\r\n",),
+            request(f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode()),
         ),
         Hostile(
             "dot-segments",
-            (
-                f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile(
             "encoded-dot-segments",
-            (
-                f"POST /read/%2e%2e/write/{CANARY}/dots HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + close
-                + b"\r\n",
-            ),
+            request(f"POST /read/%2e%2e/write/{CANARY}/dots HTTP/1.1\r\n".encode()),
             direct=True,
         ),
         Hostile("no-host-http11", (write + a + close + b"\r\n",)),

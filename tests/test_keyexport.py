@@ -7,25 +7,18 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from productionlab.keyexport import KeyExportError, open_export, seal
-from tests.conftest import admin_of
+from tests.conftest import admin_of, run_cli
 
 PASSPHRASE = "correct horse battery staple"
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, env=env, timeout=300)
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:

@@ -1,4 +1,6 @@
-"""The data API through the edge, the way clients use it."""
+"""The data API the way clients use it, on the in-process layer (both planes' Flask
+apps over one real redis-server, tests/inprocess.py); the edge's part is in
+test_edge.py and test_hostile.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import base64
 import threading
 
 import pytest
+
+pytestmark = pytest.mark.inprocess
 
 
 def test_write_then_read(admin, key):
@@ -108,49 +112,48 @@ def test_if_none_match_on_get_gives_304(admin, key):
     assert response.status_code == 304
 
 
-def test_compare_and_set_race_has_one_winner(admin, key):
-    version = admin.put(f"/v1/kv/{key}", data=b"start").json()["version"]
-    barrier = threading.Barrier(8)
+def race(count: int, attempt) -> list[int]:
+    """``attempt(index)`` from ``count`` threads released at once; the statuses."""
+    barrier = threading.Barrier(count)
     statuses: list[int] = []
 
-    def contend(index: int) -> None:
+    def run(index: int) -> None:
         barrier.wait()
-        response = admin.put(
-            f"/v1/kv/{key}", data=f"writer-{index}".encode(), headers={"If-Match": f'"{version}"'}
-        )
-        statuses.append(response.status_code)
+        statuses.append(attempt(index).status_code)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return statuses
+
+
+def test_compare_and_set_race_has_one_winner(admin, key):
+    version = admin.put(f"/v1/kv/{key}", data=b"start").json()["version"]
+    statuses = race(
+        8,
+        lambda index: admin.put(
+            f"/v1/kv/{key}", data=f"writer-{index}".encode(), headers={"If-Match": f'"{version}"'}
+        ),
+    )
     assert sorted(statuses) == [200] + [412] * 7
     assert admin.get(f"/v1/kv/{key}").content.startswith(b"writer-")
 
 
 def test_if_none_match_race_creates_once(admin, key):
-    barrier = threading.Barrier(6)
-    statuses: list[int] = []
-
-    def create(index: int) -> None:
-        barrier.wait()
-        response = admin.put(
+    statuses = race(
+        6,
+        lambda index: admin.put(
             f"/v1/kv/{key}", data=str(index).encode(), headers={"If-None-Match": "*"}
-        )
-        statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        ),
+    )
     assert sorted(statuses) == [201] + [412] * 5
 
 
-def test_ttl_expires_keys(admin, key, stack):
+def test_ttl_expires_keys(admin, key, planes):
     assert admin.put(f"/v1/kv/{key}?ttl=1", data=b"soon gone").status_code == 201
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert 0 < client.pttl("{plab}:kv:" + key) <= 1000
     client.close()
     # Let redis expire it instead of sleeping a fixed time in the test.
@@ -162,10 +165,10 @@ def test_ttl_expires_keys(admin, key, stack):
         time.sleep(0.2)
 
 
-def test_overwrite_without_ttl_clears_it(admin, key, stack):
+def test_overwrite_without_ttl_clears_it(admin, key, planes):
     admin.put(f"/v1/kv/{key}?ttl=100", data=b"1")
     admin.put(f"/v1/kv/{key}", data=b"2")
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert client.pttl("{plab}:kv:" + key) == -1
     client.close()
 
@@ -177,15 +180,15 @@ def test_bad_ttl_is_400(admin, key, ttl):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_write_accepts_ttl(admin, key, stack):
+def test_write_accepts_ttl(admin, key, planes):
     assert admin.post(f"/write/{key}/v?ttl=50").status_code == 201
-    client = stack.redis_client()
+    client = planes.redis_client()
     assert 0 < client.pttl("{plab}:kv:" + key) <= 50_000
     client.close()
 
 
-def test_body_at_limit_accepted_and_over_limit_413(admin, key, stack):
-    limit = stack.max_body_bytes()
+def test_body_at_limit_accepted_and_over_limit_413(admin, key, planes):
+    limit = planes.max_body_bytes()
     assert admin.put(f"/v1/kv/{key}", data=b"x" * limit).status_code == 201
     over = admin.put(f"/v1/kv/{key}", data=b"y" * (limit + 1))
     assert over.status_code == 413
@@ -218,12 +221,12 @@ def test_listing_pages_with_cursor(admin):
     assert pages >= 3
 
 
-def test_listing_skips_deleted_and_expired(admin, stack):
+def test_listing_skips_deleted_and_expired(admin, planes):
     prefix = "gone-" + key_suffix()
     admin.post(f"/write/{prefix}-a/v")
     admin.post(f"/write/{prefix}-b/v")
     admin.delete(f"/v1/kv/{prefix}-a")
-    client = stack.redis_client()
+    client = planes.redis_client()
     client.delete("{plab}:kv:" + f"{prefix}-b")  # as if it expired
     client.close()
     assert admin.get("/v1/kv", params={"prefix": prefix}).json() == {

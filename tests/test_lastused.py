@@ -12,8 +12,8 @@ import time
 import pytest
 import redis
 
-from productionlab.backup import TempRedis
 from productionlab.lastused import LAST_USED, LastUsed
+from productionlab.redis_process import RedisProcess
 from tests.conftest import Client, admin_of, create_user
 
 
@@ -70,7 +70,7 @@ def test_the_app_plane_may_write_last_used_but_still_not_user_records(single):
 
 
 def test_the_memo_is_per_process_and_per_minute():
-    with TempRedis() as client:
+    with RedisProcess() as client:
         tracker = LastUsed(client)
         assert tracker.touch("alice", now=1000)
         assert not tracker.touch("alice", "fam1", now=1001)

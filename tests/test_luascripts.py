@@ -7,9 +7,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,39 +16,14 @@ import productionlab
 from productionlab import kv, luascripts, ratelimit
 from productionlab.audit import AUDIT_KEYS, Actor
 from productionlab.luascripts import SCRIPTS, ScriptCallError, ScriptError, script
-from productionlab.supervisor import find_binary, free_port
-from tests.conftest import state_dir
+from productionlab.redis_process import RedisProcess
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[redis.Redis]:
-    binary = find_binary("redis-server")
-    assert binary, "redis-server must be installed"
-    directory = state_dir("plab-lua-")
-    port = free_port()
-    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "yes"}
-    options["dir"] = str(directory)
-    command = [binary]
-    for name, value in options.items():
-        command += [f"--{name}", value]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    connection = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                connection.ping()
-                break
-            except redis.ConnectionError:
-                assert process.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
+    """A throwaway redis-server (free loopback port, temp dir, AOF on)."""
+    with RedisProcess() as connection:
         yield connection
-    finally:
-        connection.close()
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_the_package_ships_scripts_and_fragments():

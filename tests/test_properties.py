@@ -18,6 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 
 from productionlab.kv import validate_key
 from tests.conftest import SMALL_STACK, start_stack, stop_stack
+from tests.http_client import new_session
 
 EXAMPLES = int(os.environ.get("PLAB_PROPERTY_EXAMPLES", "150"))
 COMMON = settings(
@@ -45,9 +46,8 @@ class Direct:
 
     def __init__(self, stack):
         self.base = f"http://{stack.config.bind}:{stack.config.ap_ports[0]}"
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.auth = ("admin", stack.admin_password_file.read_text().strip())
+        password = stack.admin_password_file.read_text().strip()
+        self.session = new_session(auth=("admin", password))
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", 15)
@@ -141,20 +141,49 @@ def test_path_values_with_control_characters_are_400_and_change_nothing(
     assert direct.request("GET", f"/read/{key}").json()["value"] == "before"
 
 
-class CompareAndSet(RuleBasedStateMachine):
-    """The store against a dict: unconditional and conditional puts and deletes,
-    with current, stale and made-up versions, on a few keys."""
+class ModelledStore(RuleBasedStateMachine):
+    """A state machine that keeps a dict model of a few keys: after every step each
+    key reads back as the model says (value, version as ETag) or is absent."""
 
     direct: Direct  # set by the test
-
-    versions = Bundle("versions")
+    key_prefix = ""  # set by each machine
 
     def __init__(self) -> None:
         super().__init__()
         run = secrets.token_hex(4)
-        self.keys = [f"cas-{run}-{n}" for n in range(3)]
+        self.keys = [f"{self.key_prefix}-{run}-{n}" for n in range(3)]
         self.model: dict[str, tuple[bytes, int]] = {}
         self.highest = 0
+
+    @invariant()
+    def store_matches_model(self):
+        for key in self.keys:
+            response = self.direct.request("GET", f"/v1/kv/{key}")
+            if key in self.model:
+                value, version = self.model[key]
+                assert response.status_code == 200
+                assert response.content == value
+                assert response.headers["ETag"] == f'"{version}"'
+            else:
+                assert response.status_code == 404
+
+
+def run_machine(machine: type[RuleBasedStateMachine], examples_variable: str, steps: int) -> None:
+    machine.TestCase.settings = settings(
+        max_examples=int(os.environ.get(examples_variable, "40")),
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    machine.TestCase().runTest()
+
+
+class CompareAndSet(ModelledStore):
+    """The store against a dict: unconditional and conditional puts and deletes,
+    with current, stale and made-up versions, on a few keys."""
+
+    key_prefix = "cas"
+    versions = Bundle("versions")
 
     def _check_version(self, response: requests.Response) -> int:
         version = int(response.json()["version"])
@@ -247,28 +276,10 @@ class CompareAndSet(RuleBasedStateMachine):
         )
         assert response.status_code == 304
 
-    @invariant()
-    def store_matches_model(self):
-        for key in self.keys:
-            response = self.direct.request("GET", f"/v1/kv/{key}")
-            if key in self.model:
-                value, version = self.model[key]
-                assert response.status_code == 200
-                assert response.content == value
-                assert response.headers["ETag"] == f'"{version}"'
-            else:
-                assert response.status_code == 404
-
 
 def test_compare_and_set_state_machine(direct):
     CompareAndSet.direct = direct
-    CompareAndSet.TestCase.settings = settings(
-        max_examples=int(os.environ.get("PLAB_CAS_EXAMPLES", "40")),
-        stateful_step_count=25,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    CompareAndSet.TestCase().runTest()
+    run_machine(CompareAndSet, "PLAB_CAS_EXAMPLES", steps=25)
 
 
 txn_ops = st.lists(
@@ -283,21 +294,17 @@ txn_ops = st.lists(
 )
 
 
-class Transactions(RuleBasedStateMachine):
+class Transactions(ModelledStore):
     """POST /v1/txn against a dict: random transactions of gets, puts, deletes and
     conditions (current, stale and made-up versions), duplicate keys included.
     The model applies the operations in order on a copy and keeps the copy only
     if every condition held; otherwise the store must answer 409 with the index
     of the first failing condition and change nothing."""
 
-    direct: Direct  # set by the test
+    key_prefix = "txn"
 
     def __init__(self) -> None:
         super().__init__()
-        run = secrets.token_hex(4)
-        self.keys = [f"txn-{run}-{n}" for n in range(3)]
-        self.model: dict[str, tuple[bytes, int]] = {}
-        self.highest = 0
         self.seen: list[int] = [10**12]  # a made-up version no key will reach
 
     @rule(ops=txn_ops)
@@ -363,25 +370,7 @@ class Transactions(RuleBasedStateMachine):
             else:
                 assert result["outcome"] == "held"
 
-    @invariant()
-    def store_matches_model(self):
-        for key in self.keys:
-            response = self.direct.request("GET", f"/v1/kv/{key}")
-            if key in self.model:
-                value, version = self.model[key]
-                assert response.status_code == 200
-                assert response.content == value
-                assert response.headers["ETag"] == f'"{version}"'
-            else:
-                assert response.status_code == 404
-
 
 def test_transaction_state_machine(direct):
     Transactions.direct = direct
-    Transactions.TestCase.settings = settings(
-        max_examples=int(os.environ.get("PLAB_TXN_EXAMPLES", "40")),
-        stateful_step_count=20,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    Transactions.TestCase().runTest()
+    run_machine(Transactions, "PLAB_TXN_EXAMPLES", steps=20)

@@ -28,6 +28,7 @@ from productionlab.kv import (
 from productionlab.store.durability import Durability
 from productionlab.supervisor import Supervisor
 from tests.conftest import SMALL_STACK, Client, admin_of, create_user, start_stack, stop_stack
+from tests.supervisor_kit import restart
 
 MAX_KEYS, MAX_BYTES = 5, 2048
 
@@ -284,7 +285,7 @@ def test_upgrade_charges_the_previous_releases_keys_to_their_writers():
         assert writer.delete("/v1/kv/app-old-0").status_code == 204
         assert writer.put("/v1/kv/app-new-1", data=b"v").status_code == 201
         # A second start-up finds the migration done and charges nothing twice.
-        stack.restart("cp")
+        restart(stack, "cp")
         stack.wait_http(stack.config.cp_port, "/ready", 60)
         assert usage(admin, "olduser-w")["keys"] == 7
         assert truth(stack, "app-") == {"olduser-w": (7, usage(admin, "olduser-w")["bytes"])}

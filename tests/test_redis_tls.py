@@ -245,5 +245,5 @@ def test_compose_redis_conf_serves_tls_only_to_the_compose_certificates(tmp_path
 def test_make_run_turns_redis_tls_on_with_one_setting():
     assert StackConfig.from_env({"PLAB_REDIS_TLS": "on"}).redis_tls is True
     assert StackConfig.from_env({}).redis_tls is False
-    with pytest.raises(ValueError, match="PLAB_REDIS_TLS='maybe' is on or off"):
+    with pytest.raises(ConfigError, match="PLAB_REDIS_TLS='maybe' is on or off"):
         StackConfig.from_env({"PLAB_REDIS_TLS": "maybe"})

@@ -9,15 +9,14 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import admin_of, create_user
+from tests.http_client import new_session
 
 
 def scrape(stack, port: int) -> dict[tuple[str, tuple], float]:
-    with requests.Session() as session:
-        session.trust_env = False
+    with new_session() as session:
         text = session.get(f"http://{stack.config.bind}:{port}/metrics", timeout=15).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

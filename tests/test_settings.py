@@ -9,7 +9,7 @@ import time
 import pytest
 
 from productionlab.secretgen import ensure_secrets
-from productionlab.settings import ConfigError, Settings, parse_size, secret_problem
+from productionlab.settings import ConfigError, Settings, nginx_size, parse_size, secret_problem
 from productionlab.tokens import SigningKey
 
 
@@ -114,6 +114,21 @@ def test_secret_and_file_together_refused(tmp_path):
         ("PLAB_REDIS_URL", "http://x"),
         ("PLAB_THREADS", "0"),
         ("PLAB_THREADS", "many"),
+        # issue 9: auth-abuse settings
+        ("PLAB_VERIFY_CACHE_SECONDS", "301"),
+        ("PLAB_VERIFY_CACHE_SECONDS", "-1"),
+        ("PLAB_VERIFY_CONCURRENCY", "0"),
+        ("PLAB_VERIFY_RETRY_AFTER", "0"),
+        ("PLAB_TOKEN_FAILURES", "0"),
+        ("PLAB_AUTH_AUDIT_WINDOW", "0"),
+        ("PLAB_AUTH_AUDIT_ADDRESSES", "0"),
+        ("PLAB_ADMIN_ROUTE_RATE", "lots"),
+        ("PLAB_AUTH_ADDRESS_RATE", "60"),
+        ("PLAB_AUTH_USER_RATE", "x/minute"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/33"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/15,::/0"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(variable, value):
@@ -130,6 +145,14 @@ def test_production_refuses_debug_and_disabled_limits():
 
 
 def test_sizes():
+    for text, nginx in (
+        ("1m", "1m"),
+        ("1024k", "1m"),
+        ("1500", "1500"),
+        ("2G", "2g"),
+        ("3k", "3k"),
+    ):
+        assert nginx_size(parse_size(text)) == nginx  # what make run and compose hand nginx
     assert parse_size("1m") == 1024 * 1024
     assert parse_size("512k") == 512 * 1024
     assert parse_size("4096") == 4096
@@ -257,31 +280,6 @@ def test_previous_token_key_is_validated_like_the_key(tmp_path):
 
 
 # --- issue 9: auth-abuse settings ------------------------------------------------
-@pytest.mark.parametrize(
-    "variable,value",
-    [
-        ("PLAB_VERIFY_CACHE_SECONDS", "301"),
-        ("PLAB_VERIFY_CACHE_SECONDS", "-1"),
-        ("PLAB_VERIFY_CONCURRENCY", "0"),
-        ("PLAB_VERIFY_RETRY_AFTER", "0"),
-        ("PLAB_TOKEN_FAILURES", "0"),
-        ("PLAB_AUTH_AUDIT_WINDOW", "0"),
-        ("PLAB_AUTH_AUDIT_ADDRESSES", "0"),
-        ("PLAB_ADMIN_ROUTE_RATE", "lots"),
-        ("PLAB_AUTH_ADDRESS_RATE", "60"),
-        ("PLAB_AUTH_USER_RATE", "x/minute"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/33"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "0.0.0.0/0"),
-        ("PLAB_EDGE_TRUSTED_PROXIES", "198.18.0.0/15,::/0"),
-    ],
-)
-def test_auth_abuse_settings_are_validated(variable, value):
-    with pytest.raises(ConfigError) as failure:
-        Settings.from_env(strong_env(**{variable: value}))
-    assert variable in str(failure.value)
-
-
 def test_auth_abuse_settings_defaults_and_values():
     settings = Settings.from_env(strong_env())
     assert settings.verify_cache_seconds == 60
@@ -295,3 +293,85 @@ def test_auth_abuse_settings_defaults_and_values():
     )
     assert custom.verify_cache_seconds == 300
     assert custom.edge_trusted_proxies == ("198.18.0.0/15", "192.0.2.7/32", "2001:db8::/32")
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PLAB_HTTPS_PORT", "x"),
+        ("PLAB_HTTP_PORT", "70000"),
+        ("PLAB_AP_PORT", "0"),
+        ("PLAB_AP_WORKERS", "many"),
+        ("PLAB_CP_PORT", "8.5"),
+        ("PLAB_REDIS_PORT", ""),
+        ("PLAB_EDGE_RATE", "fast"),
+        ("PLAB_EDGE_BURST", "0"),
+        ("PLAB_ADMIN_RATE", "-1"),
+        ("PLAB_ADMIN_BURST", "ten"),
+        ("PLAB_THREADS", "lots"),
+        ("PLAB_REDIS_TLS", "maybe"),
+    ],
+)
+def test_local_stack_values_are_checked_by_settings(variable, value):
+    """`make run`'s ports and counts went through an unchecked int(): a ValueError
+    that named no variable. They are Settings now: a ConfigError naming the variable."""
+    from productionlab.supervisor import StackConfig
+
+    with pytest.raises(ConfigError) as failure:
+        StackConfig.from_env({variable: value})
+    assert variable in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PLAB_HTTPS_PORT", "x"),
+        ("PLAB_EDGE_RATE", "0"),
+        ("PLAB_ADMIN_BURST", "ten"),
+        ("PLAB_EDGE_WORKERS", "lots"),
+        ("PLAB_MAX_BODY", "1x"),
+        ("PLAB_EDGE_TRUSTED_PROXIES", "lb.example"),
+    ],
+)
+def test_compose_edge_values_are_checked_by_settings(variable, value, tmp_path, capsys):
+    """The compose edge-config step: the same checks, from the same place."""
+    from productionlab import deploy
+
+    with pytest.raises(ConfigError) as failure:
+        deploy.edge_config({variable: value})
+    assert variable in str(failure.value)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(variable, value)
+        assert deploy.main(["edge-config", "--out", str(tmp_path / "nginx.conf")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert variable in line and "\n" not in line
+    assert not (tmp_path / "nginx.conf").exists()
+
+
+def test_local_stack_and_compose_edge_defaults_come_from_settings():
+    from productionlab import deploy
+    from productionlab.supervisor import StackConfig
+
+    config = StackConfig.from_env({})
+    assert (config.https_port, config.http_port, config.ap_port, config.cp_port) == (
+        8443,
+        8080,
+        8101,
+        8201,
+    )
+    assert (config.redis_port, config.edge_rate, config.edge_burst) == (6390, 50, 100)
+    assert (config.admin_rate, config.admin_burst, config.max_body) == (5, 10, "1m")
+    custom = StackConfig.from_env({"PLAB_AP_WORKERS": "3", "PLAB_MAX_BODY": "2m"})
+    assert custom.ap_workers == 3 and custom.max_body == "2m"
+    edge = deploy.edge_config({"PLAB_HTTPS_PORT": "443", "PLAB_EDGE_WORKERS": "4"})
+    assert edge.public_https_port == 443 and edge.worker_processes == "4"
+    assert deploy.edge_config({}).worker_processes == "2"
+
+
+def test_a_plane_reads_neither_the_local_stack_nor_the_edge_limits():
+    """Those belong to `make run` and the edge: a plane starts as it did before they
+    were Settings (check-prod reports a broken edge limit as a finding)."""
+    settings = Settings.from_env(strong_env(PLAB_EDGE_RATE="0", PLAB_AP_WORKERS="many"))
+    assert (settings.edge_rate, settings.https_port) == (50, 8443)
+    with pytest.raises(ConfigError, match="PLAB_REDIS_MAXMEMORY"):
+        Settings.from_env(strong_env(PLAB_REDIS_MAXMEMORY="lots"))

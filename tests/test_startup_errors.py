@@ -149,3 +149,13 @@ def test_state_dir_of_the_previous_release_is_upgraded_in_place(tmp_path):
     assert "Traceback" not in err
     assert (state / "state-format").read_text() == "2\n"
     shutil.rmtree(state)
+
+
+def test_a_bad_port_or_count_names_its_variable():
+    state = state_dir()
+    status, output = finished([], port_env(state, PLAB_AP_WORKERS="many"), REPO)
+    line = one_line(output)
+    assert status == 2
+    assert "PLAB_AP_WORKERS='many' is not an integer" in line, line
+    assert not any(state.iterdir()), "nothing is written before the settings are valid"
+    shutil.rmtree(state)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 
 import redis
 
+from productionlab.redis_process import RedisProcess
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
-from productionlab.supervisor import find_binary, free_port
-from tests.conftest import admin_of, state_dir
+from tests.conftest import admin_of
 
 
 def settings_for(url: str, **extra) -> Settings:
@@ -74,49 +73,22 @@ def test_plane_users_cannot_run_dangerous_commands(stack):
 
 
 def test_sentinel_url_finds_the_master():
-    redis_server = find_binary("redis-server")
-    assert redis_server, "redis-server must be installed"
-    directory = state_dir("plab-sentinel-")
-    master_port, sentinel_port = free_port(), free_port()
-    conf = directory / "sentinel.conf"
-    conf.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\ndir {directory}\n"
-        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-    )
-    master = subprocess.Popen(
-        [
-            redis_server,
-            "--port",
-            str(master_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    sentinel = subprocess.Popen([redis_server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
-    try:
-        client = connect(settings_for(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"))
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.set("{plab}:probe", "via-sentinel")
-                break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "sentinel never served the master"
-                time.sleep(0.2)
-        direct = redis.Redis(port=master_port)
-        assert direct.get("{plab}:probe") == b"via-sentinel"
-        direct.close()
-    finally:
-        for process in (sentinel, master):
-            process.terminate()
-            process.wait(10)
+    master = RedisProcess(password=False)
+    with master as direct:
+        monitor = {"sentinel monitor": f"mymaster 127.0.0.1 {master.port} 1"}
+        sentinel = RedisProcess(password=False, sentinel=True, config=monitor)
+        with sentinel:
+            client = connect(settings_for(f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"))
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    client.set("{plab}:probe", "via-sentinel")
+                    break
+                except redis.RedisError:
+                    assert time.monotonic() < deadline, "sentinel never served the master"
+                    time.sleep(0.2)
+            assert direct.get("{plab}:probe") == b"via-sentinel"
+            client.close()
 
 
 def test_strict_durability_refuses_writes_redis_cannot_fsync(stack_factory):

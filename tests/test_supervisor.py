@@ -27,9 +27,11 @@ from tests.supervisor_kit import (
     children_of,
     cmdline,
     edge_client,
+    kill,
     port_env,
     ports_of,
     processes_mentioning,
+    restart,
     wait_until,
 )
 
@@ -38,7 +40,7 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
     stack = stack_factory(ap_workers=1, restart_redis=False)
     admin = admin_of(stack)
     assert admin.post("/write/outage-key/before").status_code == 201
-    stack.kill("redis")
+    kill(stack, "redis")
     for response in (
         admin.post("/write/outage-key/during"),
         admin.get("/read/outage-key"),
@@ -54,7 +56,7 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
         assert "Traceback" not in response.text
     assert admin.direct("GET", stack.config.cp_port, "/ready").status_code == 503
     assert admin.get("/health").status_code == 200
-    stack.restart("redis")
+    restart(stack, "redis")
     deadline = time.monotonic() + 15
     while admin.get("/ready").status_code != 200:
         assert time.monotonic() < deadline, "not ready 15 s after redis returned"
@@ -90,19 +92,6 @@ def test_data_survives_a_full_stop_and_start():
         stop_stack(second)
 
 
-def _children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
 def test_run_command_serves_and_stops_cleanly_on_sigterm():
     """`productionlab run` (what `make run` executes) starts everything, then SIGTERM
     stops every process it started."""
@@ -124,7 +113,7 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm():
     try:
         line = process.stdout.readline()
         assert json.loads(line) == {"event": "ready", "url": f"https://127.0.0.1:{ports['HTTPS']}"}
-        children = _children_of(process.pid)
+        children = set(children_of(process.pid, zombies=True))
         assert len(children) == 4, children  # redis, cp, one ap, nginx
         stack = Supervisor(StackConfig(state_dir=directory, https_port=ports["HTTPS"]))
         admin = Client(
@@ -171,7 +160,7 @@ def test_killed_edge_master_leaves_no_orphan_worker_and_is_restarted(stack_facto
     workers = [pid for pid in nginx.members() if pid != master]
     assert len(workers) == 2
     conf = str(stack.nginx_dir / "nginx.conf")
-    stack.kill("nginx")  # the master only, as a crash would
+    kill(stack, "nginx")  # the master only, as a crash would
     assert all(_alive(pid) for pid in workers), "orphaned workers outlive their master"
     restarted: list[str] = []
     deadline = time.monotonic() + 30

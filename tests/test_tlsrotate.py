@@ -12,7 +12,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from productionlab.configfiles import EdgeConfig
-from productionlab.secretgen import ensure_tls
+from productionlab.secretgen import Purpose, build_certificate, ensure_tls, write_pair
 from productionlab.supervisor import free_port
 from productionlab.tlsrotate import RotateError, validate
+from tests.conftest import run_cli
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -32,13 +32,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 def rotate(stack_state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLAB_")}
     env["PLAB_STATE_DIR"] = str(stack_state)
-    return subprocess.run(
-        [sys.executable, "-m", "productionlab", "tls", "rotate", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli("tls", "rotate", *args, env=env)
 
 
 def _fp(cert: x509.Certificate) -> str:
@@ -71,32 +65,16 @@ def new_pair(tmp: Path, name: str, days: int = 30) -> tuple[Path, Path]:
 
 
 def expired_pair(tmp: Path) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
+    """A certificate that expired yesterday (the generator's one builder, back-dated)."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=10))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    valid = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1))
     cert_path, key_path = tmp / "expired.crt", tmp / "expired.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_pair(cert_path, key_path, build_certificate(name, key, valid, Purpose()), key)
     return cert_path, key_path
 
 
@@ -273,23 +251,8 @@ def test_compose_edge_script_reloads_on_rewritten_secret_files(rotating_stack, t
             except OSError:
                 time.sleep(0.2)
         assert first == (200, old_fp)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "productionlab",
-                "tls",
-                "rotate",
-                "--dir",
-                str(secrets),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        result = run_cli(
+            "tls", "rotate", "--dir", str(secrets), "--cert", str(cert), "--key", str(key)
         )
         assert result.returncode == 0, result.stderr
         assert (secrets / "tls.crt").stat().st_ino == inode  # in place: bind mounts see it

@@ -17,6 +17,7 @@ from productionlab.settings import Settings
 from productionlab.tokens import TokenError, TokenKeys, TokenService, build_service
 from productionlab.users import UserStore
 from tests.conftest import Client, admin_of, create_user
+from tests.supervisor_kit import restart
 
 
 def bearer(stack, token: str) -> dict:
@@ -249,10 +250,10 @@ def cli(stack, *args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 
 def restart_planes(stack) -> None:
-    stack.restart("cp")
+    restart(stack, "cp")
     stack.wait_http(stack.config.cp_port, "/ready", 60)
     for index, port in enumerate(stack.config.ap_ports):
-        stack.restart(f"ap{index + 1}")
+        restart(stack, f"ap{index + 1}")
         stack.wait_http(port, "/ready", 60)
 
 

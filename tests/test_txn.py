@@ -1,13 +1,17 @@
-"""POST /v1/txn through the edge: all or nothing, conditions, duplicate keys
-applied in order, every key checked against role and grants first, one audit
-entry per change (issue 13)."""
+"""POST /v1/txn: all or nothing, conditions, duplicate keys applied in order,
+every key checked against role and grants first, one audit entry per change
+(issue 13). On the in-process layer (tests/inprocess.py)."""
 
 from __future__ import annotations
 
 import base64
 import secrets
 
-from tests.conftest import admin_of, create_user
+import pytest
+
+from tests.conftest import new_writer
+
+pytestmark = pytest.mark.inprocess
 
 
 def txn(client, ops, path="/v1/txn"):
@@ -137,8 +141,7 @@ def test_base64_values_round_trip(admin, key):
 
 
 def test_every_key_is_checked_before_anything_runs(admin, make_user, key):
-    prefix = f"g{secrets.token_hex(4)}-"
-    user = make_user("writer", [prefix])
+    user, prefix = new_writer(admin, "g")
     secret_key = f"{key}-hidden"
     response = txn(
         user,
@@ -214,17 +217,9 @@ def test_malformed_transactions_are_refused(admin, key):
     assert admin.get(f"/v1/kv/{key}").status_code == 404
 
 
-def test_the_control_plane_serves_transactions(admin, key):
-    response = txn(admin, [{"op": "put", "key": key, "value": "ops"}], path="/ops/v1/txn")
-    assert response.status_code == 200, response.text
-    assert admin.get(f"/v1/kv/{key}").content == b"ops"
-
-
-def test_each_operation_counts_against_the_user_limit(stack_factory):
-    stack = stack_factory(user_rate="10/minute", edge_rate=1000, edge_burst=1000)
-    admin = admin_of(stack)
-    prefix = f"l{secrets.token_hex(4)}-"
-    writer = create_user(admin, "writer", [prefix])
+def test_each_operation_counts_against_the_user_limit(planes_with):
+    admin = planes_with(PLAB_USER_RATE="10/minute")
+    writer, prefix = new_writer(admin, "l")
     ops = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(8)]
     assert txn(writer, ops).status_code == 200
     refused = txn(
@@ -235,17 +230,9 @@ def test_each_operation_counts_against_the_user_limit(stack_factory):
     assert admin.get(f"/v1/kv/{prefix}late0").status_code == 404
 
 
-def test_puts_respect_the_writers_quota_all_or_nothing(stack_factory):
-    stack = stack_factory(
-        ap_workers=1,
-        threads=4,
-        edge_rate=5000,
-        edge_burst=5000,
-        extra_env={"PLAB_USER_MAX_KEYS": "3", "PLAB_USER_MAX_BYTES": "4096"},
-    )
-    admin = admin_of(stack)
-    prefix = f"q{secrets.token_hex(4)}-"
-    writer = create_user(admin, "writer", [prefix])
+def test_puts_respect_the_writers_quota_all_or_nothing(planes_with):
+    admin = planes_with(PLAB_USER_MAX_KEYS="3", PLAB_USER_MAX_BYTES="4096")
+    writer, prefix = new_writer(admin, "q")
 
     def used() -> dict:
         response = admin.get(f"/admin/users/{writer.name}")

@@ -34,7 +34,8 @@ PREVIOUS_RELEASE = "c64ef1124ea63af082305e1e5057ed35d4e46178"
 _FILL = r"""
 import json, os, secrets, sys, requests
 import productionlab
-from productionlab.localstack import LocalStack as Supervisor, StackConfig  # its name then
+# the previous release's own supervisor (its name then), never this checkout's
+from productionlab.localstack import LocalStack as Supervisor, StackConfig
 
 assert productionlab.__file__.startswith(os.environ["PLAB_OLD_TREE"]), productionlab.__file__
 state = sys.argv[1]
