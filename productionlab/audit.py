@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import redis
 
+from productionlab.luascripts import script
+
 AUDIT_LIST = "{plab}:audit"
 AUDIT_META = "{plab}:audit:meta"
 _SAFE = re.compile(r"[^A-Za-z0-9_.:@/+-]")
@@ -55,40 +57,11 @@ ENTRY_FIELDS = frozenset(
     {"seq", "prev", "ts", "actor", "action", "target", "outcome", "request_id", "client", "version"}
 )
 
-# Shared Lua prelude. Scripts that record a change use KEYS[1], KEYS[2] and
-# ARGV[1..6] for the audit log and append with audit(action, target, outcome, version).
-# ARGV[1] and ARGV[2] are reserved (sent empty): they carried the HMAC pads of the
-# previous release, and keeping the slots keeps every script's own ARGV numbering.
-LUA_PRELUDE = r"""
--- Refuse before any write if the log's keys hold the wrong type: redis does
--- not roll a script back, so a change must never run ahead of a failing append.
--- (Reads only: the app plane's redis user may not run anything else on them.)
-for i, probe in ipairs({{'LLEN', KEYS[1]}, {'HGET', KEYS[2], 'first'}}) do
-  local reply = redis.pcall(unpack(probe))
-  if type(reply) == 'table' and reply.err then
-    return redis.error_reply('ERR audit log key ' .. KEYS[i] .. ' holds the wrong type')
-  end
-end
-local function audit(action, target, outcome, version)
-  local length = redis.call('LLEN', KEYS[1])
-  local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
-  local prev
-  if length > 0 then
-    prev = redis.sha1hex(redis.call('LINDEX', KEYS[1], -1))
-  else
-    prev = redis.call('HGET', KEYS[2], 'first_prev') or ''
-  end
-  local seq = first + length
-  redis.call('RPUSH', KEYS[1], cjson.encode({seq = seq, prev = prev, ts = ARGV[3],
-    actor = ARGV[4], action = action, target = target, outcome = outcome,
-    request_id = ARGV[5], client = ARGV[6], version = tostring(version or '')}))
-  return seq
-end
-"""
+# Every script that records a change appends with lua/audit_prelude.lua: the log's
+# keys are its first two KEYS, Actor.audit_args() its first six ARGV.
 AUDIT_KEYS = (AUDIT_LIST, AUDIT_META)
-AUDIT_ARGC = 6
+AUDIT_APPEND = script("audit_append")
 
-APPEND_SCRIPT = LUA_PRELUDE + "return audit(ARGV[7], ARGV[8], ARGV[9], ARGV[10])"
 TRIM_ACTION = "audit.trim"
 MIGRATE_ACTION = "audit.migrate"
 
@@ -141,14 +114,24 @@ class AuditLog:
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._append = client.register_script(APPEND_SCRIPT)
 
     def append(
         self, actor: Actor, action: str, target: str, outcome: str, version: str = ""
     ) -> int:
         """Record an event that changes nothing else (auth failures, token events)."""
-        args = [*actor.audit_args(), clean(action), clean(target, 256), clean(outcome)]
-        return int(self._append(keys=list(AUDIT_KEYS), args=[*args, version]))
+        return int(
+            AUDIT_APPEND(
+                self.client,
+                keys={"audit": AUDIT_KEYS},
+                args={
+                    "audit": actor.audit_args(),
+                    "action": clean(action),
+                    "target": clean(target, 256),
+                    "outcome": clean(outcome),
+                    "version": version,
+                },
+            )
+        )
 
     def snapshot(self) -> Snapshot:
         """``first``, ``first_prev``, length and newest entry, read atomically."""

@@ -33,7 +33,6 @@ from productionlab.audit import (
     AUDIT_KEYS,
     AUDIT_LIST,
     AUDIT_META,
-    LUA_PRELUDE,
     MIGRATE_ACTION,
     TRIM_ACTION,
     Actor,
@@ -44,33 +43,13 @@ from productionlab.audit import (
     parse_entry,
 )
 from productionlab.files import write_atomic
+from productionlab.luascripts import script
 
 SEGMENT_RE = re.compile(r"\Aaudit-(\d{12})-(\d{12})\.jsonl\Z")
 LEGACY_REPORT = "legacy-verification.json"
 
-# Drop the oldest ``drop`` entries once they are archived, and record it. Only the
-# control plane's redis user may run this (LTRIM and HSET on the log's keys).
-TRIM_SCRIPT = (
-    LUA_PRELUDE
-    + r"""
-local expected_first, drop, last_hash = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
-local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
-if first ~= expected_first then
-  return redis.error_reply('ERR audit log moved: it starts at ' .. first)
-end
-if drop > 0 then
-  local raw = redis.call('LINDEX', KEYS[1], drop - 1)
-  if not raw or redis.sha1hex(raw) ~= last_hash then
-    return redis.error_reply('ERR audit log moved: entry ' .. (first + drop - 1) .. ' differs')
-  end
-  redis.call('LTRIM', KEYS[1], drop, -1)
-  redis.call('HSET', KEYS[2], 'first', first + drop, 'first_prev', last_hash)
-end
-redis.call('HDEL', KEYS[2], 'seq', 'mac')
-audit(ARGV[10], ARGV[11], ARGV[12], '')
-return {drop, first + drop}
-"""
-)
+# Drops the archived entries (only the control plane's redis user may run it).
+AUDIT_TRIM = script("audit_trim")
 
 
 class ArchiveError(Exception):
@@ -179,11 +158,19 @@ def _trim(
     target: str,
     outcome: str = "ok",
 ) -> list:
-    script = client.register_script(TRIM_SCRIPT)
     try:
-        return script(
-            keys=list(AUDIT_KEYS),
-            args=[*actor.audit_args(), expected_first, drop, last_hash, action, target, outcome],
+        return AUDIT_TRIM(
+            client,
+            keys={"audit": AUDIT_KEYS},
+            args={
+                "audit": actor.audit_args(),
+                "expected_first": expected_first,
+                "drop": drop,
+                "last_hash": last_hash,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+            },
         )
     except redis.ResponseError as exc:
         if "audit log moved" in str(exc):

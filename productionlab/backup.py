@@ -46,8 +46,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
-from productionlab.kv import INDEX, ITEM, QUOTA_LUA, VERSION_COUNTER, charge_unowned_keys
+from productionlab.audit import AUDIT_KEYS, Actor
+from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
+from productionlab.luascripts import script
 
 MAGIC = b"PLABBK1\n"
 FORMAT = "productionlab-backup"
@@ -55,33 +56,7 @@ SUFFIX = ".plab-backup"
 CHUNK = 1024 * 1024
 BATCH = 500
 
-_RESTORE = (
-    LUA_PRELUDE
-    + QUOTA_LUA
-    + r"""
-local counter, index = KEYS[3], KEYS[4]
-local item_prefix, overwrite = ARGV[7], ARGV[8] == '1'
-local restored, highest = 0, 0
-for i = 9, #ARGV, 4 do
-  local key, value, version, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local item = item_prefix .. key
-  if overwrite or redis.call('EXISTS', item) == 0 then
-    local before_owner = redis.call('HGET', item, 'o')  -- its quota charge goes with it
-    if before_owner then uncharge(before_owner, key, #key + redis.call('HSTRLEN', item, 'v')) end
-    redis.call('DEL', item)
-    redis.call('HSET', item, 'v', value, 'ver', version)
-    if ttl > 0 then redis.call('PEXPIRE', item, ttl) end
-    redis.call('ZADD', index, 0, key)
-    audit('kv.restore', key, 'restored', version)
-    restored = restored + 1
-  end
-  if tonumber(version) > highest then highest = tonumber(version) end
-end
-local current = tonumber(redis.call('GET', counter) or '0')
-if highest > current then redis.call('SET', counter, highest) end
-return restored
-"""
-)
+KV_RESTORE = script("kv_restore")
 
 
 class BackupError(Exception):
@@ -446,16 +421,26 @@ def restore_backup(
             f"the store already holds {existing} keys; restore into an empty store "
             "or pass --overwrite"
         )
-    script = client.register_script(_RESTORE)
     bar = Progress(contents.keys, "restore") if progress else None
     restored = 0
     batch: list[Record] = []
 
     def flush() -> int:
-        args: list = [*actor.audit_args(), ITEM, "1" if overwrite else "0"]
+        records: list = []
         for record in batch:
-            args += [record.key, record.value, record.version, record.ttl_ms]
-        count = int(script(keys=[*AUDIT_KEYS, VERSION_COUNTER, INDEX], args=args))
+            records += [record.key, record.value, record.version, record.ttl_ms]
+        count = int(
+            KV_RESTORE(
+                client,
+                keys={"audit": AUDIT_KEYS, "counter": VERSION_COUNTER, "index": INDEX},
+                args={
+                    "audit": actor.audit_args(),
+                    "item_prefix": ITEM,
+                    "overwrite": "1" if overwrite else "0",
+                    "records": records,
+                },
+            )
+        )
         if bar is not None:
             bar.advance(len(batch))
         batch.clear()

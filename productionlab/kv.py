@@ -4,7 +4,9 @@ TTL, listing and the audit append.
 Each key lives in a redis hash ``{plab}:kv:<key>`` with fields ``v`` (value)
 and ``ver`` (version). Versions come from one global counter, so a key that
 is deleted and written again never reuses a version (no ABA for If-Match).
-Every change is one Lua script: the check, the write, the version and the
+Every change is one Lua script (``lua/kv_put.lua``, ``lua/kv_delete.lua``; the
+shared write and its quota accounting in ``lua/kv_write.lua`` and ``lua/quota.lua``,
+see :mod:`productionlab.luascripts`): the check, the write, the version and the
 audit entry happen atomically, in one round trip. The caller's per-user rate
 limit charge (a :class:`~productionlab.ratelimit.Ticket`) rides in the same
 script, so a request costs one round trip in all, and a limited request
@@ -42,13 +44,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
-from productionlab.audit import AUDIT_KEYS, AUDIT_LIST, LUA_PRELUDE, Actor
+from productionlab.audit import AUDIT_KEYS, AUDIT_LIST, Actor
 from productionlab.contract import KEY_RE
 from productionlab.errors import InvalidKey, KeyNotFound, QuotaExceeded, VersionConflict
-from productionlab.ratelimit import LIMIT_LUA, Ticket, refused
+from productionlab.luascripts import script
+from productionlab.ratelimit import NO_TICKET, Ticket, refused
 from productionlab.settings import DEFAULT_USER_MAX_BYTES, DEFAULT_USER_MAX_KEYS
 from productionlab.store.durability import Durability
 
@@ -58,245 +59,13 @@ INDEX = "{plab}:kv-index"
 USAGE = "{plab}:usage:"
 USAGE_MIGRATED = "{plab}:usage-migrated"
 UNATTRIBUTED = "-"  # owner of pre-quota keys the audit log cannot attribute
-RECONCILE_PER_WRITE = 100
 
-# Shared by the scripts that charge, move or release a key's quota charge.
-QUOTA_LUA = (
-    f"local ITEM, USAGE = '{ITEM}', '{USAGE}'\n"
-    + r"""
-local function uncharge(user, key, bytes)
-  local usage = USAGE .. user
-  redis.call('HINCRBY', usage, 'keys', -1)
-  redis.call('HINCRBY', usage, 'bytes', -bytes)
-  redis.call('ZREM', usage .. ':exp', key)
-  redis.call('HDEL', usage .. ':ttl', key)
-end
-local function charge(user, key, bytes, expire_at)
-  local usage = USAGE .. user
-  redis.call('HINCRBY', usage, 'keys', 1)
-  redis.call('HINCRBY', usage, 'bytes', bytes)
-  if expire_at > 0 then
-    redis.call('ZADD', usage .. ':exp', expire_at, key)
-    redis.call('HSET', usage .. ':ttl', key, bytes)
-  end
-end
--- Release the charges of user's keys that redis has expired, earliest first,
--- stopping at the first that still lives. Returns 1 if it stopped at `batch`.
-local function reconcile(user, batch)
-  local usage = USAGE .. user
-  for _ = 1, batch do
-    local first = redis.call('ZRANGE', usage .. ':exp', 0, 0, 'WITHSCORES')
-    if #first == 0 then return 0 end
-    local key, at = first[1], tonumber(first[2])
-    local item = ITEM .. key
-    if redis.call('HGET', item, 'o') == user and redis.call('PEXPIRETIME', item) == at then
-      return 0
-    end
-    uncharge(user, key, tonumber(redis.call('HGET', usage .. ':ttl', key) or '0'))
-  end
-  return 1
-end
-"""
-)
-
-_PUT = (
-    LUA_PRELUDE
-    + LIMIT_LUA
-    + QUOTA_LUA
-    + f"local RECONCILE_PER_WRITE = {RECONCILE_PER_WRITE}\n"
-    + r"""
-local item, counter, index = KEYS[3], KEYS[4], KEYS[5]
-local key, value, ttl_ms, cond, expected = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11]
-local owner, max_keys, max_bytes = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
-if KEYS[6] then
-  local wait = take_limit(KEYS[6], tonumber(ARGV[15]), tonumber(ARGV[16]))
-  if wait > 0 then return {-2, wait} end
-end
-reconcile(owner, RECONCILE_PER_WRITE)
-local current = redis.call('HGET', item, 'ver')
-if cond == 'absent' and current then
-  audit('kv.put', key, 'precondition_failed', current)
-  return {-1, current}
-end
-if cond == 'match' then
-  local ok = false
-  if current then
-    if expected == '*' then ok = true else
-      for v in string.gmatch(expected, '[^,]+') do if v == current then ok = true end end
-    end
-  end
-  if not ok then
-    audit('kv.put', key, 'precondition_failed', current or '')
-    return {-1, current or ''}
-  end
-end
--- Who is charged for the key now: nobody if it is absent or older than quotas.
-local before_owner, before_bytes = false, 0
-if current then
-  before_owner = redis.call('HGET', item, 'o')
-  before_bytes = #key + redis.call('HSTRLEN', item, 'v')
-end
-if before_owner ~= owner and redis.call('HEXISTS', USAGE .. owner .. ':ttl', key) == 1 then
-  -- The writer's own earlier value of this key expired and reconcile has not
-  -- reached it yet: release it before the new charge replaces its record.
-  uncharge(owner, key, tonumber(redis.call('HGET', USAGE .. owner .. ':ttl', key)))
-end
-local bytes = #key + #value
-local add_keys, add_bytes = 1, bytes
-if before_owner == owner then add_keys, add_bytes = 0, bytes - before_bytes end
-local used = redis.call('HMGET', USAGE .. owner, 'keys', 'bytes')
-local used_keys, used_bytes = tonumber(used[1] or '0'), tonumber(used[2] or '0')
-if (add_keys > 0 and used_keys + add_keys > max_keys)
-    or (add_bytes > 0 and used_bytes + add_bytes > max_bytes) then
-  return {-3, used_keys, used_bytes}
-end
-local version = redis.call('INCR', counter)
-redis.call('HSET', item, 'v', value, 'ver', version, 'o', owner)
-local expire_at, had_ttl = 0, false
-if ttl_ms > 0 then
-  redis.call('PEXPIRE', item, ttl_ms)
-  expire_at = redis.call('PEXPIRETIME', item)
-else
-  had_ttl = redis.call('PERSIST', item) == 1
-end
-redis.call('ZADD', index, 0, key)
-if before_owner == owner then
-  -- The common overwrite: the charge stays; only its size and expiry change.
-  if add_bytes ~= 0 then redis.call('HINCRBY', USAGE .. owner, 'bytes', add_bytes) end
-  if expire_at > 0 then
-    redis.call('ZADD', USAGE .. owner .. ':exp', expire_at, key)
-    redis.call('HSET', USAGE .. owner .. ':ttl', key, bytes)
-  elseif had_ttl then
-    redis.call('ZREM', USAGE .. owner .. ':exp', key)
-    redis.call('HDEL', USAGE .. owner .. ':ttl', key)
-  end
-else
-  if before_owner then uncharge(before_owner, key, before_bytes) end
-  charge(owner, key, bytes, expire_at)
-end
-audit('kv.put', key, current and 'updated' or 'created', version)
-if current then return {1, version} end
-return {0, version}
-"""
-)
-
-# Scripts that must keep working when redis is at maxmemory (noeviction): a read
-# (its rate-limit counter is a few bytes) and a delete (it frees more than its
-# audit entry takes, and is how a full store is emptied). Without the flag,
-# redis refuses a script at its first write command while memory is over.
-ALLOW_OOM = "#!lua flags=allow-oom\n"
-
-_DELETE = (
-    ALLOW_OOM
-    + LUA_PRELUDE
-    + LIMIT_LUA
-    + QUOTA_LUA
-    + r"""
-local item, index = KEYS[3], KEYS[4]
-local key, expected = ARGV[7], ARGV[8]
-if KEYS[5] then
-  local wait = take_limit(KEYS[5], tonumber(ARGV[9]), tonumber(ARGV[10]))
-  if wait > 0 then return {-2, wait} end
-end
-local current = redis.call('HGET', item, 'ver')
-if not current then
-  return {0, ''}
-end
-if expected ~= '' and expected ~= '*' then
-  local ok = false
-  for v in string.gmatch(expected, '[^,]+') do if v == current then ok = true end end
-  if not ok then
-    audit('kv.delete', key, 'precondition_failed', current)
-    return {-1, current}
-  end
-end
-local before_owner = redis.call('HGET', item, 'o')
-local before_bytes = #key + redis.call('HSTRLEN', item, 'v')
-redis.call('DEL', item)
-redis.call('ZREM', index, key)
-if before_owner then uncharge(before_owner, key, before_bytes) end
-audit('kv.delete', key, 'deleted', current)
-return {1, current}
-"""
-)
-
-# A read that takes the caller's rate-limit charge in the same round trip.
-_GET = (
-    ALLOW_OOM
-    + LIMIT_LUA
-    + r"""
-local wait = take_limit(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
-if wait > 0 then return {-1, wait} end
-local found = redis.call('HMGET', KEYS[1], 'v', 'ver')
-return {0, found[1], found[2]}
-"""
-)
-
-# Lists keys in lexical order over disjoint prefix ranges, after a cursor key.
-# Index members whose item has expired are pruned on the way. The scan is
-# bounded so one call never blocks redis for long.
-_LIST = r"""
-local index, item_prefix = KEYS[1], ARGV[1]
-local after, limit, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local found, last = {}, after
-for i = 5, #ARGV do
-  local prefix = ARGV[i]
-  local lo
-  if after ~= '' and after >= prefix then lo = '(' .. after else lo = '[' .. prefix end
-  local hi = '[' .. prefix .. '\255'
-  local done = false
-  while not done do
-    local batch = redis.call('ZRANGEBYLEX', index, lo, hi, 'LIMIT', 0, 100)
-    if #batch == 0 then break end
-    for _, member in ipairs(batch) do
-      budget = budget - 1
-      last = member
-      if redis.call('EXISTS', item_prefix .. member) == 1 then
-        found[#found + 1] = member
-      else
-        redis.call('ZREM', index, member)
-      end
-      if #found >= limit or budget <= 0 then done = true break end
-    end
-    lo = '(' .. last
-    if #batch < 100 then break end
-  end
-  if #found >= limit or budget <= 0 then return {found, last, 1} end
-end
-return {found, last, 0}
-"""
-
-
-# A user's usage, exact: expired keys' charges are released first.
-_USAGE = (
-    QUOTA_LUA
-    + r"""
-local more = reconcile(ARGV[1], tonumber(ARGV[2]))
-local used = redis.call('HMGET', USAGE .. ARGV[1], 'keys', 'bytes')
-return {tonumber(used[1] or '0'), tonumber(used[2] or '0'), more}
-"""
-)
-
-# Charges keys written before quotas existed (no ``o``) to the given owners.
-# ARGV is key, owner, key, owner, ... A key that has an owner is left alone:
-# new code wrote it and charged it already, so running this again is harmless.
-_MIGRATE = (
-    QUOTA_LUA
-    + r"""
-local charged = 0
-for i = 1, #ARGV, 2 do
-  local key, owner = ARGV[i], ARGV[i + 1]
-  local item = ITEM .. key
-  if redis.call('EXISTS', item) == 1 and not redis.call('HGET', item, 'o') then
-    redis.call('HSET', item, 'o', owner)
-    local at = redis.call('PEXPIRETIME', item)
-    charge(owner, key, #key + redis.call('HSTRLEN', item, 'v'), at > 0 and at or 0)
-    charged = charged + 1
-  end
-end
-return charged
-"""
-)
+KV_GET = script("kv_get")
+KV_PUT = script("kv_put")
+KV_DELETE = script("kv_delete")
+KV_LIST = script("kv_list")
+KV_USAGE = script("kv_usage")
+KV_CHARGE_UNOWNED = script("kv_charge_unowned")
 
 
 def validate_key(key: str) -> str:
@@ -372,20 +141,6 @@ class KVStore:
         self.client = client
         self.durability = durability
         self.quota = quota or Quota()
-        self._usage = client.register_script(_USAGE)
-        self._put = client.register_script(_PUT)
-        self._delete = client.register_script(_DELETE)
-        self._list = client.register_script(_LIST)
-        self._get = client.register_script(_GET)
-
-    def _eval(self, script: Script, keys: list, args: list) -> list:
-        """EVALSHA straight through ``execute_command`` (redis-py's ``Script.__call__``
-        adds a deprecation-checking wrapper per call); loads the script when redis lost it."""
-        try:
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            script.sha = self.client.script_load(script.script)
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def get(self, key: str, limit: Ticket | None = None) -> Item:
         """The item at ``key``; 404 if absent; 429 (nothing read) if ``limit`` is spent."""
@@ -393,7 +148,11 @@ class KVStore:
         if limit is None or limit.limit <= 0:
             value, version = self.client.hmget(item, "v", "ver")
         else:
-            status, *found = self._eval(self._get, [item, limit.counter], limit.args())
+            status, *found = KV_GET(
+                self.client,
+                keys={"item": item, "limit": limit.counter},
+                args={"limit": limit.limit, "window": limit.window},
+            )
             if int(status) < 0:
                 refused(int(found[0]))
             value, version = found
@@ -420,13 +179,30 @@ class KVStore:
             cond, expected = "match", ",".join(if_match)
         ttl_ms = ttl * 1000 if ttl else 0
         self.durability.before_write()
-        keys = [*AUDIT_KEYS, ITEM + key, VERSION_COUNTER, INDEX]
-        args = [*actor.audit_args(), key, value, ttl_ms, cond, expected]
-        args += [actor.name, self.quota.max_keys, self.quota.max_bytes]
-        if limit is not None and limit.limit > 0:
-            keys.append(limit.counter)
-            args += limit.args()
-        status, version, *extra = self._eval(self._put, keys, args)
+        ticket = limit or NO_TICKET
+        status, version, *extra = KV_PUT(
+            self.client,
+            keys={
+                "audit": AUDIT_KEYS,
+                "item": ITEM + key,
+                "counter": VERSION_COUNTER,
+                "index": INDEX,
+                "limit": ticket.counter,
+            },
+            args={
+                "audit": actor.audit_args(),
+                "key": key,
+                "value": value,
+                "ttl_ms": ttl_ms,
+                "cond": cond,
+                "expected": expected,
+                "owner": actor.name,
+                "max_keys": self.quota.max_keys,
+                "max_bytes": self.quota.max_bytes,
+                "limit": ticket.limit,
+                "window": ticket.window,
+            },
+        )
         if int(status) == -2:
             refused(int(version))
         if int(status) == -3:
@@ -453,12 +229,18 @@ class KVStore:
     ) -> int:
         validate_key(key)
         self.durability.before_write()
-        keys = [*AUDIT_KEYS, ITEM + key, INDEX]
-        args = [*actor.audit_args(), key, ",".join(if_match or [])]
-        if limit is not None and limit.limit > 0:
-            keys.append(limit.counter)
-            args += limit.args()
-        status, version = self._eval(self._delete, keys, args)
+        ticket = limit or NO_TICKET
+        status, version = KV_DELETE(
+            self.client,
+            keys={"audit": AUDIT_KEYS, "item": ITEM + key, "index": INDEX, "limit": ticket.counter},
+            args={
+                "audit": actor.audit_args(),
+                "key": key,
+                "expected": ",".join(if_match or []),
+                "limit": ticket.limit,
+                "window": ticket.window,
+            },
+        )
         if int(status) == -2:
             refused(int(version))
         if int(status) == 0:
@@ -476,8 +258,16 @@ class KVStore:
             return [], None
         # Ask for one key more than the page: a full page then says for sure
         # whether another follows, so the last page never points at an empty one.
-        found, last, more = self._eval(
-            self._list, [INDEX], [ITEM, after, limit + 1, max(limit * 10, 1000), *prefixes]
+        found, last, more = KV_LIST(
+            self.client,
+            keys={"index": INDEX},
+            args={
+                "item_prefix": ITEM,
+                "after": after,
+                "limit": limit + 1,
+                "budget": max(limit * 10, 1000),
+                "prefixes": prefixes,
+            },
         )
         keys = [k.decode() for k in found]
         if len(keys) > limit:
@@ -489,7 +279,7 @@ class KVStore:
     def usage(self, user: str) -> Usage:
         """What ``user``'s keys hold now, the charges of expired keys released first."""
         for _ in range(1000):
-            keys, size, more = self._eval(self._usage, [], [user, 1000])
+            keys, size, more = KV_USAGE(self.client, keys={}, args={"user": user, "batch": 1000})
             if not int(more):
                 break
         return Usage(user, int(keys), int(size), self.quota)
@@ -513,7 +303,6 @@ class KVStore:
 def charge_unowned_keys(client: redis.Redis, batch: int = 500) -> int:
     """Charge every key that has no owner (written before quotas, or restored
     from a backup) to its last writer in the audit log, else to ``-``."""
-    script = client.register_script(_MIGRATE)
     writers = last_writers(client)
     charged, after = 0, "-"
     while True:
@@ -524,7 +313,7 @@ def charge_unowned_keys(client: redis.Redis, batch: int = 500) -> int:
         for member in page:
             key = member.decode()
             args += [key, writers.get(key, UNATTRIBUTED)]
-        charged += int(script(args=args))
+        charged += int(KV_CHARGE_UNOWNED(client, keys={}, args={"pairs": args}))
         after = "(" + page[-1].decode()
 
 

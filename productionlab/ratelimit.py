@@ -28,100 +28,26 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_rate
 
 from productionlab import securitymetrics
-from productionlab.audit import AUDIT_ARGC, AUDIT_KEYS, LUA_PRELUDE, Actor, clean
+from productionlab.audit import AUDIT_KEYS, Actor, clean
 from productionlab.errors import RateLimited, error_response
+from productionlab.luascripts import script
 from productionlab.settings import Settings
 
 FAILURES = "{plab}:authfail:"
 # Failed tokens (and any credential that is not Basic) are counted per address
 # under their own key: they never feed the Basic guard's per-address counter.
 TOKEN_FAILURES = FAILURES + "tok:"
-# The open aggregation window of failure audit entries (see ``_AGGREGATE_LUA``).
+# The open aggregation window of failure audit entries (see lua/auth_failures.lua).
 FAILURE_WINDOW = FAILURES + "window"
 WINDOW = 60
 # Guard names that start with "-" are not user names (those start with [a-z0-9]):
 # the token service counts forged refresh tokens as "-refresh", a token failure.
 NON_USER_PREFIX = "-"
 
-# Failures are audited in aggregate, not one entry each: one hash holds the open
-# window (its id, then ``a:<address>`` -> count, at most ``cap`` addresses, the
-# rest in ``other``). The first script to run after the window ended appends one
-# entry per address with its count and starts a new window, so unauthenticated
-# traffic adds at most cap + 1 entries per window however many addresses send it.
-# ARGV after the audit arguments: now, window length, cap, address.
-_AGGREGATE_LUA = (
-    "local base = " + str(AUDIT_ARGC) + "\n"
-    r"""
-local function close_window(agg, now, span)
-  local open = redis.call('HGET', agg, 'window')
-  if not open or tonumber(open) >= math.floor(now / span) then return 0 end
-  local fields = redis.call('HGETALL', agg)
-  local start = tostring(tonumber(open) * span)
-  local appended, other = 0, nil
-  for i = 1, #fields, 2 do
-    local name = fields[i]
-    if string.sub(name, 1, 2) == 'a:' then
-      audit('auth.failures', string.sub(name, 3), 'count:' .. fields[i + 1], start)
-      appended = appended + 1
-    elseif name == 'other' then
-      other = fields[i + 1]
-    end
-  end
-  if other then
-    audit('auth.failures', 'other', 'count:' .. other, start)
-    appended = appended + 1
-  end
-  redis.call('DEL', agg)
-  return appended
-end
-local function count_failure(agg, now, span, cap, address)
-  close_window(agg, now, span)
-  if redis.call('HSETNX', agg, 'window', math.floor(now / span)) == 1 then
-    redis.call('HSET', agg, 'n', 0)
-  end
-  local field = 'a:' .. address
-  if redis.call('HEXISTS', agg, field) == 0 then
-    if tonumber(redis.call('HGET', agg, 'n')) >= cap then field = 'other'
-    else redis.call('HINCRBY', agg, 'n', 1) end
-  end
-  redis.call('HINCRBY', agg, field, 1)
-end
-"""
-)
-
-# KEYS: audit keys, the window hash, then the counters to take. Every failure is
-# counted in the window; a counter already at its limit (ARGV base+5, 0: none)
-# refuses with its TTL and is not taken further.
-_RECORD_FAILURE = (
-    LUA_PRELUDE
-    + _AGGREGATE_LUA
-    + r"""
-local agg = KEYS[3]
-local now, span = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-local cap, address = tonumber(ARGV[base + 3]), ARGV[base + 4]
-local limit, window = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
-count_failure(agg, now, span, cap, address)
-if limit > 0 then
-  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if used >= limit then
-    local ttl = redis.call('TTL', KEYS[4])
-    if ttl < 0 then redis.call('EXPIRE', KEYS[4], window) ttl = window end
-    return math.max(ttl, 1)
-  end
-end
-for i = 4, #KEYS do
-  redis.call('INCR', KEYS[i])
-  if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], window) end
-end
-return 0
-"""
-)
-
-_CLOSE_WINDOW = (
-    LUA_PRELUDE
-    + _AGGREGATE_LUA
-    + "return close_window(KEYS[3], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]))"
-)
+# Failures are audited in aggregate, not one entry each (lua/auth_failures.lua):
+# unauthenticated traffic adds at most cap + 1 entries per window.
+AUTH_FAILURE_RECORD = script("auth_failure_record")
+AUTH_FAILURE_CLOSE_WINDOW = script("auth_failure_close_window")
 
 
 class LoginGuard:
@@ -150,8 +76,6 @@ class LoginGuard:
         self.per_address_tokens = per_address_tokens
         self.audit_window = audit_window
         self.audit_addresses = audit_addresses
-        self._record = client.register_script(_RECORD_FAILURE)
-        self._close = client.register_script(_CLOSE_WINDOW)
 
     @staticmethod
     def _keys(address: str, name: str) -> tuple[str, str]:
@@ -214,17 +138,18 @@ class LoginGuard:
         # they carry no client or request id of their own, the address is the target.
         actor = Actor(name="-")
         return int(
-            self._record(
-                keys=[*AUDIT_KEYS, FAILURE_WINDOW, *counters],
-                args=[
-                    *actor.audit_args(),
-                    f"{time.time() if now is None else now:.3f}",
-                    self.audit_window,
-                    self.audit_addresses,
-                    clean(address),
-                    limit,
-                    WINDOW,
-                ],
+            AUTH_FAILURE_RECORD(
+                self.client,
+                keys={"audit": AUDIT_KEYS, "window": FAILURE_WINDOW, "counters": counters},
+                args={
+                    "audit": actor.audit_args(),
+                    "now": f"{time.time() if now is None else now:.3f}",
+                    "span": self.audit_window,
+                    "cap": self.audit_addresses,
+                    "address": clean(address),
+                    "limit": limit,
+                    "window": WINDOW,
+                },
             )
         )
 
@@ -236,9 +161,10 @@ class LoginGuard:
         """
         now = time.time() if now is None else now
         return int(
-            self._close(
-                keys=[*AUDIT_KEYS, FAILURE_WINDOW],
-                args=[*actor.audit_args(), f"{now:.3f}", self.audit_window],
+            AUTH_FAILURE_CLOSE_WINDOW(
+                self.client,
+                keys={"audit": AUDIT_KEYS, "window": FAILURE_WINDOW},
+                args={"audit": actor.audit_args(), "now": f"{now:.3f}", "span": self.audit_window},
             )
         )
 
@@ -257,28 +183,9 @@ def failure_guard(settings: Settings, client: redis.Redis) -> LoginGuard:
 
 LIMITS = "{plab}:limits:"
 
-# Lua shared by every script that takes a per-user charge. KEYS[n] is the
-# window's counter; limit 0 means limits are off. Returns 0, or the seconds
-# until the window resets when it is spent (the caller then changes nothing).
-LIMIT_LUA = r"""
-local function take_limit(counter, limit, window)
-  if limit <= 0 then return 0 end
-  local used = redis.call('INCR', counter)
-  if used == 1 then redis.call('EXPIRE', counter, window) end
-  if used <= limit then return 0 end
-  local ttl = redis.call('TTL', counter)
-  if ttl < 0 then redis.call('EXPIRE', counter, window) ttl = window end
-  return math.max(ttl, 1)
-end
-"""
-
-# allow-oom: at maxmemory, charging a few bytes of counter must not turn every
-# read and admin request into an error (see kv.ALLOW_OOM).
-_CHARGE = (
-    "#!lua flags=allow-oom\n"
-    + LIMIT_LUA
-    + "return take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
-)
+# A request's own charge, for views whose store call does not take it
+# (lua/user_limit.lua holds the window, shared with the KV scripts).
+USER_LIMIT_CHARGE = script("user_limit_charge")
 
 
 @dataclass(frozen=True)
@@ -289,8 +196,10 @@ class Ticket:
     limit: int
     window: int
 
-    def args(self) -> list[int]:
-        return [self.limit, self.window]
+
+# What a script that takes a charge is given when the request has none: limit 0
+# takes nothing (the counter key is never touched).
+NO_TICKET = Ticket(LIMITS + "none", 0, 0)
 
 
 class UserLimit:
@@ -300,7 +209,7 @@ class UserLimit:
         item = parse_rate(rate)
         self.amount = int(item.amount) if enabled else 0
         self.window = int(item.get_expiry())
-        self._charge = client.register_script(_CHARGE)
+        self.client = client
 
     def ticket(self) -> Ticket:
         user = g.get("user")
@@ -311,7 +220,15 @@ class UserLimit:
         """Take ``ticket`` now, in its own round trip; 429 when the window is spent."""
         if ticket.limit <= 0:
             return
-        refused(int(self._charge(keys=[ticket.counter], args=ticket.args())))
+        refused(
+            int(
+                USER_LIMIT_CHARGE(
+                    self.client,
+                    keys={"limit": ticket.counter},
+                    args={"limit": ticket.limit, "window": ticket.window},
+                )
+            )
+        )
 
     def decorate(self, view: Callable) -> Callable:
         if getattr(view, "plab_rides_on_store", False):

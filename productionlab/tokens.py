@@ -48,8 +48,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flask import g, has_request_context
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor, clean
+from productionlab.audit import AUDIT_KEYS, Actor, clean
 from productionlab.errors import MalformedRequest
+from productionlab.luascripts import script
 from productionlab.settings import Settings
 from productionlab.users import USER, User, UserStore
 
@@ -68,74 +69,9 @@ GUARD_NAME = "-refresh"
 ACCESS_TTL = 15 * 60
 REFRESH_TTL = 7 * 24 * 3600
 
-_ISSUE = (
-    LUA_PRELUDE
-    + r"""
-local fam, families = KEYS[3], KEYS[4]
-local target, family, jti = ARGV[7], ARGV[8], ARGV[9]
-local ttl_ms, expires, now = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-redis.call('HSET', fam, 'user', ARGV[13], 'current', jti, 'revoked', '0', 'created', now)
-redis.call('PEXPIRE', fam, ttl_ms)
-local user, max_live, fam_prefix = ARGV[13], tonumber(ARGV[14]), ARGV[15]
-redis.call('ZREMRANGEBYSCORE', families, '-inf', now)
--- The cap: the user's live (unrevoked) families, least recently used first;
--- past the cap the oldest are revoked, with their access tokens.
-local live = {}
-for _, other in ipairs(redis.call('ZRANGE', families, 0, -1)) do
-  local revoked = redis.call('HGET', fam_prefix .. other, 'revoked')
-  if revoked == '0' then live[#live + 1] = other
-  elseif not revoked then redis.call('ZREM', families, other) end
-end
-for i = 1, #live - max_live + 1 do
-  redis.call('HSET', fam_prefix .. live[i], 'revoked', '1')
-  redis.call('ZREM', families, live[i])
-  audit('token.revoke', user .. ':' .. live[i], 'family_cap', '')
-end
-redis.call('ZADD', families, expires, family)
-redis.call('PEXPIRE', families, ttl_ms)
-return audit('token.issue', target, 'ok', '')
-"""
-)
-
-_REFRESH = (
-    LUA_PRELUDE
-    + r"""
-local fam, families = KEYS[3], KEYS[4]
-local target, family, presented, fresh = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local ttl_ms, expires, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local state = redis.call('HMGET', fam, 'current', 'revoked')
-if not state[1] then
-  audit('token.refresh', target, 'unknown_family', '')
-  return 0
-end
-if state[2] == '1' then
-  audit('token.refresh', target, 'family_revoked', '')
-  return -1
-end
-if state[1] ~= presented then
-  redis.call('HSET', fam, 'revoked', '1')
-  audit('token.reuse', target, 'family_revoked', '')
-  return -2
-end
-redis.call('HSET', fam, 'current', fresh)
-redis.call('PEXPIRE', fam, ttl_ms)
-redis.call('ZADD', families, expires, family)
-redis.call('PEXPIRE', families, ttl_ms)
-audit('token.refresh', target, 'ok', '')
-return 1
-"""
-)
-
-_REVOKE = (
-    LUA_PRELUDE
-    + r"""
-local fam = KEYS[3]
-if redis.call('EXISTS', fam) == 0 then return 0 end
-redis.call('HSET', fam, 'revoked', '1')
-audit('token.revoke', ARGV[7], 'ok', '')
-return 1
-"""
-)
+TOKEN_ISSUE = script("token_issue")
+TOKEN_REFRESH = script("token_refresh")
+TOKEN_REVOKE = script("token_revoke")
 
 
 def _lru_score(ttl: int) -> str:
@@ -314,9 +250,6 @@ class TokenService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self.families_max = families_max
-        self._issue = client.register_script(_ISSUE)
-        self._refresh = client.register_script(_REFRESH)
-        self._revoke = client.register_script(_REVOKE)
 
     # --- encoding -------------------------------------------------------------
     def sign(self, claims: dict) -> str:
@@ -378,20 +311,25 @@ class TokenService:
         now = int(time.time())
         fam = secrets.token_hex(12)
         refresh = self._claims("refresh", user, fam, self.refresh_ttl, now)
-        self._issue(
-            keys=[*AUDIT_KEYS, FAMILY + fam, USER_FAMILIES + user.name],
-            args=[
-                *actor.audit_args(),
-                clean(f"{user.name}:{fam}"),
-                fam,
-                refresh["jti"],
-                self.refresh_ttl * 1000,
-                _lru_score(self.refresh_ttl),
-                now,
-                user.name,
-                self.families_max,
-                FAMILY,
-            ],
+        TOKEN_ISSUE(
+            self.client,
+            keys={
+                "audit": AUDIT_KEYS,
+                "family": FAMILY + fam,
+                "families": USER_FAMILIES + user.name,
+            },
+            args={
+                "audit": actor.audit_args(),
+                "target": clean(f"{user.name}:{fam}"),
+                "family_id": fam,
+                "jti": refresh["jti"],
+                "ttl_ms": self.refresh_ttl * 1000,
+                "expires": _lru_score(self.refresh_ttl),
+                "now": now,
+                "user": user.name,
+                "max_live": self.families_max,
+                "family_prefix": FAMILY,
+            },
         )
         access = self._claims("access", user, fam, self.access_ttl, now)
         return TokenPair(self.sign(access), self.sign(refresh), self.access_ttl, self.refresh_ttl)
@@ -404,18 +342,23 @@ class TokenService:
         now = int(time.time())
         fresh = self._claims("refresh", user, claims.fam, self.refresh_ttl, now)
         result = int(
-            self._refresh(
-                keys=[*AUDIT_KEYS, FAMILY + claims.fam, USER_FAMILIES + claims.sub],
-                args=[
-                    *actor.audit_args(),
-                    clean(f"{claims.sub}:{claims.fam}"),
-                    claims.fam,
-                    claims.jti,
-                    fresh["jti"],
-                    self.refresh_ttl * 1000,
-                    _lru_score(self.refresh_ttl),
-                    now,
-                ],
+            TOKEN_REFRESH(
+                self.client,
+                keys={
+                    "audit": AUDIT_KEYS,
+                    "family": FAMILY + claims.fam,
+                    "families": USER_FAMILIES + claims.sub,
+                },
+                args={
+                    "audit": actor.audit_args(),
+                    "target": clean(f"{claims.sub}:{claims.fam}"),
+                    "family_id": claims.fam,
+                    "presented": claims.jti,
+                    "fresh": fresh["jti"],
+                    "ttl_ms": self.refresh_ttl * 1000,
+                    "expires": _lru_score(self.refresh_ttl),
+                    "now": now,
+                },
             )
         )
         if result != 1:
@@ -462,9 +405,10 @@ class TokenService:
         target = clean(f"{(user or b'-').decode()}:{family}")
         return bool(
             int(
-                self._revoke(
-                    keys=[*AUDIT_KEYS, FAMILY + family],
-                    args=[*actor.audit_args(), target],
+                TOKEN_REVOKE(
+                    self.client,
+                    keys={"audit": AUDIT_KEYS, "family": FAMILY + family},
+                    args={"audit": actor.audit_args(), "target": target},
                 )
             )
         )

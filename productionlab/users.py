@@ -26,7 +26,7 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from productionlab.audit import AUDIT_KEYS, LUA_PRELUDE, Actor
+from productionlab.audit import AUDIT_KEYS, Actor
 from productionlab.contract import (
     GRANT_RULE,
     MAX_GRANTS,
@@ -39,6 +39,7 @@ from productionlab.contract import (
 from productionlab.credential_cache import VerificationCache
 from productionlab.errors import MalformedRequest, StoreUnavailable, UserExists, UserNotFound
 from productionlab.htpasswd import HtpasswdFile, edge_hash
+from productionlab.luascripts import script
 
 log = logging.getLogger("productionlab.users")
 
@@ -52,35 +53,8 @@ ADMIN_NAME = "admin"
 # OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
-_SAVE = (
-    LUA_PRELUDE
-    + r"""
-local item, index, events, generation = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local mode, name, action = ARGV[7], ARGV[8], ARGV[9]
-local exists = redis.call('EXISTS', item) == 1
-if mode == 'create' and exists then return 0 end
-if mode ~= 'create' and not exists then return -1 end
-for i = 10, #ARGV, 2 do redis.call('HSET', item, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', item, 'gen', redis.call('INCR', generation))
-redis.call('SADD', index, name)
-audit(action, name, 'ok', '')
-redis.call('PUBLISH', events, name)
-return 1
-"""
-)
-
-_DELETE = (
-    LUA_PRELUDE
-    + r"""
-local item, index, events = KEYS[3], KEYS[4], KEYS[5]
-local name = ARGV[7]
-if redis.call('DEL', item) == 0 then return 0 end
-redis.call('SREM', index, name)
-audit('user.delete', name, 'ok', '')
-redis.call('PUBLISH', events, name)
-return 1
-"""
-)
+USER_SAVE = script("user_save")
+USER_DELETE = script("user_delete")
 
 
 def generate_password() -> str:
@@ -188,8 +162,6 @@ class UserStore:
         self._slow_slots = threading.BoundedSemaphore(verify_concurrency)
         self.verify_retry_after = verify_retry_after
         self.htpasswd_path = htpasswd_path
-        self._save = client.register_script(_SAVE)
-        self._delete = client.register_script(_DELETE)
         self._listener: threading.Thread | None = None
         self.resubscriptions = 0  # subscribe confirmations seen (each one clears the cache)
         self._stop = threading.Event()
@@ -263,9 +235,22 @@ class UserStore:
         for key, value in fields.items():
             flat += [key, value]
         result = int(
-            self._save(
-                keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS, GENERATION],
-                args=[*actor.audit_args(), mode, name, action, *flat],
+            USER_SAVE(
+                self.client,
+                keys={
+                    "audit": AUDIT_KEYS,
+                    "user": USER + name,
+                    "users": USERS,
+                    "events": EVENTS,
+                    "generation": GENERATION,
+                },
+                args={
+                    "audit": actor.audit_args(),
+                    "mode": mode,
+                    "name": name,
+                    "action": action,
+                    "fields": flat,
+                },
             )
         )
         if result == 1:
@@ -347,9 +332,10 @@ class UserStore:
 
     def delete(self, name: str, actor: Actor) -> None:
         validate_name(name)
-        deleted = self._delete(
-            keys=[*AUDIT_KEYS, USER + name, USERS, EVENTS],
-            args=[*actor.audit_args(), name],
+        deleted = USER_DELETE(
+            self.client,
+            keys={"audit": AUDIT_KEYS, "user": USER + name, "users": USERS, "events": EVENTS},
+            args={"audit": actor.audit_args(), "name": name},
         )
         if not int(deleted):
             raise UserNotFound(f"no user {name!r}")

@@ -33,8 +33,8 @@ from productionlab.audit import (
     legacy_entry_mac,
 )
 from productionlab.audit_archive import (
+    AUDIT_TRIM,
     LEGACY_REPORT,
-    TRIM_SCRIPT,
     Archive,
     archive_and_trim,
     migrate_legacy,
@@ -389,13 +389,12 @@ def test_a_trim_refuses_when_the_log_moved_underneath(tmp_path):
         dropped, first, _ = archive_and_trim(client, archive, Actor("op"), keep=4)
         assert (dropped, first) == (6, 7)
         before = client.lrange(AUDIT_LIST, 0, -1)
-        script = client.register_script(TRIM_SCRIPT)
-        for stale in (
-            [*Actor("op").audit_args(), 1, 2, "x" * 40, "audit.trim", "t", "ok"],
-            [*Actor("op").audit_args(), 7, 2, "0" * 40, "audit.trim", "t", "ok"],
-        ):
+        for expected_first, last_hash in ((1, "x" * 40), (7, "0" * 40)):
+            stale = {"audit": Actor("op").audit_args(), "expected_first": expected_first}
+            stale |= {"drop": 2, "last_hash": last_hash, "action": "audit.trim"}
+            stale |= {"target": "t", "outcome": "ok"}
             with pytest.raises(redis.ResponseError, match="audit log moved"):
-                script(keys=list(AUDIT_KEYS), args=stale)
+                AUDIT_TRIM(client, keys={"audit": AUDIT_KEYS}, args=stale)
         assert client.lrange(AUDIT_LIST, 0, -1) == before
         outcome = verify_log(client, archive, CheckpointFile(tmp_path / "c.jsonl"), {})
         assert outcome.ok is True and outcome.archived == 6 and outcome.checked == 11
