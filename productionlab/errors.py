@@ -148,6 +148,11 @@ def error_response(
     return response
 
 
+def store_unavailable(message: str, retry_after: int = REDIS_RETRY_AFTER) -> Response:
+    """503 with ``Retry-After``: what every redis fault becomes, never a 500."""
+    return error_response(503, "unavailable", message, {"Retry-After": str(retry_after)})
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(PlabError)
     def handle_plab_error(exc: PlabError) -> Response:
@@ -173,23 +178,15 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(RedisTimeoutError)
     def handle_redis_down(exc: RedisError) -> Response:
         log.warning("redis unavailable: %s", type(exc).__name__)
-        return error_response(
-            503,
-            "unavailable",
-            "the store is unavailable; retry later",
-            {"Retry-After": str(REDIS_RETRY_AFTER)},
-        )
+        return store_unavailable("the store is unavailable; retry later")
 
     @app.errorhandler(OutOfMemoryError)
     def handle_redis_full(exc: RedisError) -> Response:
         # noeviction past maxmemory: the write changed nothing (redis refuses a
         # script before its first write). Reads still work; deletes free room.
         log.error("redis refuses writes: out of memory (maxmemory)")
-        return error_response(
-            503,
-            "unavailable",
-            "the store is full and refuses writes; retry later",
-            {"Retry-After": str(REDIS_FULL_RETRY_AFTER)},
+        return store_unavailable(
+            "the store is full and refuses writes; retry later", REDIS_FULL_RETRY_AFTER
         )
 
     @app.errorhandler(RedisError)
@@ -197,12 +194,7 @@ def init_app(app: Flask) -> None:
         # Loading, read-only replica, MISCONF (disk full, AOF write failing):
         # all transient from the client's point of view.
         log.error("redis error: %s", exc)
-        return error_response(
-            503,
-            "unavailable",
-            "the store cannot accept this now; retry later",
-            {"Retry-After": str(REDIS_RETRY_AFTER)},
-        )
+        return store_unavailable("the store cannot accept this now; retry later")
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response:

@@ -730,6 +730,10 @@ def _admin_paths() -> dict:
     with_password = _ref("UserWithPassword")
     json_body = {"application/json": {"schema": _ref("NewUser")}}
     errors = (*AUTHED, "409")
+
+    def user_action(summary: str, answer: str = "The user", schema: dict = user) -> dict:
+        return {"post": _op(summary, {"200": _ok(answer, schema)}, parameters=[NAME])}
+
     return {
         "/admin/users": {
             "post": _op(
@@ -764,19 +768,11 @@ def _admin_paths() -> dict:
             ),
             "delete": _op("Delete a user", {"204": {"description": "Deleted"}}, parameters=[NAME]),
         },
-        "/admin/users/{name}/disable": {
-            "post": _op("Disable a user", {"200": _ok("The user", user)}, parameters=[NAME])
-        },
-        "/admin/users/{name}/enable": {
-            "post": _op("Enable a user", {"200": _ok("The user", user)}, parameters=[NAME])
-        },
-        "/admin/users/{name}/rotate": {
-            "post": _op(
-                "Give a user a new generated password",
-                {"200": _ok("The user and the new password", with_password)},
-                parameters=[NAME],
-            )
-        },
+        "/admin/users/{name}/disable": user_action("Disable a user"),
+        "/admin/users/{name}/enable": user_action("Enable a user"),
+        "/admin/users/{name}/rotate": user_action(
+            "Give a user a new generated password", "The user and the new password", with_password
+        ),
         "/admin/audit": {
             "get": _op(
                 "Audit entries, oldest first",
@@ -797,13 +793,7 @@ def _admin_paths() -> dict:
                 },
             )
         },
-        "/admin/users/{name}/revoke-tokens": {
-            "post": _op(
-                "Revoke every token family of a user",
-                {"200": _ok("The user", user)},
-                parameters=[NAME],
-            )
-        },
+        "/admin/users/{name}/revoke-tokens": user_action("Revoke every token family of a user"),
         "/admin/tokens": {
             "get": _op(
                 "A user's live token families",

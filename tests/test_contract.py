@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from productionlab import contract, errors
-from productionlab.configfiles import NGINX_TEMPLATE, EdgeConfig
+from productionlab.configfiles import NGINX_TEMPLATE
 from productionlab.openapi import build
+from tests.test_configfiles import default_edge
 
 PACKAGE = Path(contract.__file__).resolve().parent
 
@@ -49,13 +50,7 @@ def test_key_rule(key, ok):
 
 
 def test_the_edge_checks_keys_with_the_contract_pattern():
-    conf = EdgeConfig(
-        ap_servers=["127.0.0.1:8101"],
-        cp_server="127.0.0.1:8201",
-        tls_cert="/x/tls.crt",
-        tls_key="/x/tls.key",
-        htpasswd="/x/htpasswd",
-    ).render()
+    conf = default_edge()
     for route in ("/write/", "/read/", "/v1/kv/"):
         assert f'location ~ "^{route}{contract.KEY_CLASS}' in conf
     assert f'"~^{contract.USER_NAME_CLASS}\\z" $remote_user' in conf
