@@ -168,9 +168,8 @@ def section(stats: dict, data: dict) -> list[str]:
         c, h = _component_cpu(ceiling["cpu"]), _component_cpu(hardened["cpu"])
         lines.append(
             f"| {WORKLOAD_NAMES[workload]} | {c['nginx']:.0f} | {c['ap']:.0f} | {c['total']:.0f} "
-            f"| {h['nginx']:.0f} "
-            f"| {h['ap']:.0f} | {h['redis']:.0f} | {h['cp']:.0f} | {h['total']:.0f} "
-            f"| {h['total'] - c['total']:+.0f} |"
+            f"| {h['nginx']:.0f} | {h['ap']:.0f} | {h['redis']:.0f} | {h['cp']:.0f} "
+            f"| {h['total']:.0f} | {h['total'] - c['total']:+.0f} |"
         )
     lines += report_text.closing_note(
         data.get("rerun_rounds", []), _rerun_lines, "No round was re-run for spread."
