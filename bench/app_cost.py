@@ -17,6 +17,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,24 +56,37 @@ def environ(path: str, method: str, auth: str | None) -> dict:
     return env
 
 
-def cost(app, path: str, method: str, auth: str | None, calls: int) -> tuple[float, str]:
+def wsgi_caller(app, make_environ: Callable[[], dict]) -> tuple[Callable[[], None], list[str]]:
+    """A function that makes one WSGI call of ``app`` (a fresh environ each time)
+    and reads the whole body, and the list of the statuses it has been given."""
     statuses: list[str] = []
 
     def start_response(status: str, headers: list, exc_info=None) -> None:
         statuses.append(status)
 
     def call() -> None:
-        body = app(environ(path, method, auth), start_response)
+        body = app(make_environ(), start_response)
         b"".join(body)
         if hasattr(body, "close"):
             body.close()
 
-    for _ in range(50):
+    return call, statuses
+
+
+def cpu_us_per_call(call: Callable[[], None], calls: int, warmup: int) -> float:
+    """This process's CPU microseconds per ``call()`` over ``calls`` calls, after
+    ``warmup`` calls that are not counted."""
+    for _ in range(warmup):
         call()
     started = time.process_time()
     for _ in range(calls):
         call()
-    return (time.process_time() - started) / calls * 1e6, statuses[-1]
+    return (time.process_time() - started) / calls * 1e6
+
+
+def cost(app, path: str, method: str, auth: str | None, calls: int) -> tuple[float, str]:
+    call, statuses = wsgi_caller(app, lambda: environ(path, method, auth))
+    return cpu_us_per_call(call, calls, warmup=50), statuses[-1]
 
 
 def main() -> None:

@@ -161,7 +161,11 @@ class Ceiling(harness.System):
         self.nginx: subprocess.Popen | None = None
         self.tmp = tmp
         try:
-            self._start(edge_conf, ap_workers, threads, tls_cert, tls_key, tmp)
+            nginx = harness.find_binary("nginx")
+            if nginx is None:
+                raise RuntimeError("nginx is missing: apt-get install nginx")
+            ports = self._start_workers(ap_workers, threads)
+            self._start_nginx(nginx, edge_conf, ports, tls_cert, tls_key)
         except BaseException:
             self.stop()
             raise
@@ -190,18 +194,10 @@ class Ceiling(harness.System):
             auth_header=hardened.env.get("BENCH_AUTH"),
         )
 
-    def _start(
-        self,
-        edge_conf: str,
-        ap_workers: int,
-        threads: int,
-        tls_cert: Path,
-        tls_key: Path,
-        tmp: Path,
-    ) -> None:
-        nginx = harness.find_binary("nginx")
-        if nginx is None:
-            raise RuntimeError("nginx is missing: apt-get install nginx")
+    def _start_workers(self, ap_workers: int, threads: int) -> list[int]:
+        """``ap_workers`` Waitress processes of the empty route, each on a port of its
+        own; returns the ports once every one accepts connections."""
+        tmp = self.tmp
         ports = []
         for _ in range(ap_workers):
             port = harness.free_port()
@@ -223,6 +219,13 @@ class Ceiling(harness.System):
             )
         for port in ports:
             harness.wait_port(port)
+        return ports
+
+    def _start_nginx(
+        self, nginx: str, edge_conf: str, ports: list[int], tls_cert: Path, tls_key: Path
+    ) -> None:
+        """The edge-like nginx in front of ``ports``, ready when both paths answer."""
+        tmp = self.tmp
         self.port = harness.free_port()
         # nginx's master reads the certificate and key (the hardened stack's, so the
         # handshake and record layer are the same); as root its workers run as the

@@ -11,8 +11,7 @@ Run: ``python bench/ceiling_app.py --port 8000 --threads 8``.
 
 from __future__ import annotations
 
-import argparse
-
+import app_args
 import waitress
 from flask import Flask
 
@@ -32,11 +31,7 @@ def create_app() -> Flask:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    args = parser.parse_args()
+    args = app_args.parse("--threads")
     waitress.serve(
         create_app(),
         host=args.host,

@@ -8,6 +8,9 @@ Also decides which round to re-run when the rounds disagree (``outlier_round``).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable, Iterator
+
+import report_text
 
 PAIR = ("ceiling", "hardened")
 SPREAD_LIMIT_PCT = 20.0
@@ -45,6 +48,14 @@ def _ratios(stats: dict, workload: str) -> tuple[dict, dict] | None:
     return (ceiling, hardened) if ceiling and hardened else None
 
 
+def _measured(stats: dict, workloads: Iterable[str]) -> Iterator[tuple[str, dict, dict]]:
+    """(workload, ceiling, hardened) for each of ``workloads`` both systems ran."""
+    for workload in workloads:
+        pair = _ratios(stats, workload)
+        if pair:
+            yield workload, *pair
+
+
 def round_ratios(runs: list[dict], workload: str) -> list[float]:
     """hardened / ceiling req/s of each round (the two ran back to back)."""
     by_rep: dict[int, dict[str, float]] = {}
@@ -61,18 +72,16 @@ def round_ratios(runs: list[dict], workload: str) -> list[float]:
 def verdicts(stats: dict) -> list[tuple[str, bool, str]]:
     """(target, met, figures) for each of issue 16's targets that this run measured."""
     found = []
-    for workload, share in THROUGHPUT_TARGETS.items():
-        pair = _ratios(stats, workload)
-        if pair:
-            ceiling, hardened = pair
-            ratio = hardened["rps"] / ceiling["rps"]
-            found.append(
-                (
-                    f"{WORKLOAD_NAMES[workload]}: hardened >= {share:.0%} of the ceiling",
-                    ratio >= share,
-                    f"{ratio:.0%}: {hardened['rps']:,.0f} vs {ceiling['rps']:,.0f} req/s",
-                )
+    for workload, ceiling, hardened in _measured(stats, THROUGHPUT_TARGETS):
+        share = THROUGHPUT_TARGETS[workload]
+        ratio = hardened["rps"] / ceiling["rps"]
+        found.append(
+            (
+                f"{WORKLOAD_NAMES[workload]}: hardened >= {share:.0%} of the ceiling",
+                ratio >= share,
+                f"{ratio:.0%}: {hardened['rps']:,.0f} vs {ceiling['rps']:,.0f} req/s",
             )
+        )
     pair = _ratios(stats, "read")
     if pair:
         ceiling, hardened = pair
@@ -91,15 +100,13 @@ def verdicts(stats: dict) -> list[tuple[str, bool, str]]:
 def summary_lines(stats: dict) -> list[str]:
     """One line per workload and per target, for the console."""
     lines = []
-    for workload, name in WORKLOAD_NAMES.items():
-        pair = _ratios(stats, workload)
-        if pair:
-            ceiling, hardened = pair
-            lines.append(
-                f"ceiling: {name:9} hardened/ceiling {hardened['rps'] / ceiling['rps']:5.0%} "
-                f"({hardened['rps']:,.0f} / {ceiling['rps']:,.0f} req/s)  p99 "
-                f"{hardened['p99_ms']:.1f} / {ceiling['p99_ms']:.1f} ms"
-            )
+    for workload, ceiling, hardened in _measured(stats, WORKLOAD_NAMES):
+        lines.append(
+            f"ceiling: {WORKLOAD_NAMES[workload]:9} "
+            f"hardened/ceiling {hardened['rps'] / ceiling['rps']:5.0%} "
+            f"({hardened['rps']:,.0f} / {ceiling['rps']:,.0f} req/s)  p99 "
+            f"{hardened['p99_ms']:.1f} / {ceiling['p99_ms']:.1f} ms"
+        )
     for target, met, figures in verdicts(stats):
         lines.append(f"ceiling: target {target}: {'met' if met else 'NOT met'} ({figures})")
     return lines
@@ -136,14 +143,10 @@ def section(stats: dict, data: dict) -> list[str]:
         "| ceiling p99 ms | hardened p99 ms | p99 hardened / ceiling |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for workload, name in WORKLOAD_NAMES.items():
-        pair = _ratios(stats, workload)
-        if not pair:
-            continue
-        ceiling, hardened = pair
+    for workload, ceiling, hardened in _measured(stats, WORKLOAD_NAMES):
         rounds = ", ".join(f"{r:.0%}" for r in round_ratios(runs, workload))
         lines.append(
-            f"| {name} | {ceiling['rps']:,.0f} | {hardened['rps']:,.0f} | "
+            f"| {WORKLOAD_NAMES[workload]} | {ceiling['rps']:,.0f} | {hardened['rps']:,.0f} | "
             f"**{hardened['rps'] / ceiling['rps']:.0%}** | {rounds} | {ceiling['p99_ms']:.2f} | "
             f"{hardened['p99_ms']:.2f} | {hardened['p99_ms'] / ceiling['p99_ms']:.2f}x |"
         )
@@ -161,28 +164,26 @@ def section(stats: dict, data: dict) -> list[str]:
         "| hardened - ceiling |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for workload, name in WORKLOAD_NAMES.items():
-        pair = _ratios(stats, workload)
-        if not pair:
-            continue
-        c, h = _component_cpu(pair[0]["cpu"]), _component_cpu(pair[1]["cpu"])
+    for workload, ceiling, hardened in _measured(stats, WORKLOAD_NAMES):
+        c, h = _component_cpu(ceiling["cpu"]), _component_cpu(hardened["cpu"])
         lines.append(
-            f"| {name} | {c['nginx']:.0f} | {c['ap']:.0f} | {c['total']:.0f} | {h['nginx']:.0f} "
-            f"| {h['ap']:.0f} | {h['redis']:.0f} | {h['cp']:.0f} | {h['total']:.0f} "
-            f"| {h['total'] - c['total']:+.0f} |"
+            f"| {WORKLOAD_NAMES[workload]} | {c['nginx']:.0f} | {c['ap']:.0f} | {c['total']:.0f} "
+            f"| {h['nginx']:.0f} | {h['ap']:.0f} | {h['redis']:.0f} | {h['cp']:.0f} "
+            f"| {h['total']:.0f} | {h['total'] - c['total']:+.0f} |"
         )
-    reruns = data.get("rerun_rounds", [])
-    lines.append("")
-    if reruns:
-        lines.append(
-            f"Rounds re-run because the rounds disagreed by more than {SPREAD_LIMIT_PCT:.0f} %: "
-            + "; ".join(
-                f"{WORKLOAD_NAMES[r['workload']]} round {r['rep'] + 1} (was ceiling "
-                f"{r['ceiling_rps']:,} / hardened {r['hardened_rps']:,} req/s)"
-                for r in reruns
-            )
-            + "."
-        )
-    else:
-        lines.append("No round was re-run for spread.")
+    lines += report_text.closing_note(
+        data.get("rerun_rounds", []), _rerun_lines, "No round was re-run for spread."
+    )
     return lines
+
+
+def _rerun_lines(reruns: list[dict]) -> list[str]:
+    return [
+        f"Rounds re-run because the rounds disagreed by more than {SPREAD_LIMIT_PCT:.0f} %: "
+        + "; ".join(
+            f"{WORKLOAD_NAMES[r['workload']]} round {r['rep'] + 1} (was ceiling "
+            f"{r['ceiling_rps']:,} / hardened {r['hardened_rps']:,} req/s)"
+            for r in reruns
+        )
+        + "."
+    ]

@@ -7,8 +7,7 @@ Run: ``python bench/naive_app.py --port 8000 --redis-port 6379``.
 
 from __future__ import annotations
 
-import argparse
-
+import app_args
 import redis
 import waitress
 from flask import Flask, jsonify
@@ -34,11 +33,7 @@ def create_app(client: redis.Redis) -> Flask:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--redis-port", type=int, required=True)
-    args = parser.parse_args()
+    args = app_args.parse("--redis-port")
     client = redis.Redis(host="127.0.0.1", port=args.redis_port)
     waitress.serve(create_app(client), host=args.host, port=args.port, ident=None)
 

@@ -125,11 +125,7 @@ def category(stack: list[str]) -> str:
 def costs(collapsed: str) -> tuple[Counter[str], int]:
     counts: Counter[str] = Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in profile_summary.collapsed_stacks(collapsed):
         # py-spy's raw format starts each stack with the process and thread names
         frames = [f for f in stack.split(";") if FRAME.match(f)]
         counts[category(frames)] += count
@@ -309,22 +305,8 @@ def in_process(
                 env.update(HTTP_X_FORWARDED_FOR="127.0.0.1", HTTP_X_FORWARDED_PROTO="https")
                 return env
 
-            statuses: list[str] = []
-
-            def call(app=app, environ=environ, statuses=statuses) -> None:
-                body = app(
-                    environ(), lambda status, headers, exc_info=None: statuses.append(status)
-                )
-                b"".join(body)
-                if hasattr(body, "close"):
-                    body.close()
-
-            for _ in range(100):
-                call()
-            started = time.process_time()
-            for _ in range(calls):
-                call()
-            cpu_us = (time.process_time() - started) / calls * 1e6
+            call, statuses = app_cost.wsgi_caller(app, environ)
+            cpu_us = app_cost.cpu_us_per_call(call, calls, warmup=100)
             if not statuses[-1].startswith("20"):
                 raise RuntimeError(f"{system} {workload}: {statuses[-1]}")
             target = out_dir / f"profile-inprocess-{system}-{workload}.collapsed"

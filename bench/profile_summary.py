@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 SLOW_HASH = re.compile(r"argon2|scrypt|bcrypt|pbkdf2|PasswordHasher", re.IGNORECASE)
@@ -26,16 +27,21 @@ def frame_name(frame: str) -> str:
     return f"{function} ({short})"
 
 
+def collapsed_stacks(text: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of each line of py-spy's raw (collapsed) format,
+    ``frame;frame;... count``; lines that are not one are passed over."""
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def summarise(text: str, top: int = 30) -> str:
     inclusive: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total = 0
     slow = 0
-    for line in text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(text):
         frames = [frame_name(f) for f in stack.split(";")]
         total += count
         for name in set(frames):

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import ceiling_report
+import report_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = ("naive", "hardened", "ceiling", "webdis")
@@ -211,26 +212,9 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
                 f"{row['p99_max']:.1f} | {row['foreign_median']:.0f} % / "
                 f"{row['foreign_max']:.0f} % |"
             )
-    disturbed = data.get("disturbed", [])
-    lines.append("")
-    if disturbed:
-        per_system: dict[str, list[dict]] = {}
-        for d in disturbed:
-            per_system.setdefault(d["system"], []).append(d)
-        lines.append(
-            f"Runs discarded as disturbed and re-run: {len(disturbed)} (when every attempt was "
-            'disturbed, the last one was kept - the "others\' CPU" column above says so):'
-        )
-        lines.append("")
-        for system, group in per_system.items():
-            lines.append(
-                f"- {system}: {len(group)} runs, others using "
-                f"{min(d['foreign_cpu'] for d in group):.0f}-"
-                f"{max(d['foreign_cpu'] for d in group):.0f} % of the CPU, "
-                f"{min(d['rps'] for d in group):,}-{max(d['rps'] for d in group):,} req/s"
-            )
-    else:
-        lines.append("No run was discarded as disturbed.")
+    lines += report_text.closing_note(
+        data.get("disturbed", []), _disturbed_lines, "No run was discarded as disturbed."
+    )
     lines += [
         "",
         "## Where the CPU goes (hardened, CPU microseconds per request, medians)",
@@ -279,6 +263,25 @@ def bench_section(data: dict, out_dir: Path) -> list[str]:
         ]
     else:
         lines.append(profile.get("error", "Not profiled in this run (smoke or --no-profile)."))
+    return lines
+
+
+def _disturbed_lines(disturbed: list[dict]) -> list[str]:
+    per_system: dict[str, list[dict]] = {}
+    for d in disturbed:
+        per_system.setdefault(d["system"], []).append(d)
+    lines = [
+        f"Runs discarded as disturbed and re-run: {len(disturbed)} (when every attempt was "
+        'disturbed, the last one was kept - the "others\' CPU" column above says so):',
+        "",
+    ]
+    for system, group in per_system.items():
+        lines.append(
+            f"- {system}: {len(group)} runs, others using "
+            f"{min(d['foreign_cpu'] for d in group):.0f}-"
+            f"{max(d['foreign_cpu'] for d in group):.0f} % of the CPU, "
+            f"{min(d['rps'] for d in group):,}-{max(d['rps'] for d in group):,} req/s"
+        )
     return lines
 
 

@@ -50,17 +50,16 @@ def run(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float = 600,
-    input_text: str | None = None,
-    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
+    """``argv`` from the repository's root, its output captured as text; with
+    ``check``, a non-zero exit raises HarnessError with the output's tail."""
     result = subprocess.run(  # noqa: S603 - argv built by this harness
         list(argv),
         env=dict(env) if env is not None else None,
-        cwd=cwd,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        input=input_text,
         check=False,
     )
     if check and result.returncode != 0:

@@ -4,16 +4,18 @@ redis, take the whole deployment down and up, and scale the app plane."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
 
-from e2e.conftest import STATE, Deployment
+from e2e.conftest import STATE, Client, Deployment
 from e2e.harness import processes_of, scan_for_secrets
 
 SERVICES = ("redis", "cp", "ap", "edge")
@@ -340,33 +342,38 @@ def test_console_signs_in_and_drills_in_the_control_plane_image(deployment):
         assert status.status_code == 200 and "Ready: redis answers" in status.text
 
 
-def test_ready_is_503_while_redis_is_stopped_and_200_when_it_returns(deployment):
+@contextlib.contextmanager
+def value_kept_across(deployment: Deployment, key: str, value: str) -> Iterator[Client]:
+    """Writes ``key`` = ``value`` (as the admin, who is yielded) before the block;
+    after it, waits for redis to be healthy and the stack ready again, and checks
+    that the value is still there."""
     admin = deployment.admin()
-    assert admin.post("/write/e2e-outage/before").status_code in (200, 201)
-    deployment.compose("stop", "redis")
-    try:
-        deployment.wait_for("/ready", 503, timeout=60)
-        ready = deployment.anonymous().get("/ready")
-        assert ready.status_code == 503
-        assert ready.headers["Retry-After"]
-        assert deployment.anonymous().get("/health").status_code == 200
-        failed = admin.post("/write/e2e-outage/during")
-        assert failed.status_code == 503
-        assert failed.headers["Retry-After"]
-    finally:
-        deployment.compose("start", "redis")
+    assert admin.post(f"/write/{key}/{value}").status_code in (200, 201)
+    yield admin
     deployment.compose.wait_healthy("redis")
     deployment.wait_for("/ready", 200)
-    assert admin.get("/read/e2e-outage").json()["value"] == "before"
+    assert admin.get(f"/read/{key}").json()["value"] == value
+
+
+def test_ready_is_503_while_redis_is_stopped_and_200_when_it_returns(deployment):
+    with value_kept_across(deployment, "e2e-outage", "before") as admin:
+        deployment.compose("stop", "redis")
+        try:
+            deployment.wait_for("/ready", 503, timeout=60)
+            ready = deployment.anonymous().get("/ready")
+            assert ready.status_code == 503
+            assert ready.headers["Retry-After"]
+            assert deployment.anonymous().get("/health").status_code == 200
+            failed = admin.post("/write/e2e-outage/during")
+            assert failed.status_code == 503
+            assert failed.headers["Retry-After"]
+        finally:
+            deployment.compose("start", "redis")
 
 
 def test_data_survives_restart_of_redis(deployment):
-    admin = deployment.admin()
-    assert admin.post("/write/e2e-restart/kept").status_code in (200, 201)
-    deployment.compose("restart", "redis")
-    deployment.compose.wait_healthy("redis")
-    deployment.wait_for("/ready", 200)
-    assert admin.get("/read/e2e-restart").json()["value"] == "kept"
+    with value_kept_across(deployment, "e2e-restart", "kept"):
+        deployment.compose("restart", "redis")
 
 
 def test_data_and_users_survive_down_and_up_with_the_volumes_kept(deployment):

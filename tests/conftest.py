@@ -106,6 +106,14 @@ def stop_stack(stack: Supervisor) -> None:
         shutil.rmtree(stack.state, ignore_errors=True)
 
 
+def running_stack(**overrides) -> Iterator[Supervisor]:
+    """A module fixture's stack, for it to ``yield from``: started with ``overrides``
+    (as ``start_stack``), stopped when the fixture is torn down."""
+    stack = start_stack(**overrides)
+    yield stack
+    stop_stack(stack)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Supervisor]:
     """One stack for the session, edge limits raised so ordinary tests are not throttled.

@@ -9,6 +9,7 @@ printed at the end).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -83,6 +84,32 @@ def sign_in(page: Page, stack, name: str, password: str) -> None:
     page.keyboard.type(password)
     page.keyboard.press("Enter")
     page.wait_for_url("**/console/keys")
+
+
+@contextlib.contextmanager
+def admin_session(browser: Browser, stack, **kwargs) -> Iterator[tuple[BrowserContext, Page]]:
+    """A fresh browser context (``kwargs`` as for ``new_context``) with one page
+    signed in as the admin; the context is closed after."""
+    admin = admin_of(stack)
+    context = new_context(browser, **kwargs)
+    try:
+        page = context.new_page()
+        sign_in(page, stack, admin.name, admin.password)
+        yield context, page
+    finally:
+        context.close()
+
+
+def keys_page_with_cookie(stack, session_id: str) -> requests.Response:
+    """GET /console/keys outside the browser with ``session_id`` as the session
+    cookie, redirects not followed: 303 (to the login) when that session is not live."""
+    return requests.get(
+        stack.url + "/console/keys",
+        cookies={COOKIE: session_id},
+        verify=str(stack.tls_cert),
+        allow_redirects=False,
+        timeout=30,
+    )
 
 
 def version_of(page: Page) -> str:
@@ -175,68 +202,52 @@ def test_operator_flow(browser, stack, shots):
     assert "You are signed out." in page.content()
     page.goto(stack.url + "/console/keys")
     assert page.url.endswith("/console/login")
-    replay = requests.get(
-        stack.url + "/console/keys",
-        cookies={COOKIE: cookie},
-        verify=str(stack.tls_cert),
-        allow_redirects=False,
-        timeout=30,
-    )
+    replay = keys_page_with_cookie(stack, cookie)
     assert replay.status_code == 303
     context.close()
 
 
 def test_readable_on_a_phone(browser, stack, shots):
-    admin = admin_of(stack)
-    context = new_context(browser, viewport={"width": 390, "height": 844}, is_mobile=True)
-    page = context.new_page()
-    sign_in(page, stack, admin.name, admin.password)
-    page.click("text=Users")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
-    shoot(page, shots, "13-phone-users")
-    context.close()
+    phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True}
+    with admin_session(browser, stack, **phone) as (_, page):
+        page.click("text=Users")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+        shoot(page, shots, "13-phone-users")
 
 
 def test_cookie_flags_as_the_browser_sees_them(browser, stack):
-    admin = admin_of(stack)
-    context = new_context(browser)
-    page = context.new_page()
-    sign_in(page, stack, admin.name, admin.password)
-    [cookie] = [c for c in context.cookies() if c["name"] == COOKIE]
-    assert cookie["secure"] and cookie["httpOnly"]
-    assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
-    assert not cookie["domain"].startswith(".")  # host-only, as __Host- demands
-    assert COOKIE not in page.evaluate("document.cookie")
-    context.close()
+    with admin_session(browser, stack) as (context, page):
+        [cookie] = [c for c in context.cookies() if c["name"] == COOKIE]
+        assert cookie["secure"] and cookie["httpOnly"]
+        assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+        assert not cookie["domain"].startswith(".")  # host-only, as __Host- demands
+        assert COOKIE not in page.evaluate("document.cookie")
 
 
 def test_a_cross_site_form_post_is_refused(browser, stack):
     admin = admin_of(stack)
-    context = new_context(browser)
-    page = context.new_page()
-    sign_in(page, stack, admin.name, admin.password)
-    key = f"evil{secrets.token_hex(4)}"
-    # a page on another site (served by the test, never over the network) that
-    # posts a form to the console on load
-    attacker = (
-        f'<form id="f" method="post" action="{stack.url}/console/keys">'
-        f'<input name="key" value="{key}"><input name="value" value="pwned">'
-        '<input name="csrf" value="guess"></form>'
-        "<script>document.getElementById('f').submit()</script>"
-    )
-    context.route(
-        "https://attacker.invalid/**",
-        lambda route: route.fulfill(status=200, content_type="text/html", body=attacker),
-    )
-    with page.expect_response(lambda r: r.url.endswith("/console/keys")) as answer:
-        page.goto("https://attacker.invalid/")
-    assert answer.value.status in (401, 403)
-    assert admin.get(f"/ops/read/{key}").status_code == 404
-    # the session itself survives and still works
-    page.goto(stack.url + "/console/keys")
-    assert page.url.endswith("/console/keys")
-    context.close()
+    with admin_session(browser, stack) as (context, page):
+        key = f"evil{secrets.token_hex(4)}"
+        # a page on another site (served by the test, never over the network) that
+        # posts a form to the console on load
+        attacker = (
+            f'<form id="f" method="post" action="{stack.url}/console/keys">'
+            f'<input name="key" value="{key}"><input name="value" value="pwned">'
+            '<input name="csrf" value="guess"></form>'
+            "<script>document.getElementById('f').submit()</script>"
+        )
+        context.route(
+            "https://attacker.invalid/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body=attacker),
+        )
+        with page.expect_response(lambda r: r.url.endswith("/console/keys")) as answer:
+            page.goto("https://attacker.invalid/")
+        assert answer.value.status in (401, 403)
+        assert admin.get(f"/ops/read/{key}").status_code == 404
+        # the session itself survives and still works
+        page.goto(stack.url + "/console/keys")
+        assert page.url.endswith("/console/keys")
 
 
 def test_an_injected_script_is_text_and_csp_blocks_inline_code(browser, stack, shots):
@@ -309,13 +320,7 @@ def test_a_planted_session_cookie_is_not_adopted(browser, stack):
     [cookie] = [c for c in context.cookies() if c["name"] == COOKIE]
     assert cookie["value"] != planted
     assert page.locator(".who").inner_text() == admin.name
-    gone = requests.get(
-        stack.url + "/console/keys",
-        cookies={COOKIE: planted},
-        verify=str(stack.tls_cert),
-        allow_redirects=False,
-        timeout=30,
-    )
+    gone = keys_page_with_cookie(stack, planted)
     assert gone.status_code == 303  # the planted id died at the login
     context.close()
 
@@ -342,11 +347,7 @@ def test_disable_and_rotate_end_the_browser_session(browser, stack):
 
 def test_idle_timeout(browser, stack_factory):
     stack = stack_factory(extra_env={"PLAB_CONSOLE_IDLE": "8", "PLAB_CONSOLE_LIFETIME": "600"})
-    admin = admin_of(stack)
-    context = new_context(browser)
-    page = context.new_page()
-    sign_in(page, stack, admin.name, admin.password)
-    time.sleep(12)
-    page.goto(stack.url + "/console/users")
-    assert page.url.endswith("/console/login")
-    context.close()
+    with admin_session(browser, stack) as (_, page):
+        time.sleep(12)
+        page.goto(stack.url + "/console/users")
+        assert page.url.endswith("/console/login")

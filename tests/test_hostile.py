@@ -47,13 +47,20 @@ def build_corpus(auth: str) -> list[Hostile]:
         """One request: ``line``, then Host, Authorization, Connection: close."""
         return (line + host + a + close + b"\r\n",)
 
-    def with_header(line: bytes, header: bytes) -> tuple[bytes]:
-        """One request: ``line``, Host, Authorization, ``header``, Connection: close."""
-        return (line + host + a + header + close + b"\r\n",)
+    def raw(line: bytes, rest: bytes) -> tuple[bytes]:
+        """One request: ``line``, Host, Authorization, then ``rest`` as it is (more
+        headers, the blank line, a body: no Connection: close unless ``rest`` has it)."""
+        return (line + host + a + rest,)
+
+    def with_header(line: bytes, header: bytes, body: bytes = b"") -> tuple[bytes]:
+        """One request: ``line``, Host, Authorization, ``header``, Connection: close,
+        then ``body``."""
+        return (line + host + a + header + close + b"\r\n" + body,)
 
     smuggled = f"POST /write/{SMUGGLED}/x HTTP/1.1\r\n".encode() + host + a + b"\r\n"
     read = f"GET /read/{CANARY} HTTP/1.1\r\n".encode()
     write = f"POST /write/{CANARY}/changed HTTP/1.1\r\n".encode()
+    put = f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
 
     def chunked(body: bytes) -> bytes:
         return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
@@ -62,32 +69,25 @@ def build_corpus(auth: str) -> list[Hostile]:
         # --- request smuggling shapes -------------------------------------
         Hostile(
             "cl-te",
-            (
-                write
-                + host
-                + a
-                + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            raw(
+                write,
+                b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
                 + b"0\r\n\r\n"
                 + smuggled,
             ),
         ),
         Hostile(
             "te-cl",
-            (
-                write
-                + host
-                + a
-                + b"Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n"
-                + chunked(smuggled),
+            raw(
+                write,
+                b"Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n" + chunked(smuggled),
             ),
         ),
         Hostile(
             "double-cl",
-            (
-                write
-                + host
-                + a
-                + b"Content-Length: 0\r\nContent-Length: "
+            raw(
+                write,
+                b"Content-Length: 0\r\nContent-Length: "
                 + str(len(smuggled)).encode()
                 + b"\r\n\r\n"
                 + smuggled,
@@ -96,24 +96,14 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
         Hostile(
             "cl-comma-list",
-            (write + host + a + b"Content-Length: 0, 70\r\n\r\n" + smuggled,),
+            raw(write, b"Content-Length: 0, 70\r\n\r\n" + smuggled),
             direct=True,
         ),
         Hostile(
-            "cl-plus-sign",
-            (write + host + a + b"Content-Length: +4\r\n" + close + b"\r\nabcd",),
-            direct=True,
+            "cl-plus-sign", with_header(write, b"Content-Length: +4\r\n", b"abcd"), direct=True
         ),
-        Hostile(
-            "cl-negative",
-            with_header(write, b"Content-Length: -1\r\n"),
-            direct=True,
-        ),
-        Hostile(
-            "cl-hex",
-            (write + host + a + b"Content-Length: 0x10\r\n" + close + b"\r\n" + b"a" * 16,),
-            direct=True,
-        ),
+        Hostile("cl-negative", with_header(write, b"Content-Length: -1\r\n"), direct=True),
+        Hostile("cl-hex", with_header(write, b"Content-Length: 0x10\r\n", b"a" * 16), direct=True),
     ]
     for te in (
         b"Transfer-Encoding: xchunked",
@@ -130,67 +120,31 @@ def build_corpus(auth: str) -> list[Hostile]:
         corpus.append(
             Hostile(
                 "te-obfuscated:" + te.decode("latin-1").encode("unicode_escape").decode(),
-                (
-                    write
-                    + host
-                    + a
-                    + te
-                    + b"\r\nContent-Length: 4\r\n\r\n"
-                    + b"0\r\n\r\n"
-                    + smuggled,
-                ),
+                raw(write, te + b"\r\nContent-Length: 4\r\n\r\n" + b"0\r\n\r\n" + smuggled),
             )
         )
     corpus += [
         Hostile(
             "chunk-size-overflow",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Transfer-Encoding: chunked\r\n"
-                + close
-                + b"\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
+            with_header(
+                put, b"Transfer-Encoding: chunked\r\n", b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"
             ),
         ),
         Hostile(
             "chunk-size-garbage",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Transfer-Encoding: chunked\r\n"
-                + close
-                + b"\r\nzz\r\nabc\r\n0\r\n\r\n",
-            ),
+            with_header(put, b"Transfer-Encoding: chunked\r\n", b"zz\r\nabc\r\n0\r\n\r\n"),
         ),
         Hostile(
             "get-with-body-smuggle",
-            (
-                read
-                + host
-                + a
-                + b"Content-Length: "
-                + str(len(smuggled)).encode()
-                + b"\r\n\r\n"
-                + smuggled,
-            ),
+            raw(read, b"Content-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled),
             read_ok=True,
         ),
         # --- header injection ----------------------------------------------
-        Hostile(
-            "bare-lf-in-header",
-            with_header(read, b"X-A: 1\nX-B: 2\r\n"),
-            read_ok=True,
-        ),
+        Hostile("bare-lf-in-header", with_header(read, b"X-A: 1\nX-B: 2\r\n"), read_ok=True),
         Hostile("bare-cr-in-header", with_header(write, b"X-A: 1\rX-B: 2\r\n")),
         Hostile("nul-in-header", with_header(write, b"X-A: a\x00b\r\n")),
         Hostile("obs-fold", with_header(write, b"X-A: a\r\n folded\r\n")),
-        Hostile(
-            "header-no-colon",
-            with_header(read, b"NoColonHere\r\n"),
-            read_ok=True,
-        ),
+        Hostile("header-no-colon", with_header(read, b"NoColonHere\r\n"), read_ok=True),
         Hostile("space-before-colon", with_header(write, b"Host : evil\r\n")),
         Hostile("duplicate-host", (write + host + b"Host: evil\r\n" + a + close + b"\r\n",)),
         Hostile(
@@ -208,10 +162,7 @@ def build_corpus(auth: str) -> list[Hostile]:
             read_ok=True,
         ),
         # --- huge headers ----------------------------------------------------
-        Hostile(
-            "huge-header",
-            with_header(write, b"X-Big: " + b"a" * 70_000 + b"\r\n"),
-        ),
+        Hostile("huge-header", with_header(write, b"X-Big: " + b"a" * 70_000 + b"\r\n")),
         Hostile(
             "many-headers",
             with_header(write, b"".join(b"X-H%d: v\r\n" % i for i in range(2000))),
@@ -251,31 +202,14 @@ def build_corpus(auth: str) -> list[Hostile]:
             pause=0.5,
             wait=25,
         ),
-        Hostile("stalled-headers", (write + host + a + b"X-Never: ends",), wait=25),
+        Hostile("stalled-headers", raw(write, b"X-Never: ends"), wait=25),
         Hostile(
             "slow-body",
-            tuple(
-                [
-                    f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                    + host
-                    + a
-                    + b"Content-Length: 100\r\n\r\n"
-                ]
-                + [b"z"] * 40
-            ),
+            raw(put, b"Content-Length: 100\r\n\r\n") + (b"z",) * 40,
             pause=0.5,
             wait=25,
         ),
-        Hostile(
-            "stalled-body",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Content-Length: 100\r\n\r\nzz",
-            ),
-            wait=25,
-        ),
+        Hostile("stalled-body", raw(put, b"Content-Length: 100\r\n\r\nzz"), wait=25),
         # --- invalid UTF-8, overlong encodings, NUL ---------------------------
         *(
             Hostile(name, request(line), direct=True)
@@ -311,29 +245,17 @@ def build_corpus(auth: str) -> list[Hostile]:
         Hostile("authority-form", request(b"CONNECT localhost:443 HTTP/1.1\r\n")),
         Hostile("asterisk-form", request(b"OPTIONS * HTTP/1.1\r\n")),
         Hostile("trace", request(b"TRACE / HTTP/1.1\r\n")),
-        Hostile(
-            "lowercase-method",
-            request(f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode()),
-        ),
-        Hostile(
-            "unknown-method",
-            request(f"FOO /read/{CANARY} HTTP/1.1\r\n".encode()),
-        ),
+        Hostile("lowercase-method", request(f"post /write/{CANARY}/lower HTTP/1.1\r\n".encode())),
+        Hostile("unknown-method", request(f"FOO /read/{CANARY} HTTP/1.1\r\n".encode())),
         Hostile("http09", (f"GET /read/{CANARY}\r\n".encode(),)),
-        Hostile(
-            "bad-version",
-            request(f"GET /read/{CANARY} HTTP/9.9\r\n".encode()),
-        ),
+        Hostile("bad-version", request(f"GET /read/{CANARY} HTTP/9.9\r\n".encode())),
         Hostile("h2-preface", (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",)),
         Hostile(
             "extra-spaces",
             request(f"GET  /read/{CANARY}  HTTP/1.1\r\n".encode()),
             read_ok=True,
         ),
-        Hostile(
-            "tab-in-line",
-            request(f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode()),
-        ),
+        Hostile("tab-in-line", request(f"POST\t/write/{CANARY}/tab\tHTTP/1.1\r\n".encode())),
         Hostile(
             "dot-segments",
             request(f"POST /write/../write/{CANARY}/dots HTTP/1.1\r\n".encode()),
@@ -350,48 +272,24 @@ def build_corpus(auth: str) -> list[Hostile]:
         # --- bodies -----------------------------------------------------------
         Hostile(
             "body-over-limit-declared",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Content-Length: 999999999\r\n"
-                + close
-                + b"\r\nabc",
-            ),
+            with_header(put, b"Content-Length: 999999999\r\n", b"abc"),
             direct=True,
         ),
         Hostile(
             "expect-continue-over-limit",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Expect: 100-continue\r\nContent-Length: 999999999\r\n"
-                + close
-                + b"\r\n",
-            ),
+            with_header(put, b"Expect: 100-continue\r\nContent-Length: 999999999\r\n"),
         ),
         Hostile(
             "if-match-garbage",
-            (
-                f"PUT /v1/kv/{CANARY} HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b'If-Match: "", W/, ,,"\xff"\r\nContent-Length: 1\r\n'
-                + close
-                + b"\r\nz",
-            ),
+            with_header(put, b'If-Match: "", W/, ,,"\xff"\r\nContent-Length: 1\r\n', b"z"),
             direct=True,
         ),
         Hostile(
             "ttl-overflow",
-            (
-                f"PUT /v1/kv/{CANARY}?ttl=99999999999999999999999 HTTP/1.1\r\n".encode()
-                + host
-                + a
-                + b"Content-Length: 1\r\n"
-                + close
-                + b"\r\nz",
+            with_header(
+                f"PUT /v1/kv/{CANARY}?ttl=99999999999999999999999 HTTP/1.1\r\n".encode(),
+                b"Content-Length: 1\r\n",
+                b"z",
             ),
             direct=True,
         ),

@@ -13,19 +13,17 @@ from tests.conftest import admin_of, create_user
 
 @pytest.fixture(scope="module")
 def edge_limited_stack():
-    from tests.conftest import start_stack, stop_stack
+    from tests.conftest import running_stack
 
-    stack = start_stack(ap_workers=1, edge_rate=5, edge_burst=10)
-    yield stack
-    stop_stack(stack)
+    yield from running_stack(ap_workers=1, edge_rate=5, edge_burst=10)
 
 
 @pytest.fixture(scope="module")
 def default_limits_stack():
     """Per-user limit 20/minute in the apps; the edge generous so only the apps limit."""
-    from tests.conftest import start_stack, stop_stack
+    from tests.conftest import running_stack
 
-    stack = start_stack(
+    yield from running_stack(
         ap_workers=1,
         user_rate="20/minute",
         edge_rate=1000,
@@ -33,8 +31,6 @@ def default_limits_stack():
         admin_rate=1000,
         admin_burst=1000,
     )
-    yield stack
-    stop_stack(stack)
 
 
 def version_counter(stack) -> int:
@@ -170,9 +166,9 @@ def test_missing_credentials_are_not_counted_as_failures(default_limits_stack):
 # --- issue 9: Flask-Limiter on the control plane's /admin and /auth routes ------
 @pytest.fixture(scope="module")
 def route_limited_stack():
-    from tests.conftest import start_stack, stop_stack
+    from tests.conftest import running_stack
 
-    stack = start_stack(
+    yield from running_stack(
         ap_workers=1,
         admin_rate=1000,
         admin_burst=1000,
@@ -182,8 +178,6 @@ def route_limited_stack():
             "PLAB_AUTH_USER_RATE": "3/minute",
         },
     )
-    yield stack
-    stop_stack(stack)
 
 
 def _address() -> str:

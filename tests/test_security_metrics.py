@@ -42,18 +42,11 @@ def value(stack, name: str, planes=("ap", "cp"), **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def watched():
-    from tests.conftest import start_stack, stop_stack
+    from tests.conftest import RAISED_LIMITS, running_stack
 
-    stack = start_stack(
-        ap_workers=1,
-        edge_rate=5000,
-        edge_burst=5000,
-        admin_rate=1000,
-        admin_burst=1000,
-        extra_env={"PLAB_AUTH_ADDRESS_RATE": "12/minute"},
+    yield from running_stack(
+        ap_workers=1, **RAISED_LIMITS, extra_env={"PLAB_AUTH_ADDRESS_RATE": "12/minute"}
     )
-    yield stack
-    stop_stack(stack)
 
 
 def test_failed_logins_are_counted_by_reason(watched):
