@@ -13,7 +13,7 @@ from flask import Flask
 from flask_talisman import Talisman
 
 from productionlab.auth import Authenticator
-from productionlab.console.views import console_blueprint
+from productionlab.console.pages import console_blueprint
 from productionlab.settings import Settings
 
 CSP = {
