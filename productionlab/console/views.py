@@ -46,7 +46,7 @@ from productionlab.errors import KeyNotFound, MalformedRequest, PlabError, Versi
 from productionlab.health import ready_problem
 from productionlab.kv import ITEM, KVStore, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
-from productionlab.ratelimit import client_address
+from productionlab.routelimits import client_address
 from productionlab.services import services
 from productionlab.settings import Settings
 
