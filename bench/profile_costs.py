@@ -61,6 +61,7 @@ COMPONENTS = (
             "productionlab/auth.py",
             "productionlab/users.py",
             "productionlab/tokens.py",
+            "productionlab/token_keys.py",
         ),
     ),
     (

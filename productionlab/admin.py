@@ -76,7 +76,7 @@ def run_drill() -> drill.DrillReport:
 
 
 def close_failure_window() -> None:
-    """Append the aggregate failure entries of a window that has ended (see ratelimit.py)."""
+    """Append the aggregate failure entries of a window that has ended (see loginguard.py)."""
     services().guard.close_window(actor())
 
 

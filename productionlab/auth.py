@@ -22,9 +22,11 @@ from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 from productionlab.audit import Actor
 from productionlab.configfiles import EDGE_FAILURE_PATH
 from productionlab.errors import AuthenticationRequired, NotGranted
-from productionlab.ratelimit import LoginGuard, RouteLimits
+from productionlab.loginguard import LoginGuard
+from productionlab.routelimits import RouteLimits
 from productionlab.services import Services, services
-from productionlab.tokens import TokenError, TokenService
+from productionlab.token_keys import TokenError
+from productionlab.tokens import TokenService
 from productionlab.users import User, UserStore
 
 REALM = "productionlab"

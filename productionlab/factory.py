@@ -11,7 +11,7 @@ import redis
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from productionlab import errors, headers, metrics, ratelimit, requestlog, securitymetrics
+from productionlab import errors, headers, metrics, requestlog, routelimits, securitymetrics
 from productionlab.auth import Authenticator
 from productionlab.auth import init_app as init_auth
 from productionlab.health import health_blueprint
@@ -65,7 +65,7 @@ def base_app(
     # Flask-Limiter's per-route limits serve the control plane's /admin and /auth
     # routes; the app plane has none (its hot routes keep the fused UserLimit).
     route_limits = (
-        ratelimit.RouteLimits(app, settings, services.redis) if settings.plane == "cp" else None
+        routelimits.RouteLimits(app, settings, services.redis) if settings.plane == "cp" else None
     )
     auth = init_auth(app, services, route_limits)
     app.register_blueprint(health_blueprint())

@@ -160,7 +160,7 @@ def cmd_tokens_keys(args: argparse.Namespace) -> int:
 def cmd_tokens_rotate_key(args: argparse.Namespace) -> int:
     """Make a new signing key; the old one becomes ``<file>.previous`` (verify-only)."""
     from productionlab.files import write_atomic
-    from productionlab.tokens import SigningKey
+    from productionlab.token_keys import SigningKey
 
     settings = Settings.from_env(plane="cp")
     path = Path(

@@ -58,7 +58,7 @@ def write_token_public_keys(key_path: Path) -> Path:
     previous one carries the previous private key file's modification time (the
     rotation time, from which the previous key retires), or is empty.
     """
-    from productionlab.tokens import SigningKey
+    from productionlab.token_keys import SigningKey
 
     directory = key_path.parent
     public = directory / TOKEN_PUBLIC_KEY

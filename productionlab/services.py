@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from productionlab.console.sessions import SessionStore
     from productionlab.kv import KVStore, Quota
     from productionlab.lastused import LastUsed
+    from productionlab.loginguard import LoginGuard
     from productionlab.metrics import Metrics
-    from productionlab.ratelimit import LoginGuard, UserLimit
+    from productionlab.ratelimit import UserLimit
     from productionlab.securitymetrics import SecurityMetrics
     from productionlab.settings import Settings
     from productionlab.store.durability import Durability

@@ -1,6 +1,7 @@
 """The token routes of the control plane: ``POST /auth/token`` (Basic
 credentials for a new access/refresh pair) and ``POST /auth/refresh`` (rotate a
-refresh token). Signing, verification and families live in tokens.py."""
+refresh token). Signing, verification and families live in tokens.py, the
+signing keys in token_keys.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from productionlab.auth import Authenticator, actor
 from productionlab.errors import AuthenticationRequired, MalformedRequest
 from productionlab.services import services
-from productionlab.tokens import AUDITED_REFUSALS, FORGERY_SIGNS, GUARD_NAME, TokenError
+from productionlab.token_keys import TokenError
+from productionlab.tokens import AUDITED_REFUSALS, FORGERY_SIGNS, GUARD_NAME
 from productionlab.users import User
 
 

@@ -16,8 +16,9 @@ from productionlab.audit import AuditLog
 from productionlab.batch import Batches
 from productionlab.kv import KVStore, Quota
 from productionlab.lastused import LastUsed
+from productionlab.loginguard import failure_guard
 from productionlab.metrics import Metrics, RedisMemoryCollector
-from productionlab.ratelimit import UserLimit, failure_guard
+from productionlab.ratelimit import UserLimit
 from productionlab.securitymetrics import RecoveryCollector, SecurityMetrics
 from productionlab.services import Services
 from productionlab.settings import Settings

@@ -44,7 +44,7 @@ from productionlab.audit_verify import verify_log
 from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
 from productionlab.supervisor import Supervisor
-from productionlab.tokens import SigningKey
+from productionlab.token_keys import SigningKey
 from tests.conftest import (
     Client,
     admin_of,

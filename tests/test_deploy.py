@@ -18,7 +18,7 @@ import yaml
 
 from productionlab import deploy
 from productionlab.settings import PLANE_SECRETS, ConfigError, secret_problem
-from productionlab.tokens import SigningKey
+from productionlab.token_keys import SigningKey
 from tests.conftest import state_dir
 
 COMPOSE_FILE = Path(__file__).parent.parent / "docker-compose.yml"

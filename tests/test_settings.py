@@ -10,7 +10,7 @@ import pytest
 
 from productionlab.secretgen import ensure_secrets
 from productionlab.settings import ConfigError, Settings, nginx_size, parse_size, secret_problem
-from productionlab.tokens import SigningKey
+from productionlab.token_keys import SigningKey
 
 
 def strong_env(**extra: str) -> dict[str, str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from productionlab.settings import Settings
-from productionlab.tokens import TokenError, TokenKeys, TokenService, build_service
+from productionlab.token_keys import TokenError, TokenKeys
+from productionlab.tokens import TokenService, build_service
 from productionlab.users import UserStore
 from tests.conftest import Client, admin_of, create_user
 from tests.supervisor_kit import restart

@@ -75,7 +75,7 @@ def test_failure_counting_and_aggregate_audit_work_on_the_old_log(upgraded):
     import requests
 
     from productionlab.audit import Actor
-    from productionlab.ratelimit import LoginGuard
+    from productionlab.loginguard import LoginGuard
 
     stack, old = upgraded
     port = stack.config.ap_ports[0]

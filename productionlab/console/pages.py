@@ -27,7 +27,7 @@ from productionlab.console.common import (
 from productionlab.console.csrf import cross_site
 from productionlab.console.sessions import COOKIE, LOGIN_COOKIE, tokens_equal
 from productionlab.errors import PlabError
-from productionlab.ratelimit import client_address
+from productionlab.routelimits import client_address
 from productionlab.services import services
 from productionlab.settings import Settings
 

@@ -195,7 +195,7 @@ def check_tokens(s: Settings, problems: list[str], warnings: list[str]) -> None:
     """The app plane needs the token public key; the control plane derives it
     from its private key (and, if given one, it must match); a previous key
     needs the time of the rotation, from which it retires by itself."""
-    from productionlab.tokens import is_public_half, parse_public_key
+    from productionlab.token_keys import is_public_half, parse_public_key
 
     if not 10 <= s.token_ttl <= 24 * 3600 or not (s.token_ttl < s.refresh_ttl <= 90 * 24 * 3600):
         problems.append("PLAB_TOKEN_TTL must be 10s..1d and below PLAB_REFRESH_TTL (at most 90d)")
