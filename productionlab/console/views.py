@@ -32,7 +32,8 @@ from flask import (
 from productionlab import admin, checkprod, contract
 from productionlab.audit import Actor, clean
 from productionlab.auth import Authenticator, actor
-from productionlab.backup import BackupError, list_backups
+from productionlab.backup import list_backups
+from productionlab.backup_format import BackupError
 from productionlab.console.csrf import cross_site
 from productionlab.console.sessions import (
     COOKIE,
