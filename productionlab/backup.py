@@ -1,12 +1,10 @@
 """Encrypted backups of the key-value data: create, verify, restore (the restore
 drill is in ``drill.py``; the encrypted file format, its keys and its chunks, is
-in ``backup_format.py``).
+in ``backup_format.py``; the records and their digest in ``backup_records.py``).
 
 The plaintext is JSON lines: a start record (the version counter), one record
 per key (key, value as base64, version, remaining TTL in ms) and an end record
-(key count and digest). Keys are read in lexical order from the key index, a
-batch at a time inside MULTI, so each key is consistent; a backup of a busy
-store is not one point in time (writes during it may or may not be included).
+(key count and digest).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -42,10 +39,9 @@ from productionlab.backup_format import (
     read_header,
     record_line,
 )
+from productionlab.backup_records import Digest, Record, read_records
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
 from productionlab.luascripts import script
-
-BATCH = 500
 
 KV_RESTORE = script("kv_restore")
 
@@ -74,71 +70,6 @@ class Progress:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
-
-
-# --- reading the live data ----------------------------------------------------
-@dataclass(frozen=True)
-class Record:
-    key: str
-    value: bytes
-    version: int
-    ttl_ms: int
-
-    def as_json(self) -> dict:
-        return {
-            "k": self.key,
-            "v": base64.b64encode(self.value).decode(),
-            "ver": self.version,
-            "ttl": self.ttl_ms,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> Record:
-        return cls(data["k"], base64.b64decode(data["v"]), int(data["ver"]), int(data["ttl"]))
-
-
-class Digest:
-    """SHA-256 over every (key, value, version) in key order: TTLs shrink, so not them."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def add(self, record: Record) -> None:
-        key = record.key.encode()
-        self._hash.update(struct.pack(">I", len(key)) + key)
-        self._hash.update(struct.pack(">Q", len(record.value)) + record.value)
-        self._hash.update(struct.pack(">Q", record.version))
-        self.count += 1
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
-    """Every live key in lexical order, a batch at a time (each batch in MULTI)."""
-    after = "-"
-    while True:
-        keys = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-        if not keys:
-            return
-        pipe = client.pipeline(transaction=True)
-        for key in keys:
-            pipe.hmget(ITEM + key.decode(), "v", "ver")
-            pipe.pttl(ITEM + key.decode())
-        results = pipe.execute()
-        for key, (value, version), ttl in zip(keys, results[::2], results[1::2], strict=True):
-            if version is None:
-                continue  # expired or deleted since it was indexed
-            yield Record(key.decode(), value or b"", int(version), max(0, int(ttl)))
-        after = "(" + keys[-1].decode()
-
-
-def live_digest(client: redis.Redis) -> Digest:
-    digest = Digest()
-    for record in read_records(client):
-        digest.add(record)
-    return digest
 
 
 # --- writing and reading files ------------------------------------------------
