@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from productionlab import backup, checkprod, drill
+from productionlab import backup, backup_format, checkprod, drill
 from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
@@ -68,7 +68,7 @@ def run_drill() -> drill.DrillReport:
     config = wired.settings
     try:
         report = drill.drill(wired.redis, config.backup_key, config.backup_dir, progress=False)
-    except backup.BackupError:
+    except backup_format.BackupError:
         wired.audit.append(actor(), "backup.drill", "-", "failed")
         raise
     wired.audit.append(actor(), "backup.drill", report.backup, "ok" if report.ok else "failed")
@@ -259,11 +259,11 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         config = services().settings
         try:
             path = backup.backup_path(config.backup_dir, name)
-        except (backup.BackupError, FileNotFoundError):
+        except (backup_format.BackupError, FileNotFoundError):
             raise ResourceNotFound(f"no backup {name!r}") from None
         try:
             contents = backup.verify_backup(path, config.backup_key)
-        except backup.BackupError as exc:
+        except backup_format.BackupError as exc:
             services().audit.append(actor(), "backup.verify", name, "failed")
             raise StateConflict(str(exc)) from None
         services().audit.append(actor(), "backup.verify", name, "ok")

@@ -1,26 +1,10 @@
 """Encrypted backups of the key-value data: create, verify, restore (the restore
-drill is in ``drill.py``).
-
-File format (``.plab-backup``)::
-
-    MAGIC (8 bytes) | header length (4, big-endian) | header (JSON) | chunk*
-
-The header names the format, the key id of the backup key, a random salt and
-nonce prefix. Each chunk is ``length (4) | AES-256-GCM ciphertext+tag`` of at
-most 1 MiB of plaintext; its nonce is the prefix plus the chunk's index and its
-associated data is the SHA-256 of magic+length+header, the index and a last-chunk
-flag. So a flipped byte anywhere (header included), a dropped, repeated or
-reordered chunk, or a truncated file fails authentication.
-
-The file key is HKDF-SHA256 of ``PLAB_BACKUP_KEY`` with the per-file salt; the
-key id is derived from the secret alone, so a backup made with another key is
-refused by name before any decryption is tried.
+drill is in ``drill.py``; the encrypted file format, its keys and its chunks, is
+in ``backup_format.py``; the records and their digest in ``backup_records.py``).
 
 The plaintext is JSON lines: a start record (the version counter), one record
 per key (key, value as base64, version, remaining TTL in ms) and an end record
-(key count and digest). Keys are read in lexical order from the key index, a
-batch at a time inside MULTI, so each key is consistent; a backup of a busy
-store is not one point in time (writes during it may or may not be included).
+(key count and digest).
 """
 
 from __future__ import annotations
@@ -35,51 +19,31 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import redis
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from productionlab.audit import AUDIT_KEYS, Actor
+from productionlab.backup_format import (
+    FORMAT,
+    MAGIC,
+    SUFFIX,
+    BackupError,
+    ChunkWriter,
+    file_key,
+    iter_backup,
+    key_id,
+    read_header,
+    record_line,
+)
+from productionlab.backup_records import Digest, Record, read_records
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
 from productionlab.luascripts import script
 
-MAGIC = b"PLABBK1\n"
-FORMAT = "productionlab-backup"
-SUFFIX = ".plab-backup"
-CHUNK = 1024 * 1024
-BATCH = 500
-
 KV_RESTORE = script("kv_restore")
-
-
-class BackupError(Exception):
-    """The backup cannot be made, read or restored; the message says why."""
-
-
-# --- keys -------------------------------------------------------------------------
-def _secret_bytes(secret: str) -> bytes:
-    text = secret.strip()
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return text.encode()
-
-
-def key_id(secret: str) -> str:
-    return hashlib.sha256(b"productionlab backup key id\0" + _secret_bytes(secret)).hexdigest()[:16]
-
-
-def file_key(secret: str, salt: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=salt, info=b"productionlab backup v1"
-    ).derive(_secret_bytes(secret))
 
 
 # --- progress -------------------------------------------------------------------
@@ -108,71 +72,6 @@ class Progress:
             self.stream.flush()
 
 
-# --- reading the live data ----------------------------------------------------
-@dataclass(frozen=True)
-class Record:
-    key: str
-    value: bytes
-    version: int
-    ttl_ms: int
-
-    def as_json(self) -> dict:
-        return {
-            "k": self.key,
-            "v": base64.b64encode(self.value).decode(),
-            "ver": self.version,
-            "ttl": self.ttl_ms,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> Record:
-        return cls(data["k"], base64.b64decode(data["v"]), int(data["ver"]), int(data["ttl"]))
-
-
-class Digest:
-    """SHA-256 over every (key, value, version) in key order: TTLs shrink, so not them."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def add(self, record: Record) -> None:
-        key = record.key.encode()
-        self._hash.update(struct.pack(">I", len(key)) + key)
-        self._hash.update(struct.pack(">Q", len(record.value)) + record.value)
-        self._hash.update(struct.pack(">Q", record.version))
-        self.count += 1
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
-    """Every live key in lexical order, a batch at a time (each batch in MULTI)."""
-    after = "-"
-    while True:
-        keys = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-        if not keys:
-            return
-        pipe = client.pipeline(transaction=True)
-        for key in keys:
-            pipe.hmget(ITEM + key.decode(), "v", "ver")
-            pipe.pttl(ITEM + key.decode())
-        results = pipe.execute()
-        for key, (value, version), ttl in zip(keys, results[::2], results[1::2], strict=True):
-            if version is None:
-                continue  # expired or deleted since it was indexed
-            yield Record(key.decode(), value or b"", int(version), max(0, int(ttl)))
-        after = "(" + keys[-1].decode()
-
-
-def live_digest(client: redis.Redis) -> Digest:
-    digest = Digest()
-    for record in read_records(client):
-        digest.add(record)
-    return digest
-
-
 # --- writing and reading files ------------------------------------------------
 @dataclass(frozen=True)
 class Summary:
@@ -194,33 +93,6 @@ class Summary:
             "created": self.created,
             "size": self.size,
         }
-
-
-class _ChunkWriter:
-    def __init__(self, handle: IO[bytes], aead: AESGCM, nonce_prefix: bytes, header_hash: bytes):
-        self.handle, self.aead = handle, aead
-        self.nonce_prefix, self.header_hash = nonce_prefix, header_hash
-        self.buffer = bytearray()
-        self.index = 0
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) > CHUNK:
-            self._emit(bytes(self.buffer[:CHUNK]), last=False)
-            del self.buffer[:CHUNK]
-
-    def close(self) -> None:
-        self._emit(bytes(self.buffer), last=True)
-
-    def _emit(self, plain: bytes, last: bool) -> None:
-        nonce = self.nonce_prefix + struct.pack(">I", self.index)
-        sealed = self.aead.encrypt(nonce, plain, _chunk_aad(self.header_hash, self.index, last))
-        self.handle.write(struct.pack(">I", len(sealed)) + sealed)
-        self.index += 1
-
-
-def _chunk_aad(header_hash: bytes, index: int, last: bool) -> bytes:
-    return header_hash + struct.pack(">I?", index, last)
 
 
 def create_backup(
@@ -260,14 +132,16 @@ def create_backup(
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(prefix)
-            writer = _ChunkWriter(handle, aead, nonce_prefix, hashlib.sha256(prefix).digest())
-            writer.write(_line({"start": FORMAT, "kv_version": kv_version}))
+            writer = ChunkWriter(handle, aead, nonce_prefix, hashlib.sha256(prefix).digest())
+            writer.write(record_line({"start": FORMAT, "kv_version": kv_version}))
             for record in read_records(client):
-                writer.write(_line(record.as_json()))
+                writer.write(record_line(record.as_json()))
                 digest.add(record)
                 if bar is not None and digest.count % 100 == 0:
                     bar.advance(100)
-            writer.write(_line({"end": True, "count": digest.count, "digest": digest.hexdigest()}))
+            writer.write(
+                record_line({"end": True, "count": digest.count, "digest": digest.hexdigest()})
+            )
             writer.close()
             handle.flush()
             os.fsync(handle.fileno())
@@ -290,91 +164,6 @@ def create_backup(
         created,
         path.stat().st_size,
     )
-
-
-def _line(data: dict) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
-
-
-def read_header(path: Path) -> tuple[dict, bytes]:
-    with open(path, "rb") as handle:
-        if handle.read(len(MAGIC)) != MAGIC:
-            raise BackupError(f"{path.name} is not a productionlab backup")
-        raw_length = handle.read(4)
-        if len(raw_length) != 4:
-            raise BackupError(f"{path.name} is truncated")
-        (length,) = struct.unpack(">I", raw_length)
-        if length > 64 * 1024:
-            raise BackupError(f"{path.name} has a corrupt header")
-        header = handle.read(length)
-    try:
-        data = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BackupError(f"{path.name} has a corrupt header") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != 1:
-        raise BackupError(f"{path.name} has an unknown format")
-    return data, MAGIC + raw_length + header
-
-
-def iter_backup(path: Path, secret: str) -> Iterator[dict]:
-    """Decrypt and yield the JSON records. Raises BackupError on any tampering.
-
-    Records are yielded as chunks authenticate; callers that change anything
-    must consume the whole file once first (see :func:`verify_backup`).
-    """
-    header, prefix = read_header(path)
-    if header.get("key_id") != key_id(secret):
-        raise BackupError(
-            f"{path.name} was made with backup key {header.get('key_id')!r}; "
-            f"the configured PLAB_BACKUP_KEY has id {key_id(secret)!r}"
-        )
-    try:
-        salt = base64.b64decode(header["salt"])
-        nonce_prefix = base64.b64decode(header["nonce_prefix"])
-    except (KeyError, ValueError) as exc:
-        raise BackupError(f"{path.name} has a corrupt header") from exc
-    if len(nonce_prefix) != 8:
-        raise BackupError(f"{path.name} has a corrupt header")
-    aead = AESGCM(file_key(secret, salt))
-    header_hash = hashlib.sha256(prefix).digest()
-    pending = b""
-    ended = False
-    with open(path, "rb") as handle:
-        handle.seek(len(prefix))
-        index = 0
-        while True:
-            raw_length = handle.read(4)
-            if not raw_length:
-                break
-            if len(raw_length) != 4 or ended:
-                raise BackupError(f"{path.name} is corrupt (data after the last chunk)")
-            (length,) = struct.unpack(">I", raw_length)
-            sealed = handle.read(length)
-            if len(sealed) != length or length > CHUNK + 16:
-                raise BackupError(f"{path.name} is truncated or corrupt")
-            nonce = nonce_prefix + struct.pack(">I", index)
-            plain = None
-            for last in (False, True):
-                try:
-                    plain = aead.decrypt(nonce, sealed, _chunk_aad(header_hash, index, last))
-                    ended = last
-                    break
-                except InvalidTag:
-                    continue
-            if plain is None:
-                raise BackupError(
-                    f"{path.name} failed authentication at chunk {index}: "
-                    "it is corrupt or was tampered with"
-                )
-            index += 1
-            lines = (pending + plain).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                yield json.loads(line)
-    if not ended:
-        raise BackupError(f"{path.name} is truncated (no final chunk)")
-    if pending:
-        raise BackupError(f"{path.name} is corrupt (a partial record at the end)")
 
 
 @dataclass(frozen=True)

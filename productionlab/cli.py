@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from productionlab.backup import BackupError
+from productionlab.backup_format import BackupError
 from productionlab.errors import PlabError
 from productionlab.settings import ConfigError, Settings
 

@@ -14,13 +14,9 @@ from pathlib import Path
 import redis
 
 from productionlab.audit import Actor
-from productionlab.backup import (
-    BackupError,
-    create_backup,
-    live_digest,
-    restore_backup,
-    verify_backup,
-)
+from productionlab.backup import create_backup, restore_backup, verify_backup
+from productionlab.backup_format import BackupError
+from productionlab.backup_records import live_digest
 from productionlab.redis_process import RedisProcess, RedisProcessError
 
 

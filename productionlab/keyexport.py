@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from productionlab.backup import BackupError, key_id
+from productionlab.backup_format import BackupError, key_id
 
 FORMAT = "productionlab-keys"
 VERSION = 1

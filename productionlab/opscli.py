@@ -1,23 +1,28 @@
 """The operator commands' arguments: ``productionlab users|tokens|audit|backup|
-check-prod ...``. What each command does is in opscommands.py."""
+check-prod ...``. What each command does is in opscommands.py (users, tokens,
+check-prod), opsaudit.py and opsbackup.py."""
 
 from __future__ import annotations
 
 import argparse
 
 from productionlab.contract import ROLES
-from productionlab.opscommands import (
+from productionlab.opsaudit import (
     cmd_audit_checkpoint,
     cmd_audit_export,
     cmd_audit_head,
     cmd_audit_list,
     cmd_audit_trim,
     cmd_audit_verify,
+)
+from productionlab.opsbackup import (
     cmd_backup_create,
     cmd_backup_drill,
     cmd_backup_list,
     cmd_backup_restore,
     cmd_backup_verify,
+)
+from productionlab.opscommands import (
     cmd_check_prod,
     cmd_tokens_keys,
     cmd_tokens_list,

@@ -127,7 +127,7 @@ def record_audit_verification(client: redis.Redis, ok: bool, now: float | None =
 
 def newest_backup(directory: Path) -> tuple[int, float | None]:
     """How many backup files there are, and the newest one's mtime."""
-    from productionlab.backup import SUFFIX
+    from productionlab.backup_format import SUFFIX
 
     try:
         stats = [p.stat().st_mtime for p in directory.glob(f"*{SUFFIX}") if p.is_file()]

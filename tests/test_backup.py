@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from productionlab.backup import SUFFIX, BackupError, read_header, verify_backup
+from productionlab.backup import verify_backup
+from productionlab.backup_format import SUFFIX, BackupError, read_header
 from productionlab.redis_process import RedisProcess
 from tests.conftest import admin_of, cli, start_stack, stop_stack
 
@@ -166,7 +167,7 @@ def test_a_forged_key_id_does_not_help(own, tmp_path):
     """Rewriting the header's key id to match another key breaks authentication."""
     path = make_backup(own, tmp_path)
     other_key = secrets.token_hex(32)
-    from productionlab.backup import key_id
+    from productionlab.backup_format import key_id
 
     original, _ = read_header(path)
     data = path.read_bytes().replace(original["key_id"].encode(), key_id(other_key).encode(), 1)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from productionlab import admin, checkprod
-from productionlab.backup import BackupError, list_backups
+from productionlab.backup import list_backups
+from productionlab.backup_format import BackupError
 from productionlab.console.common import PAGE, back, render, signed_in
 from productionlab.errors import MalformedRequest
 from productionlab.health import ready_problem
