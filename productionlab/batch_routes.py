@@ -33,6 +33,7 @@ from productionlab.errors import (
     QuotaExceeded,
 )
 from productionlab.kv import ITEM, KVStore
+from productionlab.kv_json import encoded, json_response
 from productionlab.ratelimit import rides_on_store, take_ticket
 from productionlab.services import services
 
@@ -127,14 +128,6 @@ def render(result: OpResult) -> dict:
     return body
 
 
-def encoded(value: bytes) -> dict:
-    """A value as JSON: a UTF-8 string, or base64 with ``"encoding": "base64"``."""
-    try:
-        return {"value": value.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"value": base64.b64encode(value).decode(), "encoding": "base64"}
-
-
 def with_values(
     kv: KVStore, keys: list[str], last: str | None, max_bytes: int
 ) -> tuple[list[dict], str | None]:
@@ -155,12 +148,6 @@ def with_values(
         total += len(value)
         items.append({"key": key, **encoded(value), "version": int(version)})
     return items, last
-
-
-def answer(body: dict, status: int = 200) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")) + "\n", status=status, mimetype="application/json"
-    )
 
 
 def register(bp: Blueprint, auth, read_role: str, write_role: str) -> None:
@@ -194,7 +181,7 @@ def register(bp: Blueprint, auth, read_role: str, write_role: str) -> None:
                 "bytes); nothing was applied"
             ) from None
         except ConditionFailed as failed:
-            return answer(
+            return json_response(
                 {
                     "error": {
                         "code": "condition_failed",  # contract.REFINED_CODES
@@ -207,9 +194,9 @@ def register(bp: Blueprint, auth, read_role: str, write_role: str) -> None:
                 },
                 409,
             )
-        return answer({"results": [render(r) for r in results]})
+        return json_response({"results": [render(r) for r in results]})
 
     @batch_route("/v1/bulk", "items", BULK_KINDS, MAX_BULK_ITEMS)
     def bulk(ops: list[Op]) -> Response:
         results = services().batches.run(ops, actor(), atomic=False, limit=take_ticket())
-        return answer({"results": [render(r) for r in results]})
+        return json_response({"results": [render(r) for r in results]})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from urllib.parse import quote, unquote, unquote_to_bytes
 
@@ -28,6 +27,7 @@ from productionlab.errors import (
     ValueTooLarge,
 )
 from productionlab.kv import effective_prefixes
+from productionlab.kv_json import encoded, json_response
 from productionlab.ratelimit import rides_on_store, take_ticket
 from productionlab.services import services
 
@@ -121,16 +121,6 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON answer without Flask's JSON provider: the hot routes' bodies are plain dicts."""
-    return Response(
-        json.dumps(body, separators=(",", ":")) + "\n",
-        status=status,
-        headers=headers,
-        mimetype="application/json",
-    )
-
-
 def written(key: str, version: int, created: bool, url_prefix: str = "") -> Response:
     headers = {"ETag": etag(version)}
     if created:
@@ -167,16 +157,7 @@ def kv_blueprint(
         key = parse_key(raw_tail(url_prefix + "/read/"))
         require_grant(key)
         item = services().kv.get(key, limit=take_ticket())
-        try:
-            value: str = item.value.decode("utf-8")
-            body = {"key": key, "value": value, "version": item.version}
-        except UnicodeDecodeError:
-            body = {
-                "key": key,
-                "value": base64.b64encode(item.value).decode(),
-                "encoding": "base64",
-                "version": item.version,
-            }
+        body = {"key": key, **encoded(item.value), "version": item.version}
         return json_response(body, headers={"ETag": etag(item.version)})
 
     @bp.route("/v1/kv/", methods=["GET", "PUT", "DELETE"])
@@ -239,7 +220,7 @@ def kv_blueprint(
             items, last = batch_routes.with_values(
                 services().kv, keys, last, current_app.config["PLAB_LIST_MAX_BYTES"]
             )
-            return batch_routes.answer(
+            return json_response(
                 {"items": items, "next_cursor": encode_cursor(last) if last else None}
             )
         return jsonify({"keys": keys, "next_cursor": encode_cursor(last) if last else None})
