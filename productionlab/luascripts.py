@@ -34,6 +34,7 @@ command goes to the keys' node and ``SCRIPT LOAD`` to every primary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -166,12 +167,18 @@ class LuaScript:
         return f"<LuaScript {self.name} {self.sha[:12]}>"
 
 
-def _read(name: str) -> list[str]:
+def _read(name: str) -> tuple[str, ...]:
     path = LUA_DIR / name
     if not path.is_file():
         raise ScriptError(f"no Lua file {name} in {LUA_DIR}")
-    text = path.read_text(encoding="ascii")
-    return text.splitlines()
+    return _lines(path)
+
+
+@functools.cache
+def _lines(path: Path) -> tuple[str, ...]:
+    """A file's lines, read once: loading reads each header and fragment several times
+    (listing the scripts, each script's header, every include)."""
+    return tuple(path.read_text(encoding="ascii").splitlines())
 
 
 def compose(filename: str, included: set[str] | None = None, stack: tuple = ()) -> list[str]:
