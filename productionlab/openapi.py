@@ -19,11 +19,14 @@ from productionlab.contract import (
     MAX_BULK_ITEMS,
     MAX_GRANTS,
     MAX_TXN_OPS,
+    MAX_WATCH_KEYS,
+    MAX_WATCH_WAIT,
     PREFIX_PATTERN,
     ROLES,
     USER_NAME_PATTERN,
 )
 from productionlab.services import services
+from productionlab.watch_routes import MAX_INDEX
 
 # Flask rules that are degenerate forms of a documented path: the empty-tail
 # routes exist only so that a missing key gets a JSON 400, not a 404.
@@ -34,6 +37,8 @@ RULE_ALIASES = {
     "/read/<tail:_rest>": "/read/{key}",
     "/v1/kv/": "/v1/kv/{key}",
     "/v1/kv/<tail:_rest>": "/v1/kv/{key}",
+    "/v1/watch/": "/v1/watch/{key}",
+    "/v1/watch/<tail:_rest>": "/v1/watch/{key}",
 }
 OPS_PREFIX = "/ops"  # where the control plane mounts the KV routes
 
@@ -56,7 +61,8 @@ _ERROR_TEXT = {
     "409": "Conflict with the current state",
     "412": "The If-Match / If-None-Match precondition failed",
     "413": "The value or body is too large",
-    "429": "Rate limited, or too many failed logins",
+    "429": "Rate limited, or too many failed logins; on a watch route also when this "
+    "process already holds its bound of watches (PLAB_WATCH_MAX_PER_PROCESS)",
     "503": "The store is unavailable, full (redis at maxmemory refuses writes) or cannot "
     "promise durability now; retry later",
 }
@@ -191,6 +197,7 @@ def _schemas() -> dict:
             },
         },
         **_batch_schemas(),
+        **_watch_schemas(),
         "User": {
             "type": "object",
             "required": ["name", "role", "prefixes", "disabled"],
@@ -623,6 +630,119 @@ def _batch_paths() -> dict:
     }
 
 
+def _watch_schemas() -> dict:
+    """Watches (blocking queries, productionlab/watch_routes.py)."""
+    index = {"type": "integer", "minimum": 0, "maximum": MAX_INDEX}
+    version = {"type": "integer", "minimum": 1}
+    key = {"type": "string", "pattern": KEY_PATTERN}
+    return {
+        "KeyWatch": {
+            "type": "object",
+            "description": "index: the key's version while it exists, its tombstone's "
+            "version after a delete or an expiry (never goes back)",
+            "required": ["key", "index", "changed", "exists"],
+            # the value only while the key exists; a deleted or expired key's index
+            # is its tombstone's version
+            "oneOf": [
+                {
+                    "required": ["version", "value"],
+                    "properties": {"exists": {"const": True}},
+                },
+                {
+                    "properties": {
+                        "exists": {"const": False},
+                        "version": False,
+                        "value": False,
+                        "encoding": False,
+                    },
+                },
+            ],
+            "properties": {
+                "key": key,
+                "index": index,
+                "changed": {"type": "boolean"},
+                "exists": {"type": "boolean"},
+                "version": version,
+                "value": {"type": "string"},
+                "encoding": {"type": "string", "enum": ["base64"]},
+            },
+        },
+        "PrefixWatch": {
+            "type": "object",
+            "required": ["prefix", "index", "changed", "keys", "truncated"],
+            "properties": {
+                "prefix": {"type": "string", "pattern": PREFIX_PATTERN},
+                "index": {
+                    **index,
+                    "description": "the store's version counter when read: any later change "
+                    "under the prefix has a higher version",
+                },
+                "changed": {"type": "boolean"},
+                "keys": {
+                    "type": "array",
+                    "maxItems": MAX_WATCH_KEYS,
+                    "items": {
+                        "type": "object",
+                        "required": ["key", "version"],
+                        "properties": {"key": key, "version": version},
+                    },
+                },
+                "truncated": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def _watch_paths() -> dict:
+    index_header = {
+        "X-Plab-Index": {
+            "description": "The index to pass as ?index= on the next watch",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    }
+    index = _query(
+        "index",
+        {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
+        "answer as soon as the index passes this (default 0)",
+    )
+    wait = _query(
+        "wait",
+        {"type": "integer", "minimum": 0, "maximum": MAX_WATCH_WAIT},
+        f"seconds to wait for a change, at most {MAX_WATCH_WAIT} (default 60)",
+    )
+    return {
+        "/v1/watch/{key}": {
+            "get": _op(
+                "Wait until the key's index passes ?index= (a write, delete or expiry), "
+                "or ?wait= seconds; then its current state and index",
+                {"200": _ok("The key's state and index", _ref("KeyWatch"), index_header)},
+                parameters=[KEY, index, wait],
+                errors=("400", "401", "403", "429", "503"),
+            )
+        },
+        "/v1/watch": {
+            "get": _op(
+                "Wait until something under the prefix the caller may see changes past "
+                "?index=, or ?wait= seconds; then its keys and versions (at most "
+                f"{MAX_WATCH_KEYS:,}; a prefix holding more than PLAB_WATCH_PREFIX_KEYS "
+                "keys is refused with 400)",
+                {"200": _ok("The prefix's keys and index", _ref("PrefixWatch"), index_header)},
+                parameters=[
+                    _query(
+                        "prefix",
+                        {"type": "string", "pattern": PREFIX_PATTERN},
+                        "empty: every key the caller is granted",
+                    ),
+                    index,
+                    wait,
+                ],
+                errors=("400", "401", "403", "429", "503"),
+            )
+        },
+    }
+
+
 def _kv_paths() -> dict:
     written = {
         "200": _ok("Overwritten", _ref("Written"), ETAG),
@@ -706,6 +826,7 @@ def _kv_paths() -> dict:
             ),
         },
         **_batch_paths(),
+        **_watch_paths(),
         "/v1/kv": {
             "get": _op(
                 "One page of the keys the caller may see",

@@ -295,6 +295,7 @@ def build_corpus(auth: str) -> list[Hostile]:
         ),
     ]
     corpus += batch_corpus(a + host + close)
+    corpus += watch_corpus(a + host + close)
     return corpus
 
 
@@ -332,6 +333,77 @@ def batch_corpus(headers: bytes) -> list[Hostile]:
         Hostile("bulk-oversized-body", post("/v1/bulk", oversized), direct=True),
         Hostile("bulk-not-json", post("/v1/bulk", b'{"items": [ {"op": "put", '), direct=True),
     ]
+
+
+def watch_corpus(headers: bytes) -> list[Hostile]:
+    """Watches (issue 13): malformed, negative, huge and non-ASCII ``index`` and
+    ``wait``, a wait past 300 s, encoded slashes and CR/LF in the key, prefixes
+    outside the grammar. Each names a valid ``wait=0`` beside the bad part, so a
+    route that wrongly accepted it would answer 200 at once (a finding), not park."""
+
+    def get(target: str) -> tuple[bytes, ...]:
+        return (f"GET {target} HTTP/1.1\r\n".encode() + headers + b"\r\n",)
+
+    key = f"/v1/watch/{CANARY}"
+    bad_numbers = {
+        "malformed": "abc",
+        "empty": "",
+        "negative": "-1",
+        "plus-sign": "%2B1",
+        "fraction": "1.5",
+        "exponent": "1e3",
+        "underscore": "1_0",
+        "space": "%201",
+        "huge": "9" * 40,
+        "past-int64": str(2**64),
+        "arabic-indic-digit": "%D9%A3",  # U+0663, which int() reads as 3
+        "fullwidth-digit": "%EF%BC%91",  # U+FF11, which int() reads as 1
+        "nul": "1%00",
+    }
+    corpus = []
+    for name, bad in bad_numbers.items():
+        corpus += [
+            Hostile(f"watch-index-{name}", get(f"{key}?index={bad}&wait=0"), direct=True),
+            Hostile(f"watch-wait-{name}", get(f"{key}?index=0&wait={bad}"), direct=True),
+            Hostile(
+                f"watch-prefix-index-{name}", get(f"/v1/watch?index={bad}&wait=0"), direct=True
+            ),
+        ]
+    corpus += [
+        Hostile("watch-wait-301", get(f"{key}?wait=301"), direct=True),
+        Hostile("watch-prefix-wait-301", get("/v1/watch?wait=301"), direct=True),
+        Hostile("watch-wait-86400", get(f"{key}?index=0&wait=86400"), direct=True),
+    ]
+    for name, bad_key in {
+        "encoded-slash": f"{CANARY}%2Fx",
+        "encoded-slash-lower": f"{CANARY}%2fx",
+        "encoded-crlf": f"{CANARY}%0D%0AX-Injected:%201",
+        "encoded-trailing-lf": f"{CANARY}%0A",
+        "encoded-nul": f"{CANARY}%00",
+        "overlong-slash": f"{CANARY}%C0%AFx",
+        "dot-segments": "..%2F..%2Fread",
+        "non-ascii": f"{CANARY}%C3%A9",
+        "too-long": "k" * 257,
+    }.items():
+        corpus.append(Hostile(f"watch-key-{name}", get(f"/v1/watch/{bad_key}?wait=0"), direct=True))
+    # A raw CR/LF ends the request line early: the edge's parser answers it.
+    corpus.append(Hostile("watch-key-raw-crlf", get(f"/v1/watch/{CANARY}\r\nX-Injected: 1?wait=0")))
+    for name, bad_prefix in {
+        "encoded-slash": "a%2Fb",
+        "trailing-lf": "a%0A",
+        "crlf": "a%0D%0Ab",
+        "star": "%2A",
+        "dot-segments": "..%2F",
+        "non-ascii": "%C3%A9",
+        "invalid-utf8": "%FF",
+        "too-long": "p" * 257,
+    }.items():
+        corpus.append(
+            Hostile(
+                f"watch-prefix-{name}", get(f"/v1/watch?prefix={bad_prefix}&wait=0"), direct=True
+            )
+        )
+    return corpus
 
 
 @dataclass
@@ -453,6 +525,7 @@ def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, tar
                     .replace(b" /v1/kv/", b" /ops/v1/kv/")
                     .replace(b" /v1/txn ", b" /ops/v1/txn ")
                     .replace(b" /v1/bulk ", b" /ops/v1/bulk ")
+                    .replace(b" /v1/watch", b" /ops/v1/watch")
                     for p in h.parts
                 ),
                 h.pause,
@@ -526,3 +599,142 @@ def test_the_edge_itself_refuses_a_key_with_a_trailing_newline(hostile_stack, me
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request"
+
+
+# --- watches: grants and bounds (in process, tests/inprocess.py) -----------------
+
+
+def assert_json_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code and body["error"]["message"], body
+    assert body["request_id"], body
+    return body
+
+
+def version_counter(planes) -> bytes | None:
+    client = planes.redis_client()
+    try:
+        return client.get("{plab}:kv-version")
+    finally:
+        client.close()
+
+
+def watch_in_thread(client, path: str) -> concurrent.futures.Future:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(client.get, path)
+    pool.shutdown(wait=False)
+    return future
+
+
+@pytest.mark.inprocess
+def test_a_watch_sees_only_keys_under_its_grants(planes, admin, make_user, key):
+    """A key outside the grants is 403 naming nothing, and so is a prefix wholly
+    outside them; a prefix answers only granted keys, and a write outside the
+    grants neither shows in the answer nor counts as a change. The cp's watches
+    need the admin role; no credentials is 401. None of it changes the store."""
+    mine, other = f"{key}-mine-a", f"{key}-other"
+    mine_version = admin.put(f"/v1/kv/{mine}", data=b"m").json()["version"]
+    assert admin.put(f"/v1/kv/{other}", data=b"o").status_code == 201
+    reader = make_user("reader", [f"{key}-mine-"])
+    before = version_counter(planes)
+
+    # Each 403 may name what was asked for, and nothing else.
+    for path, asked in (
+        (f"/v1/watch/{other}?wait=0", other),
+        (f"/v1/watch/{other}?index=0&wait=0", other),
+        (f"/v1/watch/{key}-mine?wait=0", f"{key}-mine"),  # the grant is "<key>-mine-"
+        (f"/v1/watch?prefix={key}-oth&wait=0", f"{key}-oth"),
+    ):
+        refused = json.dumps(assert_json_error(reader.get(path), 403, "forbidden"))
+        assert key not in refused.replace(asked, ""), refused
+    for path in (f"/ops/v1/watch/{mine}?wait=0", "/ops/v1/watch?wait=0"):
+        assert_json_error(reader.get(path), 403, "forbidden")
+    for path in (f"/v1/watch/{mine}?wait=0", "/v1/watch?wait=0", f"/ops/v1/watch/{mine}?wait=0"):
+        assert_json_error(reader.get(path, auth=None), 401, "unauthorized")
+
+    for path in (f"/v1/watch?prefix={key}-&wait=0", "/v1/watch?wait=0"):
+        answer = reader.get(path)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["keys"] == [{"key": mine, "version": mine_version}], body
+        assert body["index"] >= mine_version
+        assert answer.headers["X-Plab-Index"] == str(body["index"])
+    assert version_counter(planes) == before, "a watch changed the store"
+
+    # Writes outside the grants while the prefix watch is parked: it must end
+    # unchanged, with only the granted key, whenever it ends.
+    index = reader.get(f"/v1/watch?prefix={key}-&wait=0").json()["index"]
+    parked = watch_in_thread(reader, f"/v1/watch?prefix={key}-&index={index}&wait=2")
+    writes = 0
+    while not parked.done() or writes == 0:
+        assert admin.put(f"/v1/kv/{other}", data=b"o%d" % writes).status_code == 200
+        writes += 1
+        time.sleep(0.05)
+    woke = parked.result(timeout=60)
+    assert woke.status_code == 200, woke.text
+    body = woke.json()
+    assert body["changed"] is False, body
+    assert body["keys"] == [{"key": mine, "version": mine_version}], body
+    assert body["prefix"] == f"{key}-" and body["truncated"] is False
+
+
+@pytest.mark.inprocess
+def test_watches_off_answer_429_with_retry_after_and_change_nothing(planes, planes_with, key):
+    off = planes_with(PLAB_WATCH_MAX_PER_PROCESS="0")
+    assert off.put(f"/v1/kv/{key}", data=b"v").status_code == 201
+    before = version_counter(planes)
+    for path in (
+        f"/v1/watch/{key}?wait=0",
+        f"/v1/watch/{key}",
+        f"/v1/watch?prefix={key}&wait=0",
+        f"/ops/v1/watch/{key}?wait=0",
+        "/ops/v1/watch?wait=0",
+    ):
+        refused = off.get(path)
+        assert_json_error(refused, 429, "rate_limited")
+        assert int(refused.headers["Retry-After"]) >= 1
+    assert version_counter(planes) == before
+
+
+@pytest.mark.inprocess
+def test_a_watch_past_the_per_process_bound_gets_429_until_one_ends(planes, planes_with, key):
+    """With a bound of one watch per process, a second watch while one is parked is
+    refused (429 + Retry-After, nothing changed); once the first ends, watches are
+    served again."""
+    one = planes_with(PLAB_WATCH_MAX_PER_PROCESS="1")
+    version = one.put(f"/v1/kv/{key}", data=b"v").json()["version"]
+    parked = watch_in_thread(one, f"/v1/watch/{key}?index={version}&wait=120")
+    before = version_counter(planes)
+    refused = None
+    deadline = time.monotonic() + 60
+    while refused is None and time.monotonic() < deadline and not parked.done():
+        answer = one.get(f"/v1/watch/{key}?index={version}&wait=0")
+        if answer.status_code == 429:
+            refused = answer
+        else:
+            assert answer.status_code == 200, answer.text
+            time.sleep(0.05)
+    assert refused is not None, "the second watch was never refused while the first was parked"
+    assert_json_error(refused, 429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) >= 1
+    prefix_refused = one.get(f"/v1/watch?prefix={key}&wait=0")
+    assert_json_error(prefix_refused, 429, "rate_limited")
+    assert version_counter(planes) == before, "a refused watch changed the store"
+
+    written = one.put(f"/v1/kv/{key}", data=b"w").json()["version"]
+    woke = parked.result(timeout=60)
+    assert woke.status_code == 200, woke.text
+    assert woke.json()["changed"] is True and woke.json()["index"] == written
+    again = one.get(f"/v1/watch/{key}?index=0&wait=0")
+    assert again.status_code == 200 and again.json()["value"] == "w", again.text
+
+
+@pytest.mark.inprocess
+def test_a_watch_costs_one_request_of_the_user_limit(planes_with, key):
+    limited = planes_with(PLAB_USER_RATE="3/minute")
+    statuses = [limited.get(f"/v1/watch/{key}?wait=0").status_code for _ in range(5)]
+    assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429], statuses
+    refused = limited.get(f"/v1/watch?prefix={key}&wait=0")
+    assert_json_error(refused, 429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) >= 1

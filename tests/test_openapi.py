@@ -78,6 +78,47 @@ def test_document_is_valid_openapi_and_served_without_auth(stack, plane):
     )
 
 
+@pytest.mark.parametrize("plane", ["ap", "cp"])
+def test_the_watch_routes_are_documented_with_their_bounds(plane):
+    """Both watch routes on both planes (cp under /ops): index and wait with their
+    bounds, the 200 bodies with X-Plab-Index, and 429 / 503 with Retry-After."""
+    document = openapi.build(plane)
+    base = "/ops" if plane == "cp" else ""
+    schemas = document["components"]["schemas"]
+    for path, body in (
+        (f"{base}/v1/watch/{{key}}", "KeyWatch"),
+        (f"{base}/v1/watch", "PrefixWatch"),
+    ):
+        operation = document["paths"][path]["get"]
+        parameters = {p["name"]: p for p in operation["parameters"]}
+        assert parameters["index"]["schema"]["minimum"] == 0
+        assert parameters["wait"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 300}
+        expected = {"key"} if body == "KeyWatch" else {"prefix"}
+        assert expected | {"index", "wait"} == set(parameters)
+        responses = operation["responses"]
+        assert set(responses) == {"200", "400", "401", "403", "429", "503"}
+        ok = responses["200"]
+        assert ok["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{body}"
+        }
+        assert ok["headers"]["X-Plab-Index"]["required"] is True
+        for code in ("429", "503"):
+            assert "Retry-After" in responses[code]["headers"]
+        for code in ("400", "401", "403", "429", "503"):
+            assert responses[code]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }
+    assert set(schemas["KeyWatch"]["required"]) == {"key", "index", "changed", "exists"}
+    assert set(schemas["PrefixWatch"]["required"]) == {
+        "prefix",
+        "index",
+        "changed",
+        "keys",
+        "truncated",
+    }
+    assert schemas["PrefixWatch"]["properties"]["keys"]["maxItems"] == 1000
+
+
 def test_edge_serves_the_app_plane_document(anonymous):
     response = anonymous.get("/openapi.json")
     assert response.status_code == 200
