@@ -466,6 +466,23 @@ def plane_connector(stack, port: int):
     return connect
 
 
+def not_a_json_error(raw: bytes) -> str | None:
+    """Why ``raw`` (one answer) is not a contract JSON error, or None if it is."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"\r\ntransfer-encoding: chunked" in head.lower():
+        return "chunked (expected a JSON error with a length)"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return "not JSON"
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not (isinstance(error, dict) and error.get("code") and error.get("message")):
+        return "no error.code / error.message"
+    if not answer.get("request_id"):
+        return "no request_id"
+    return None
+
+
 def store_fingerprint(stack) -> dict:
     client = stack.redis_client()
     try:
@@ -552,6 +569,10 @@ def test_hostile_corpus_gets_4xx_or_close_and_changes_nothing(hostile_stack, tar
         allowed = (200,) if by_name[outcome.name].read_ok else ()
         if any(not (400 <= s < 500 or s in allowed) for s in outcome.statuses):
             problems.append((outcome.name, outcome.statuses, outcome.raw[:300]))
+        if outcome.name.startswith("watch-") and outcome.statuses:
+            problem = not_a_json_error(outcome.raw)
+            if problem:
+                problems.append((outcome.name, problem, outcome.raw[:300]))
         for leak in (b"Traceback", b"nginx/", b"Werkzeug", b"waitress", b"<html"):
             if leak.lower() in outcome.raw.lower():
                 problems.append((outcome.name, f"leaks {leak!r}", outcome.raw[:300]))
