@@ -180,6 +180,19 @@ def run_schemathesis(
     return output
 
 
+def watch_statuses(report: str, label: str) -> dict[str, int]:
+    """The statuses of the answers to the operation ``label`` in an ndjson report."""
+    counts: dict[str, int] = {}
+    for line in report.splitlines():
+        event = json.loads(line).get("ScenarioFinished")
+        if not event or event["recorder"].get("label") != label:
+            continue
+        for interaction in event["recorder"].get("interactions", {}).values():
+            status = str((interaction.get("response") or {}).get("status_code"))
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
 def test_schemathesis_finds_no_5xx_and_nothing_outside_the_schema(stack_factory, tmp_path):
     """Positive and negative cases against one app-plane process and the control plane.
 
@@ -207,6 +220,12 @@ def test_schemathesis_finds_no_5xx_and_nothing_outside_the_schema(stack_factory,
         text = report.read_text() if report.exists() else ""
         codes = re.findall(r'"status_code":\s*(\d{3})', text)
         summary[f"{plane}_statuses"] = {c: codes.count(c) for c in sorted(set(codes))}
+        if plane in ("ap", "cp"):  # the watch routes were fuzzed too (their waits bounded)
+            base = "/ops" if plane == "cp" else ""
+            for label in (f"GET {base}/v1/watch/{{key}}", f"GET {base}/v1/watch"):
+                statuses = watch_statuses(text, label)
+                assert statuses, f"schemathesis never called {label}"
+                summary[f"{plane} {label}"] = statuses
         limited = re.search(r'"status_code":\s*429.{0,2000}?"body":\s*"([^"]{0,300})', text)
         if limited:
             summary[f"{plane}_first_429"] = limited.group(1)
