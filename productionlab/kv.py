@@ -266,7 +266,7 @@ class KVStore:
         # whether another follows, so the last page never points at an empty one.
         found, last, more = KV_LIST(
             self.client,
-            keys={"index": INDEX},
+            keys={"index": INDEX, "counter": VERSION_COUNTER},
             args={
                 "item_prefix": ITEM,
                 "after": after,

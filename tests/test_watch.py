@@ -18,6 +18,7 @@ from productionlab import watch
 from productionlab.luascripts import LUA_DIR
 from productionlab.services import services_of
 from tests.conftest import create_user, new_writer
+from tests.inprocess import start_planes
 
 pytestmark = pytest.mark.inprocess
 
@@ -113,6 +114,20 @@ def test_an_expired_key_read_by_a_watch_gets_its_tombstone_then(planes, admin, k
         client.close()
 
 
+def test_an_expired_key_pruned_by_a_listing_gets_its_tombstone_then(planes, admin, key):
+    client = planes.redis_client()
+    try:
+        version = admin.post(f"/write/{key}-x/brief").json()["version"]
+        client.hset(watch.TTL_VERSIONS, f"{key}-x", version)
+        client.delete(f"{{plab}}:kv:{key}-x")  # expired: the listing index still names it
+        assert admin.get(f"/v1/kv?prefix={key}-").json()["keys"] == []
+        assert client.zscore(watch.TOMBS, f"{key}-x") > version
+        body = admin.get(f"/v1/watch?prefix={key}-&index={version}&wait=0").json()
+        assert body["changed"] is True and body["keys"] == []
+    finally:
+        client.close()
+
+
 def test_a_change_to_another_key_wakes_nobody(planes, key):
     feed = services_of(planes.ap).watches.feed
     admin = planes.admin()
@@ -187,7 +202,7 @@ def test_a_prefix_watch_covers_only_the_callers_grants(planes, admin):
 
 
 def test_a_key_outside_the_grants_is_refused(admin):
-    writer, prefix = new_writer(admin)
+    writer, _prefix = new_writer(admin)
     response = writer.get("/v1/watch/elsewhere-key?wait=0")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
@@ -299,3 +314,23 @@ def test_the_lua_names_are_the_modules():
     for name in (watch.CHANGES, watch.TOMBS, watch.FLOOR, watch.TTL_VERSIONS):
         assert f"'{name}'" in marks
     assert f"local TOMBS_KEPT = {watch.TOMBS_KEPT}\n" in marks
+
+
+def test_redis_going_away_under_a_parked_watch_is_a_503_with_retry_after():
+    """Its own planes and redis: the watch is parked when redis dies; the lost
+    subscription wakes it, its state read fails, and it answers 503."""
+    own = start_planes()
+    try:
+        admin = own.admin()
+        version = admin.post("/write/fault-watch/v").json()["version"]
+        waiting = in_thread(admin.get, f"/v1/watch/fault-watch?index={version}&wait={LONG}")
+        parked(own)
+        own.redis.stop()
+        answer = waiting.result(timeout=LONG + 30)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "unavailable"
+        assert int(answer.headers["Retry-After"]) >= 1
+        refused = admin.get(f"/v1/watch/fault-watch?index={version}&wait=1")
+        assert refused.status_code == 503
+    finally:
+        own.stop()
