@@ -298,11 +298,16 @@ class WatchSlots:
 
     def __init__(self, size: int):
         self.size = size
-        self._free = threading.BoundedSemaphore(size) if size > 0 else None
+        self.holding = 0  # watches held now (the plab_watches_held gauge)
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        if self._free is None or not self._free.acquire(blocking=False):
+        with self._lock:
+            full = self.holding >= self.size
+            if not full:
+                self.holding += 1
+        if full:
             raise RateLimited(
                 f"this server holds its most watches ({self.size}); retry later",
                 retry_after=SLOTS_RETRY_AFTER,
@@ -310,7 +315,8 @@ class WatchSlots:
         try:
             yield
         finally:
-            self._free.release()
+            with self._lock:
+                self.holding -= 1
 
 
 def wait_for(

@@ -259,6 +259,8 @@ def test_watches_past_the_bound_are_refused_with_retry_after(planes, planes_with
         if feed.waiting:
             break
         threading.Event().wait(0.05)
+    metrics = admin.direct("GET", "ap", "/metrics").text
+    assert 'plab_watches_held{plane="ap"} 1.0' in metrics
     refused = admin.get(f"/v1/watch/{key}?index={version}&wait=1")
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limited"
