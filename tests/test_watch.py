@@ -336,3 +336,48 @@ def test_redis_going_away_under_a_parked_watch_is_a_503_with_retry_after():
         assert refused.status_code == 503
     finally:
         own.stop()
+
+
+# The app plane's ACL rule of the release before watches (redis.conf.j2), as a
+# compose deployment that upgraded the images but not redis.conf still has it.
+PREVIOUS_AP_ACL = (
+    "resetkeys resetchannels %R~{plab}:* &{plab}:users:events -@all +@connection +@read "
+    "-@dangerous +info +config|get +client|setname +ping -keys -scan -randomkey +subscribe "
+    "+unsubscribe +script|load +script|exists (~{plab}:* -@all +evalsha +eval) "
+    "(~{plab}:kv:* ~{plab}:kv-version ~{plab}:kv-index ~{plab}:usage:* ~{plab}:limits:* "
+    "~{plab}:authfail:* ~{plab}:lastused:* -@all +@read +@write -@dangerous -@scripting "
+    "-keys -scan -randomkey) (%W~{plab}:audit -@all +rpush)"
+)
+
+
+def test_a_write_under_the_previous_acl_is_refused_and_changes_nothing(planes, admin, key):
+    """Upgraded code on a redis whose ACL predates watches: the watch marks come
+    first in every write script, so redis refuses them before anything changed
+    (the app answers 503 until redis.conf is rendered again)."""
+    import redis as redis_py
+
+    from productionlab.audit import AUDIT_LIST, Actor
+    from productionlab.kv import ITEM, KVStore
+    from productionlab.store.durability import Durability
+
+    root = planes.redis_client()
+    user = f"plab-ap-old-{key}"
+    root.execute_command("ACL", "SETUSER", user, "on", ">pw", *PREVIOUS_AP_ACL.split())
+    old = redis_py.Redis(**{**planes.redis.client_options(), "username": user, "password": "pw"})
+    try:
+        admin.post(f"/write/{key}/kept")
+        before = (root.hgetall(ITEM + key), root.llen(AUDIT_LIST))
+        store = KVStore(old, Durability(old, strict=False))
+        for change in (
+            lambda: store.put(key, b"new", Actor("old")),
+            lambda: store.put(key, b"new", Actor("old"), ttl=60),
+            lambda: store.delete(key, Actor("old")),
+        ):
+            with pytest.raises(redis_py.exceptions.RedisError) as refusal:
+                change()
+            assert "can't" in str(refusal.value) or "NOPERM" in str(refusal.value)
+            assert (root.hgetall(ITEM + key), root.llen(AUDIT_LIST)) == before
+    finally:
+        old.close()
+        root.execute_command("ACL", "DELUSER", user)
+        root.close()
