@@ -175,6 +175,10 @@ class Hardened(System):
         overrides: dict[str, object] = {
             "edge_rate": 1_000_000,
             "edge_burst": 1_000_000,
+            # the watch workload (issue 13): one user holds 200 watches at once
+            "edge_watch_rate": 1_000_000,
+            "edge_watch_burst": 1_000_000,
+            "edge_watch_conns": 1_000,
             "user_rate": "100000000/minute",
         }
         if ap_workers is not None:
