@@ -9,6 +9,7 @@ from productionlab.factory import base_app
 from productionlab.kv_routes import kv_blueprint
 from productionlab.services import Services
 from productionlab.settings import Settings
+from productionlab.watch_routes import watch_blueprint
 
 
 def create_app(
@@ -17,4 +18,5 @@ def create_app(
     """The app plane's app (no side effects; serve.py starts what runs in the background)."""
     app, auth = base_app(settings, client, services)
     app.register_blueprint(kv_blueprint(auth, read_role="reader", write_role="writer"))
+    app.register_blueprint(watch_blueprint(auth, read_role="reader"))
     return app

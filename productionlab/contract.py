@@ -61,6 +61,9 @@ MAX_LIST_LIMIT = 1000  # keys per listing page
 MAX_TXN_OPS = 64  # operations in one POST /v1/txn
 MAX_BULK_ITEMS = 1000  # items in one POST /v1/bulk
 MAX_GRANTS = 100  # key prefixes one user may be granted
+MAX_WATCH_WAIT = 300  # seconds one GET /v1/watch may wait
+DEFAULT_WATCH_WAIT = 60
+MAX_WATCH_KEYS = 1000  # keys one prefix watch answers (the rest: truncated)
 
 # --- errors ---------------------------------------------------------------------------
 # Every status a client can get and its machine-readable ``error.code``. The

@@ -11,11 +11,11 @@ from flask import Flask
 from productionlab import console
 from productionlab.admin import admin_blueprint
 from productionlab.factory import base_app
-from productionlab.kv import KVStore
 from productionlab.kv_routes import kv_blueprint
 from productionlab.services import Services
 from productionlab.settings import Settings
 from productionlab.token_routes import token_blueprint
+from productionlab.watch_routes import watch_blueprint
 
 log = logging.getLogger("productionlab.cp")
 
@@ -28,19 +28,25 @@ def create_app(
     app.register_blueprint(
         kv_blueprint(auth, read_role="admin", write_role="admin", url_prefix="/ops")
     )
+    app.register_blueprint(watch_blueprint(auth, read_role="admin", url_prefix="/ops"))
     app.register_blueprint(admin_blueprint(auth))
     app.register_blueprint(token_blueprint(auth))
     console.init_app(app, settings, auth)
     return app
 
 
-def migrate_usage(store: KVStore) -> None:
-    """Charge keys from before per-user quotas (a no-op once done). Redis may be
-    down at start-up: the plane still starts, and the next start-up finishes it."""
+def migrate_data(services: Services) -> None:
+    """Bring keys from earlier releases up to date (each a no-op once done):
+    charge keys from before per-user quotas, record the versions of keys with a
+    TTL from before watches. Redis may be down at start-up: the plane still
+    starts, and the next start-up finishes it."""
     try:
-        charged = store.migrate_usage()
+        charged = services.kv.migrate_usage()
+        recorded = services.watches.store.migrate_ttl_versions()
     except redis.RedisError as exc:
-        log.warning("usage migration postponed: redis %s", type(exc).__name__)
+        log.warning("data migration postponed: redis %s", type(exc).__name__)
         return
     if charged:
         log.info("usage migration charged %d keys written before quotas", charged)
+    if recorded:
+        log.info("watch migration recorded %d keys with a TTL from before watches", recorded)

@@ -232,7 +232,13 @@ class KVStore:
         ticket = limit or NO_TICKET
         status, version = KV_DELETE(
             self.client,
-            keys={"audit": AUDIT_KEYS, "item": ITEM + key, "index": INDEX, "limit": ticket.counter},
+            keys={
+                "audit": AUDIT_KEYS,
+                "item": ITEM + key,
+                "counter": VERSION_COUNTER,
+                "index": INDEX,
+                "limit": ticket.counter,
+            },
             args={
                 "audit": actor.audit_args(),
                 "key": key,

@@ -201,9 +201,7 @@ def kv_blueprint(
     @bp.get("/v1/kv")
     @auth.require(read_role)
     def listing() -> Response:
-        prefix = request.args.get("prefix", "")
-        if not PREFIX_RE.match(prefix):
-            raise MalformedRequest(f"prefix matches {PREFIX_PATTERN}")
+        prefix = parse_prefix()
         raw_limit = request.args.get("limit", "100")
         if (
             not (raw_limit.isascii() and raw_limit.isdigit())
@@ -227,6 +225,14 @@ def kv_blueprint(
 
     batch_routes.register(bp, auth, read_role, write_role)
     return bp
+
+
+def parse_prefix() -> str:
+    """The ``prefix`` query parameter (empty: every key the caller is granted)."""
+    prefix = request.args.get("prefix", "")
+    if not PREFIX_RE.match(prefix):
+        raise MalformedRequest(f"prefix matches {PREFIX_PATTERN}")
+    return prefix
 
 
 def encode_cursor(key: str) -> str:

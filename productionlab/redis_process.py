@@ -131,6 +131,7 @@ class RedisProcess:
         if not self.sentinel:
             lines += ['save ""', f"appendonly {'yes' if self.appendonly else 'no'}"]
             lines += [f"appendfsync {self.appendfsync}", f"appenddirname {self.aof_dir.name}"]
+            lines.append("notify-keyspace-events Ex")  # expiries wake watches (watch.py)
         if self.aof_source is not None:
             lines.append("aof-load-truncated yes")
         if self.password:

@@ -41,9 +41,9 @@ def bootstrap_control_plane(services: Services) -> None:
             delay = min(delay * 2, 5.0)
     if created:
         log.warning("created user admin; its password is in %s", created)
-    from productionlab.cp import migrate_usage
+    from productionlab.cp import migrate_data
 
-    migrate_usage(services.kv)
+    migrate_data(services)
     if widened:
         log.warning(
             "empty-string grants (a silent wildcard) are now the explicit '*' for: %s",
@@ -186,7 +186,7 @@ def serve(
             app,
             host=host,
             port=port,
-            threads=settings.threads,
+            threads=settings.serving_threads,  # PLAB_THREADS + the watches' share
             ident=None,
             trusted_proxy=settings.trusted_proxy,
             trusted_proxy_count=1 if settings.trusted_proxy else None,
@@ -202,3 +202,4 @@ def serve(
         )
     finally:
         services.users.stop_listener()
+        services.watches.feed.stop()

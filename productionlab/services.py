@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from productionlab.store.durability import Durability
     from productionlab.tokens import TokenService
     from productionlab.users import UserStore
+    from productionlab.watch import Watches
 
 EXTENSION = "plab"
 
@@ -55,6 +56,7 @@ class Services:
     tokens: TokenService
     metrics: Metrics
     security_metrics: SecurityMetrics
+    watches: Watches
     console_sessions: SessionStore | None = None  # control plane with PLAB_CONSOLE on
     # The control plane's custodian of the audit log: started by ``serve`` after
     # the privilege drop, or made on first use by the admin API (see admin.py).

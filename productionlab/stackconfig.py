@@ -52,6 +52,7 @@ class StackConfig:
     user_rate: str = DEFAULTS.user_rate
     max_body: str = nginx_size(DEFAULTS.max_body)
     threads: int = DEFAULTS.threads
+    watch_max_per_process: int = DEFAULTS.watch_max_per_process
     edge_trusted_proxies: str = ""  # CIDR list of load balancers in front of the edge
     restart_apps: bool = True
     restart_redis: bool = True
@@ -94,6 +95,7 @@ class StackConfig:
             "user_rate": settings.user_rate,
             "max_body": nginx_size(settings.max_body),
             "threads": settings.threads,
+            "watch_max_per_process": settings.watch_max_per_process,
             "edge_trusted_proxies": " ".join(settings.edge_trusted_proxies),
             "redis_tls": settings.stack_redis_tls,
             "redis_maxmemory": settings.redis_maxmemory,

@@ -321,6 +321,7 @@ class StackLayout:
                 "PLAB_USER_RATE": self.config.user_rate,
                 "PLAB_MAX_BODY": self.config.max_body,
                 "PLAB_THREADS": str(self.config.threads),
+                "PLAB_WATCH_MAX_PER_PROCESS": str(self.config.watch_max_per_process),
                 "PLAB_TRUSTED_PROXY": self.config.bind,
                 "PYTHONUNBUFFERED": "1",
                 # argon2id takes 19 MiB per verification; with glibc's dynamic mmap

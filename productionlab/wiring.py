@@ -26,6 +26,7 @@ from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
 from productionlab.tokens import build_service
 from productionlab.users import UserStore
+from productionlab.watch import build_watches
 
 
 def build_users(settings: Settings, client: redis.Redis) -> UserStore:
@@ -85,5 +86,6 @@ def build_services(
         tokens=build_service(settings, client, users),
         metrics=metrics,
         security_metrics=security,
+        watches=build_watches(client, settings.watch_max_per_process, settings.watch_prefix_keys),
         console_sessions=console_sessions,
     )

@@ -56,13 +56,16 @@ CONTROL_PLANE_PREFIXES = ("/ops/", "/admin/", "/auth/", "/console")
 
 
 def stop_listeners(apps: list[Flask]) -> None:
-    """Stop the apps' user-event listeners and wait for them (before redis goes away)."""
+    """Stop the apps' user-event and change listeners and wait for them (before
+    redis goes away)."""
     for app in apps:
         services_of(app).users.stop_listener()
+        services_of(app).watches.feed.stop()
     for app in apps:
-        listener = getattr(services_of(app).users, "_listener", None)
-        if listener is not None:
-            listener.join(10)
+        for owner in (services_of(app).users, services_of(app).watches.feed):
+            listener = getattr(owner, "_listener", None)
+            if listener is not None:
+                listener.join(10)
 
 
 class Response:

@@ -66,6 +66,7 @@ if atomic then
       s = {ver = tostring(next_version), owner = owner, bytes = bytes}
       touched[item] = true
     elseif kind == 'delete' then
+      if ver ~= '' then next_version = next_version + 1 end  -- its tombstone
       if ver ~= '' and s.owner == owner then
         used_keys, used_bytes = used_keys - 1, used_bytes - s.bytes
       end
@@ -94,7 +95,7 @@ for i = 1, n do
   elseif kind == 'delete' then
     local current = redis.call('HGET', item, 'ver')
     if current then
-      delete_item(index, item, key, current)
+      delete_item(counter, index, item, key, current)
       results[i] = {'deleted', '', current}
     else
       results[i] = {'absent', '', ''}

@@ -4,9 +4,12 @@
 -- version, ttl_ms, ... Without overwrite ('1') an existing key is left alone.
 -- Each restored key gets its own audit entry and carries no owner (the caller
 -- charges it afterwards); a replaced key's charge is released. The version
--- counter is raised to the highest version restored. Returns how many it restored.
+-- counter is raised to the highest version restored, and every watch is woken
+-- to read again (a restored key may be older than what a watch saw). Returns
+-- how many it restored.
 --! include audit_prelude.lua
 --! include quota.lua
+--! include watch_marks.lua
 local counter, index = KEYS[3], KEYS[4]
 local item_prefix, overwrite = ARGV[7], ARGV[8] == '1'
 local restored, highest = 0, 0
@@ -18,7 +21,12 @@ for i = 9, #ARGV, 4 do
     if before_owner then uncharge(before_owner, key, #key + redis.call('HSTRLEN', item, 'v')) end
     redis.call('DEL', item)
     redis.call('HSET', item, 'v', value, 'ver', version)
-    if ttl > 0 then redis.call('PEXPIRE', item, ttl) end
+    if ttl > 0 then
+      redis.call('PEXPIRE', item, ttl)
+      redis.call('HSET', TTL_VERSIONS, key, version)
+    else
+      redis.call('HDEL', TTL_VERSIONS, key)
+    end
     redis.call('ZADD', index, 0, key)
     audit('kv.restore', key, 'restored', version)
     restored = restored + 1
@@ -27,4 +35,6 @@ for i = 9, #ARGV, 4 do
 end
 local current = tonumber(redis.call('GET', counter) or '0')
 if highest > current then redis.call('SET', counter, highest) end
+-- A restore can move keys back to older versions: every watch re-reads.
+if restored > 0 then redis.call('PUBLISH', CHANGES, '0 *') end
 return restored

@@ -4,6 +4,7 @@
 -- the conditions and the limit; these do the change.
 --! include audit_prelude.lua
 --! include quota.lua
+--! include watch_marks.lua
 
 -- Put value at item (redis hash ITEM .. key) for owner. current is the item's
 -- version before (false when absent). Returns the new version; or false, the
@@ -55,15 +56,19 @@ local function put_item(counter, index, item, key, value, ttl_ms, current, owner
     charge(owner, key, bytes, expire_at)
   end
   audit('kv.put', key, current and 'updated' or 'created', version)
+  mark_put(key, version, ttl_ms)
   return version
 end
 
--- Delete the existing item (its version is current), releasing its charge.
-local function delete_item(index, item, key, current)
+-- Delete the existing item (its version is current), releasing its charge and
+-- leaving its tombstone (a new version from counter).
+local function delete_item(counter, index, item, key, current)
   local before_owner = redis.call('HGET', item, 'o')
   local before_bytes = #key + redis.call('HSTRLEN', item, 'v')
   redis.call('DEL', item)
   redis.call('ZREM', index, key)
   if before_owner then uncharge(before_owner, key, before_bytes) end
   audit('kv.delete', key, 'deleted', current)
+  redis.call('HDEL', TTL_VERSIONS, key)
+  tombstone(counter, key)
 end

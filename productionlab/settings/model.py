@@ -60,6 +60,8 @@ class Settings:
     # GET /v1/kv?values=true: the values of one page hold at most this many bytes (issue 13).
     list_max_bytes: int = 1024 * 1024
     threads: int = 8
+    watch_max_per_process: int = 128
+    watch_prefix_keys: int = 10_000
     state_dir: Path = Path("var")
     htpasswd_path: Path | None = None
     verify_cache_seconds: float = 60.0
@@ -127,8 +129,15 @@ class Settings:
 
     @property
     def redis_pool_size(self) -> int:
-        """One connection per Waitress thread, plus the pub/sub listener and a spare."""
-        return self.threads + 2
+        """One connection per Waitress thread (watches included), plus the two
+        pub/sub listeners (user events, KV changes) and a spare."""
+        return self.serving_threads + 3
+
+    @property
+    def serving_threads(self) -> int:
+        """Waitress's threads: PLAB_THREADS for ordinary requests, and one more
+        per watch this process may hold (watch.py)."""
+        return self.threads + self.watch_max_per_process
 
     @property
     def secrets_dir(self) -> Path:

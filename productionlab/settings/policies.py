@@ -37,6 +37,8 @@ MAX_VERIFY_CACHE_SECONDS = 300
 def read_serving(env: EnvReader, plane: str) -> Fields:
     return {
         "threads": env.integer("THREADS", 8),
+        "watch_max_per_process": env.integer("WATCH_MAX_PER_PROCESS", 128),
+        "watch_prefix_keys": env.integer("WATCH_PREFIX_KEYS", 10_000),
         "user_rate": env.get("USER_RATE", "6000/minute"),
         "rate_limits_enabled": env.get("RATE_LIMITS", "on").lower() not in ("off", "0", "false"),
     }
@@ -47,6 +49,14 @@ def check_serving(s: Settings, problems: list[str], warnings: list[str]) -> None
         problems.append(f"PLAB_USER_RATE={s.user_rate!r} is not like '6000/minute'")
     if not 1 <= s.threads <= 256:
         problems.append(f"PLAB_THREADS={s.threads} must be between 1 and 256")
+    if not 0 <= s.watch_max_per_process <= 1000:
+        problems.append(
+            f"PLAB_WATCH_MAX_PER_PROCESS={s.watch_max_per_process} must be between 0 and 1000"
+        )
+    if not 1 <= s.watch_prefix_keys <= 100_000:
+        problems.append(
+            f"PLAB_WATCH_PREFIX_KEYS={s.watch_prefix_keys} must be between 1 and 100000"
+        )
     if s.production and not s.rate_limits_enabled:
         problems.append("PLAB_RATE_LIMITS is off in production")
 

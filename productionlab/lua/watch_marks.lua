@@ -1,0 +1,45 @@
+--! fragment
+-- What a change leaves for the watches (watch.py): a message on CHANGES
+-- ("<version> <key>", no value) for the processes holding watches, and for a
+-- delete or an expiry a tombstone: a version from the items' own counter,
+-- kept in TOMBS (score: that version), so a watched key's index never goes
+-- back when the key goes away. TOMBS keeps the newest TOMBS_KEPT; FLOOR is the
+-- version of the newest one dropped (a key without a tombstone reads as FLOOR).
+-- TTL_VERSIONS holds the version of every key that carries a TTL: redis
+-- expires keys without running a script, so an expired key is found there
+-- (by the expired-key event, or by the next watch that reads it) and given
+-- its tombstone then. The names are watch.py's (a test pins them).
+local CHANGES = '{plab}:kv-changes'
+local TOMBS, FLOOR = '{plab}:kv-watch:tombs', '{plab}:kv-watch:floor'
+local TTL_VERSIONS = '{plab}:kv-watch:ttl'
+local TOMBS_KEPT = 100000
+local function changed(key, version)
+  redis.call('PUBLISH', CHANGES, version .. ' ' .. key)
+end
+local function mark_put(key, version, ttl_ms)
+  if ttl_ms > 0 then
+    redis.call('HSET', TTL_VERSIONS, key, version)
+  else
+    redis.call('HDEL', TTL_VERSIONS, key)
+  end
+  changed(key, version)
+end
+local function tombstone(counter, key)
+  local version = redis.call('INCR', counter)
+  redis.call('ZADD', TOMBS, version, key)
+  local excess = redis.call('ZCARD', TOMBS) - TOMBS_KEPT
+  if excess > 0 then
+    local dropped = redis.call('ZPOPMIN', TOMBS, excess)
+    redis.call('SET', FLOOR, dropped[#dropped])
+  end
+  changed(key, version)
+  return version
+end
+-- The tombstone of a key redis expired that has none yet (0 when it lives, or
+-- was given one already, or carried no TTL).
+local function mark_expired(counter, item, key)
+  if not redis.call('HGET', TTL_VERSIONS, key) then return 0 end
+  if redis.call('EXISTS', item) == 1 then return 0 end
+  redis.call('HDEL', TTL_VERSIONS, key)
+  return tombstone(counter, key)
+end

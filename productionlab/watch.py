@@ -1,0 +1,336 @@
+"""Watches (blocking queries): wait until a key, or anything under a prefix,
+changes past an index, without polling redis and without taking the threads
+ordinary requests need.
+
+Indexes. Every change takes a version from the items' one counter
+(``{plab}:kv-version``), deletes and expiries included: a delete leaves a
+*tombstone* (the key and a new version in ``{plab}:kv-watch:tombs``), and a
+key redis expires gets its tombstone when the expired-key event arrives, or
+when the next watch reads it, whichever comes first (``lua/watch_marks.lua``).
+So a key's index (its version while it lives, its tombstone's after) never
+goes back, and a watch can tell a delete from "nothing happened". The newest
+100,000 tombstones are kept; a key whose tombstone was dropped reads as the
+floor (the newest dropped version), which is still past any index a client
+saw before the delete. A prefix's index is the counter at the time of the
+read: whatever changes under the prefix later has a higher version.
+
+Wake-ups. The KV scripts publish ``"<version> <key>"`` on ``{plab}:kv-changes``
+(no value: a subscriber learns only that a key changed); redis publishes
+expiries as keyspace events (``notify-keyspace-events Ex``). One listener
+thread per process (:class:`ChangeFeed`, started by the first watch) hears
+both and wakes only the watches whose key or granted prefix the change
+touches and whose index is below its version; a woken watch reads its state
+again in one script. A (re)subscription or a lost connection wakes every
+watch, since messages may have been missed while it was away.
+
+Threads. A parked watch holds a Waitress thread. ``serve`` gives each process
+``PLAB_THREADS + PLAB_WATCH_MAX_PER_PROCESS`` threads and :class:`WatchSlots`
+lets at most ``PLAB_WATCH_MAX_PER_PROCESS`` of them hold watches; the next
+watch is refused with 429 and ``Retry-After``. Ordinary requests keep their
+``PLAB_THREADS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis
+
+from productionlab.errors import MalformedRequest, RateLimited
+from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
+from productionlab.luascripts import script
+
+log = logging.getLogger("productionlab.watch")
+State = TypeVar("State")
+
+CHANGES = "{plab}:kv-changes"
+TOMBS = "{plab}:kv-watch:tombs"
+FLOOR = "{plab}:kv-watch:floor"
+TTL_VERSIONS = "{plab}:kv-watch:ttl"
+TOMBS_KEPT = 100_000
+TTL_VERSIONS_MIGRATED = "{plab}:kv-watch:migrated"
+RESET = "*"  # a change message's key that wakes every watch (a restore)
+SLOTS_RETRY_AFTER = 5  # seconds a client waits when a process holds all the watches it may
+
+WATCH_KEY = script("watch_key")
+WATCH_PREFIX = script("watch_prefix")
+EXPIRE_MARK = script("kv_expire_mark")
+
+
+@dataclass(frozen=True)
+class KeyState:
+    key: str
+    index: int
+    exists: bool
+    version: int = 0
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    newest: int  # the highest version of a change under the prefix past the asked index
+    index: int  # the index to pass next
+    keys: list[tuple[str, int]] = field(default_factory=list)
+
+
+class PrefixTooBroad(MalformedRequest):
+    pass
+
+
+class WatchStore:
+    """The states watches wait on, each read in one script."""
+
+    def __init__(self, client: redis.Redis, prefix_keys: int = 10_000):
+        self.client = client
+        self.prefix_keys = prefix_keys
+
+    def key_state(self, key: str) -> KeyState:
+        found = WATCH_KEY(
+            self.client, keys={"item": ITEM + key, "counter": VERSION_COUNTER}, args={"key": key}
+        )
+        if int(found[0]):
+            version = int(found[1])
+            return KeyState(key, version, True, version, found[2] or b"")
+        return KeyState(key, int(float(found[1])), False)
+
+    def prefix_state(self, prefixes: list[str], since: int) -> PrefixState:
+        """The live keys under ``prefixes`` (disjoint, sorted), the newest
+        change past ``since``; 400 when they hold more keys than the budget."""
+        found = WATCH_PREFIX(
+            self.client,
+            keys={"index": INDEX, "counter": VERSION_COUNTER},
+            args={
+                "item_prefix": ITEM,
+                "since": since,
+                "budget": self.prefix_keys,
+                "prefixes": prefixes,
+            },
+        )
+        if int(found[0]) < 0:
+            raise PrefixTooBroad(
+                f"the prefix holds more than {self.prefix_keys} keys; watch a narrower one"
+            )
+        pairs = found[2:]
+        keys = [(pairs[i].decode(), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
+        return PrefixState(int(found[0]), int(found[1]), keys)
+
+    def mark_expired(self, key: str) -> int:
+        keys = {"item": ITEM + key, "counter": VERSION_COUNTER}
+        return int(EXPIRE_MARK(self.client, keys=keys, args={"key": key}))
+
+    def migrate_ttl_versions(self, batch: int = 500) -> int:
+        """Record the version of every key that carries a TTL (written before
+        watches existed), so its expiry gets a tombstone; returns how many.
+        Safe to run while the planes serve and to run again; a marker skips
+        the walk once it has completed."""
+        if self.client.exists(TTL_VERSIONS_MIGRATED):
+            return 0
+        recorded, after = 0, "-"
+        while True:
+            page = self.client.zrangebylex(INDEX, after, "+", start=0, num=batch)
+            if not page:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for member in page:
+                pipe.pttl(ITEM + member.decode())
+                pipe.hget(ITEM + member.decode(), "ver")
+            answers = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for i, member in enumerate(page):
+                ttl, version = answers[2 * i], answers[2 * i + 1]
+                if version is not None and ttl is not None and int(ttl) > 0:
+                    pipe.hsetnx(TTL_VERSIONS, member.decode(), version)
+                    recorded += 1
+            pipe.execute()
+            after = "(" + page[-1].decode()
+        self.client.set(TTL_VERSIONS_MIGRATED, "1")
+        return recorded
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One parked watch: woken by a change to ``key`` (or under one of
+    ``prefixes``) whose version is past ``index``."""
+
+    index: int
+    key: str | None = None
+    prefixes: tuple[str, ...] = ()
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def wants(self, key: str, version: int) -> bool:
+        if version <= self.index:
+            return False
+        if self.key is not None:
+            return key == self.key
+        return any(key.startswith(prefix) for prefix in self.prefixes)
+
+
+class ChangeFeed:
+    """This process's one subscription to the change messages and expired-key
+    events, and the watches it wakes."""
+
+    def __init__(self, client: redis.Redis, store: WatchStore):
+        self.client = client
+        self.store = store
+        pool = getattr(client, "connection_pool", None)
+        db = getattr(pool, "connection_kwargs", {}).get("db", 0)
+        self.expired_channel = f"__keyevent@{db}__:expired"
+        self._lock = threading.Lock()
+        self._by_key: dict[str, set[Waiter]] = {}
+        self._by_prefix: set[Waiter] = set()
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            self._listener = threading.Thread(target=self._listen, name="kv-changes", daemon=True)
+            self._listener.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def registered(self, waiter: Waiter) -> Iterator[Waiter]:
+        """``waiter`` is woken by matching changes while inside (register
+        before reading the state, so no change falls between the two)."""
+        self.ensure_started()
+        with self._lock:
+            if waiter.key is not None:
+                self._by_key.setdefault(waiter.key, set()).add(waiter)
+            else:
+                self._by_prefix.add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                if waiter.key is not None:
+                    waiting = self._by_key.get(waiter.key)
+                    if waiting is not None:
+                        waiting.discard(waiter)
+                        if not waiting:
+                            del self._by_key[waiter.key]
+                else:
+                    self._by_prefix.discard(waiter)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._by_key.values()) + len(self._by_prefix)
+
+    def notify(self, key: str, version: int) -> int:
+        """Wake the watches this change matters to; returns how many."""
+        with self._lock:
+            if key == RESET:
+                woken = [*self._by_prefix, *(w for ws in self._by_key.values() for w in ws)]
+            else:
+                woken = [w for w in self._by_key.get(key, ()) if w.wants(key, version)]
+                woken += [w for w in self._by_prefix if w.wants(key, version)]
+        for waiter in woken:
+            waiter.event.set()
+        return len(woken)
+
+    def wake_all(self) -> None:
+        self.notify(RESET, 0)
+
+    def _handle(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            self.wake_all()  # changes may have been missed while unsubscribed
+            return
+        if kind != "message":
+            return
+        channel, data = message.get("channel"), message.get("data")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        if channel == CHANGES:
+            version, _, key = text.partition(" ")
+            if version.isdigit() and key:
+                self.notify(key, int(version))
+        elif channel == self.expired_channel and text.startswith(ITEM):
+            # The expiry's tombstone publishes its own change message.
+            self.store.mark_expired(text[len(ITEM) :])
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+            try:
+                pubsub.subscribe(CHANGES, self.expired_channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message.get("type") == "subscribe":
+                        self.subscribed.set()
+                    self._handle(message)
+            except Exception as exc:  # noqa: BLE001 - any failure: wake all, resubscribe
+                log.warning("change subscription lost (%s); resubscribing", type(exc).__name__)
+            finally:
+                self.subscribed.clear()
+                self.wake_all()  # their state reads answer 503 while redis is away
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
+            self._stop.wait(0.5)
+
+
+class WatchSlots:
+    """At most ``size`` watches held at once in this process."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free = threading.BoundedSemaphore(size) if size > 0 else None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._free is None or not self._free.acquire(blocking=False):
+            raise RateLimited(
+                f"this server holds its most watches ({self.size}); retry later",
+                retry_after=SLOTS_RETRY_AFTER,
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+def wait_for(
+    feed: ChangeFeed,
+    waiter: Waiter,
+    read: Callable[[], tuple[bool, State]],
+    wait: float,
+) -> tuple[bool, State]:
+    """Read the state until it has changed past the waiter's index or ``wait``
+    seconds have gone; returns (changed, the last state read)."""
+    deadline = time.monotonic() + wait
+    with feed.registered(waiter):
+        changed, state = read()
+        while not changed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not waiter.event.wait(remaining):
+                break
+            waiter.event.clear()
+            changed, state = read()
+    return changed, state
+
+
+@dataclass(eq=False)
+class Watches:
+    """A plane's watches: their states, this process's change feed, its bound."""
+
+    store: WatchStore
+    feed: ChangeFeed
+    slots: WatchSlots
+
+
+def build_watches(client: redis.Redis, max_per_process: int, prefix_keys: int) -> Watches:
+    store = WatchStore(client, prefix_keys)
+    return Watches(store, ChangeFeed(client, store), WatchSlots(max_per_process))
