@@ -271,6 +271,7 @@ def run_watch_only(args: argparse.Namespace) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench-results.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": [], "smoke": False}
+    info = machine()
     hardened = harness.Hardened()
     try:
         harness.run_wrk(hardened, "read", 3)
@@ -281,7 +282,7 @@ def run_watch_only(args: argparse.Namespace) -> Path:
     data["watch_runs"] = runs
     data["watch_info"] = {
         "separate_run": True,
-        "machine": machine(),
+        "machine": info,
         "seconds": args.seconds,
         "elapsed_s": round(time.monotonic() - started),
         "load_after": Path("/proc/loadavg").read_text().split()[:3],
