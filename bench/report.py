@@ -493,6 +493,15 @@ def watch_section(data: dict) -> list[str]:
             "errors are left out of the medians; a run others disturbed (over 10 % of the "
             "machine) was re-run up to twice, as for the other workloads.",
         ]
+        others = statistics.median(r["foreign_cpu"] for r in runs)
+        if others > 10:
+            lines += [
+                "",
+                f"**A loaded machine**: other processes used a median {others:.0f} % of it "
+                "during these rounds (after the re-runs), unevenly from round to round, so "
+                "the ratio of reads/s measures the load as much as the watches; the CPU per "
+                "read is the steadier figure. A run on a quiet machine is still owed.",
+            ]
     return lines
 
 
