@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -264,6 +265,32 @@ def test_data_routes_with_users_grants_and_errors(deployment):
     users = admin.get("/admin/users")
     assert users.status_code == 200
     assert "$argon2" not in users.text and "{SSHA}" not in users.text
+
+
+def test_watches_wake_on_a_write_and_on_an_expiry(deployment):
+    """Watches through the deployment's edge: the change channel and the
+    expired-key events reach the app plane under compose's redis.conf and ACL."""
+    admin = deployment.admin()
+    created = admin.post(
+        "/admin/users", json={"name": "e2e-watcher", "role": "writer", "prefixes": ["e2e-w"]}
+    )
+    assert created.status_code == 201, created.text
+    watcher = deployment.anonymous()
+    watcher.name, watcher.password, watcher.timeout = "e2e-watcher", created.json()["password"], 90
+    for key, write in (("e2e-wkey", "/write/e2e-wkey/two"), ("e2e-wttl", None)):
+        first = watcher.post(f"/write/{key}/one" + ("?ttl=2" if write is None else ""))
+        assert first.status_code == 201, first.text
+        version = first.json()["version"]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(watcher.get, f"/v1/watch/{key}?index={version}&wait=60")
+            if write is not None:
+                time.sleep(1)  # let the watch park; a write before it answers at once too
+                assert watcher.post(write).status_code == 200
+            answer = waiting.result(timeout=90)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["changed"] is True and body["index"] > version
+        assert body["exists"] is (write is not None)
 
 
 def test_limits_body_size_and_edge_rate(deployment):

@@ -74,6 +74,17 @@ def validate_key(key: str) -> str:
     return key
 
 
+def write_keys(key: str, ticket: Ticket) -> dict[str, object]:
+    """The KEYS of a single-key write script (kv_put.lua, kv_delete.lua)."""
+    return {
+        "audit": AUDIT_KEYS,
+        "item": ITEM + key,
+        "counter": VERSION_COUNTER,
+        "index": INDEX,
+        "limit": ticket.counter,
+    }
+
+
 @dataclass(frozen=True)
 class Item:
     key: str
@@ -182,13 +193,7 @@ class KVStore:
         ticket = limit or NO_TICKET
         status, version, *extra = KV_PUT(
             self.client,
-            keys={
-                "audit": AUDIT_KEYS,
-                "item": ITEM + key,
-                "counter": VERSION_COUNTER,
-                "index": INDEX,
-                "limit": ticket.counter,
-            },
+            keys=write_keys(key, ticket),
             args={
                 "audit": actor.audit_args(),
                 "key": key,
@@ -232,13 +237,7 @@ class KVStore:
         ticket = limit or NO_TICKET
         status, version = KV_DELETE(
             self.client,
-            keys={
-                "audit": AUDIT_KEYS,
-                "item": ITEM + key,
-                "counter": VERSION_COUNTER,
-                "index": INDEX,
-                "limit": ticket.counter,
-            },
+            keys=write_keys(key, ticket),
             args={
                 "audit": actor.audit_args(),
                 "key": key,
@@ -266,7 +265,7 @@ class KVStore:
         # whether another follows, so the last page never points at an empty one.
         found, last, more = KV_LIST(
             self.client,
-            keys={"index": INDEX},
+            keys={"index": INDEX, "counter": VERSION_COUNTER},
             args={
                 "item_prefix": ITEM,
                 "after": after,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -127,6 +127,12 @@ class Metrics:
         self.redis_errors = Counter(
             "plab_redis_unavailable_total",
             "Requests answered 503 because redis failed",
+            ["plane"],
+            registry=self.registry,
+        )
+        self.watches_held = Gauge(
+            "plab_watches_held",
+            "Watches this process holds now (at most PLAB_WATCH_MAX_PER_PROCESS)",
             ["plane"],
             registry=self.registry,
         )

@@ -5,8 +5,9 @@ ordinary requests need.
 Indexes. Every change takes a version from the items' one counter
 (``{plab}:kv-version``), deletes and expiries included: a delete leaves a
 *tombstone* (the key and a new version in ``{plab}:kv-watch:tombs``), and a
-key redis expires gets its tombstone when the expired-key event arrives, or
-when the next watch reads it, whichever comes first (``lua/watch_marks.lua``).
+key redis expires gets its tombstone when the expired-key event reaches a
+process where a watch waits for it, or from the next watch or listing that
+meets the key, whichever comes first (``lua/watch_marks.lua``).
 So a key's index (its version while it lives, its tombstone's after) never
 goes back, and a watch can tell a delete from "nothing happened". The newest
 100,000 tombstones are kept; a key whose tombstone was dropped reads as the
@@ -226,6 +227,13 @@ class ChangeFeed:
         with self._lock:
             return sum(len(w) for w in self._by_key.values()) + len(self._by_prefix)
 
+    def cares(self, key: str) -> bool:
+        """Whether a watch here waits on ``key`` (at any index)."""
+        with self._lock:
+            return key in self._by_key or any(
+                key.startswith(prefix) for w in self._by_prefix for prefix in w.prefixes
+            )
+
     def notify(self, key: str, version: int) -> int:
         """Wake the watches this change matters to; returns how many."""
         with self._lock:
@@ -257,8 +265,11 @@ class ChangeFeed:
             if version.isdigit() and key:
                 self.notify(key, int(version))
         elif channel == self.expired_channel and text.startswith(ITEM):
-            # The expiry's tombstone publishes its own change message.
-            self.store.mark_expired(text[len(ITEM) :])
+            key = text[len(ITEM) :]
+            # The tombstone publishes its own change message. Given only where a
+            # watch waits for it: otherwise the next read that meets the key does.
+            if self.cares(key):
+                self.store.mark_expired(key)
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -287,11 +298,16 @@ class WatchSlots:
 
     def __init__(self, size: int):
         self.size = size
-        self._free = threading.BoundedSemaphore(size) if size > 0 else None
+        self.holding = 0  # watches held now (the plab_watches_held gauge)
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        if self._free is None or not self._free.acquire(blocking=False):
+        with self._lock:
+            full = self.holding >= self.size
+            if not full:
+                self.holding += 1
+        if full:
             raise RateLimited(
                 f"this server holds its most watches ({self.size}); retry later",
                 retry_after=SLOTS_RETRY_AFTER,
@@ -299,7 +315,8 @@ class WatchSlots:
         try:
             yield
         finally:
-            self._free.release()
+            with self._lock:
+                self.holding -= 1
 
 
 def wait_for(

@@ -64,6 +64,8 @@ def build_services(
     kv = KVStore(client, durability, quota)
     users = build_users(settings, client)
     metrics, security = build_metrics(settings, client)
+    watches = build_watches(client, settings.watch_max_per_process, settings.watch_prefix_keys)
+    metrics.watches_held.labels(settings.plane).set_function(lambda: watches.slots.holding)
     console_sessions = None
     if settings.plane == "cp" and settings.console:
         from productionlab.console.sessions import SessionStore
@@ -86,6 +88,6 @@ def build_services(
         tokens=build_service(settings, client, users),
         metrics=metrics,
         security_metrics=security,
-        watches=build_watches(client, settings.watch_max_per_process, settings.watch_prefix_keys),
+        watches=watches,
         console_sessions=console_sessions,
     )

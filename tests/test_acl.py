@@ -56,7 +56,10 @@ def denied(exc: Exception) -> bool:
     """An ACL refusal: NOPERM for a command; inside a script redis 7.0 says
     "The user executing the script can't ..." (7.2 says NOPERM there too)."""
     text = str(exc)
-    return "no permissions" in text or "can't access" in text or "can't run" in text
+    return any(
+        refusal in text
+        for refusal in ("no permissions", "can't access", "can't run", "can't publish")
+    )
 
 
 def snapshot(client: redis.Redis) -> dict:
@@ -265,3 +268,27 @@ def test_each_local_plane_process_gets_only_its_own_secrets(stack):
         for secret in ("token_key", "backup_key", "audit_key", "audit_checkpoint_key"):
             if plane == "ap":
                 assert stack.secret(secret) not in held, (name, secret)
+
+
+def test_app_plane_publishes_only_kv_changes_and_hears_watch_channels(planes):
+    """Watches (watch.py): the app plane publishes change messages (its write
+    scripts do) on {plab}:kv-changes and on no other channel, and subscribes to
+    them, the user events and the expired-key events, and to nothing else. A
+    forged change message only makes watches read their state again."""
+    ap, _cp = planes
+    assert ap.eval("return redis.call('PUBLISH', '{plab}:kv-changes', '0 *')", 0) >= 0
+    for channel in ("{plab}:users:events", "__keyevent@0__:expired", "other"):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            ap.publish(channel, "x")
+    allowed = ap.pubsub()
+    refused = ap.pubsub()
+    try:
+        allowed.subscribe("{plab}:kv-changes", "{plab}:users:events", "__keyevent@0__:expired")
+        kinds = [allowed.get_message(timeout=5)["type"] for _ in range(3)]
+        assert kinds == ["subscribe"] * 3
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            refused.subscribe("__keyspace@0__:{plab}:users")
+            refused.get_message(timeout=5)
+    finally:
+        allowed.close()
+        refused.close()

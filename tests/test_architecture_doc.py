@@ -19,6 +19,7 @@ KV_PATHS = {
     "kv_routes:write": "/write/<key>/<value>",
     "kv_routes:read": "/read/<key>",
     "kv_routes:item": "/v1/kv/<key>",
+    "watch_routes:watch_key": "/v1/watch/<key>",
 }
 
 

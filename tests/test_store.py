@@ -22,13 +22,14 @@ def test_pool_is_sized_to_the_servers_threads(stack):
     settings = settings_for(
         f"redis://127.0.0.1:{stack.config.redis_port}/0",
         threads=5,
+        watch_max_per_process=3,
         redis_username="plab-ap",
         redis_password=stack.secret("redis_ap_password"),
     )
     client = connect(settings)
     pool = client.connection_pool
     assert isinstance(pool, redis.BlockingConnectionPool)
-    assert pool.max_connections == 7
+    assert pool.max_connections == 5 + 3 + 3  # threads, watches, two listeners and a spare
     assert client.ping()
     client.close()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from upgrade_kit import PreviousState, previous_release_state
 
+from productionlab import watch
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
 from productionlab.supervisor import Supervisor
@@ -249,3 +250,22 @@ def test_a_stored_empty_grant_becomes_an_explicit_wildcard(upgraded):
         and e["actor"] == "migration"
         for e in entries
     )
+
+
+def test_keys_with_a_ttl_from_before_watches_get_a_tombstone_when_they_expire(upgraded):
+    """The previous release wrote app-old-ttl (a day's TTL) with no record of its
+    version for watches; the control plane's start-up migration recorded it, so
+    its expiry (brought forward here) gives it a tombstone past its version."""
+    stack, old = upgraded
+    version = old.keys["app-old-ttl"]["version"]
+    client = stack.redis_client("cp")
+    assert client.exists(watch.TTL_VERSIONS_MIGRATED)
+    assert int(client.hget(watch.TTL_VERSIONS, "app-old-ttl")) == version
+    assert client.hget(watch.TTL_VERSIONS, "app-old-0") is None  # no TTL, no record
+    reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
+    waiting = reader.get(f"/v1/watch/app-old-ttl?index={version}&wait=0").json()
+    assert waiting["exists"] is True and waiting["changed"] is False
+    client.pexpire("{plab}:kv:app-old-ttl", 1)
+    body = reader.get(f"/v1/watch/app-old-ttl?index={version}&wait=60").json()
+    assert body["changed"] is True and body["exists"] is False
+    assert body["index"] > version

@@ -18,6 +18,7 @@ from productionlab import watch
 from productionlab.luascripts import LUA_DIR
 from productionlab.services import services_of
 from tests.conftest import create_user, new_writer
+from tests.inprocess import start_planes
 
 pytestmark = pytest.mark.inprocess
 
@@ -113,6 +114,20 @@ def test_an_expired_key_read_by_a_watch_gets_its_tombstone_then(planes, admin, k
         client.close()
 
 
+def test_an_expired_key_pruned_by_a_listing_gets_its_tombstone_then(planes, admin, key):
+    client = planes.redis_client()
+    try:
+        version = admin.post(f"/write/{key}-x/brief").json()["version"]
+        client.hset(watch.TTL_VERSIONS, f"{key}-x", version)
+        client.delete(f"{{plab}}:kv:{key}-x")  # expired: the listing index still names it
+        assert admin.get(f"/v1/kv?prefix={key}-").json()["keys"] == []
+        assert client.zscore(watch.TOMBS, f"{key}-x") > version
+        body = admin.get(f"/v1/watch?prefix={key}-&index={version}&wait=0").json()
+        assert body["changed"] is True and body["keys"] == []
+    finally:
+        client.close()
+
+
 def test_a_change_to_another_key_wakes_nobody(planes, key):
     feed = services_of(planes.ap).watches.feed
     admin = planes.admin()
@@ -187,7 +202,7 @@ def test_a_prefix_watch_covers_only_the_callers_grants(planes, admin):
 
 
 def test_a_key_outside_the_grants_is_refused(admin):
-    writer, prefix = new_writer(admin)
+    writer, _prefix = new_writer(admin)
     response = writer.get("/v1/watch/elsewhere-key?wait=0")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
@@ -244,6 +259,8 @@ def test_watches_past_the_bound_are_refused_with_retry_after(planes, planes_with
         if feed.waiting:
             break
         threading.Event().wait(0.05)
+    metrics = admin.direct("GET", "ap", "/metrics").text
+    assert 'plab_watches_held{plane="ap"} 1.0' in metrics
     refused = admin.get(f"/v1/watch/{key}?index={version}&wait=1")
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limited"
@@ -299,3 +316,68 @@ def test_the_lua_names_are_the_modules():
     for name in (watch.CHANGES, watch.TOMBS, watch.FLOOR, watch.TTL_VERSIONS):
         assert f"'{name}'" in marks
     assert f"local TOMBS_KEPT = {watch.TOMBS_KEPT}\n" in marks
+
+
+def test_redis_going_away_under_a_parked_watch_is_a_503_with_retry_after():
+    """Its own planes and redis: the watch is parked when redis dies; the lost
+    subscription wakes it, its state read fails, and it answers 503."""
+    own = start_planes()
+    try:
+        admin = own.admin()
+        version = admin.post("/write/fault-watch/v").json()["version"]
+        waiting = in_thread(admin.get, f"/v1/watch/fault-watch?index={version}&wait={LONG}")
+        parked(own)
+        own.redis.stop()
+        answer = waiting.result(timeout=LONG + 30)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "unavailable"
+        assert int(answer.headers["Retry-After"]) >= 1
+        refused = admin.get(f"/v1/watch/fault-watch?index={version}&wait=1")
+        assert refused.status_code == 503
+    finally:
+        own.stop()
+
+
+# The app plane's ACL rule of the release before watches (redis.conf.j2), as a
+# compose deployment that upgraded the images but not redis.conf still has it.
+PREVIOUS_AP_ACL = (
+    "resetkeys resetchannels %R~{plab}:* &{plab}:users:events -@all +@connection +@read "
+    "-@dangerous +info +config|get +client|setname +ping -keys -scan -randomkey +subscribe "
+    "+unsubscribe +script|load +script|exists (~{plab}:* -@all +evalsha +eval) "
+    "(~{plab}:kv:* ~{plab}:kv-version ~{plab}:kv-index ~{plab}:usage:* ~{plab}:limits:* "
+    "~{plab}:authfail:* ~{plab}:lastused:* -@all +@read +@write -@dangerous -@scripting "
+    "-keys -scan -randomkey) (%W~{plab}:audit -@all +rpush)"
+)
+
+
+def test_a_write_under_the_previous_acl_is_refused_and_changes_nothing(planes, admin, key):
+    """Upgraded code on a redis whose ACL predates watches: the watch marks come
+    first in every write script, so redis refuses them before anything changed
+    (the app answers 503 until redis.conf is rendered again)."""
+    import redis as redis_py
+
+    from productionlab.audit import AUDIT_LIST, Actor
+    from productionlab.kv import ITEM, KVStore
+    from productionlab.store.durability import Durability
+
+    root = planes.redis_client()
+    user = f"plab-ap-old-{key}"
+    root.execute_command("ACL", "SETUSER", user, "on", ">pw", *PREVIOUS_AP_ACL.split())
+    old = redis_py.Redis(**{**planes.redis.client_options(), "username": user, "password": "pw"})
+    try:
+        admin.post(f"/write/{key}/kept")
+        before = (root.hgetall(ITEM + key), root.llen(AUDIT_LIST))
+        store = KVStore(old, Durability(old, strict=False))
+        for change in (
+            lambda: store.put(key, b"new", Actor("old")),
+            lambda: store.put(key, b"new", Actor("old"), ttl=60),
+            lambda: store.delete(key, Actor("old")),
+        ):
+            with pytest.raises(redis_py.exceptions.RedisError) as refusal:
+                change()
+            assert "can't" in str(refusal.value) or "NOPERM" in str(refusal.value)
+            assert (root.hgetall(ITEM + key), root.llen(AUDIT_LIST)) == before
+    finally:
+        old.close()
+        root.execute_command("ACL", "DELUSER", user)
+        root.close()

@@ -1,10 +1,12 @@
---! keys: index
+--! keys: index counter
 --! args: item_prefix after limit budget prefixes...
 -- Lists keys in lexical order over disjoint prefix ranges, after a cursor key.
--- Index members whose item has expired are pruned on the way. The scan is
--- bounded (budget) so one call never blocks redis for long.
+-- Index members whose item has expired are pruned on the way (and given
+-- their tombstone, if no one has yet: a prefix watch finds them no more). The
+-- scan is bounded (budget) so one call never blocks redis for long.
 -- Returns {keys, last member seen, 1 if it stopped early else 0}.
-local index, item_prefix = KEYS[1], ARGV[1]
+--! include watch_marks.lua
+local index, counter, item_prefix = KEYS[1], KEYS[2], ARGV[1]
 local after, limit, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local found, last = {}, after
 for i = 5, #ARGV do
@@ -23,6 +25,7 @@ for i = 5, #ARGV do
         found[#found + 1] = member
       else
         redis.call('ZREM', index, member)
+        mark_expired(counter, item_prefix .. member, member)
       end
       if #found >= limit or budget <= 0 then done = true break end
     end

@@ -32,6 +32,7 @@ local function put_item(counter, index, item, key, value, ttl_ms, current, owner
     return false, used_keys, used_bytes
   end
   local version = redis.call('INCR', counter)
+  mark_put(key, version, ttl_ms)
   redis.call('HSET', item, 'v', value, 'ver', version, 'o', owner)
   local expire_at, had_ttl = 0, false
   if ttl_ms > 0 then
@@ -56,19 +57,17 @@ local function put_item(counter, index, item, key, value, ttl_ms, current, owner
     charge(owner, key, bytes, expire_at)
   end
   audit('kv.put', key, current and 'updated' or 'created', version)
-  mark_put(key, version, ttl_ms)
   return version
 end
 
 -- Delete the existing item (its version is current), releasing its charge and
 -- leaving its tombstone (a new version from counter).
 local function delete_item(counter, index, item, key, current)
+  tombstone(counter, key)
   local before_owner = redis.call('HGET', item, 'o')
   local before_bytes = #key + redis.call('HSTRLEN', item, 'v')
   redis.call('DEL', item)
   redis.call('ZREM', index, key)
   if before_owner then uncharge(before_owner, key, before_bytes) end
   audit('kv.delete', key, 'deleted', current)
-  redis.call('HDEL', TTL_VERSIONS, key)
-  tombstone(counter, key)
 end

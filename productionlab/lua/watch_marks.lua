@@ -13,9 +13,12 @@ local CHANGES = '{plab}:kv-changes'
 local TOMBS, FLOOR = '{plab}:kv-watch:tombs', '{plab}:kv-watch:floor'
 local TTL_VERSIONS = '{plab}:kv-watch:ttl'
 local TOMBS_KEPT = 100000
+-- Both marks run before anything else the change writes: a redis whose ACL
+-- predates watches refuses them (NOPERM), and then nothing has changed.
 local function changed(key, version)
   redis.call('PUBLISH', CHANGES, version .. ' ' .. key)
 end
+-- A put of key at version (with a TTL when ttl_ms > 0).
 local function mark_put(key, version, ttl_ms)
   if ttl_ms > 0 then
     redis.call('HSET', TTL_VERSIONS, key, version)
@@ -24,8 +27,10 @@ local function mark_put(key, version, ttl_ms)
   end
   changed(key, version)
 end
+-- A delete or an expiry of key: its tombstone, a new version from counter.
 local function tombstone(counter, key)
   local version = redis.call('INCR', counter)
+  redis.call('HDEL', TTL_VERSIONS, key)
   redis.call('ZADD', TOMBS, version, key)
   local excess = redis.call('ZCARD', TOMBS) - TOMBS_KEPT
   if excess > 0 then
@@ -40,6 +45,5 @@ end
 local function mark_expired(counter, item, key)
   if not redis.call('HGET', TTL_VERSIONS, key) then return 0 end
   if redis.call('EXISTS', item) == 1 then return 0 end
-  redis.call('HDEL', TTL_VERSIONS, key)
   return tombstone(counter, key)
 end
