@@ -237,6 +237,24 @@ class Hardened(System):
             raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
         return json.loads(data)
 
+    def watches_held(self) -> int:
+        """Watches the app-plane processes hold now: the sum of their
+        ``plab_watches_held`` gauges (each process's own /metrics, not via the edge)."""
+        held = 0.0
+        for port in self.stack.config.ap_ports:
+            conn = http.client.HTTPConnection(self.stack.config.bind, port, timeout=15)
+            try:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+            finally:
+                conn.close()
+            held += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("plab_watches_held{")
+            )
+        return int(held)
+
     def processes(self) -> dict[str, int]:
         found: dict[str, int] = {}
         for name, component in self.stack.components.items():

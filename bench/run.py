@@ -228,6 +228,7 @@ def measure_watch(
         system.context,
         system.auth_header(system.auth),
         watches,
+        parked_in_planes=system.watches_held,
     )
     holder.create_keys()
     runs = []
@@ -276,7 +277,9 @@ def run_watch_only(args: argparse.Namespace) -> Path:
     out_dir = Path(args.out) if args.out else DOCS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench-results.json"
-    data = json.loads(path.read_text()) if path.exists() else {"runs": [], "smoke": False}
+    if not path.exists():
+        raise SystemExit(f"bench: {path} is missing: run the full bench (make bench) first")
+    data = json.loads(path.read_text())
     info = machine()
     hardened = harness.Hardened()
     try:

@@ -15,6 +15,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_WAIT = 300  # contract.MAX_WATCH_WAIT
@@ -39,8 +40,11 @@ class WatchHolder:
         auth_header: str,
         count: int,
         prefix: str = "bench-watch-",
+        parked_in_planes: Callable[[], int] | None = None,
     ) -> None:
         self.host, self.port, self.context = host, port, context
+        # How many watches the app planes hold now (their plab_watches_held gauges).
+        self.parked_in_planes = parked_in_planes
         self.headers = {"Authorization": auth_header}
         self.keys = [f"{prefix}{i}" for i in range(count)]
         self.stats = HolderStats()
@@ -74,9 +78,9 @@ class WatchHolder:
         return response.status, body, dict(response.getheaders())
 
     def hold(self, timeout: float = 120.0) -> None:
-        """Start every watch; return once each has been sent and given no early answer
-        for a moment (it is parked in a plane: the edge and the plane answer refusals
-        at once)."""
+        """Start every watch; return once the planes hold them all (their gauges), or,
+        without gauges, once each has been sent and given no early answer for a
+        moment (the edge and the plane answer refusals at once)."""
         self.releasing.clear()
         self.stats = HolderStats()
         self.threads = [
@@ -88,7 +92,13 @@ class WatchHolder:
         for _ in self.keys:
             if not self.parked.acquire(timeout=max(0.1, deadline - time.monotonic())):
                 raise RuntimeError(f"watches not all sent within {timeout:.0f}s: {self.stats}")
-        time.sleep(1.0)
+        if self.parked_in_planes is None:
+            time.sleep(1.0)
+        else:
+            while (held := self.parked_in_planes()) < len(self.keys):
+                if time.monotonic() > deadline or self.stats.errors:
+                    raise RuntimeError(f"{held} of {len(self.keys)} watches held: {self.stats}")
+                time.sleep(0.2)
         if self.stats.errors:
             raise RuntimeError(f"watches refused: {self.stats.errors[:5]}")
 
