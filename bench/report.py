@@ -425,6 +425,7 @@ def bulk_section(data: dict) -> list[str]:
 
 
 WATCH_TARGET = 0.90  # reads with 200 watches held: within 10 % of the run without
+QUIET_PERCENT = 10.0  # run.DISTURBED_PERCENT: a run with others above it is disturbed
 
 
 def watch_section(data: dict) -> list[str]:
@@ -493,6 +494,24 @@ def watch_section(data: dict) -> list[str]:
             "errors are left out of the medians; a run others disturbed (over 10 % of the "
             "machine) was re-run up to twice, as for the other workloads.",
         ]
+        quiet = [r for r in clean if r["foreign_cpu"] <= QUIET_PERCENT]
+        quiet_held = [r for r in quiet if r["watches"]]
+        quiet_free = [r for r in quiet if not r["watches"]]
+        if quiet_held and quiet_free:
+            quiet_ratio = statistics.median(r["rps"] for r in quiet_held) / statistics.median(
+                r["rps"] for r in quiet_free
+            )
+            lines += [
+                "",
+                f"Undisturbed runs only (others used at most {QUIET_PERCENT:.0f} % of the "
+                f"machine, the harness's own bound; {len(quiet_held)} with watches, "
+                f"{len(quiet_free)} without): "
+                f"{statistics.median(r['rps'] for r in quiet_held):,.0f} vs "
+                f"{statistics.median(r['rps'] for r in quiet_free):,.0f} reads/s, ratio "
+                f"**{quiet_ratio:.2f}** ({'met' if quiet_ratio >= WATCH_TARGET else 'not met'}); "
+                f"p99 {statistics.median(r['p99_ms'] for r in quiet_held):.1f} vs "
+                f"{statistics.median(r['p99_ms'] for r in quiet_free):.1f} ms.",
+            ]
         others = statistics.median(r["foreign_cpu"] for r in runs)
         if others > 10:
             lines += [
