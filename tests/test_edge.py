@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 
 import pytest
 import requests
@@ -357,10 +358,23 @@ def test_a_watch_outlives_the_edges_ordinary_read_timeout(admin, key):
     assert listed.json()["keys"] == [{"key": key, "version": version}]
 
 
-def test_open_watches_per_user_are_bounded_at_the_edge(stack_factory):
-    """PLAB_EDGE_WATCH_CONNS=2: a user's third open watch is the edge's JSON 429 with
-    Retry-After (never proxied); another user is not affected; the two held
-    watches are still answered when their keys change."""
+@dataclass
+class BearerClient(Client):
+    """A client of the edge that signs in with a bearer token."""
+
+    token: str = ""
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {self.token}"
+        return super().request(method, path, **kwargs)
+
+
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_open_watches_per_user_are_bounded_at_the_edge(stack_factory, scheme):
+    """PLAB_EDGE_WATCH_CONNS=2: a user's (or, with a bearer token, a token's) third
+    open watch is the edge's JSON 429 with Retry-After (never proxied); another
+    user is not affected; the two held watches are still answered when their keys
+    change."""
     from concurrent.futures import ThreadPoolExecutor
 
     from productionlab.configfiles import EDGE_MESSAGES
@@ -370,6 +384,11 @@ def test_open_watches_per_user_are_bounded_at_the_edge(stack_factory):
     admin = admin_of(stack)
     watcher = create_user(admin, "writer", ["held-"])
     other = create_user(admin, "writer", ["held-"])
+    if scheme == "bearer":
+        issued = watcher.post("/auth/token")
+        assert issued.status_code == 200, issued.text
+        token = issued.json()["access_token"]
+        watcher = BearerClient(stack, token=token)
     keys = [f"held-{i}" for i in range(3)]
     versions = [watcher.post(f"/write/{k}/v").json()["version"] for k in keys]
 
