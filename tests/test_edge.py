@@ -437,3 +437,37 @@ def test_open_watches_per_user_are_bounded_at_the_edge(stack_factory, scheme):
     # The slots are free again.
     again = watcher.get(f"/v1/watch/{keys[2]}?index=0&wait=0")
     assert again.status_code == 200, again.text
+
+
+def test_the_watch_rate_counts_per_credential_and_spares_the_data_routes(stack_factory):
+    """The watch routes' own zone (PLAB_EDGE_WATCH_RATE/_BURST): requests with a
+    wrong password under a user's name never spend that user's watch rate; the
+    user's own requests do, up to the edge's JSON 429; the data routes' zone is
+    another one."""
+    from tests.conftest import RAISED_LIMITS, admin_of, create_user
+
+    stack = stack_factory(
+        ap_workers=1, threads=4, edge_watch_rate=1, edge_watch_burst=3, **RAISED_LIMITS
+    )
+    admin = admin_of(stack)
+    user = create_user(admin, "writer", ["rate-"])
+    assert user.post("/write/rate-k/v").status_code in (200, 201)  # verified once
+    impostor = Client(stack, user.name, "not-the-password")
+    refused = []
+    for _ in range(60):  # until the impostor's own bucket is spent
+        refused.append(impostor.get("/v1/watch/rate-k?wait=0").status_code)
+        if refused[-1] == 429:
+            break
+    assert set(refused) <= {401, 429} and refused[-1] == 429, refused
+    first = user.get("/v1/watch/rate-k?wait=0")
+    assert first.status_code == 200, first.text
+    statuses = []
+    for _ in range(60):
+        answer = user.get("/v1/watch/rate-k?wait=0")
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            assert answer.json()["error"]["message"] == "too many requests"
+            assert answer.headers["Retry-After"] == "1"
+            break
+    assert statuses[-1] == 429, statuses
+    assert user.get("/read/rate-k").status_code == 200
