@@ -460,7 +460,7 @@ def watch_section(data: dict) -> list[str]:
         ]
     lines += [
         "| round | watches held | reads/s | p50 ms | p99 ms | errors | others' CPU | "
-        "stack CPU us/read | watch requests / early returns / errors |",
+        "stack CPU us/read | watch requests / early returns / 429s retried / errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -468,7 +468,8 @@ def watch_section(data: dict) -> list[str]:
             f"| {r['rep'] + 1} | {r['watches']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['errors']}/{r['non2xx']} | {r['foreign_cpu']:.0f} % | "
             f"{stack_cpu_us(r):,} | "
-            f"{r['watch_requests']} / {r['watch_returned_early']} / {len(r['watch_errors'])} |"
+            f"{r['watch_requests']} / {r['watch_returned_early']} / "
+            f"{r.get('watch_refused', 0)} / {len(r['watch_errors'])} |"
         )
     clean = [r for r in runs if not r["errors"] and not r["non2xx"] and not r["watch_errors"]]
     held = [r["rps"] for r in clean if r["watches"]]

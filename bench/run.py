@@ -257,6 +257,7 @@ def measure_watch(
                     "cpu_us_per_request": cpu_us,
                     "watch_requests": stats.issued if stats else 0,
                     "watch_returned_early": stats.returned_early if stats else 0,
+                    "watch_refused": stats.refused if stats else 0,
                     "watch_errors": stats.errors[:5] if stats else [],
                 }
             )

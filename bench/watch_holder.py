@@ -26,6 +26,7 @@ SOCKET_TIMEOUT = MAX_WAIT + 60
 class HolderStats:
     issued: int = 0  # watch requests sent that were told to wait
     returned_early: int = 0  # answered before release (a wait ran out)
+    refused: int = 0  # 429s (a bound reached for a moment), each retried after a second
     errors: list[str] = field(default_factory=list)
 
 
@@ -77,14 +78,31 @@ class WatchHolder:
             raise RuntimeError(f"{method} {path}: {response.status} {body[:200]!r}")
         return response.status, body, dict(response.getheaders())
 
+    def current_indexes(self) -> dict[str, int]:
+        """Each key's index now, one short watch (``wait=0``) after another on one
+        connection: asked before any watch is parked, so these never meet a plane's
+        bound while it is full."""
+        conn = self.connection()
+        try:
+            return {
+                key: int(
+                    json.loads(self.request(conn, "GET", f"/v1/watch/{key}?wait=0")[1])["index"]
+                )
+                for key in self.keys
+            }
+        finally:
+            conn.close()
+
     def hold(self, timeout: float = 120.0) -> None:
         """Start every watch; return once the planes hold them all (their gauges), or,
         without gauges, once each has been sent and given no early answer for a
         moment (the edge and the plane answer refusals at once)."""
         self.releasing.clear()
         self.stats = HolderStats()
+        indexes = self.current_indexes()
         self.threads = [
-            threading.Thread(target=self.watch, args=(key,), daemon=True) for key in self.keys
+            threading.Thread(target=self.watch, args=(key, indexes[key]), daemon=True)
+            for key in self.keys
         ]
         for thread in self.threads:
             thread.start()
@@ -102,12 +120,10 @@ class WatchHolder:
         if self.stats.errors:
             raise RuntimeError(f"watches refused: {self.stats.errors[:5]}")
 
-    def watch(self, key: str) -> None:
+    def watch(self, key: str, index: int) -> None:
         conn = self.connection()
+        first = True
         try:
-            _, body, _ = self.request(conn, "GET", f"/v1/watch/{key}?index=0&wait=0")
-            index = int(json.loads(body)["index"])
-            first = True
             while not self.releasing.is_set():
                 path = f"/v1/watch/{key}?index={index}&wait={MAX_WAIT}"
                 conn.putrequest("GET", path)
@@ -121,6 +137,11 @@ class WatchHolder:
                     first = False
                 response = conn.getresponse()
                 body = response.read()
+                if response.status == 429:
+                    with self.lock:
+                        self.stats.refused += 1
+                    time.sleep(1.0)
+                    continue
                 if response.status != 200:
                     with self.lock:
                         self.stats.errors.append(f"{key}: {response.status} {body[:120]!r}")
