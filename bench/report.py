@@ -441,7 +441,8 @@ def watch_section(data: dict) -> list[str]:
         "too), run while a holder (`bench/watch_holder.py`, one thread and keep-alive TLS "
         "connection per watch) keeps watches parked through the full edge on "
         "`GET /v1/watch/<key>?index=<current>&wait=300` for keys nothing writes during the "
-        "run, interleaved round by round with the same run without them. Between rounds the "
+        "run, interleaved round by round with the same run without them (which goes first "
+        "alternates). Between rounds the "
         "holder writes each watched key, which wakes its watch, so no plane thread stays "
         "parked into the next round.",
         "",
