@@ -175,6 +175,10 @@ class Hardened(System):
         overrides: dict[str, object] = {
             "edge_rate": 1_000_000,
             "edge_burst": 1_000_000,
+            # the watch workload (issue 13): one user holds 200 watches at once
+            "edge_watch_rate": 1_000_000,
+            "edge_watch_burst": 1_000_000,
+            "edge_watch_conns": 1_000,
             "user_rate": "100000000/minute",
         }
         if ap_workers is not None:
@@ -232,6 +236,24 @@ class Hardened(System):
         if response.status >= 300:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
         return json.loads(data)
+
+    def watches_held(self) -> int:
+        """Watches the app-plane processes hold now: the sum of their
+        ``plab_watches_held`` gauges (each process's own /metrics, not via the edge)."""
+        held = 0.0
+        for port in self.stack.config.ap_ports:
+            conn = http.client.HTTPConnection(self.stack.config.bind, port, timeout=15)
+            try:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+            finally:
+                conn.close()
+            held += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("plab_watches_held{")
+            )
+        return int(held)
 
     def processes(self) -> dict[str, int]:
         found: dict[str, int] = {}

@@ -28,6 +28,7 @@ from productionlab.settings import (
     Settings,
     secret_problem,
 )
+from productionlab.settings.deployment import EDGE_COUNTS, WATCH_COUNTS
 from productionlab.store.connection import connect
 
 EXPIRY_WARNING_DAYS = 30
@@ -190,6 +191,9 @@ def token_key_findings(settings: Settings, now: float) -> list[str]:
     ]
 
 
+EDGE_LIMIT_NAMES = (*EDGE_COUNTS, *WATCH_COUNTS)
+
+
 def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     findings = []
     if not settings.rate_limits_enabled:
@@ -197,7 +201,7 @@ def rate_findings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     try:  # the edge's limits, checked as the edge's own start-up checks them
         Settings.from_env(environ, concerns=(EDGE_LIMITS,))
     except ConfigError as exc:
-        for name in ("EDGE_RATE", "EDGE_BURST", "ADMIN_RATE", "ADMIN_BURST"):
+        for name in EDGE_LIMIT_NAMES:
             if any(problem.startswith(f"PLAB_{name}=") for problem in exc.problems):
                 raw = environ[f"PLAB_{name}"]
                 findings.append(

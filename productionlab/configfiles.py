@@ -76,6 +76,12 @@ class EdgeConfig:
     max_body: str = "1m"
     body_buffer: str = "1m"
     conn_limit: int = 256
+    # The watch routes (issue 13), per user: requests/s, burst, watches held open.
+    watch_rate: int = 10
+    watch_burst: int = 50
+    watch_conns: int = 32
+    # Longer than the longest watch (contract MAX_WATCH_WAIT, 300 s) plus its answer.
+    watch_read_timeout: int = 330
     # Load balancers whose X-Forwarded-For the edge trusts (CIDR list; empty: off).
     trusted_proxies: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)

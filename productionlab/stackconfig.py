@@ -44,6 +44,9 @@ class StackConfig:
     edge_burst: int = DEFAULTS.edge_burst
     admin_rate: int = DEFAULTS.admin_rate
     admin_burst: int = DEFAULTS.admin_burst
+    edge_watch_rate: int = DEFAULTS.edge_watch_rate
+    edge_watch_burst: int = DEFAULTS.edge_watch_burst
+    edge_watch_conns: int = DEFAULTS.edge_watch_conns
     console_rate: int = 5  # the console's edge limit (not a setting)
     console_burst: int = 40
     user_rate: str = DEFAULTS.user_rate
@@ -86,6 +89,9 @@ class StackConfig:
             "edge_burst": settings.edge_burst,
             "admin_rate": settings.admin_rate,
             "admin_burst": settings.admin_burst,
+            "edge_watch_rate": settings.edge_watch_rate,
+            "edge_watch_burst": settings.edge_watch_burst,
+            "edge_watch_conns": settings.edge_watch_conns,
             "user_rate": settings.user_rate,
             "max_body": nginx_size(settings.max_body),
             "threads": settings.threads,

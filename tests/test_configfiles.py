@@ -140,3 +140,77 @@ def test_the_nginx_template_comes_from_settings(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == str(moved)
+
+
+def _location(conf: str, opening: str) -> str:
+    """The body of the location whose line starts with ``opening``."""
+    start = conf.index(f"        location {opening}")
+    return conf[start : conf.index("\n        }\n", start)]
+
+
+def test_watch_routes_get_long_timeouts_and_their_own_per_user_limits():
+    """Issue 13: a watch waits up to 300 s, so its locations read past that; they
+    count against their own zones (per credential / per user), not the data zone,
+    and the other locations keep the 15 s timeout and their limits."""
+    conf = EdgeConfig(
+        ap_servers=["127.0.0.1:8101"],
+        cp_server="127.0.0.1:8201",
+        tls_cert="/x/tls.crt",
+        tls_key="/x/tls.key",
+        htpasswd="/x/htpasswd",
+        watch_rate=7,
+        watch_burst=11,
+        watch_conns=3,
+    ).render()
+    assert "limit_req_zone $plab_watch_credential zone=plab_watch:10m rate=7r/s;" in conf
+    assert "limit_conn_zone $plab_watch_user zone=plab_watch_conn:10m;" in conf
+    key = r"[A-Za-z0-9_-]{1,256}"
+    watch_locations = {
+        f'~ "^/v1/watch/{key}\\z"': "plab_ap",
+        "= /v1/watch ": "plab_ap",
+        f'~ "^/ops/v1/watch(/{key})?\\z"': "plab_cp",
+    }
+    for opening, upstream in watch_locations.items():
+        body = _location(conf, opening)
+        assert "limit_req zone=plab_watch burst=11 nodelay;" in body
+        assert "limit_conn plab_watch_conn 3;" in body
+        assert "limit_conn plab_conn 256;" in body  # the per-address bound still holds
+        assert "proxy_read_timeout 330s;" in body
+        assert "auth_basic_user_file /x/htpasswd;" in body
+        assert f"proxy_pass http://{upstream};" in body
+        assert "zone=plab_data" not in body and "zone=plab_admin" not in body
+    # A malformed key never reaches a plane.
+    assert 'location ~ "^/v1/watch/" {\n            return 400;' in conf
+    # Only the three watch locations have a long timeout or the watch zones.
+    assert conf.count("proxy_read_timeout 330s;") == 3
+    assert conf.count("zone=plab_watch ") == 3
+    assert conf.count("limit_conn plab_watch_conn") == 3
+    assert "\n    proxy_read_timeout 15s;" in conf
+    for opening in ('~ "^/read/', '~ "^/v1/kv/', "= /v1/kv ", "= /v1/txn ", "= /v1/bulk "):
+        body = _location(conf, opening)
+        assert "proxy_read_timeout" not in body and "plab_watch" not in body
+        assert "limit_req zone=plab_data burst=100 nodelay;" in body
+    assert '"~^/v1/watch" "/v1/watch";' in conf  # logged as a route, never a path
+
+
+def test_watch_limits_come_from_settings_in_both_topologies():
+    from productionlab import deploy
+
+    env = {
+        "PLAB_EDGE_WATCH_RATE": "4",
+        "PLAB_EDGE_WATCH_BURST": "6",
+        "PLAB_EDGE_WATCH_CONNS": "250",
+    }
+    compose = deploy.edge_config(env).render()
+    assert "zone=plab_watch:10m rate=4r/s;" in compose
+    assert "limit_req zone=plab_watch burst=6 nodelay;" in compose
+    assert "limit_conn plab_watch_conn 250;" in compose
+    local = StackConfig.from_env(env)
+    assert (local.edge_watch_rate, local.edge_watch_burst, local.edge_watch_conns) == (4, 6, 250)
+    defaults = StackConfig.from_env({})
+    assert (defaults.edge_watch_rate, defaults.edge_watch_burst) == (10, 50)
+    assert defaults.edge_watch_conns == 32
+    stack = Supervisor(StackConfig.ephemeral(state_dir(), edge_watch_conns=5, edge_watch_rate=9))
+    stack.prepare()
+    conf = (stack.state / "nginx" / "nginx.conf").read_text()
+    assert "limit_conn plab_watch_conn 5;" in conf and "rate=9r/s;" in conf

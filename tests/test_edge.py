@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
+from dataclasses import dataclass
 
 import pytest
 import requests
@@ -27,7 +29,7 @@ DOT_SEGMENTS = ["..", "%2E%2E", ".", "%2e"]
 
 
 @pytest.mark.parametrize("bad", BAD_KEYS)
-@pytest.mark.parametrize("route", ["/read/{k}", "/v1/kv/{k}"])
+@pytest.mark.parametrize("route", ["/read/{k}", "/v1/kv/{k}", "/v1/watch/{k}"])
 def test_edge_rejects_bad_keys_with_json_400(admin, route, bad):
     response = admin.get(route.format(k=bad))
     assert response.status_code == 400
@@ -335,3 +337,137 @@ def test_the_counting_hook_is_not_reachable_through_the_edge(anonymous, path):
     )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+# --- watches (issue 13): long timeouts and their own per-user limits at the edge ---
+def test_a_watch_outlives_the_edges_ordinary_read_timeout(admin, key):
+    """Every other route's upstream read times out after 15 s (a 503 here); a watch
+    waits up to 300 s, so its location reads longer: a 20 s watch answers 200."""
+    version = admin.post(f"/write/{key}/v").json()["version"]
+    response = admin.get(f"/v1/watch/{key}?index={version}&wait=20", timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["changed"] is False
+    assert response.json()["index"] == version
+    assert response.headers["X-Plab-Index"] == str(version)
+    # The control plane's operator route is proxied too.
+    ops = admin.get(f"/ops/v1/watch/{key}?index=0&wait=0", timeout=60)
+    assert ops.status_code == 200, ops.text
+    assert ops.json()["index"] == version
+    listed = admin.get(f"/v1/watch?prefix={key}&index=0&wait=0", timeout=60)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["keys"] == [{"key": key, "version": version}]
+
+
+@dataclass
+class BearerClient(Client):
+    """A client of the edge that signs in with a bearer token."""
+
+    token: str = ""
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("headers", {})["Authorization"] = f"Bearer {self.token}"
+        return super().request(method, path, **kwargs)
+
+
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_open_watches_per_user_are_bounded_at_the_edge(stack_factory, scheme):
+    """PLAB_EDGE_WATCH_CONNS=2: a user's (or, with a bearer token, a token's) third
+    open watch is the edge's JSON 429 with Retry-After (never proxied); another
+    user is not affected; the two held watches are still answered when their keys
+    change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from productionlab.configfiles import EDGE_MESSAGES
+    from tests.conftest import RAISED_LIMITS, admin_of, create_user
+
+    stack = stack_factory(ap_workers=1, threads=4, edge_watch_conns=2, **RAISED_LIMITS)
+    admin = admin_of(stack)
+    watcher = create_user(admin, "writer", ["held-"])
+    other = create_user(admin, "writer", ["held-"])
+    if scheme == "bearer":
+        issued = watcher.post("/auth/token")
+        assert issued.status_code == 200, issued.text
+        token = issued.json()["access_token"]
+        watcher = BearerClient(stack, token=token)
+    keys = [f"held-{i}" for i in range(3)]
+    versions = [watcher.post(f"/write/{k}/v").json()["version"] for k in keys]
+
+    def hold(key: str, version: int):
+        # Refused only while this test's own short probe held a slot: tried again.
+        while True:
+            answer = watcher.get(f"/v1/watch/{key}?index={version}&wait=120", timeout=180)
+            if answer.status_code != 429:
+                return answer
+            time.sleep(0.2)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    held = [pool.submit(hold, k, v) for k, v in zip(keys[:2], versions[:2], strict=True)]
+    try:
+        # The two watches are in flight for up to 120 s; once the edge holds both,
+        # the third is refused (the probe is the only other request this user
+        # sends, so a refused probe means both held watches are at the edge). A
+        # short watch (wait=0) answers at once when admitted.
+        third = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            third = watcher.get(f"/v1/watch/{keys[2]}?index=0&wait=0")
+            if third.status_code == 429:
+                break
+            assert third.status_code == 200, third.text
+            time.sleep(0.2)
+        assert third is not None and third.status_code == 429, "no third watch was refused"
+        assert third.headers["Content-Type"].startswith("application/json")
+        assert third.headers["Retry-After"] == "1"
+        error = third.json()["error"]
+        assert error == {"code": "rate_limited", "message": EDGE_MESSAGES[429]}
+        assert not any(future.done() for future in held)
+        # Per user: someone else still watches.
+        elsewhere = other.get(f"/v1/watch/{keys[2]}?index=0&wait=0")
+        assert elsewhere.status_code == 200, elsewhere.text
+        # The ordinary routes are not counted against the watch bound.
+        assert watcher.get(f"/read/{keys[2]}").status_code == 200
+    finally:
+        for k in keys[:2]:
+            admin.post(f"/write/{k}/changed")
+        answers = [future.result(timeout=180) for future in held]
+        pool.shutdown()
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["changed"] is True and answer.json()["value"] == "changed"
+    # The slots are free again.
+    again = watcher.get(f"/v1/watch/{keys[2]}?index=0&wait=0")
+    assert again.status_code == 200, again.text
+
+
+def test_the_watch_rate_counts_per_credential_and_spares_the_data_routes(stack_factory):
+    """The watch routes' own zone (PLAB_EDGE_WATCH_RATE/_BURST): requests with a
+    wrong password under a user's name never spend that user's watch rate; the
+    user's own requests do, up to the edge's JSON 429; the data routes' zone is
+    another one."""
+    from tests.conftest import RAISED_LIMITS, admin_of, create_user
+
+    stack = stack_factory(
+        ap_workers=1, threads=4, edge_watch_rate=1, edge_watch_burst=3, **RAISED_LIMITS
+    )
+    admin = admin_of(stack)
+    user = create_user(admin, "writer", ["rate-"])
+    assert user.post("/write/rate-k/v").status_code in (200, 201)  # verified once
+    impostor = Client(stack, user.name, "not-the-password")
+    refused = []
+    for _ in range(60):  # until the impostor's own bucket is spent
+        refused.append(impostor.get("/v1/watch/rate-k?wait=0").status_code)
+        if refused[-1] == 429:
+            break
+    assert set(refused) <= {401, 429} and refused[-1] == 429, refused
+    first = user.get("/v1/watch/rate-k?wait=0")
+    assert first.status_code == 200, first.text
+    statuses = []
+    for _ in range(60):
+        answer = user.get("/v1/watch/rate-k?wait=0")
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            assert answer.json()["error"]["message"] == "too many requests"
+            assert answer.headers["Retry-After"] == "1"
+            break
+    assert statuses[-1] == 429, statuses
+    assert user.get("/read/rate-k").status_code == 200

@@ -96,10 +96,15 @@ def check_edge(s: Settings, problems: list[str], warnings: list[str]) -> None:
 
 # --- the edge's own limits: nginx's rates per address, workers, upstream names ----
 EDGE_COUNTS = {"EDGE_RATE": 50, "EDGE_BURST": 100, "ADMIN_RATE": 5, "ADMIN_BURST": 10}
+# The watch routes' own edge limits, per user (issue 13): requests/s and burst, and how
+# many watches one user may hold open at the edge. nginx takes 1..65535 connections.
+WATCH_COUNTS = {"EDGE_WATCH_RATE": 10, "EDGE_WATCH_BURST": 50, "EDGE_WATCH_CONNS": 32}
+MAX_EDGE_WATCH_CONNS = 65535
 
 
 def read_edge_limits(env: EnvReader, plane: str) -> Fields:
-    fields: Fields = {name.lower(): env.integer(name, n) for name, n in EDGE_COUNTS.items()}
+    counts = EDGE_COUNTS | WATCH_COUNTS
+    fields: Fields = {name.lower(): env.integer(name, n) for name, n in counts.items()}
     return fields | {
         "edge_workers": env.get("EDGE_WORKERS", "2").strip(),
         "ap_host": env.get("AP_HOST", "ap"),
@@ -108,10 +113,14 @@ def read_edge_limits(env: EnvReader, plane: str) -> Fields:
 
 
 def check_edge_limits(s: Settings, problems: list[str], warnings: list[str]) -> None:
-    for name in EDGE_COUNTS:
+    for name in EDGE_COUNTS | WATCH_COUNTS:
         value = getattr(s, name.lower())
         if value <= 0:
             problems.append(f"PLAB_{name}={value} must be a positive integer")
+    if s.edge_watch_conns > MAX_EDGE_WATCH_CONNS:
+        problems.append(
+            f"PLAB_EDGE_WATCH_CONNS={s.edge_watch_conns} must be at most {MAX_EDGE_WATCH_CONNS}"
+        )
     workers = s.edge_workers
     if workers != "auto" and not (workers.isascii() and workers.isdigit() and int(workers) > 0):
         problems.append(f"PLAB_EDGE_WORKERS={workers!r} must be auto or a positive integer")

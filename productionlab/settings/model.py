@@ -107,6 +107,10 @@ class Settings:
     edge_burst: int = 100
     admin_rate: int = 5
     admin_burst: int = 10
+    # The watch routes' edge limits per user (issue 13): rate, burst and open watches.
+    edge_watch_rate: int = 10
+    edge_watch_burst: int = 50
+    edge_watch_conns: int = 32
 
     # The edge's template (the images install it outside the package); in compose,
     # nginx's worker processes and the planes' service names.
