@@ -182,6 +182,14 @@ def serve(
             # After the drop: the keeper's files (archive, checkpoints) belong to the service user.
             start_audit_keeper(services)
         log.info("serving %s on %s:%s", plane, host, port)
+        run_waitress(app, host, port, settings)
+    finally:
+        services.users.stop_listener()
+        services.watches.feed.stop()
+
+
+def run_waitress(app: Flask, host: str, port: int, settings: Settings) -> None:
+    try:
         waitress.serve(
             app,
             host=host,
@@ -200,6 +208,12 @@ def serve(
             expose_tracebacks=False,
             asyncore_use_poll=True,
         )
-    finally:
-        services.users.stop_listener()
-        services.watches.feed.stop()
+    except RuntimeError as exc:
+        if "thread" not in str(exc):
+            raise
+        # A container's pids limit (docker-compose.yml) below the threads asked for.
+        raise SystemExit(
+            f"could not start {settings.serving_threads} threads (PLAB_THREADS "
+            f"{settings.threads} + PLAB_WATCH_MAX_PER_PROCESS {settings.watch_max_per_process}): "
+            "lower them or raise the process limit (compose: pids_limit)"
+        ) from exc
