@@ -10,11 +10,14 @@ import os
 import pkgutil
 import pwd
 import re
+import threading
 import time
+from typing import Any
 
 import redis
 import waitress
 from flask import Flask
+from waitress.task import ThreadedTaskDispatcher
 
 from productionlab.audit import Actor
 from productionlab.services import Services
@@ -188,13 +191,68 @@ def serve(
         services.watches.feed.stop()
 
 
+WATCH_PATHS = ("/v1/watch", "/ops/v1/watch")
+
+
+class WatchThreads(ThreadedTaskDispatcher):
+    """The watches' pool; its threads are named ``waitress-watch-N``."""
+
+    def start_new_thread(self, target: Any, thread_no: int) -> None:
+        thread = threading.Thread(
+            target=target, name=f"waitress-watch-{thread_no}", args=(thread_no,), daemon=True
+        )
+        thread.start()
+
+
+class SplitDispatcher:
+    """Two Waitress thread pools behind one listener: ``PLAB_THREADS`` threads for
+    ordinary requests, ``PLAB_WATCH_MAX_PER_PROCESS`` for watches (parked for up
+    to 300 s each, bounded by :class:`~productionlab.watch.WatchSlots`).
+
+    Waitress hands each parsed request (its channel) to one dispatcher's
+    ``add_task``; this one sends it to the pool its path belongs to. One pool of
+    8 + 128 threads open to every request would let 136 runnable threads contend
+    for the GIL: reads measured 14 % slower with a 25 % higher p99, and a
+    semaphore in front of the app won back only half (docs/BENCHMARKS.md). The
+    dispatcher is passed through ``create_server``'s ``_dispatcher`` argument
+    (Waitress's hook for a custom dispatcher, marked a test shim there:
+    requirements.txt pins Waitress, and tests/test_watch.py proves that parked
+    watches never take an ordinary thread)."""
+
+    def __init__(self, ordinary_threads: int, watch_threads: int):
+        self.ordinary = ThreadedTaskDispatcher()
+        self.ordinary.set_thread_count(ordinary_threads)
+        self.watches: ThreadedTaskDispatcher | None = None
+        if watch_threads > 0:
+            self.watches = WatchThreads()
+            self.watches.set_thread_count(watch_threads)
+
+    def add_task(self, channel: Any) -> None:
+        requests = getattr(channel, "requests", None)
+        path = getattr(requests[0], "path", "") if requests else ""
+        if self.watches is not None and path.startswith(WATCH_PATHS):
+            self.watches.add_task(channel)
+        else:
+            self.ordinary.add_task(channel)
+
+    def set_thread_count(self, count: int) -> None:
+        self.ordinary.set_thread_count(count)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        done = self.ordinary.shutdown(cancel_pending, timeout)
+        if self.watches is not None:
+            done = self.watches.shutdown(cancel_pending, timeout) and done
+        return done
+
+
 def run_waitress(app: Flask, host: str, port: int, settings: Settings) -> None:
     try:
         waitress.serve(
             app,
+            _dispatcher=SplitDispatcher(settings.threads, settings.watch_max_per_process),
+            threads=settings.threads,
             host=host,
             port=port,
-            threads=settings.serving_threads,  # PLAB_THREADS + the watches' share
             ident=None,
             trusted_proxy=settings.trusted_proxy,
             trusted_proxy_count=1 if settings.trusted_proxy else None,

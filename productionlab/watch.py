@@ -25,10 +25,10 @@ again in one script. A (re)subscription or a lost connection wakes every
 watch, since messages may have been missed while it was away.
 
 Threads. A parked watch holds a Waitress thread. ``serve`` gives each process
-``PLAB_THREADS + PLAB_WATCH_MAX_PER_PROCESS`` threads and :class:`WatchSlots`
-lets at most ``PLAB_WATCH_MAX_PER_PROCESS`` of them hold watches; the next
-watch is refused with 429 and ``Retry-After``. Ordinary requests keep their
-``PLAB_THREADS``.
+two pools behind its one listener (``serve.SplitDispatcher``): ``PLAB_THREADS``
+for ordinary requests and ``PLAB_WATCH_MAX_PER_PROCESS`` for watches, and
+:class:`WatchSlots` lets at most that many watches be held; the next one is
+refused with 429 and ``Retry-After``. Ordinary requests keep their threads.
 """
 
 from __future__ import annotations
