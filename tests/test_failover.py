@@ -7,9 +7,9 @@ Measured, per durability mode: how long until writes succeed again, every
 answer in the meantime (only 2xx, or 503 with Retry-After; never a 500), and
 how many acknowledged writes the promoted replica lacks. ``replicated`` must
 lose none; ``everysec`` is measured and reported, not asserted (replication is
-asynchronous). Nothing is asserted about time. The numbers are printed
-(``-s``) and written to ``$PLAB_FAILOVER_RESULTS`` when set; docs/RELIABILITY.md
-"Failover (Sentinel)" quotes them.
+asynchronous). Nothing is asserted about time. The figures are printed as
+``FIGURES failover-<mode>`` (``-s``) and saved under ``$PLAB_FIGURES_DIR`` when
+set (faultkit.record); docs/RELIABILITY.md "Failover (Sentinel)" quotes them.
 
 The first tests prove the ``replicated`` mode's checks on their own: no replica
 (503, and /ready 503), a replica that does not acknowledge (503), the write and
@@ -19,8 +19,6 @@ its WAIT on one connection, and min-replicas-to-write (refused before it runs).
 from __future__ import annotations
 
 import collections
-import json
-import os
 import secrets
 import shutil
 import signal
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from faultkit import record
 from sentinel_kit import SentinelTopology
 
 from productionlab.errors import StoreUnavailable
@@ -345,18 +344,11 @@ def measure_failover(durability: str) -> dict:
         topology.stop()
 
 
-def report(result: dict) -> None:
-    print(json.dumps(result, indent=1))
-    target = os.environ.get("PLAB_FAILOVER_RESULTS")
-    if target:
-        with open(target, "a") as out:
-            out.write(json.dumps(result) + "\n")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["replicated", "everysec"])
 def test_sigkill_the_primary_under_load(durability):
     result = measure_failover(durability)
-    report(result)
+    record(f"failover-{durability}", result)
     assert result["bad"] == [], result["bad"]
     writes = {k for k in result["answers_total"] if k.startswith("write ")}
     assert writes <= {"write 200", "write 201", "write 503"}, writes
