@@ -19,62 +19,29 @@ its WAIT on one connection, and min-replicas-to-write (refused before it runs).
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import redis
 from faultkit import record
-from sentinel_kit import SentinelTopology
+from sentinel_kit import SERVICE, FailoverLoad, SentinelTopology, close_planes, planes_over
 
 from productionlab.errors import StoreUnavailable
 from productionlab.kv import ITEM
 from productionlab.redis_process import RedisProcess
-from productionlab.secretgen import ensure_secrets
-from productionlab.serve import bootstrap_control_plane
-from productionlab.services import services_of
+from productionlab.settings import Settings
+from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
 from productionlab.store.pinning import PinnableRedis
-from tests.inprocess import Planes, create_apps, stop_listeners
 
-WRITERS = 3
-READERS = 1
 WARM_ACKS = 150  # acknowledged writes before the kill
 WARM_LIMIT = 20.0  # seconds, whatever the machine's speed
 RECOVERY_LIMIT = 45.0  # seconds after the kill for writes to come back
 AFTER_RECOVERY = 2.0  # seconds of load kept after the first write succeeds again
-LOAD_ENV = {"PLAB_USER_RATE": "10000000/minute", "PLAB_VERIFY_CACHE_SECONDS": "300"}
-
-
-def planes_over(primary: RedisProcess, url: str | None, extra: dict[str, str]) -> Planes:
-    """Both planes over ``url`` (default: ``primary``'s own), bootstrapped, with an admin."""
-    state = Path(tempfile.mkdtemp(prefix="plab-failover-"))
-    env = {**LOAD_ENV, **extra, **({"PLAB_REDIS_URL": url} if url else {})}
-    try:
-        ensure_secrets(state / "secrets")
-        apps = create_apps(primary, state, env)
-    except BaseException:
-        shutil.rmtree(state, ignore_errors=True)
-        raise
-    try:
-        bootstrap_control_plane(services_of(apps["cp"]))
-    except BaseException:
-        stop_listeners(list(apps.values()))
-        shutil.rmtree(state, ignore_errors=True)
-        raise
-    password = (state / "secrets" / "admin.password").read_text().strip()
-    return Planes(primary, apps["ap"], apps["cp"], state, password)
-
-
-def close_planes(planes: Planes) -> None:
-    stop_listeners([planes.ap, planes.cp])
-    shutil.rmtree(planes.state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -168,6 +135,85 @@ def test_the_write_and_its_wait_share_one_connection():
         client.close()
 
 
+def test_a_dropped_connection_is_never_waited_on_again():
+    """The write's connection drops before its WAIT (killed server-side): the write
+    is not acknowledged. redis-py would reconnect and retry the WAIT on a fresh
+    connection, which has written nothing and counts the live replica: a false 2xx."""
+    primary = RedisProcess()
+    primary.start()
+    replica = RedisProcess(
+        password=primary.password,
+        config={"masterauth": primary.password, "replicaof": f"127.0.0.1 {primary.port}"},
+    )
+    replica.start()
+    try:
+        deadline = time.monotonic() + 30
+        while replica.client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synced"
+            time.sleep(0.1)
+        options = dict(primary.client.connection_pool.connection_kwargs)
+        client = PinnableRedis(connection_pool=redis.BlockingConnectionPool(**options))
+        durability = Durability(client, strict=False, replicated=True)
+        durability.before_write()
+        client.set("dropped", "v")
+        primary.client.client_kill_filter(_id=client.client_id())
+        with pytest.raises((StoreUnavailable, redis.ConnectionError)):
+            durability.after_write()
+        durability.before_write()  # the next write starts on a live connection
+        client.set("next", "v")
+        durability.after_write()
+        assert not client.pinned
+        client.close()
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_a_pinned_connection_follows_a_failover():
+    """A failover while a thread holds a pin: redis-py reconnects a connection it is
+    handed directly to its old address (the demoted primary, READONLY), so a
+    dropped pin goes back to the pool, which asks Sentinel where the primary is."""
+    topology = SentinelTopology().start()
+    try:
+        assert topology.primary is not None and topology.sentinels[0].client is not None
+        settings = Settings(redis_url=topology.url, redis_password=topology.password)
+        client = connect(settings)
+        durability = Durability(client, strict=False, replicated=True)
+        durability.before_write()
+        client.set("pin", "before")
+        durability.after_write()
+        durability.before_write()  # a write whose after_write never comes keeps its pin
+        old = topology.primary.port
+        topology.sentinels[0].client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        new = topology.node_at(topology.wait_for_new_master(old, 30) or old)
+        assert new.port != old and new.client is not None
+        deadline = time.monotonic() + 45
+        attempt = 0
+        while True:  # the thread's next commands, before any next before_write
+            attempt += 1
+            with contextlib.suppress(redis.RedisError):
+                client.set("pin", f"after-{attempt}")
+            if new.client.get("pin") == f"after-{attempt}".encode():
+                break  # it reached the new primary
+            assert time.monotonic() < deadline, "commands never reached the new primary"
+            time.sleep(0.2)
+        with pytest.raises(StoreUnavailable):
+            durability.after_write()  # that write's connection is gone: not acknowledged
+        while True:
+            durability.before_write()
+            client.set("pin", "final")
+            try:
+                durability.after_write()
+                break
+            except StoreUnavailable:  # the new primary's replicas are still re-attaching
+                assert time.monotonic() < deadline, "no replica acknowledged a write"
+                time.sleep(0.2)
+        assert new.client.get("pin") == b"final"
+        client.close()
+    finally:
+        topology.stop()
+
+
 def test_min_replicas_to_write_refuses_before_the_write_runs():
     """``min-replicas-to-write 1`` with no replica: redis refuses the script
     (NOREPLICAS) before it writes anything; the plane answers 503, nothing is applied."""
@@ -189,96 +235,6 @@ def test_min_replicas_to_write_refuses_before_the_write_runs():
 
 
 # --- the failover under load -------------------------------------------------------
-@dataclass
-class Answer:
-    kind: str  # "write" or "read"
-    started: float
-    ended: float
-    status: int
-    retry_after: bool
-    body: str
-
-
-@dataclass
-class FailoverLoad:
-    """Writers PUT unique keys and record each acknowledged (key, value); readers
-    GET acknowledged keys. Every answer is kept."""
-
-    planes: Planes
-    run: str = field(default_factory=lambda: secrets.token_hex(3))
-    answers: list[Answer] = field(default_factory=list)
-    acked: list[tuple[str, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def _record(self, kind: str, started: float, response) -> None:
-        answer = Answer(
-            kind,
-            started,
-            time.monotonic(),
-            response.status_code,
-            "Retry-After" in response.headers,
-            response.text[:200] if response.status_code >= 400 else "",
-        )
-        with self.lock:
-            self.answers.append(answer)
-
-    def _write(self, writer: int) -> None:
-        admin = self.planes.admin()
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            key, value = f"fo-{self.run}-{writer}-{n}", secrets.token_hex(8)
-            started = time.monotonic()
-            response = admin.put(f"/v1/kv/{key}", data=value.encode())
-            self._record("write", started, response)
-            if response.status_code in (200, 201):
-                with self.lock:
-                    self.acked.append((key, value))
-            elif response.status_code == 503:
-                time.sleep(0.05)
-
-    def _read(self) -> None:
-        admin = self.planes.admin()
-        rng = secrets.SystemRandom()
-        while not self.stop.is_set():
-            with self.lock:
-                pick = rng.choice(self.acked) if self.acked else None
-            if pick is None:
-                time.sleep(0.01)
-                continue
-            started = time.monotonic()
-            self._record("read", started, admin.get(f"/v1/kv/{pick[0]}"))
-
-    def start(self) -> None:
-        for writer in range(WRITERS):
-            self.threads.append(threading.Thread(target=self._write, args=(writer,), daemon=True))
-        for _ in range(READERS):
-            self.threads.append(threading.Thread(target=self._read, daemon=True))
-        for thread in self.threads:
-            thread.start()
-
-    def halt(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def acked_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
-
-    def first_write_back(self, after: float) -> Answer | None:
-        """The first acknowledged write sent after ``after`` (the kill)."""
-        with self.lock:
-            back = [
-                a
-                for a in self.answers
-                if a.kind == "write" and a.started > after and a.status < 300
-            ]
-        return min(back, key=lambda a: a.ended) if back else None
-
-
 def measure_failover(durability: str) -> dict:
     topology = SentinelTopology(min_replicas=1 if durability == "replicated" else 0).start()
     planes = None

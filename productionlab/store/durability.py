@@ -14,7 +14,8 @@ should also refuse the write before running it: ``min-replicas-to-write 1``
 in its redis.conf (docs/RELIABILITY.md, "Failover (Sentinel)").
 
 ``WAIT``/``WAITAOF`` count what their own connection wrote, so the write and the
-wait share one pinned connection (store/pinning.py).
+wait share one pinned connection (store/pinning.py); if that connection dropped
+in between, the answer is 503 (state unknown), never a WAIT on another one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 import redis
 
 from productionlab.errors import StoreUnavailable
+from productionlab.store.pinning import StaleConnection
 
 log = logging.getLogger("productionlab.durability")
 CHECK_EVERY = 5.0
@@ -108,15 +110,26 @@ class Durability:
             if hasattr(self.client, "unpin"):
                 self.client.unpin()
 
+    def _send_wait(self, *args: object) -> object:
+        """On the write's own pinned connection where the client pins (store.connect's do)."""
+        if hasattr(self.client, "wait"):
+            try:
+                return self.client.wait(*args)
+            except StaleConnection:
+                raise StoreUnavailable(
+                    "the connection dropped after the write; its state is unknown"
+                ) from None
+        return self.client.execute_command(*args)
+
     def _wait(self) -> None:
         if (self.strict or self.fsync_when_possible) and self._waitaof is None:
             self.problem()
         if (self.strict or self.fsync_when_possible) and self._waitaof:
-            local, _replicas = self.client.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+            local, _replicas = self._send_wait("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
             if int(local) < 1:
                 raise StoreUnavailable("the write was not fsynced in time; its state is unknown")
         if self.replicated:
-            acked = int(self.client.execute_command("WAIT", 1, self.replica_timeout_ms))
+            acked = int(self._send_wait("WAIT", 1, self.replica_timeout_ms))
             if acked < 1:
                 log.warning("no replica acknowledged a write within %d ms", self.replica_timeout_ms)
                 raise StoreUnavailable(
