@@ -28,6 +28,7 @@ import time
 import pytest
 import redis
 from faultkit import record
+from partition_kit import run_in_namespace
 from sentinel_kit import SERVICE, FailoverLoad, SentinelTopology, close_planes, planes_over
 
 from productionlab.errors import StoreUnavailable
@@ -311,3 +312,24 @@ def test_sigkill_the_primary_under_load(durability):
     if durability == "replicated":
         assert result["lost_acked"] == 0, result["lost_keys"]
         assert result["read_404"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["replicated", "everysec"])
+def test_partition_the_primary_from_its_replicas_and_sentinels(durability):
+    """A real partition, in a private network namespace (tests/partition_kit.py):
+    the sentinels promote a replica while the planes still reach the old primary;
+    when the partition heals the old primary becomes a replica and drops what it
+    took alone ("last failover wins"). ``replicated`` acknowledged none of that;
+    ``everysec`` is measured."""
+    result = run_in_namespace(durability)
+    record(f"partition-{durability}", result)
+    assert result["bad"] == [], result["bad"]
+    assert result["promoted_after_s"] is not None, "the sentinels never promoted a replica"
+    assert result["old_primary_a_replica_after_heal_s"] is not None, (
+        "the old primary never rejoined"
+    )
+    assert result["writes_on_new_primary_after_heal_s"] is not None, "writes never came back"
+    if durability == "replicated":
+        assert result["acked_sent_while_partitioned"] == 0
+        assert result["lost_acked"] == 0
