@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from productionlab.settings import Settings
-from productionlab.store.pinning import PinnableRedis
+from productionlab.store.pinning import PinnableRedis, SentinelConnection, SentinelSSLConnection
 
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
@@ -86,6 +86,7 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
         return sentinel.master_for(
             service,
             redis_class=PinnableRedis,
+            connection_class=SentinelSSLConnection if tls else SentinelConnection,
             db=db,
             max_connections=size,
             **{k: v for k, v in options.items() if k != "socket_timeout"},

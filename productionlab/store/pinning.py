@@ -13,11 +13,11 @@ connection and the pool; here that attribute is per thread).
 Two rules keep a pin from outliving its use:
 
 - every pin starts from a connection the pool hands out (a pin left over by a
-  refused write is given back first), and a pinned connection that has dropped
-  is given back to the pool before the next command. redis-py reconnects a
-  dropped connection to its old address when it is used directly, and only
-  the pool's hand-out asks Sentinel where the primary is now: a pin kept across
-  a failover would keep talking to the demoted primary;
+  refused write is given back first), and a Sentinel-managed connection that
+  dropped reconnects to wherever Sentinel says the primary is now
+  (``SentinelConnection``): redis-py reconnects a connection it uses directly
+  to its old address, so a pin, or any command retried after a failover,
+  would keep talking to the demoted primary;
 - ``wait`` sends WAIT/WAITAOF on the pinned connection itself and never
   reconnects: on a new connection the count would mean nothing. A dropped
   connection makes the write's state unknown (``StaleConnection``).
@@ -31,10 +31,31 @@ import threading
 from typing import Any
 
 import redis
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
 
 class StaleConnection(redis.ConnectionError):
     """The write's pinned connection dropped before its WAIT: its state is unknown."""
+
+
+class _Rediscovering:
+    """Reconnect through ``connect`` (which asks Sentinel for the primary), not
+    through the base class's reconnect to the last address."""
+
+    _sock: Any
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # type: ignore[attr-defined]
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class SentinelConnection(_Rediscovering, SentinelManagedConnection):
+    pass
+
+
+class SentinelSSLConnection(_Rediscovering, SentinelManagedSSLConnection):
+    pass
 
 
 class PinnableRedis(redis.Redis):
@@ -46,13 +67,8 @@ class PinnableRedis(redis.Redis):
 
     @property  # type: ignore[override]
     def connection(self) -> Any:
-        pins = self._pins()
-        conn = getattr(pins, "connection", None)
-        if conn is not None and not conn.is_connected:
-            pins.connection = None  # dropped: the pool reconnects it where the primary is
-            self.connection_pool.release(conn)
-            return None
-        return conn
+        # Read without side effects: redis-py reads it again when a command ends.
+        return getattr(self._pins(), "connection", None)
 
     @connection.setter
     def connection(self, value: Any) -> None:
