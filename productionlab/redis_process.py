@@ -69,7 +69,9 @@ class RedisProcess:
     another redis would load after a crash (a truncated tail is accepted).
     ``config``: further redis.conf directives (name -> value). ``sentinel``: run
     as a Sentinel (no persistence directives; ``config`` holds its ``sentinel``
-    lines). ``tls``: serve TLS only, with these files.
+    lines). ``tls``: serve TLS only, with these files. ``host``: the loopback
+    address it binds (another 127.0.0.0/8 address lets a test firewall one
+    server off from others).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class RedisProcess:
         config: Mapping[str, str] | None = None,
         sentinel: bool = False,
         tls: RedisTLSFiles | None = None,
+        host: str = HOST,
         binary: str | None = None,
         timeout: float = 20.0,
         socket_timeout: float = 10.0,
@@ -97,6 +100,7 @@ class RedisProcess:
         self.appendonly, self.appendfsync = appendonly, appendfsync
         self.aof_source, self.config, self.sentinel = aof_source, dict(config or {}), sentinel
         self.tls = tls
+        self.host = host
         self.timeout, self.socket_timeout = timeout, socket_timeout
         self.owns_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="plab-redis-"))
@@ -108,7 +112,7 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
 
     def _conf_lines(self) -> list[str]:
         if self.tls is None:
@@ -123,7 +127,7 @@ class RedisProcess:
                 "tls-auth-clients yes",
             ]
         lines += [
-            f"bind {HOST}",
+            f"bind {self.host}",
             f"dir {self.directory}",
             "daemonize no",
             f'logfile "{self.log_file}"',
@@ -142,7 +146,7 @@ class RedisProcess:
     def client_options(self) -> dict[str, object]:
         """redis-py's options for another client of this server."""
         options: dict[str, object] = {
-            "host": HOST,
+            "host": self.host,
             "port": self.port,
             "password": self.password,
             "socket_timeout": self.socket_timeout,
@@ -154,7 +158,7 @@ class RedisProcess:
         if self.aof_source is not None:
             shutil.rmtree(self.aof_dir, ignore_errors=True)
             shutil.copytree(self.aof_source, self.aof_dir)
-        self.port = free_port(HOST)
+        self.port = free_port(self.host)
         conf = self.directory / ("sentinel.conf" if self.sentinel else "redis.conf")
         conf.write_text("\n".join(self._conf_lines()) + "\n")
         os.chmod(conf, 0o600)

@@ -58,7 +58,11 @@ def build_services(
     """Everything ``settings`` configure that does not need a Flask app."""
     client = client or connect(settings, pool_size=pool_size)
     durability = Durability(
-        client, strict=settings.strict_durability, fsync_when_possible=settings.plane == "cp"
+        client,
+        strict=settings.strict_durability,
+        fsync_when_possible=settings.plane == "cp",
+        replicated=settings.replicated_durability,
+        replica_timeout_ms=settings.replica_timeout_ms,
     )
     quota = Quota(settings.user_max_keys, settings.user_max_bytes)
     kv = KVStore(client, durability, quota)

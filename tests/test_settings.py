@@ -109,6 +109,9 @@ def test_secret_and_file_together_refused(tmp_path):
     [
         ("PLAB_ENV", "staging"),
         ("PLAB_DURABILITY", "sometimes"),
+        ("PLAB_REPLICA_TIMEOUT_MS", "0"),
+        ("PLAB_REPLICA_TIMEOUT_MS", "2000"),
+        ("PLAB_REPLICA_TIMEOUT_MS", "soon"),
         ("PLAB_USER_RATE", "lots"),
         ("PLAB_MAX_BODY", "1x"),
         ("PLAB_REDIS_URL", "http://x"),
@@ -380,3 +383,19 @@ def test_a_plane_reads_neither_the_local_stack_nor_the_edge_limits():
     assert (settings.edge_rate, settings.https_port) == (50, 8443)
     with pytest.raises(ConfigError, match="PLAB_REDIS_MAXMEMORY"):
         Settings.from_env(strong_env(PLAB_REDIS_MAXMEMORY="lots"))
+
+
+def test_replicated_durability_and_its_timeout():
+    settings = Settings.from_env(
+        strong_env(PLAB_DURABILITY="replicated", PLAB_REPLICA_TIMEOUT_MS="250")
+    )
+    assert settings.replicated_durability and not settings.strict_durability
+    assert settings.replica_timeout_ms == 250
+    assert Settings.from_env(strong_env()).replica_timeout_ms == 1000
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(
+            strong_env(
+                PLAB_DURABILITY="replicated", PLAB_REDIS_URL="redis+cluster://127.0.0.1:7000"
+            )
+        )
+    assert "PLAB_DURABILITY=replicated" in str(failure.value)

@@ -14,7 +14,9 @@ from productionlab.settings.values import ConfigError, EnvReader, parse_cidrs, r
 if TYPE_CHECKING:
     from productionlab.settings.model import Settings
 
-DURABILITY_MODES = ("everysec", "strict")
+DURABILITY_MODES = ("everysec", "strict", "replicated")
+# WAIT blocks its connection: it must end before the client's 2 s socket timeout.
+MAX_REPLICA_TIMEOUT_MS = 1500
 ENVIRONMENTS = ("development", "production", "test")
 MAX_PORT = 65535
 MAX_AP_WORKERS = 256
@@ -31,6 +33,7 @@ def read_environment(env: EnvReader, plane: str) -> Fields:
     return {
         "env": env.get("ENV", "development"),
         "durability": env.get("DURABILITY", "everysec"),
+        "replica_timeout_ms": env.integer("REPLICA_TIMEOUT_MS", 1000),
         "debug": env.get("DEBUG", "0").lower() in ("1", "true", "on"),
     }
 
@@ -44,6 +47,13 @@ def check_environment(s: Settings, problems: list[str], warnings: list[str]) -> 
         problems.append(
             f"PLAB_DURABILITY={s.durability!r} is not one of {', '.join(DURABILITY_MODES)}"
         )
+    if not 1 <= s.replica_timeout_ms <= MAX_REPLICA_TIMEOUT_MS:
+        problems.append(
+            f"PLAB_REPLICA_TIMEOUT_MS={s.replica_timeout_ms} must be between 1 and "
+            f"{MAX_REPLICA_TIMEOUT_MS} (milliseconds; below the redis client's 2 s timeout)"
+        )
+    if s.durability == "replicated" and s.redis_url.startswith("redis+cluster://"):
+        problems.append("PLAB_DURABILITY=replicated is not supported with redis+cluster://")
     if s.production and s.debug:
         problems.append("PLAB_DEBUG is on in production")
 

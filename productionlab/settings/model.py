@@ -35,6 +35,9 @@ class Settings:
     audit_key: str = field(default="", repr=False)
     backup_key: str = field(default="", repr=False)
     durability: str = "everysec"
+    # PLAB_DURABILITY=replicated: how long a write waits for a replica's
+    # acknowledgement (WAIT) before it is answered 503 instead.
+    replica_timeout_ms: int = 1000
     user_rate: str = "6000/minute"
     rate_limits_enabled: bool = True
     login_failures_per_minute: int = 10
@@ -126,6 +129,10 @@ class Settings:
     @property
     def strict_durability(self) -> bool:
         return self.durability == "strict"
+
+    @property
+    def replicated_durability(self) -> bool:
+        return self.durability == "replicated"
 
     @property
     def redis_pool_size(self) -> int:

@@ -3,7 +3,9 @@
 ``redis://`` / ``rediss://`` / ``unix://`` give a plain client,
 ``redis+sentinel://host:port[,host:port]/service[/db]`` a Sentinel-managed
 master and ``redis+cluster://host:port`` a cluster client. Retries and
-timeouts are connection options, never loops in callers.
+timeouts are connection options, never loops in callers. Single-node and
+Sentinel clients are ``PinnableRedis`` (store/pinning.py), so a write and the
+``WAIT`` after it can share one connection.
 
 TLS (redis's own, SECURITY.md "Redis over TLS"): ``rediss://`` verifies the
 server's certificate against ``PLAB_REDIS_TLS_CA_FILE`` (hostname included) and
@@ -23,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from productionlab.settings import Settings
+from productionlab.store.pinning import PinnableRedis, SentinelConnection, SentinelSSLConnection
 
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
@@ -82,6 +85,8 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
         )
         return sentinel.master_for(
             service,
+            redis_class=PinnableRedis,
+            connection_class=SentinelSSLConnection if tls else SentinelConnection,
             db=db,
             max_connections=size,
             **{k: v for k, v in options.items() if k != "socket_timeout"},
@@ -107,4 +112,4 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=size, timeout=POOL_WAIT, **options
     )
-    return redis.Redis(connection_pool=pool)
+    return PinnableRedis(connection_pool=pool)

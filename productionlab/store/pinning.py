@@ -1,0 +1,103 @@
+"""A redis client whose current thread can hold one connection for a while.
+
+``WAIT`` and ``WAITAOF`` wait for what *their own connection* has written (redis
+remembers each connection's last replication offset). Through a pool, the write
+script and the ``WAIT`` after it may travel on two different connections; a
+connection that has written nothing waits for nothing and answers at once with
+every replica, so the check would prove nothing. ``Durability`` therefore pins a
+connection to the writing thread from ``before_write`` to ``after_write``: the
+script and the ``WAIT`` then share it. Unpinned, the client behaves exactly as
+``redis.Redis`` (redis-py reads ``self.connection`` to choose between its single
+connection and the pool; here that attribute is per thread).
+
+Two rules keep a pin from outliving its use:
+
+- every pin starts from a connection the pool hands out (a pin left over by a
+  refused write is given back first), and a Sentinel-managed connection that
+  dropped reconnects to wherever Sentinel says the primary is now
+  (``SentinelConnection``): redis-py reconnects a connection it uses directly
+  to its old address, so a pin, or any command retried after a failover,
+  would keep talking to the demoted primary;
+- ``wait`` sends WAIT/WAITAOF on the pinned connection itself and never
+  reconnects: on a new connection the count would mean nothing. A dropped
+  connection makes the write's state unknown (``StaleConnection``).
+
+Not for ``single_connection_client=True`` (which already holds one connection).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+
+class StaleConnection(redis.ConnectionError):
+    """The write's pinned connection dropped before its WAIT: its state is unknown."""
+
+
+class _Rediscovering:
+    """Reconnect through ``connect`` (which asks Sentinel for the primary), not
+    through the base class's reconnect to the last address."""
+
+    _sock: Any
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # type: ignore[attr-defined]
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class SentinelConnection(_Rediscovering, SentinelManagedConnection):
+    pass
+
+
+class SentinelSSLConnection(_Rediscovering, SentinelManagedSSLConnection):
+    pass
+
+
+class PinnableRedis(redis.Redis):
+    def _pins(self) -> threading.local:
+        pins = self.__dict__.get("_pin_local")
+        if pins is None:
+            pins = self.__dict__.setdefault("_pin_local", threading.local())
+        return pins
+
+    @property  # type: ignore[override]
+    def connection(self) -> Any:
+        # Read without side effects: redis-py reads it again when a command ends.
+        return getattr(self._pins(), "connection", None)
+
+    @connection.setter
+    def connection(self, value: Any) -> None:
+        self._pins().connection = value
+
+    @property
+    def pinned(self) -> bool:
+        return getattr(self._pins(), "connection", None) is not None
+
+    def pin(self) -> None:
+        """Hold a connection from the pool for this thread's commands until ``unpin``."""
+        self.unpin()
+        self._pins().connection = self.connection_pool.get_connection()
+
+    def unpin(self) -> None:
+        pins = self._pins()
+        conn = getattr(pins, "connection", None)
+        if conn is not None:
+            pins.connection = None
+            self.connection_pool.release(conn)
+
+    def wait(self, *args: Any) -> Any:
+        """``WAIT``/``WAITAOF`` (``args``) on the pinned connection, never on another."""
+        conn = getattr(self._pins(), "connection", None)
+        if conn is None or not conn.is_connected:
+            raise StaleConnection("the write's connection dropped before its WAIT")
+        try:
+            conn.send_command(*args, check_health=False)
+            return conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
