@@ -24,7 +24,7 @@ run: venv system-deps
 
 ## test: the test suite against real redis, Waitress and nginx
 test: venv system-deps tls-venv
-	scripts/system-deps.sh promtool
+	scripts/system-deps.sh promtool iptables ip unshare
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 ## test-redis-tls: the redis-facing tests again with every test stack's redis on TLS only

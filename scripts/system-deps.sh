@@ -5,7 +5,7 @@ set -euo pipefail
 declare -A package_of=(
   [redis-server]=redis-server [nginx]=nginx [wrk]=wrk [docker]=docker.io
   [docker-compose]=docker-compose [debootstrap]=debootstrap [openssl]=openssl
-  [promtool]=prometheus
+  [promtool]=prometheus [iptables]=iptables [ip]=iproute2 [unshare]=util-linux
 )
 missing=()
 for binary in "$@"; do
