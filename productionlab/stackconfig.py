@@ -66,8 +66,14 @@ class StackConfig:
         """The stack ``make run`` starts: every value from the validated Settings
         (ConfigError, naming the variable, when one is bad)."""
         environ = os.environ if environ is None else environ
+        settings = Settings.from_env(environ, concerns=LOCAL_STACK_CONCERNS)
+        if settings.replicated_durability:
+            raise StackError(
+                "PLAB_DURABILITY=replicated needs redis replicas (e.g. Sentinel, "
+                "docs/RELIABILITY.md); the local stack runs one redis: use everysec or strict"
+            )
         return cls.from_settings(
-            Settings.from_env(environ, concerns=LOCAL_STACK_CONCERNS),
+            settings,
             # the control plane's console settings pass through to it (PLAB_CONSOLE=off)
             extra_env={k: environ[k] for k in CONSOLE_VARIABLES if k in environ},
         )

@@ -15,6 +15,7 @@ import pytest
 
 from productionlab.supervisor import (
     StackConfig,
+    StackError,
     Supervisor,
     free_port,
     port_free,
@@ -243,3 +244,9 @@ def test_a_killed_supervisor_takes_its_stack_with_it_and_the_next_run_starts():
         run.kill()
         second.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_replicated_durability_is_refused_for_the_one_redis_of_the_local_stack():
+    with pytest.raises(StackError, match="needs redis replicas"):
+        StackConfig.from_env({"PLAB_DURABILITY": "replicated"})
+    assert StackConfig.from_env({"PLAB_DURABILITY": "strict"}).durability == "strict"
