@@ -135,8 +135,9 @@ def test_operator_flow(browser, stack, shots):
     page.click("text=Create user")
     password = page.locator("#password").inner_text().strip()
     # the console's one script (it carries the response's CSP nonce) ran: it shows
-    # the copy button it wires up
-    assert page.locator("#copy").is_visible()
+    # the copy button it wires up (waited for: the script runs after the page loads,
+    # and is_visible() alone does not wait; a missing button times out and fails)
+    page.locator("#copy").wait_for(state="visible", timeout=15_000)
     shoot(page, shots, "03-password-once")
     created = Client(stack, name, password)
     assert created.put("/v1/kv/app-x", data=b"1").status_code in (200, 201)
