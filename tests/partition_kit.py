@@ -30,8 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITION_SECONDS = 12.0  # past min-replicas-max-lag (10 s): the old primary then refuses too
-WARM_ACKS = 150
-WARM_LIMIT = 20.0
 HEAL_LIMIT = 45.0
 AFTER_HEAL = 2.0
 
@@ -55,9 +53,7 @@ def message(body: str) -> str:
 
 
 def measure(durability: str) -> dict:
-    from sentinel_kit import ADDRESSES, FailoverLoad, SentinelTopology, close_planes, planes_over
-
-    from productionlab.kv import ITEM
+    from sentinel_kit import ADDRESSES, SentinelTopology, close_planes, planes_over, warmed_load
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # nosec
     topology = SentinelTopology(
@@ -70,13 +66,8 @@ def measure(durability: str) -> dict:
         old = topology.primary
         assert old is not None and old.client is not None
         planes = planes_over(old, topology.url, {"PLAB_DURABILITY": durability})
-        load = FailoverLoad(planes)
-        load.start()
-        deadline = time.monotonic() + WARM_LIMIT
-        while load.acked_count() < WARM_ACKS and time.monotonic() < deadline:
-            time.sleep(0.05)
+        load = warmed_load(planes)
         acked_before = load.acked_count()
-        assert acked_before > 0, "no write was acknowledged before the partition"
         firewall("-A", ADDRESSES["primary"], others)
         cut, cut_at = True, time.monotonic()  # answers before this count as "before"
         new_port = topology.wait_for_new_master(old.port, PARTITION_SECONDS)
@@ -108,11 +99,7 @@ def measure(durability: str) -> dict:
         assert final_port is not None and final_port != old.port, (final_port, old.port, roles)
         final = topology.node_at(final_port).client
         assert final is not None
-        with final.pipeline(transaction=False) as pipe:
-            for key, _value in load.acked:
-                pipe.hget(ITEM + key, "v")
-            stored = pipe.execute()
-        lost = [k for (k, v), got in zip(load.acked, stored, strict=True) if got != v.encode()]
+        lost = load.lost_on(final)
         acked_index = {key: n for n, (key, _v) in enumerate(load.acked)}
 
         def window(a) -> str:

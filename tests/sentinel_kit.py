@@ -34,6 +34,7 @@ from pathlib import Path
 
 import redis
 
+from productionlab.kv import ITEM
 from productionlab.redis_process import HOST, RedisProcess
 from productionlab.secretgen import ensure_secrets
 from productionlab.serve import bootstrap_control_plane
@@ -243,6 +244,22 @@ class Answer:
     body: str
 
 
+WARM_ACKS = 150  # acknowledged writes before the fault
+WARM_LIMIT = 20.0  # seconds, whatever the machine's speed
+
+
+def warmed_load(planes: Planes) -> FailoverLoad:
+    """A started load over ``planes`` once it has some acknowledged writes
+    (WARM_ACKS, or what WARM_LIMIT seconds gave; at least one)."""
+    load = FailoverLoad(planes)
+    load.start()
+    deadline = time.monotonic() + WARM_LIMIT
+    while load.acked_count() < WARM_ACKS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert load.acked_count() > 0, "no write was acknowledged before the fault"
+    return load
+
+
 @dataclass
 class FailoverLoad:
     """Writers PUT unique keys and record each acknowledged (key, value); readers
@@ -311,6 +328,14 @@ class FailoverLoad:
     def acked_count(self) -> int:
         with self.lock:
             return len(self.acked)
+
+    def lost_on(self, client: redis.Redis) -> list[str]:
+        """The acknowledged writes ``client``'s server does not hold (call after ``halt``)."""
+        with client.pipeline(transaction=False) as pipe:
+            for key, _value in self.acked:
+                pipe.hget(ITEM + key, "v")
+            stored = pipe.execute()
+        return [k for (k, v), got in zip(self.acked, stored, strict=True) if got != v.encode()]
 
     def first_write_back(self, after: float) -> Answer | None:
         """The first acknowledged write sent after ``after`` (the kill)."""

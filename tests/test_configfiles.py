@@ -13,14 +13,21 @@ from productionlab.supervisor import StackConfig, Supervisor, find_binary
 from tests.conftest import state_dir
 
 
+def edge(**overrides: object) -> str:
+    """The edge's nginx.conf for two app-plane processes, with ``overrides``."""
+    values: dict[str, object] = {
+        "ap_servers": ["127.0.0.1:8101", "127.0.0.1:8102"],
+        "cp_server": "127.0.0.1:8201",
+        "tls_cert": "/x/tls.crt",
+        "tls_key": "/x/tls.key",
+        "htpasswd": "/x/htpasswd",
+        **overrides,
+    }
+    return EdgeConfig(**values).render()  # type: ignore[arg-type]
+
+
 def default_edge() -> str:
-    return EdgeConfig(
-        ap_servers=["127.0.0.1:8101", "127.0.0.1:8102"],
-        cp_server="127.0.0.1:8201",
-        tls_cert="/x/tls.crt",
-        tls_key="/x/tls.key",
-        htpasswd="/x/htpasswd",
-    ).render()
+    return edge()
 
 
 def test_edge_defaults_match_the_contract():
@@ -102,14 +109,7 @@ def test_trusted_proxies_are_off_by_default_and_rendered_when_set():
 
     assert "set_real_ip_from" not in default_edge()
     assert "real_ip_header" not in default_edge()
-    conf = EdgeConfig(
-        ap_servers=["127.0.0.1:8101"],
-        cp_server="127.0.0.1:8201",
-        tls_cert="/x/tls.crt",
-        tls_key="/x/tls.key",
-        htpasswd="/x/htpasswd",
-        trusted_proxies=["198.18.0.0/15", "2001:db8::/32"],
-    ).render()
+    conf = edge(ap_servers=["127.0.0.1:8101"], trusted_proxies=["198.18.0.0/15", "2001:db8::/32"])
     assert "set_real_ip_from 198.18.0.0/15;" in conf
     assert "set_real_ip_from 2001:db8::/32;" in conf
     assert "real_ip_header X-Forwarded-For;" in conf and "real_ip_recursive on;" in conf
@@ -152,16 +152,7 @@ def test_watch_routes_get_long_timeouts_and_their_own_per_user_limits():
     """Issue 13: a watch waits up to 300 s, so its locations read past that; they
     count against their own zones (per credential / per user), not the data zone,
     and the other locations keep the 15 s timeout and their limits."""
-    conf = EdgeConfig(
-        ap_servers=["127.0.0.1:8101"],
-        cp_server="127.0.0.1:8201",
-        tls_cert="/x/tls.crt",
-        tls_key="/x/tls.key",
-        htpasswd="/x/htpasswd",
-        watch_rate=7,
-        watch_burst=11,
-        watch_conns=3,
-    ).render()
+    conf = edge(ap_servers=["127.0.0.1:8101"], watch_rate=7, watch_burst=11, watch_conns=3)
     assert "limit_req_zone $plab_watch_credential zone=plab_watch:10m rate=7r/s;" in conf
     assert "limit_conn_zone $plab_watch_user zone=plab_watch_conn:10m;" in conf
     key = r"[A-Za-z0-9_-]{1,256}"

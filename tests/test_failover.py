@@ -29,7 +29,7 @@ import pytest
 import redis
 from faultkit import record
 from partition_kit import run_in_namespace
-from sentinel_kit import SERVICE, FailoverLoad, SentinelTopology, close_planes, planes_over
+from sentinel_kit import SERVICE, SentinelTopology, close_planes, planes_over, warmed_load
 
 from productionlab.errors import StoreUnavailable
 from productionlab.kv import ITEM
@@ -39,8 +39,6 @@ from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
 from productionlab.store.pinning import PinnableRedis
 
-WARM_ACKS = 150  # acknowledged writes before the kill
-WARM_LIMIT = 20.0  # seconds, whatever the machine's speed
 RECOVERY_LIMIT = 45.0  # seconds after the kill for writes to come back
 AFTER_RECOVERY = 2.0  # seconds of load kept after the first write succeeds again
 
@@ -72,22 +70,33 @@ def test_replicated_mode_without_a_replica_answers_503_and_is_not_ready(lone_pri
     assert admin.get("/ready").status_code == 503
 
 
-def test_replicated_mode_waits_for_the_writes_own_replication(tmp_path):
-    """A stalled replica (SIGSTOP: it stays connected but acknowledges nothing):
-    the write is refused, and answered 201 again once the replica acknowledges."""
+def primary_with_replica() -> tuple[RedisProcess, RedisProcess]:
+    """A primary and one replica of it, started, the replica in sync (the caller stops both)."""
     primary = RedisProcess()
     primary.start()
     replica = RedisProcess(
         password=primary.password,
         config={"masterauth": primary.password, "replicaof": f"127.0.0.1 {primary.port}"},
     )
-    replica.start()
-    planes = None
     try:
+        replica.start()
         deadline = time.monotonic() + 30
         while replica.client.info("replication").get("master_link_status") != "up":
             assert time.monotonic() < deadline, "the replica never synced"
             time.sleep(0.1)
+    except BaseException:
+        replica.stop()
+        primary.stop()
+        raise
+    return primary, replica
+
+
+def test_replicated_mode_waits_for_the_writes_own_replication(tmp_path):
+    """A stalled replica (SIGSTOP: it stays connected but acknowledges nothing):
+    the write is refused, and answered 201 again once the replica acknowledges."""
+    primary, replica = primary_with_replica()
+    planes = None
+    try:
         planes = planes_over(
             primary, None, {"PLAB_DURABILITY": "replicated", "PLAB_REPLICA_TIMEOUT_MS": "300"}
         )
@@ -140,18 +149,8 @@ def test_a_dropped_connection_is_never_waited_on_again():
     """The write's connection drops before its WAIT (killed server-side): the write
     is not acknowledged. redis-py would reconnect and retry the WAIT on a fresh
     connection, which has written nothing and counts the live replica: a false 2xx."""
-    primary = RedisProcess()
-    primary.start()
-    replica = RedisProcess(
-        password=primary.password,
-        config={"masterauth": primary.password, "replicaof": f"127.0.0.1 {primary.port}"},
-    )
-    replica.start()
+    primary, replica = primary_with_replica()
     try:
-        deadline = time.monotonic() + 30
-        while replica.client.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica never synced"
-            time.sleep(0.1)
         options = dict(primary.client.connection_pool.connection_kwargs)
         client = PinnableRedis(connection_pool=redis.BlockingConnectionPool(**options))
         durability = Durability(client, strict=False, replicated=True)
@@ -245,13 +244,8 @@ def measure_failover(durability: str) -> dict:
     try:
         assert topology.primary is not None
         planes = planes_over(topology.primary, topology.url, {"PLAB_DURABILITY": durability})
-        load = FailoverLoad(planes)
-        load.start()
-        deadline = time.monotonic() + WARM_LIMIT
-        while load.acked_count() < WARM_ACKS and time.monotonic() < deadline:
-            time.sleep(0.05)
+        load = warmed_load(planes)
         acked_before_kill = load.acked_count()
-        assert acked_before_kill > 0, "no write was acknowledged before the kill"
         old_port = topology.primary.port
         killed_at = time.monotonic()
         topology.kill_primary()
@@ -267,15 +261,7 @@ def measure_failover(durability: str) -> dict:
         assert new_port is not None and new_port != old_port, "the sentinels did not fail over"
         promoted = topology.node_at(new_port).client
         assert promoted is not None
-        with promoted.pipeline(transaction=False) as pipe:
-            for key, _value in load.acked:
-                pipe.hget(ITEM + key, "v")
-            stored = pipe.execute()
-        lost = [
-            key
-            for (key, value), got in zip(load.acked, stored, strict=True)
-            if got != value.encode()
-        ]
+        lost = load.lost_on(promoted)
         during = [a for a in load.answers if a.started >= killed_at and a.ended <= back.ended]
         return {
             "durability": durability,
