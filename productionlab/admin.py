@@ -13,6 +13,7 @@ from productionlab.audit_keeper import AuditKeeper
 from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
 from productionlab.kv import INDEX, UNATTRIBUTED
+from productionlab.kv_routes import int_arg
 from productionlab.services import services
 
 
@@ -30,13 +31,6 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         raise MalformedRequest("the body must be a JSON object")
     return body
-
-
-def int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name, str(default))
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise MalformedRequest(f"{name} is a whole number from {low} to {high}")
-    return int(raw)
 
 
 def refuse_self_harm(name: str, action: str, role: str | None = None) -> None:

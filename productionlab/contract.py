@@ -65,6 +65,20 @@ MAX_WATCH_WAIT = 300  # seconds one GET /v1/watch may wait
 DEFAULT_WATCH_WAIT = 60
 MAX_WATCH_KEYS = 1000  # keys one prefix watch answers (the rest: truncated)
 
+
+def whole_number(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as a number from ``low`` to ``high`` (ASCII digits only), else None.
+    A string with more significant digits than ``high`` is refused before
+    ``int()``, which raises on more than 4,300 digits (a 500, not a 400)."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
+
+
 # --- errors ---------------------------------------------------------------------------
 # Every status a client can get and its machine-readable ``error.code``. The
 # planes (productionlab.errors), the edge's error pages (the nginx template) and

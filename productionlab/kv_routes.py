@@ -18,7 +18,14 @@ from werkzeug.routing import PathConverter
 
 from productionlab import batch_routes
 from productionlab.auth import Authenticator, actor, current_user, require_grant
-from productionlab.contract import KEY_RE, MAX_LIST_LIMIT, MAX_TTL, PREFIX_PATTERN, PREFIX_RE
+from productionlab.contract import (
+    KEY_RE,
+    MAX_LIST_LIMIT,
+    MAX_TTL,
+    PREFIX_PATTERN,
+    PREFIX_RE,
+    whole_number,
+)
 from productionlab.errors import (
     InvalidKey,
     InvalidValue,
@@ -89,13 +96,25 @@ def parse_path_value(raw: str) -> bytes:
     return value
 
 
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name``, a whole number from ``low`` to ``high``; 400 otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = whole_number(raw, low, high)
+    if value is None:
+        raise MalformedRequest(f"{name} is a whole number from {low} to {high}")
+    return value
+
+
 def parse_ttl() -> int | None:
     raw = request.args.get("ttl")
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_TTL:
+    ttl = whole_number(raw, 1, MAX_TTL)
+    if ttl is None:
         raise MalformedRequest(f"ttl is a whole number of seconds from 1 to {MAX_TTL}")
-    return int(raw)
+    return ttl
 
 
 def parse_if_match() -> list[str] | None:
@@ -202,18 +221,13 @@ def kv_blueprint(
     @auth.require(read_role)
     def listing() -> Response:
         prefix = parse_prefix()
-        raw_limit = request.args.get("limit", "100")
-        if (
-            not (raw_limit.isascii() and raw_limit.isdigit())
-            or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT
-        ):
-            raise MalformedRequest(f"limit is a whole number from 1 to {MAX_LIST_LIMIT}")
+        limit = int_arg("limit", 100, 1, MAX_LIST_LIMIT)
         after = decode_cursor(request.args.get("cursor", ""))
         prefixes = effective_prefixes(current_user().grants, prefix)
         with_values = request.args.get("values", "false")
         if with_values not in ("true", "false"):
             raise MalformedRequest("values is true or false")
-        keys, last = services().kv.list_keys(prefixes, after, int(raw_limit))
+        keys, last = services().kv.list_keys(prefixes, after, limit)
         if with_values == "true":
             items, last = batch_routes.with_values(
                 services().kv, keys, last, current_app.config["PLAB_LIST_MAX_BYTES"]

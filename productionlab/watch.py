@@ -43,6 +43,7 @@ from typing import TypeVar
 
 import redis
 
+from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
 from productionlab.luascripts import script
@@ -56,6 +57,7 @@ FLOOR = "{plab}:kv-watch:floor"
 TTL_VERSIONS = "{plab}:kv-watch:ttl"
 TOMBS_KEPT = 100_000
 TTL_VERSIONS_MIGRATED = "{plab}:kv-watch:migrated"
+MAX_VERSION = 2**63 - 1  # redis INCR's most
 RESET = "*"  # a change message's key that wakes every watch (a restore)
 SLOTS_RETRY_AFTER = 5  # seconds a client waits when a process holds all the watches it may
 
@@ -261,9 +263,10 @@ class ChangeFeed:
             channel = channel.decode()
         text = data.decode() if isinstance(data, bytes) else str(data)
         if channel == CHANGES:
-            version, _, key = text.partition(" ")
-            if version.isdigit() and key:
-                self.notify(key, int(version))
+            raw, _, key = text.partition(" ")
+            version = whole_number(raw, 0, MAX_VERSION)
+            if version is not None and key:
+                self.notify(key, version)
         elif channel == self.expired_channel and text.startswith(ITEM):
             key = text[len(ITEM) :]
             # The tombstone publishes its own change message. Given only where a

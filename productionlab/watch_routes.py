@@ -10,28 +10,19 @@ as it is; either way with the index to pass next (in the body and in
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from productionlab.auth import Authenticator, current_user, require_grant
 from productionlab.contract import DEFAULT_WATCH_WAIT, MAX_WATCH_KEYS, MAX_WATCH_WAIT
-from productionlab.errors import MalformedRequest, NotGranted
+from productionlab.errors import NotGranted
 from productionlab.kv import effective_prefixes
 from productionlab.kv_json import encoded, json_response
-from productionlab.kv_routes import parse_key, parse_prefix, raw_tail
+from productionlab.kv_routes import int_arg, parse_key, parse_prefix, raw_tail
 from productionlab.services import services
 from productionlab.watch import KeyState, PrefixState, Waiter, wait_for
 
 INDEX_HEADER = "X-Plab-Index"
 MAX_INDEX = 2**53  # versions are redis integers kept exact in Lua's doubles
-
-
-def whole_number(name: str, default: int, most: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or int(raw) > most:
-        raise MalformedRequest(f"{name} is a whole number from 0 to {most}")
-    return int(raw)
 
 
 def watch_blueprint(auth: Authenticator, read_role: str, url_prefix: str = "") -> Blueprint:
@@ -42,8 +33,8 @@ def watch_blueprint(auth: Authenticator, read_role: str, url_prefix: str = "") -
     @auth.require(read_role)
     def watch_key(_rest: str = "") -> Response:
         key = parse_key(raw_tail(url_prefix + "/v1/watch/"))
-        index = whole_number("index", 0, MAX_INDEX)
-        wait = whole_number("wait", DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT)
+        index = int_arg("index", 0, 0, MAX_INDEX)
+        wait = int_arg("wait", DEFAULT_WATCH_WAIT, 0, MAX_WATCH_WAIT)
         require_grant(key)
         watches = services().watches
 
@@ -63,8 +54,8 @@ def watch_blueprint(auth: Authenticator, read_role: str, url_prefix: str = "") -
     @auth.require(read_role)
     def watch_prefix() -> Response:
         prefix = parse_prefix()
-        index = whole_number("index", 0, MAX_INDEX)
-        wait = whole_number("wait", DEFAULT_WATCH_WAIT, MAX_WATCH_WAIT)
+        index = int_arg("index", 0, 0, MAX_INDEX)
+        wait = int_arg("wait", DEFAULT_WATCH_WAIT, 0, MAX_WATCH_WAIT)
         prefixes = effective_prefixes(current_user().grants, prefix)
         if not prefixes:
             raise NotGranted("your grants cover no key under this prefix")

@@ -125,3 +125,40 @@ def test_error_classes_render_as_werkzeug_http_exceptions():
 def test_html_patterns_escape_the_dash_for_the_v_flag():
     assert contract.html_pattern(contract.KEY_CLASS) == "[A-Za-z0-9_\\-]{1,256}"
     assert contract.html_pattern(contract.USER_NAME_CLASS) == "[a-z0-9][a-z0-9_\\-]{0,63}"
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("1", 1),
+        ("0001000", 1000),  # leading zeros are still the number
+        ("0", None),
+        ("1001", None),
+        ("-1", None),
+        ("1.5", None),
+        ("", None),
+        ("\u0661", None),  # an Arabic-Indic one: isdigit() says yes, ASCII says no
+        ("9" * 5000, None),  # past int()'s 4,300 digits: refused before int(), not a 500
+        ("0" * 5000 + "7", 7),
+    ],
+)
+def test_whole_number(raw, expected):
+    assert contract.whole_number(raw, 1, 1000) == expected
+
+
+@pytest.mark.inprocess
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/write/{key}/v?ttl={n}",
+        "/v1/kv?limit={n}",
+        "/admin/audit?since={n}",
+        "/v1/watch/{key}?index={n}&wait=0",
+        "/v1/watch/{key}?wait={n}",
+    ],
+)
+def test_a_number_of_thousands_of_digits_is_a_400_not_a_500(admin, key, path):
+    url = path.format(key=key, n="9" * 5000)
+    response = admin.post(url) if url.startswith("/write") else admin.get(url)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "bad_request"

@@ -11,7 +11,14 @@ from flask import Blueprint, Response, request
 
 from productionlab.auth import actor
 from productionlab.console.common import PAGE, back, kv, render, session, signed_in
-from productionlab.contract import KEY_RE, KEY_RULE, MAX_TTL, PREFIX_PATTERN, PREFIX_RE
+from productionlab.contract import (
+    KEY_RE,
+    KEY_RULE,
+    MAX_TTL,
+    PREFIX_PATTERN,
+    PREFIX_RE,
+    whole_number,
+)
 from productionlab.errors import KeyNotFound, MalformedRequest, VersionConflict
 from productionlab.kv import ITEM, effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
@@ -41,9 +48,10 @@ def form_ttl() -> int | None:
     raw = request.form.get("ttl", "").strip()
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_TTL:
+    ttl = whole_number(raw, 1, MAX_TTL)
+    if ttl is None:
         raise MalformedRequest(f"TTL is a whole number of seconds from 1 to {MAX_TTL}")
-    return int(raw)
+    return ttl
 
 
 def form_version() -> list[str]:

@@ -10,6 +10,7 @@ from productionlab import admin, checkprod
 from productionlab.backup import list_backups
 from productionlab.backup_format import BackupError
 from productionlab.console.common import PAGE, back, render, signed_in
+from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest
 from productionlab.health import ready_problem
 from productionlab.services import services
@@ -21,11 +22,11 @@ def register(bp: Blueprint) -> None:
     @bp.get("/audit")
     @signed_in
     def audit() -> Response:
-        raw = request.args.get("since", "1")
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 2**62:
+        since = whole_number(request.args.get("since", "1"), 1, 2**62)
+        if since is None:
             raise MalformedRequest("since is a whole number from 1")
         admin.close_failure_window()
-        entries, next_since = services().audit.page(since=int(raw), limit=PAGE)
+        entries, next_since = services().audit.page(since=since, limit=PAGE)
         head = services().audit.head()
         return render(
             "audit.html",
@@ -33,7 +34,7 @@ def register(bp: Blueprint) -> None:
             entries=entries,
             next_since=next_since,
             newest=max(head["first"], head["seq"] - PAGE + 1),
-            since=int(raw),
+            since=since,
         )
 
     @bp.post("/audit/verify")
