@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from productionlab.kv import INDEX, ITEM
+from productionlab.kv import ITEM, index_pages
 
 BATCH = 500
 
@@ -63,21 +63,16 @@ class Digest:
 
 def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
     """Every live key in lexical order, a batch at a time (each batch in MULTI)."""
-    after = "-"
-    while True:
-        keys = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-        if not keys:
-            return
+    for keys in index_pages(client, batch):
         pipe = client.pipeline(transaction=True)
         for key in keys:
-            pipe.hmget(ITEM + key.decode(), "v", "ver")
-            pipe.pttl(ITEM + key.decode())
+            pipe.hmget(ITEM + key, "v", "ver")
+            pipe.pttl(ITEM + key)
         results = pipe.execute()
         for key, (value, version), ttl in zip(keys, results[::2], results[1::2], strict=True):
             if version is None:
                 continue  # expired or deleted since it was indexed
-            yield Record(key.decode(), value or b"", int(version), max(0, int(ttl)))
-        after = "(" + keys[-1].decode()
+            yield Record(key, value or b"", int(version), max(0, int(ttl)))
 
 
 def live_digest(client: redis.Redis) -> Digest:

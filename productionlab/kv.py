@@ -40,7 +40,7 @@ until then they are simply not charged to anyone.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -305,21 +305,29 @@ class KVStore:
         return charged
 
 
+def index_pages(client: redis.Redis, batch: int = 500) -> Iterator[list[str]]:
+    """The listing index's keys in lexical order, ``batch`` at a time (expired
+    keys included until a listing prunes them)."""
+    after = "-"
+    while True:
+        page = [member.decode() for member in client.zrangebylex(INDEX, after, "+", 0, batch)]
+        if not page:
+            return
+        yield page
+        after = "(" + page[-1]
+
+
 def charge_unowned_keys(client: redis.Redis, batch: int = 500) -> int:
     """Charge every key that has no owner (written before quotas, or restored
     from a backup) to its last writer in the audit log, else to ``-``."""
     writers = last_writers(client)
-    charged, after = 0, "-"
-    while True:
-        page = client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-        if not page:
-            return charged
+    charged = 0
+    for page in index_pages(client, batch):
         args: list[str] = []
-        for member in page:
-            key = member.decode()
+        for key in page:
             args += [key, writers.get(key, UNATTRIBUTED)]
         charged += int(KV_CHARGE_UNOWNED(client, keys={}, args={"pairs": args}))
-        after = "(" + page[-1].decode()
+    return charged
 
 
 def last_writers(client: redis.Redis, chunk: int = 1000) -> dict[str, str]:

@@ -43,6 +43,7 @@ from typing import TypeVar
 
 import redis
 
+from productionlab.backup_records import read_records
 from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
@@ -134,24 +135,15 @@ class WatchStore:
         the walk once it has completed."""
         if self.client.exists(TTL_VERSIONS_MIGRATED):
             return 0
-        recorded, after = 0, "-"
-        while True:
-            page = self.client.zrangebylex(INDEX, after, "+", start=0, num=batch)
-            if not page:
-                break
-            pipe = self.client.pipeline(transaction=False)
-            for member in page:
-                pipe.pttl(ITEM + member.decode())
-                pipe.hget(ITEM + member.decode(), "ver")
-            answers = pipe.execute()
-            pipe = self.client.pipeline(transaction=False)
-            for i, member in enumerate(page):
-                ttl, version = answers[2 * i], answers[2 * i + 1]
-                if version is not None and ttl is not None and int(ttl) > 0:
-                    pipe.hsetnx(TTL_VERSIONS, member.decode(), version)
+        recorded = 0
+        with self.client.pipeline(transaction=False) as pipe:
+            for record in read_records(self.client, batch):
+                if record.ttl_ms > 0:
+                    pipe.hsetnx(TTL_VERSIONS, record.key, record.version)
                     recorded += 1
+                    if len(pipe) >= batch:
+                        pipe.execute()
             pipe.execute()
-            after = "(" + page[-1].decode()
         self.client.set(TTL_VERSIONS_MIGRATED, "1")
         return recorded
 
