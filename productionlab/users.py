@@ -40,6 +40,7 @@ from productionlab.credential_cache import VerificationCache
 from productionlab.errors import MalformedRequest, StoreUnavailable, UserExists, UserNotFound
 from productionlab.htpasswd import HtpasswdFile, edge_hash
 from productionlab.luascripts import script
+from productionlab.subscription import Subscription
 
 log = logging.getLogger("productionlab.users")
 
@@ -162,9 +163,14 @@ class UserStore:
         self._slow_slots = threading.BoundedSemaphore(verify_concurrency)
         self.verify_retry_after = verify_retry_after
         self.htpasswd_path = htpasswd_path
-        self._listener: threading.Thread | None = None
-        self.resubscriptions = 0  # subscribe confirmations seen (each one clears the cache)
-        self._stop = threading.Event()
+        self.events = Subscription(
+            client,
+            (EVENTS,),
+            self._event,
+            name="users-events",
+            started=self._subscribed,
+            lost=self._unsubscribed,
+        )
         self.htpasswd = HtpasswdFile(htpasswd_path) if htpasswd_path is not None else None
 
     # --- reading -----------------------------------------------------------
@@ -375,49 +381,25 @@ class UserStore:
     # --- cross-process invalidation ----------------------------------------
     def start_listener(self) -> None:
         """Follow user changes from every process; the cache is only on while subscribed."""
-        if self._listener is not None:
-            return
-        self._listener = threading.Thread(target=self._listen, name="users-events", daemon=True)
-        self._listener.start()
+        self.events.start()
 
     def stop_listener(self) -> None:
-        self._stop.set()
+        self.events.stop()
 
-    def _listen(self) -> None:
-        """Clear the cache on every event and on every (re)subscription.
+    def _subscribed(self) -> None:
+        self.cache.clear()
+        self.cache.enabled = True
 
-        redis-py reconnects a dropped pub/sub connection and resubscribes
-        silently inside ``get_message``; events published while it was away are
-        lost. Its subscribe confirmation is therefore taken as "events may have
-        been missed": the cache is dropped each time one arrives (subscribe
-        messages are not ignored for that reason).
-        """
-        while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(EVENTS)
-                self.cache.clear()
-                self.cache.enabled = True
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    self.cache.clear()
-                    if message.get("type") == "subscribe":
-                        self.resubscriptions += 1
-                        continue
-                    if self.htpasswd_path is not None:
-                        self.render_htpasswd()
-            except Exception as exc:  # noqa: BLE001 - any failure: cache off, resubscribe
-                log.warning("user events subscription lost (%s); cache off", type(exc).__name__)
-            finally:
-                self.cache.enabled = False
-                self.cache.clear()
-                try:
-                    pubsub.close()
-                except redis.RedisError:
-                    pass
-            self._stop.wait(0.5)
+    def _event(self, message: dict) -> None:
+        """Clear the cache on every event and on every (re)subscription: a
+        subscribe confirmation means events may have been missed."""
+        self.cache.clear()
+        if message.get("type") != "subscribe" and self.htpasswd_path is not None:
+            self.render_htpasswd()
+
+    def _unsubscribed(self) -> None:
+        self.cache.enabled = False
+        self.cache.clear()
 
 
 @functools.cache

@@ -48,6 +48,7 @@ from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
 from productionlab.luascripts import script
+from productionlab.subscription import Subscription
 
 log = logging.getLogger("productionlab.watch")
 State = TypeVar("State")
@@ -179,19 +180,24 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._by_key: dict[str, set[Waiter]] = {}
         self._by_prefix: set[Waiter] = set()
-        self._listener: threading.Thread | None = None
-        self._stop = threading.Event()
         self.subscribed = threading.Event()
+        self.changes = Subscription(
+            client,
+            (CHANGES, self.expired_channel),
+            self._handle,
+            name="kv-changes",
+            lost=self._lost,
+        )
 
     def ensure_started(self) -> None:
-        with self._lock:
-            if self._listener is not None:
-                return
-            self._listener = threading.Thread(target=self._listen, name="kv-changes", daemon=True)
-            self._listener.start()
+        self.changes.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.changes.stop()
+
+    def _lost(self) -> None:
+        self.subscribed.clear()
+        self.wake_all()  # their state reads answer 503 while redis is away
 
     @contextlib.contextmanager
     def registered(self, waiter: Waiter) -> Iterator[Waiter]:
@@ -246,6 +252,7 @@ class ChangeFeed:
     def _handle(self, message: dict) -> None:
         kind = message.get("type")
         if kind == "subscribe":
+            self.subscribed.set()
             self.wake_all()  # changes may have been missed while unsubscribed
             return
         if kind != "message":
@@ -265,27 +272,6 @@ class ChangeFeed:
             # watch waits for it: otherwise the next read that meets the key does.
             if self.cares(key):
                 self.store.mark_expired(key)
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(CHANGES, self.expired_channel)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message.get("type") == "subscribe":
-                        self.subscribed.set()
-                    self._handle(message)
-            except Exception as exc:  # noqa: BLE001 - any failure: wake all, resubscribe
-                log.warning("change subscription lost (%s); resubscribing", type(exc).__name__)
-            finally:
-                self.subscribed.clear()
-                self.wake_all()  # their state reads answer 503 while redis is away
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
-            self._stop.wait(0.5)
 
 
 class WatchSlots:

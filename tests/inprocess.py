@@ -62,10 +62,8 @@ def stop_listeners(apps: list[Flask]) -> None:
         services_of(app).users.stop_listener()
         services_of(app).watches.feed.stop()
     for app in apps:
-        for owner in (services_of(app).users, services_of(app).watches.feed):
-            listener = getattr(owner, "_listener", None)
-            if listener is not None:
-                listener.join(10)
+        services_of(app).users.events.join(10)
+        services_of(app).watches.feed.changes.join(10)
 
 
 class Response:

@@ -203,7 +203,6 @@ def test_verification_cache_is_dropped_when_pubsub_reconnects(tmp_path):
             time.sleep(0.2)
     finally:
         store.stop_listener()
-        if store._listener is not None:
-            store._listener.join(10)
+        store.events.join(10)
         client.close()
         server.stop()
