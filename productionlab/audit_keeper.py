@@ -5,12 +5,20 @@ verify. One object built from the settings, used by the background thread that
 Each round of the thread: migrate the previous release's entries (once), archive
 and trim when redis holds more than ``PLAB_AUDIT_MAX_ENTRIES`` (down to half of
 it), and sign a checkpoint when the head moved since the last one.
+
+Between rounds the thread also checks the log's length every second and archives
+and trims as soon as it passes the bound: bulk writes append tens of thousands of
+entries a second, so a log trimmed only every ``PLAB_AUDIT_CHECKPOINT_INTERVAL``
+(300 s) could fill redis's ``maxmemory`` first, and every write would then be
+refused until the next round.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -35,6 +43,7 @@ from productionlab.settings import Settings
 
 log = logging.getLogger("productionlab.audit")
 KEEPER = Actor("audit-keeper")
+LENGTH_CHECK_SECONDS = 1.0  # how often the thread compares the log's length with the bound
 
 
 class AuditKeeper:
@@ -106,20 +115,25 @@ class AuditKeeper:
         record_audit_verification(self.client, result.ok)  # for the control plane's gauges
         return result
 
+    def trim_past_bound(self) -> None:
+        """Archive and trim to half of ``PLAB_AUDIT_MAX_ENTRIES`` if the log holds more."""
+        if self.max_entries and self.client.llen(AUDIT_LIST) > self.max_entries:
+            dropped, first, path = self.trim(KEEPER, max(1, self.max_entries // 2))
+            log.info("audit: archived %d entries to %s; redis keeps from %d", dropped, path, first)
+
     def tick(self) -> None:
         """One round: migrate, archive and trim past the bound, checkpoint."""
         if legacy_present(self.client):
             self.migrate()
-        if self.max_entries and self.client.llen(AUDIT_LIST) > self.max_entries:
-            dropped, first, path = self.trim(KEEPER, max(1, self.max_entries // 2))
-            log.info("audit: archived %d entries to %s; redis keeps from %d", dropped, path, first)
+        self.trim_past_bound()
         if self.private is not None:
             self.checkpoint(force=False)
 
     # --- the background thread -----------------------------------------------------------
     def start(self) -> threading.Thread:
         """Run :meth:`tick` now (in the caller), then every
-        ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a daemon thread."""
+        ``PLAB_AUDIT_CHECKPOINT_INTERVAL`` seconds in a daemon thread, which also
+        trims as soon as the log passes its bound (checked every second)."""
         self.safe_tick()
         self._thread = threading.Thread(target=self._run, name="audit-keeper", daemon=True)
         self._thread.start()
@@ -129,13 +143,23 @@ class AuditKeeper:
         self._stop.set()
 
     def safe_tick(self) -> None:
+        self._safely(self.tick)
+
+    def _safely(self, step: Callable[[], None], level: int = logging.WARNING) -> None:
         try:
-            self.tick()
+            step()
         except (redis.RedisError, OSError, RuntimeError) as exc:
-            log.warning("audit keeper: %s: %s (retrying)", type(exc).__name__, exc)
+            log.log(level, "audit keeper: %s: %s (retrying)", type(exc).__name__, exc)
         except Exception:  # the thread must outlive any one failed round
             log.exception("audit keeper round failed")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.audit_checkpoint_interval):
-            self.safe_tick()
+        interval = self.settings.audit_checkpoint_interval
+        next_round = time.monotonic() + interval
+        while not self._stop.wait(min(LENGTH_CHECK_SECONDS, interval)):
+            if time.monotonic() >= next_round:
+                self.safe_tick()
+                next_round = time.monotonic() + interval
+            else:
+                # Quiet: while redis is away this fails every second; the round warns.
+                self._safely(self.trim_past_bound, logging.DEBUG)

@@ -263,6 +263,35 @@ def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
     cp.close()
 
 
+def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
+    """Bulk writes append faster than a 300 s round trims: the keeper checks the
+    length between rounds and trims as soon as the log passes the bound."""
+    directory = state_dir("plab-trim-")
+    stack = Supervisor(
+        small_stack_config(
+            directory,
+            extra_env={"PLAB_AUDIT_MAX_ENTRIES": "40", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "300"},
+        )
+    )
+    stack.start(timeout=90)
+    try:
+        checkpoints = stack.state / "audit" / "checkpoints.jsonl"
+        signed_at_start = checkpoints.read_text().splitlines()
+        writer = create_user(admin_of(stack), "writer", ["b-"])
+        for index in range(60):
+            assert writer.post(f"/write/b-{index}/v").status_code == 201
+        cp = stack.redis_client()
+        wait_for(lambda: cp.llen(AUDIT_LIST) <= 40, timeout=60, what="the trim past the bound")
+        assert int(cp.hget(AUDIT_META, "first")) > 1
+        # the round's other work (a checkpoint) still waits for the interval
+        assert checkpoints.read_text().splitlines() == signed_at_start
+        cp.close()
+        assert verify(stack)["ok"] is True
+    finally:
+        stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # --- settings: the checkpoint key and the bounds -----------------------------------------
 def control_env(**extra: str) -> dict[str, str]:
     env = {f"PLAB_{n}": secrets.token_hex(32) for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY")}
