@@ -81,6 +81,7 @@ def cluster_info(client: redis.Redis) -> dict[str, str]:
 class RedisClusterKit:
     password: str = field(default_factory=lambda: secrets.token_hex(24))
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="plab-cluster-")))
+    appendfsync: str = "everysec"
     nodes: list[RedisProcess] = field(default_factory=list)
     tls = None  # plain TCP (the TLS pass is make test-redis-tls, on one redis)
 
@@ -101,6 +102,7 @@ class RedisClusterKit:
     def _node(self, index: int, port: int) -> RedisProcess:
         return RedisProcess(
             password=self.password,
+            appendfsync=self.appendfsync,
             directory=self.root / f"node{index}",
             port=port,
             config={

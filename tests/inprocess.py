@@ -294,19 +294,21 @@ def redis_kind() -> str:
     return kind or "single"
 
 
-def start_server(state: Path) -> RedisProcess | RedisClusterKit:
+def start_server(state: Path, kind: str) -> RedisProcess | RedisClusterKit:
     """The planes' redis: one redis-server (TLS if asked), or the cluster."""
-    if redis_kind() == "cluster":
+    if kind == "cluster":
         return RedisClusterKit(root=state / "cluster").start()
     server = RedisProcess(directory=state / "redis", tls=redis_tls_if_asked(state / "redis-tls"))
     server.start()
     return server
 
 
-def start_planes() -> Planes:
+def start_planes(server: RedisProcess | RedisClusterKit | None = None) -> Planes:
+    """Both planes, bootstrapped, with an admin, over ``server`` (started; the
+    planes stop it) or a new redis of PLAB_TEST_REDIS's kind."""
     state = Path(tempfile.mkdtemp(prefix="plab-inprocess-"))
     try:
-        server = start_server(state)
+        server = server or start_server(state, redis_kind())
     except BaseException:
         shutil.rmtree(state, ignore_errors=True)
         raise
