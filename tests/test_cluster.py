@@ -181,3 +181,22 @@ def test_the_planes_survive_a_master_restart(cluster_planes):
         kept = admin.get(f"/v1/kv/rs-{run}-{n}")
         assert kept.status_code == 200 and kept.content == str(n).encode(), kept.text
     assert admin.post("/admin/audit/verify").status_code == 200
+
+
+def test_a_full_master_makes_the_planes_unready_and_writes_503(cluster_planes):
+    """``maxmemory`` on the master that holds the data only: /ready must see it
+    although a cluster client's INFO goes to one node (the seed, unless asked)."""
+    admin = cluster_planes.admin()
+    owner = kit_of(cluster_planes).node_for("{plab}:audit")
+    assert owner.client is not None
+    owner.client.config_set("maxmemory", "1")
+    try:
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 503, ready.text
+        refused = admin.put(f"/v1/kv/full-{secrets.token_hex(4)}", data=b"x")
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        owner.client.config_set("maxmemory", "0")
+    assert admin.direct("GET", "ap", "/ready").status_code == 200
