@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster_kit import RedisClusterKit
 from tests.inprocess import Planes, start_planes
+from tests.test_properties import CompareAndSet, Transactions, run_machine
 
 WRITES = 200
 RESTART_REQUESTS = 400  # bounded: the outage test never waits on the clock alone
@@ -102,6 +103,28 @@ def test_a_watch_wakes_on_a_write_over_the_cluster(cluster_planes):
     waiting.join(90)
     assert answers and answers[0].status_code == 200, answers
     assert answers[0].json()["index"] >= second
+
+
+class ClusterCompareAndSet(CompareAndSet):
+    key_prefix = "ccas"
+
+
+class ClusterTransactions(Transactions):
+    key_prefix = "ctxn"
+
+
+def test_the_compare_and_set_and_transaction_state_machines_over_the_cluster(cluster_planes):
+    """tests/test_properties.py's machines (there over a process stack on one
+    redis) on the in-process planes over the cluster, as an admin-role user of
+    planes whose user rate is raised (each transaction operation is charged);
+    then the audit chain they extended verifies."""
+    client = cluster_planes.variant(PLAB_USER_RATE="1000000/minute")
+    ClusterCompareAndSet.direct = client
+    run_machine(ClusterCompareAndSet, "PLAB_CAS_EXAMPLES", steps=25)
+    ClusterTransactions.direct = client
+    run_machine(ClusterTransactions, "PLAB_TXN_EXAMPLES", steps=20)
+    verified = cluster_planes.admin().post("/admin/audit/verify")
+    assert verified.status_code == 200, verified.text
 
 
 def test_probes_admin_reads_audit_and_backup_work_over_the_cluster(cluster_planes):
