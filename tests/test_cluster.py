@@ -16,9 +16,11 @@ import time
 
 import pytest
 
+from productionlab.settings import ConfigError, Settings
 from tests.cluster_kit import RedisClusterKit
 from tests.inprocess import Planes, start_planes
 from tests.test_properties import CompareAndSet, Transactions, run_machine
+from tests.test_settings import strong_env
 
 WRITES = 200
 RESTART_REQUESTS = 400  # bounded: the outage test never waits on the clock alone
@@ -223,3 +225,14 @@ def test_a_full_master_makes_the_planes_unready_and_writes_503(cluster_planes):
     finally:
         owner.client.config_set("maxmemory", "0")
     assert admin.direct("GET", "ap", "/ready").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["strict", "replicated"])
+def test_durability_beyond_everysec_is_refused_at_start_with_a_cluster(mode):
+    """WAIT/WAITAOF count what their own connection wrote, and a cluster client
+    sends them to one node on another connection: refused, not promised."""
+    url = "redis+cluster://127.0.0.1:7000"
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_DURABILITY=mode, PLAB_REDIS_URL=url))
+    assert f"PLAB_DURABILITY={mode} is not supported with redis+cluster://" in str(failure.value)
+    assert Settings.from_env(strong_env(PLAB_REDIS_URL=url)).durability == "everysec"

@@ -65,7 +65,9 @@ class Durability:
     def _probe(self) -> None:
         info = self.client.info("server")
         major, minor = (int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
-        self._waitaof = (major, minor) >= (7, 2)
+        # Only a client that pins the write's connection (store/pinning.py) can ask
+        # WAITAOF about that write; a cluster client would ask another connection.
+        self._waitaof = (major, minor) >= (7, 2) and hasattr(self.client, "pin")
         persistence = self.client.info("persistence")
         problem = None
         if not persistence.get("aof_enabled"):
