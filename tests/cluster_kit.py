@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -35,6 +36,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
+from productionlab.configfiles import RedisUser, render_redis_conf
 from productionlab.procutil import find_binary
 from productionlab.redis_process import HOST, RedisProcess
 
@@ -45,6 +47,8 @@ SLOTS = 16384
 # Below the ephemeral range (32768-60999 by default), bus ports included.
 PORT_RANGE = (15000, 22000)
 BUS_OFFSET = 10000
+# One ACL rule: a selector "( ... )" is one argument of ACL SETUSER.
+ACL_RULE = re.compile(r"\([^)]*\)|\S+")
 
 
 def _bindable(port: int) -> bool:
@@ -177,6 +181,19 @@ class RedisClusterKit:
                 return
             time.sleep(0.1)
         raise AssertionError(f"the cluster never got ready: {problem}")
+
+    def add_users(self, users: list[RedisUser]) -> None:
+        """The planes' ACL users as productionlab/templates/redis.conf.j2 renders
+        them (the local stack's and compose's rules), on every master (each
+        cluster node keeps its own ACL)."""
+        conf = render_redis_conf(port=1, data_dir="/unused", users=users)
+        names = {user.name for user in users}
+        for line in conf.splitlines():
+            parts = ACL_RULE.findall(line)
+            if len(parts) > 2 and parts[0] == "user" and parts[1] in names:
+                for node in self.nodes:
+                    assert node.client is not None
+                    node.client.execute_command("ACL", "SETUSER", parts[1], "reset", *parts[2:])
 
     def node_for(self, key: str) -> RedisProcess:
         """The master that owns ``key``'s slot."""

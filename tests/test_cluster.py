@@ -12,13 +12,21 @@ the spread rather than asserting it.
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from productionlab import ap, cp
+from productionlab.configfiles import plane_redis_users
+from productionlab.secretgen import ensure_secrets
+from productionlab.serve import bootstrap_control_plane
+from productionlab.services import services_of
 from productionlab.settings import ConfigError, Settings
 from tests.cluster_kit import RedisClusterKit
-from tests.inprocess import Planes, start_planes
+from tests.inprocess import Planes, plane_settings, start_planes, stop_listeners
 from tests.test_properties import CompareAndSet, Transactions, run_machine
 from tests.test_settings import strong_env
 
@@ -236,3 +244,51 @@ def test_durability_beyond_everysec_is_refused_at_start_with_a_cluster(mode):
         Settings.from_env(strong_env(PLAB_DURABILITY=mode, PLAB_REDIS_URL=url))
     assert f"PLAB_DURABILITY={mode} is not supported with redis+cluster://" in str(failure.value)
     assert Settings.from_env(strong_env(PLAB_REDIS_URL=url)).durability == "everysec"
+
+
+def test_the_planes_run_as_their_own_acl_users_over_the_cluster():
+    """Each plane as its own redis user with the rules redis.conf.j2 gives it (set
+    on every master): a cluster client needs CLUSTER SLOTS to find the masters,
+    /ready asks CLUSTER INFO, and the rest must be what one redis allows."""
+    kit = RedisClusterKit().start()
+    state = Path(tempfile.mkdtemp(prefix="plab-cluster-acl-"))
+    apps: dict = {}
+    try:
+        ensure_secrets(state / "secrets")
+        users = {u.name: u for u in plane_redis_users(state / "secrets")}
+        kit.add_users(list(users.values()))
+        for plane, module in (("cp", cp), ("ap", ap)):
+            user = users[f"plab-{plane}"]
+            own = {"PLAB_REDIS_USERNAME": user.name, "PLAB_REDIS_PASSWORD": user.password}
+            apps[plane] = module.create_app(plane_settings(kit, state, plane, own))
+            services_of(apps[plane]).users.start_listener()
+        bootstrap_control_plane(services_of(apps["cp"]))
+        password = (state / "secrets" / "admin.password").read_text().strip()
+        planes = Planes(kit, apps["ap"], apps["cp"], state, password)
+        admin = planes.admin()
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 200, ready.text
+        key = f"acl-{secrets.token_hex(4)}"
+        written = admin.put(f"/v1/kv/{key}", data=b"as plab-ap")
+        assert written.status_code == 201, written.text
+        assert admin.get(f"/v1/kv/{key}").content == b"as plab-ap"
+        txn = admin.post("/v1/txn", json={"ops": [{"op": "get", "key": key}]})
+        assert txn.status_code == 200, txn.text
+        assert (
+            admin.get(f"/v1/watch/{key}?index={written.json()['version']}&wait=0").status_code
+            == 200
+        )
+        name = f"u{secrets.token_hex(6)}"
+        made = admin.post("/admin/users", json={"name": name, "role": "reader", "prefixes": ["*"]})
+        assert made.status_code == 201, made.text
+        reader = planes.client(name, made.json()["password"])
+        assert reader.get(f"/v1/kv/{key}").status_code == 200
+        assert admin.get(f"/admin/users/{name}").status_code == 200
+        assert admin.get("/admin/stats").status_code == 200
+        assert admin.post("/admin/audit/verify").status_code == 200
+        assert admin.post("/admin/backups").status_code == 201
+    finally:
+        stop_listeners(list(apps.values()))
+        kit.stop()
+        shutil.rmtree(state, ignore_errors=True)
