@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -91,21 +92,18 @@ def test_users_and_their_invalidation_events_work_over_the_cluster(cluster_plane
     assert again.get(f"/v1/kv/{name}-k").status_code == 200
 
 
-def test_a_watch_wakes_on_a_write_over_the_cluster(cluster_planes):
-    admin = cluster_planes.admin()
-    key = f"w-{secrets.token_hex(6)}"
+def assert_a_watch_wakes(planes: Planes, key: str) -> None:
+    """A watch parked on ``key`` wakes when it is written (the change feed's
+    pub/sub works)."""
+    admin = planes.admin()
     version = admin.put(f"/v1/kv/{key}", data=b"1").json()["version"]
-    import threading
-
     answers: list = []
     waiting = threading.Thread(
         target=lambda: answers.append(admin.get(f"/v1/watch/{key}?index={version}&wait=60"))
     )
     waiting.start()
-    from productionlab.services import services_of
-
-    feed = services_of(cluster_planes.ap).watches.feed
-    for _ in range(400):
+    feed = services_of(planes.ap).watches.feed
+    for _ in range(400):  # bounded: until it is parked and the feed subscribed
         if feed.waiting >= 1 and feed.subscribed.is_set():
             break
         time.sleep(0.05)
@@ -113,6 +111,10 @@ def test_a_watch_wakes_on_a_write_over_the_cluster(cluster_planes):
     waiting.join(90)
     assert answers and answers[0].status_code == 200, answers
     assert answers[0].json()["index"] >= second
+
+
+def test_a_watch_wakes_on_a_write_over_the_cluster(cluster_planes):
+    assert_a_watch_wakes(cluster_planes, f"w-{secrets.token_hex(6)}")
 
 
 class ClusterCompareAndSet(CompareAndSet):
@@ -148,6 +150,10 @@ def test_probes_admin_reads_audit_and_backup_work_over_the_cluster(cluster_plane
     assert stats.json()["aof_enabled"] is True
     verified = admin.post("/admin/audit/verify")
     assert verified.status_code == 200, verified.text
+    checked = admin.get("/admin/check-prod")
+    assert checked.status_code == 200, checked.text
+    findings = " ".join(str(f) for f in checked.json()["findings"]).lower()
+    assert "aof" not in findings and "appendonly" not in findings, findings
     backup = admin.post("/admin/backups")
     assert backup.status_code == 201, backup.text
     name = backup.json()["name"]
@@ -213,6 +219,7 @@ def test_the_planes_survive_a_master_restart(cluster_planes):
     for n in acked:
         kept = admin.get(f"/v1/kv/rs-{run}-{n}")
         assert kept.status_code == 200 and kept.content == str(n).encode(), kept.text
+    assert_a_watch_wakes(planes, f"rs-{run}-watch")  # the feed resubscribed
     assert admin.post("/admin/audit/verify").status_code == 200
 
 
