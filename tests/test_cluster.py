@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from productionlab import ap, cp
+from productionlab import ap, backup, cp
+from productionlab.audit import Actor
 from productionlab.configfiles import plane_redis_users
 from productionlab.secretgen import ensure_secrets
 from productionlab.serve import bootstrap_control_plane
@@ -159,6 +160,27 @@ def test_probes_admin_reads_audit_and_backup_work_over_the_cluster(cluster_plane
     name = backup.json()["name"]
     checked = admin.post(f"/admin/backups/{name}/verify")
     assert checked.status_code == 200, checked.text
+
+
+def test_a_backup_restores_over_the_cluster(cluster_planes):
+    """Restore (``plab backup restore --overwrite``) brings a deleted key back and
+    charges the restored keys to their writers (a script that once declared no key
+    and so ran on a random master)."""
+    admin = cluster_planes.admin()
+    key = f"r-{secrets.token_hex(6)}"
+    assert admin.put(f"/v1/kv/{key}", data=b"kept").status_code == 201
+    made = admin.post("/admin/backups")
+    assert made.status_code == 201, made.text
+    assert admin.delete(f"/v1/kv/{key}").status_code == 204
+    wired = services_of(cluster_planes.cp)
+    path = backup.backup_path(wired.settings.backup_dir, made.json()["name"])
+    restored = backup.restore_backup(
+        wired.redis, path, wired.settings.backup_key, Actor("test"), overwrite=True, progress=False
+    )
+    assert restored >= 1
+    again = admin.get(f"/v1/kv/{key}")
+    assert again.status_code == 200 and again.content == b"kept"
+    assert admin.post("/admin/audit/verify").status_code == 200
 
 
 def test_keys_per_master(cluster_planes, record_property):
