@@ -321,3 +321,23 @@ def test_the_planes_run_as_their_own_acl_users_over_the_cluster():
         stop_listeners(list(apps.values()))
         kit.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_aof_off_on_the_data_master_makes_the_planes_unready(cluster_planes):
+    """``appendonly no`` on the master that holds the data only: /ready says so
+    although a cluster client's INFO goes to one node."""
+    admin = cluster_planes.admin()
+    owner = kit_of(cluster_planes).node_for("{plab}:audit")
+    assert owner.client is not None
+    owner.client.config_set("appendonly", "no")
+    try:
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 503, ready.text
+    finally:
+        owner.client.config_set("appendonly", "yes")
+    for _ in range(400):  # bounded: until the AOF rewrite that turning it on starts is done
+        if admin.direct("GET", "ap", "/ready").status_code == 200:
+            break
+        time.sleep(0.05)
+    assert admin.direct("GET", "ap", "/ready").status_code == 200
