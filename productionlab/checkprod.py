@@ -18,6 +18,7 @@ import redis
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from redis.exceptions import RedisClusterException
 
 from productionlab.metrics import MEMORY_WARNING_RATIO, RedisMemory
 from productionlab.settings import (
@@ -126,7 +127,7 @@ def redis_findings(settings: Settings) -> list[str]:
         client = connect(settings, pool_size=2)
         aof = client.config_get("appendonly").get("appendonly")
         persistence = client.info("persistence")
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         return [*findings, f"redis: cannot inspect {settings.redis_url}: {type(exc).__name__}"]
     if aof != "yes" and not persistence.get("aof_enabled"):
         findings.append("redis: AOF persistence is off (appendonly no)")
@@ -169,7 +170,9 @@ def _accepts_anonymous(settings: Settings) -> bool:
         return False
     except redis.ResponseError as exc:
         return "NOAUTH" not in str(exc) and "NOPERM" not in str(exc)
-    except redis.RedisError:
+    except (redis.RedisError, RedisClusterException):
+        # A cluster client that cannot even discover the masters without a
+        # password raises RedisClusterException (not a RedisError).
         return False
     client.close()
     return True

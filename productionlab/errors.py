@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response, g, jsonify
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
@@ -195,6 +195,13 @@ def init_app(app: Flask) -> None:
         # all transient from the client's point of view.
         log.error("redis error: %s", exc)
         return store_unavailable("the store cannot accept this now; retry later")
+
+    @app.errorhandler(RedisClusterException)
+    def handle_cluster_unreachable(exc: RedisClusterException) -> Response:
+        # redis-py's cluster client raises this (not a RedisError) when no node
+        # answers or a slot has no master: the store is down, not the request bad.
+        log.warning("redis cluster unavailable: %s", type(exc).__name__)
+        return store_unavailable("the store is unavailable; retry later")
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response:

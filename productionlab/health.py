@@ -12,6 +12,8 @@ import logging
 
 import redis
 from flask import Blueprint, Response, jsonify
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from productionlab.errors import REDIS_RETRY_AFTER
 from productionlab.metrics import RedisMemory
@@ -26,12 +28,20 @@ def ready_problem() -> str | None:
     wired = services()
     try:
         client = wired.redis
-        client.ping()
+        if isinstance(client, RedisCluster):
+            # A cluster client's PING goes to one node, whichever holds the data:
+            # every master must answer (no replicas, each holds slots).
+            client.ping(target_nodes=RedisCluster.PRIMARIES)
+            state = client.cluster_info().get("cluster_state")
+            if state != "ok":
+                return f"the redis cluster is not ok (cluster_state {state})"
+        else:
+            client.ping()
         problem = wired.durability.problem(fresh=True)
         if not problem and RedisMemory.read(client).refuses_writes:
             problem = "redis is at maxmemory and refuses writes"
         return problem
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         log.warning("not ready: redis %s", type(exc).__name__)
         return "the store does not answer"
 

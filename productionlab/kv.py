@@ -284,7 +284,9 @@ class KVStore:
     def usage(self, user: str) -> Usage:
         """What ``user``'s keys hold now, the charges of expired keys released first."""
         for _ in range(1000):
-            keys, size, more = KV_USAGE(self.client, keys={}, args={"user": user, "batch": 1000})
+            keys, size, more = KV_USAGE(
+                self.client, keys={"usage": USAGE + user}, args={"user": user, "batch": 1000}
+            )
             if not int(more):
                 break
         return Usage(user, int(keys), int(size), self.quota)
@@ -326,7 +328,7 @@ def charge_unowned_keys(client: redis.Redis, batch: int = 500) -> int:
         args: list[str] = []
         for key in page:
             args += [key, writers.get(key, UNATTRIBUTED)]
-        charged += int(KV_CHARGE_UNOWNED(client, keys={}, args={"pairs": args}))
+        charged += int(KV_CHARGE_UNOWNED(client, keys={"index": INDEX}, args={"pairs": args}))
     return charged
 
 

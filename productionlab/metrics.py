@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.cluster import RedisCluster
 
 from productionlab.services import services
 
@@ -34,7 +35,16 @@ class RedisMemory:
 
     @classmethod
     def read(cls, client: redis.Redis) -> RedisMemory:
-        info = client.info("memory")
+        """One redis's memory; on a cluster the fullest master's (a cluster client's
+        INFO goes to one node, not necessarily the one that refuses writes)."""
+        if isinstance(client, RedisCluster):
+            by_node = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            fullest = [cls.of(info) for info in by_node.values()]
+            return max(fullest, key=lambda m: (m.refuses_writes, m.ratio))
+        return cls.of(client.info("memory"))
+
+    @classmethod
+    def of(cls, info: dict) -> RedisMemory:
         return cls(
             used=int(info.get("used_memory", 0)),
             maximum=int(info.get("maxmemory", 0)),

@@ -86,6 +86,7 @@ class RedisProcess:
         sentinel: bool = False,
         tls: RedisTLSFiles | None = None,
         host: str = HOST,
+        port: int = 0,
         binary: str | None = None,
         timeout: float = 20.0,
         socket_timeout: float = 10.0,
@@ -106,7 +107,8 @@ class RedisProcess:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="plab-redis-"))
         self.log_file = self.directory / "redis.log"
         self.aof_dir = self.directory / "appendonly"  # as the stack's redis names it
-        self.port = 0
+        self.fixed_port = port
+        self.port = port
         self.process: subprocess.Popen | None = None
         self.client: redis.Redis | None = None
 
@@ -158,7 +160,7 @@ class RedisProcess:
         if self.aof_source is not None:
             shutil.rmtree(self.aof_dir, ignore_errors=True)
             shutil.copytree(self.aof_source, self.aof_dir)
-        self.port = free_port(self.host)
+        self.port = self.fixed_port or free_port(self.host)
         conf = self.directory / ("sentinel.conf" if self.sentinel else "redis.conf")
         conf.write_text("\n".join(self._conf_lines()) + "\n")
         os.chmod(conf, 0o600)

@@ -89,6 +89,11 @@ def port_was_taken(exc: StackError) -> bool:
 def start_stack(**overrides) -> Supervisor:
     """Start a stack on free ports; retry with new ports if one was taken meanwhile
     (other suites on this machine pick free ports too)."""
+    if os.environ.get("PLAB_TEST_REDIS") == "cluster":
+        raise AssertionError(
+            "PLAB_TEST_REDIS=cluster covers the in-process layer only: a process stack "
+            "here would run over one redis and pass as if it had been a cluster"
+        )
     overrides.setdefault("ap_workers", 2)
     overrides.setdefault("threads", 8)
     if os.environ.get("PLAB_TEST_REDIS_TLS") == "1":

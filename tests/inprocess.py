@@ -19,6 +19,10 @@ unchanged. No FLUSHALL + bootstrap between tests: that would hash a new admin
 password with argon2id for every test (the slowest thing here) and drop the
 state the planes build once (audit chain head, token keys).
 
+Redis Cluster: with PLAB_TEST_REDIS=cluster (`make test-redis-cluster`) the
+planes run over a real three-master cluster (tests/cluster_kit.py) instead, as
+``PLAB_REDIS_URL=redis+cluster://...``; ``redis_client`` is then a cluster client.
+
 Requests go where the edge would send them (nginx/nginx.conf.template): the
 control plane for /ops/, /admin/, /auth/ and /console, the app plane otherwise.
 """
@@ -51,6 +55,9 @@ from productionlab.secretgen import (
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from productionlab.settings import CP_SECRET_NAMES, PLANE_SECRETS, Settings
+from tests.cluster_kit import RedisClusterKit
+
+TEST_REDIS = ("", "single", "cluster")
 
 CONTROL_PLANE_PREFIXES = ("/ops/", "/admin/", "/auth/", "/console")
 
@@ -120,7 +127,7 @@ class InProcessClient:
 
 @dataclass
 class Planes:
-    redis: RedisProcess
+    redis: RedisProcess | RedisClusterKit
     ap: Flask
     cp: Flask
     state: Path
@@ -160,9 +167,26 @@ class Planes:
     def admin(self) -> InProcessClient:
         return self.client("admin", self.admin_password)
 
-    def redis_client(self) -> redis.Redis:
-        """A new client of the planes' redis (the caller closes it), as the stack's."""
-        return redis.Redis(**{**self.redis.client_options(), "socket_timeout": 5})
+    @property
+    def cluster(self) -> bool:
+        """Over a Redis Cluster (PLAB_TEST_REDIS=cluster)?"""
+        return isinstance(self.redis, RedisClusterKit)
+
+    def redis_client(self, **overrides: object) -> redis.Redis:
+        """A new client of the planes' redis (the caller closes it), as the stack's;
+        ``overrides``: other client options (``username``, ``password``)."""
+        if isinstance(self.redis, RedisClusterKit):
+            return self.redis.client(**overrides)  # type: ignore[return-value]
+        return redis.Redis(**{**self.redis.client_options(), "socket_timeout": 5, **overrides})
+
+    def redis_nodes(self) -> list[redis.Redis]:
+        """A new plain client of each redis-server (one, or each cluster master) for
+        what is per server (ACL, CONFIG); the caller closes them."""
+        if isinstance(self.redis, RedisClusterKit):
+            servers = self.redis.nodes
+        else:
+            servers = [self.redis]
+        return [redis.Redis(**{**s.client_options(), "socket_timeout": 5}) for s in servers]
 
     @property
     def htpasswd(self) -> Path:
@@ -200,7 +224,10 @@ class Planes:
 
 
 def plane_settings(
-    server: RedisProcess, state: Path, plane: str, extra_env: dict[str, str] | None = None
+    server: RedisProcess | RedisClusterKit,
+    state: Path,
+    plane: str,
+    extra_env: dict[str, str] | None = None,
 ) -> Settings:
     """What the local supervisor gives each plane (its own secrets only), over
     ``server`` with its default user and password instead of the per-plane ACL
@@ -229,7 +256,7 @@ def plane_settings(
 
 
 def create_apps(
-    server: RedisProcess, state: Path, extra_env: dict[str, str] | None = None
+    server: RedisProcess | RedisClusterKit, state: Path, extra_env: dict[str, str] | None = None
 ) -> dict[str, Flask]:
     apps = {}
     for plane, module in (("cp", cp), ("ap", ap)):
@@ -258,10 +285,33 @@ def redis_tls_if_asked(directory: Path) -> RedisTLSFiles | None:
     )
 
 
-def start_planes() -> Planes:
-    state = Path(tempfile.mkdtemp(prefix="plab-inprocess-"))
+def redis_kind() -> str:
+    """PLAB_TEST_REDIS: "cluster" runs the planes over a three-master Redis Cluster
+    (`make test-redis-cluster`); unset or "single", one redis-server."""
+    kind = os.environ.get("PLAB_TEST_REDIS", "")
+    if kind not in TEST_REDIS:
+        raise ValueError(f"PLAB_TEST_REDIS={kind!r} is not one of single, cluster")
+    return kind or "single"
+
+
+def start_server(state: Path, kind: str) -> RedisProcess | RedisClusterKit:
+    """The planes' redis: one redis-server (TLS if asked), or the cluster."""
+    if kind == "cluster":
+        return RedisClusterKit(root=state / "cluster").start()
     server = RedisProcess(directory=state / "redis", tls=redis_tls_if_asked(state / "redis-tls"))
     server.start()
+    return server
+
+
+def start_planes(server: RedisProcess | RedisClusterKit | None = None) -> Planes:
+    """Both planes, bootstrapped, with an admin, over ``server`` (started; the
+    planes stop it) or a new redis of PLAB_TEST_REDIS's kind."""
+    state = Path(tempfile.mkdtemp(prefix="plab-inprocess-"))
+    try:
+        server = server or start_server(state, redis_kind())
+    except BaseException:
+        shutil.rmtree(state, ignore_errors=True)
+        raise
     try:
         ensure_secrets(state / "secrets")
         apps = create_apps(server, state)

@@ -127,10 +127,14 @@ def test_a_wrong_name_is_refused_before_redis(client):
 
 def test_a_script_redis_lost_is_loaded_again(client):
     usage = script("kv_usage")
-    assert usage(client, keys={}, args={"user": "nobody", "batch": 10}) == [0, 0, 0]
+    assert usage(
+        client, keys={"usage": "{plab}:usage:nobody"}, args={"user": "nobody", "batch": 10}
+    ) == [0, 0, 0]
     client.script_flush()
     assert client.script_exists(usage.sha) == [False]
-    assert usage(client, keys={}, args={"user": "nobody", "batch": 10}) == [0, 0, 0]
+    assert usage(
+        client, keys={"usage": "{plab}:usage:nobody"}, args={"user": "nobody", "batch": 10}
+    ) == [0, 0, 0]
     assert client.script_exists(usage.sha) == [True]
 
 

@@ -133,8 +133,16 @@ def test_a_change_to_another_key_wakes_nobody(planes, key):
     admin = planes.admin()
     watched = watch.Waiter(index=0, key=f"{key}-watched")
     other = watch.Waiter(index=0, key=f"{key}-other")
-    with feed.registered(watched), feed.registered(other):
-        parked(planes, 2)
+    probe = watch.Waiter(index=0, key=f"{key}-probe")
+    with feed.registered(watched), feed.registered(other), feed.registered(probe):
+        parked(planes, 3)
+        # A feed that has just subscribed wakes every watch once per subscribe
+        # confirmation (changes may have been missed); once the probe's change
+        # is handled, those are behind us (one thread, in order).
+        admin.post(f"/write/{key}-probe/x")
+        assert probe.event.wait(20), "the probe's change message never arrived"
+        watched.event.clear()
+        other.event.clear()
         admin.post(f"/write/{key}-other/x")
         assert other.event.wait(20), "the change message never arrived"
         # Messages are handled in order by one thread: had the write to -other
@@ -360,10 +368,15 @@ def test_a_write_under_the_previous_acl_is_refused_and_changes_nothing(planes, a
     from productionlab.kv import ITEM, KVStore
     from productionlab.store.durability import Durability
 
-    root = planes.redis_client()
     user = f"plab-ap-old-{key}"
-    root.execute_command("ACL", "SETUSER", user, "on", ">pw", *PREVIOUS_AP_ACL.split())
-    old = redis_py.Redis(**{**planes.redis.client_options(), "username": user, "password": "pw"})
+    rules = PREVIOUS_AP_ACL.split()
+    if planes.cluster:  # a cluster client learns the topology with CLUSTER SLOTS
+        rules.append("+cluster|slots")
+    for node in planes.redis_nodes():  # every master of a cluster has its own ACL
+        node.execute_command("ACL", "SETUSER", user, "on", ">pw", *rules)
+        node.close()
+    root = planes.redis_client()
+    old = planes.redis_client(username=user, password="pw")
     try:
         admin.post(f"/write/{key}/kept")
         before = (root.hgetall(ITEM + key), root.llen(AUDIT_LIST))
@@ -379,5 +392,7 @@ def test_a_write_under_the_previous_acl_is_refused_and_changes_nothing(planes, a
             assert (root.hgetall(ITEM + key), root.llen(AUDIT_LIST)) == before
     finally:
         old.close()
-        root.execute_command("ACL", "DELUSER", user)
         root.close()
+        for node in planes.redis_nodes():
+            node.execute_command("ACL", "DELUSER", user)
+            node.close()

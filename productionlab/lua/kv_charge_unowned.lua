@@ -1,5 +1,7 @@
---! keys:
+--! keys: index
 --! args: pairs...
+-- KEYS[1] (the listing index) is declared so a cluster client sends the call
+-- to the node of the {plab} slot.
 -- Charges keys written before quotas existed (no owner field 'o') to the given
 -- owners. ARGV is key, owner, key, owner, ... A key that has an owner is left
 -- alone: new code wrote it and charged it already, so running this again is

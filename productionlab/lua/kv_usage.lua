@@ -1,5 +1,7 @@
---! keys:
+--! keys: usage
 --! args: user batch
+-- KEYS[1] (the user's usage hash) is declared so a cluster client sends the
+-- call to the node of the {plab} slot.
 -- A user's usage, exact: expired keys' charges are released first (at most
 -- batch of them; the third value is 1 when more may remain).
 --! include quota.lua

@@ -52,8 +52,13 @@ def check_environment(s: Settings, problems: list[str], warnings: list[str]) -> 
             f"PLAB_REPLICA_TIMEOUT_MS={s.replica_timeout_ms} must be between 1 and "
             f"{MAX_REPLICA_TIMEOUT_MS} (milliseconds; below the redis client's 2 s timeout)"
         )
-    if s.durability == "replicated" and s.redis_url.startswith("redis+cluster://"):
-        problems.append("PLAB_DURABILITY=replicated is not supported with redis+cluster://")
+    if s.durability != "everysec" and s.redis_url.startswith("redis+cluster://"):
+        # WAIT/WAITAOF count what their own connection wrote; a cluster client has no
+        # pinned connection to the key's master (and CONFIG GET reaches one node).
+        problems.append(
+            f"PLAB_DURABILITY={s.durability} is not supported with redis+cluster:// "
+            "(only everysec: set appendfsync on every master)"
+        )
     if s.production and s.debug:
         problems.append("PLAB_DEBUG is on in production")
 

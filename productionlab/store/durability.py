@@ -25,6 +25,7 @@ import threading
 import time
 
 import redis
+from redis.cluster import RedisCluster
 
 from productionlab.errors import StoreUnavailable
 from productionlab.store.pinning import StaleConnection
@@ -65,12 +66,14 @@ class Durability:
     def _probe(self) -> None:
         info = self.client.info("server")
         major, minor = (int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
-        self._waitaof = (major, minor) >= (7, 2)
-        persistence = self.client.info("persistence")
+        # Only a client that pins the write's connection (store/pinning.py) can ask
+        # WAITAOF about that write; a cluster client would ask another connection.
+        self._waitaof = (major, minor) >= (7, 2) and hasattr(self.client, "pin")
+        masters = self._persistence_of_every_master()
         problem = None
-        if not persistence.get("aof_enabled"):
+        if not all(p.get("aof_enabled") for p in masters):
             problem = "redis has AOF disabled"
-        elif persistence.get("aof_last_write_status", "ok") != "ok":
+        elif any(p.get("aof_last_write_status", "ok") != "ok" for p in masters):
             problem = "redis reports failing AOF writes"
         elif self.strict and not self._waitaof:
             fsync = self.client.config_get("appendfsync").get("appendfsync")
@@ -82,6 +85,14 @@ class Durability:
                 problem = "replicated durability needs a connected replica (none is)"
         self._problem = problem
         self._checked_at = time.monotonic()
+
+    def _persistence_of_every_master(self) -> list[dict]:
+        """``INFO persistence`` of the redis, or of every master of a cluster (a
+        cluster client's INFO reaches one node, maybe not the one with the data)."""
+        if isinstance(self.client, RedisCluster):
+            by_node = self.client.info("persistence", target_nodes=RedisCluster.PRIMARIES)
+            return list(by_node.values())
+        return [self.client.info("persistence")]
 
     def problem(self, fresh: bool = False) -> str | None:
         """Why acknowledged writes would not be durable as promised, or None."""

@@ -1,0 +1,343 @@
+"""Both planes over a real three-master Redis Cluster (tests/cluster_kit.py,
+``PLAB_REDIS_URL=redis+cluster://...``), whatever PLAB_TEST_REDIS says: writes and
+reads, the users' and the change feed's pub/sub, the probes and admin reads that
+ask a server (INFO, CONFIG GET, SCAN), the audit verification and a backup, and a
+master restart under traffic (503 + Retry-After, never 500).
+
+The key layout still puts every key in the ``{plab}`` hash slot (issue 12 item 2
+redesigns it), so one master holds all the data; ``test_keys_per_master`` records
+the spread rather than asserting it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from productionlab import ap, backup, cp
+from productionlab.audit import Actor
+from productionlab.configfiles import plane_redis_users
+from productionlab.secretgen import ensure_secrets
+from productionlab.serve import bootstrap_control_plane
+from productionlab.services import services_of
+from productionlab.settings import ConfigError, Settings
+from tests.cluster_kit import RedisClusterKit
+from tests.inprocess import Planes, plane_settings, start_planes, stop_listeners
+from tests.test_properties import CompareAndSet, Transactions, run_machine
+from tests.test_settings import strong_env
+
+WRITES = 200
+RESTART_REQUESTS = 400  # bounded: the outage test never waits on the clock alone
+
+
+@pytest.fixture(scope="module")
+def cluster_planes() -> Planes:
+    # appendfsync always: an acknowledged write must survive the SIGKILL below.
+    kit = RedisClusterKit(appendfsync="always").start()
+    planes = start_planes(kit)
+    yield planes
+    planes.stop()
+
+
+def kit_of(planes: Planes) -> RedisClusterKit:
+    assert isinstance(planes.redis, RedisClusterKit)
+    return planes.redis
+
+
+def test_the_planes_write_and_read_over_the_cluster(cluster_planes):
+    planes, admin = cluster_planes, cluster_planes.admin()
+    key = f"c-{secrets.token_hex(6)}"
+    written = admin.put(f"/v1/kv/{key}", data=b"on a cluster")
+    assert written.status_code in (200, 201), written.text
+    read = admin.get(f"/v1/kv/{key}")
+    assert read.status_code == 200 and read.content == b"on a cluster"
+    listed = admin.get("/v1/kv", params={"prefix": "c-"})
+    assert listed.status_code == 200, listed.text
+    assert key in listed.json()["keys"]
+    # Compare-and-set by version, then a delete.
+    version = written.json()["version"]
+    stale = admin.put(f"/v1/kv/{key}", data=b"x", headers={"If-Match": f'"{version - 1}"'})
+    assert stale.status_code == 412, stale.text
+    assert admin.delete(f"/v1/kv/{key}").status_code in (200, 204)
+    assert admin.get(f"/v1/kv/{key}").status_code == 404
+    # The data sits where redis's cluster client put it: the {plab} slot's master.
+    owner = kit_of(planes).node_for("{plab}:audit")
+    assert owner.client is not None and owner.client.exists("{plab}:audit") == 1
+
+
+def test_users_and_their_invalidation_events_work_over_the_cluster(cluster_planes):
+    """A user created on the control plane signs in on the app plane; a rotated
+    password stops the old one at once (the users' pub/sub event clears the
+    app plane's verification cache)."""
+    admin = cluster_planes.admin()
+    name = f"u{secrets.token_hex(6)}"
+    created = admin.post("/admin/users", json={"name": name, "role": "writer", "prefixes": ["*"]})
+    assert created.status_code == 201, created.text
+    user = cluster_planes.client(name, created.json()["password"])
+    assert user.put(f"/v1/kv/{name}-k", data=b"v").status_code in (200, 201)
+    assert user.get(f"/v1/kv/{name}-k").status_code == 200  # now cached on the app plane
+    rotated = admin.post(f"/admin/users/{name}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    for _ in range(200):  # the event is asynchronous: bounded, not timed
+        if user.get(f"/v1/kv/{name}-k").status_code == 401:
+            break
+        time.sleep(0.05)
+    assert user.get(f"/v1/kv/{name}-k").status_code == 401
+    again = cluster_planes.client(name, rotated.json()["password"])
+    assert again.get(f"/v1/kv/{name}-k").status_code == 200
+
+
+def assert_a_watch_wakes(planes: Planes, key: str) -> None:
+    """A watch parked on ``key`` wakes when it is written (the change feed's
+    pub/sub works)."""
+    admin = planes.admin()
+    version = admin.put(f"/v1/kv/{key}", data=b"1").json()["version"]
+    answers: list = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(admin.get(f"/v1/watch/{key}?index={version}&wait=60"))
+    )
+    waiting.start()
+    feed = services_of(planes.ap).watches.feed
+    for _ in range(400):  # bounded: until it is parked and the feed subscribed
+        if feed.waiting >= 1 and feed.subscribed.is_set():
+            break
+        time.sleep(0.05)
+    second = admin.put(f"/v1/kv/{key}", data=b"2").json()["version"]
+    waiting.join(90)
+    assert answers and answers[0].status_code == 200, answers
+    assert answers[0].json()["index"] >= second
+
+
+def test_a_watch_wakes_on_a_write_over_the_cluster(cluster_planes):
+    assert_a_watch_wakes(cluster_planes, f"w-{secrets.token_hex(6)}")
+
+
+class ClusterCompareAndSet(CompareAndSet):
+    key_prefix = "ccas"
+
+
+class ClusterTransactions(Transactions):
+    key_prefix = "ctxn"
+
+
+def test_the_compare_and_set_and_transaction_state_machines_over_the_cluster(cluster_planes):
+    """tests/test_properties.py's machines (there over a process stack on one
+    redis) on the in-process planes over the cluster, as an admin-role user of
+    planes whose user rate is raised (each transaction operation is charged);
+    then the audit chain they extended verifies."""
+    client = cluster_planes.variant(PLAB_USER_RATE="1000000/minute")
+    ClusterCompareAndSet.direct = client
+    run_machine(ClusterCompareAndSet, "PLAB_CAS_EXAMPLES", steps=25)
+    ClusterTransactions.direct = client
+    run_machine(ClusterTransactions, "PLAB_TXN_EXAMPLES", steps=20)
+    verified = cluster_planes.admin().post("/admin/audit/verify")
+    assert verified.status_code == 200, verified.text
+
+
+def test_probes_admin_reads_audit_and_backup_work_over_the_cluster(cluster_planes):
+    admin = cluster_planes.admin()
+    for plane in ("ap", "cp"):
+        ready = admin.direct("GET", plane, "/ready")
+        assert ready.status_code == 200, ready.text
+        assert admin.direct("GET", plane, "/metrics").status_code == 200
+    stats = admin.get("/admin/stats")
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["aof_enabled"] is True
+    verified = admin.post("/admin/audit/verify")
+    assert verified.status_code == 200, verified.text
+    checked = admin.get("/admin/check-prod")
+    assert checked.status_code == 200, checked.text
+    findings = " ".join(str(f) for f in checked.json()["findings"]).lower()
+    assert "aof" not in findings and "appendonly" not in findings, findings
+    backup = admin.post("/admin/backups")
+    assert backup.status_code == 201, backup.text
+    name = backup.json()["name"]
+    checked = admin.post(f"/admin/backups/{name}/verify")
+    assert checked.status_code == 200, checked.text
+
+
+def test_a_backup_restores_over_the_cluster(cluster_planes):
+    """Restore (``plab backup restore --overwrite``) brings a deleted key back and
+    charges the restored keys to their writers (a script that once declared no key
+    and so ran on a random master)."""
+    admin = cluster_planes.admin()
+    key = f"r-{secrets.token_hex(6)}"
+    assert admin.put(f"/v1/kv/{key}", data=b"kept").status_code == 201
+    made = admin.post("/admin/backups")
+    assert made.status_code == 201, made.text
+    assert admin.delete(f"/v1/kv/{key}").status_code == 204
+    wired = services_of(cluster_planes.cp)
+    path = backup.backup_path(wired.settings.backup_dir, made.json()["name"])
+    restored = backup.restore_backup(
+        wired.redis, path, wired.settings.backup_key, Actor("test"), overwrite=True, progress=False
+    )
+    assert restored >= 1
+    again = admin.get(f"/v1/kv/{key}")
+    assert again.status_code == 200 and again.content == b"kept"
+    assert admin.post("/admin/audit/verify").status_code == 200
+
+
+def test_keys_per_master(cluster_planes, record_property):
+    """Records (does not assert) how the cluster's masters share the keys after
+    WRITES writes. Today the ``{plab}`` hash tag puts them all on one master;
+    issue 12 item 2 turns this into the spread assertion."""
+    admin = cluster_planes.admin()
+    run = secrets.token_hex(4)
+    for n in range(WRITES):
+        answer = admin.put(f"/v1/kv/spread-{run}-{n}", data=b"x")
+        assert answer.status_code in (200, 201), answer.text
+    per_master = kit_of(cluster_planes).keys_per_node()
+    record_property("keys_per_master", per_master)
+    print(f"keys per master after {WRITES} writes: {per_master}")
+    assert len(per_master) == 3 and sum(per_master.values()) >= WRITES
+
+
+def test_the_planes_survive_a_master_restart(cluster_planes):
+    """SIGKILL the master that holds the data while writes and reads go on: every
+    answer is 2xx or 503 with Retry-After, never 500; once it is back (its AOF,
+    appendfsync always) the writes acknowledged before the kill are there and
+    new writes succeed."""
+    planes, admin = cluster_planes, cluster_planes.admin()
+    kit = kit_of(planes)
+    run = secrets.token_hex(4)
+    acked = []
+    for n in range(20):
+        answer = admin.put(f"/v1/kv/rs-{run}-{n}", data=str(n).encode())
+        assert answer.status_code in (200, 201), answer.text
+        acked.append(n)
+    owner = kit.node_for("{plab}:kv-index")
+    kit.kill(owner)
+    answers = []
+    for n in range(RESTART_REQUESTS):
+        answers.append(admin.put(f"/v1/kv/rs-{run}-down-{n}", data=b"x"))
+        answers.append(admin.get(f"/v1/kv/rs-{run}-0"))
+        if sum(1 for a in answers if a.status_code == 503) >= 6:
+            break
+    statuses = sorted({a.status_code for a in answers})
+    assert 503 in statuses, statuses
+    for answer in answers:
+        assert answer.status_code in (200, 201, 503), (answer.status_code, answer.text)
+        if answer.status_code == 503:
+            assert int(answer.headers["Retry-After"]) >= 1
+            assert answer.json()["error"]["code"] == "unavailable"
+    for plane in ("ap", "cp"):
+        ready = admin.direct("GET", plane, "/ready")
+        assert ready.status_code == 503, ready.text
+    kit.restart(owner)
+    back = None
+    for n in range(RESTART_REQUESTS):
+        back = admin.put(f"/v1/kv/rs-{run}-back-{n}", data=b"x")
+        assert back.status_code in (200, 201, 503), (back.status_code, back.text)
+        if back.status_code in (200, 201):
+            break
+        time.sleep(0.05)
+    assert back is not None and back.status_code in (200, 201), back.text
+    for n in acked:
+        kept = admin.get(f"/v1/kv/rs-{run}-{n}")
+        assert kept.status_code == 200 and kept.content == str(n).encode(), kept.text
+    assert_a_watch_wakes(planes, f"rs-{run}-watch")  # the feed resubscribed
+    assert admin.post("/admin/audit/verify").status_code == 200
+
+
+def test_a_full_master_makes_the_planes_unready_and_writes_503(cluster_planes):
+    """``maxmemory`` on the master that holds the data only: /ready must see it
+    although a cluster client's INFO goes to one node (the seed, unless asked)."""
+    admin = cluster_planes.admin()
+    owner = kit_of(cluster_planes).node_for("{plab}:audit")
+    assert owner.client is not None
+    owner.client.config_set("maxmemory", "1")
+    try:
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 503, ready.text
+        refused = admin.put(f"/v1/kv/full-{secrets.token_hex(4)}", data=b"x")
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        owner.client.config_set("maxmemory", "0")
+    assert admin.direct("GET", "ap", "/ready").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["strict", "replicated"])
+def test_durability_beyond_everysec_is_refused_at_start_with_a_cluster(mode):
+    """WAIT/WAITAOF count what their own connection wrote, and a cluster client
+    sends them to one node on another connection: refused, not promised."""
+    url = "redis+cluster://127.0.0.1:7000"
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_DURABILITY=mode, PLAB_REDIS_URL=url))
+    assert f"PLAB_DURABILITY={mode} is not supported with redis+cluster://" in str(failure.value)
+    assert Settings.from_env(strong_env(PLAB_REDIS_URL=url)).durability == "everysec"
+
+
+def test_the_planes_run_as_their_own_acl_users_over_the_cluster():
+    """Each plane as its own redis user with the rules redis.conf.j2 gives it (set
+    on every master): a cluster client needs CLUSTER SLOTS to find the masters,
+    /ready asks CLUSTER INFO, and the rest must be what one redis allows."""
+    kit = RedisClusterKit().start()
+    state = Path(tempfile.mkdtemp(prefix="plab-cluster-acl-"))
+    apps: dict = {}
+    try:
+        ensure_secrets(state / "secrets")
+        users = {u.name: u for u in plane_redis_users(state / "secrets")}
+        kit.add_users(list(users.values()))
+        for plane, module in (("cp", cp), ("ap", ap)):
+            user = users[f"plab-{plane}"]
+            own = {"PLAB_REDIS_USERNAME": user.name, "PLAB_REDIS_PASSWORD": user.password}
+            apps[plane] = module.create_app(plane_settings(kit, state, plane, own))
+            services_of(apps[plane]).users.start_listener()
+        bootstrap_control_plane(services_of(apps["cp"]))
+        password = (state / "secrets" / "admin.password").read_text().strip()
+        planes = Planes(kit, apps["ap"], apps["cp"], state, password)
+        admin = planes.admin()
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 200, ready.text
+        key = f"acl-{secrets.token_hex(4)}"
+        written = admin.put(f"/v1/kv/{key}", data=b"as plab-ap")
+        assert written.status_code == 201, written.text
+        assert admin.get(f"/v1/kv/{key}").content == b"as plab-ap"
+        txn = admin.post("/v1/txn", json={"ops": [{"op": "get", "key": key}]})
+        assert txn.status_code == 200, txn.text
+        assert (
+            admin.get(f"/v1/watch/{key}?index={written.json()['version']}&wait=0").status_code
+            == 200
+        )
+        name = f"u{secrets.token_hex(6)}"
+        made = admin.post("/admin/users", json={"name": name, "role": "reader", "prefixes": ["*"]})
+        assert made.status_code == 201, made.text
+        reader = planes.client(name, made.json()["password"])
+        assert reader.get(f"/v1/kv/{key}").status_code == 200
+        assert admin.get(f"/admin/users/{name}").status_code == 200
+        assert admin.get("/admin/stats").status_code == 200
+        assert admin.post("/admin/audit/verify").status_code == 200
+        assert admin.post("/admin/backups").status_code == 201
+    finally:
+        stop_listeners(list(apps.values()))
+        kit.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_aof_off_on_the_data_master_makes_the_planes_unready(cluster_planes):
+    """``appendonly no`` on the master that holds the data only: /ready says so
+    although a cluster client's INFO goes to one node."""
+    admin = cluster_planes.admin()
+    owner = kit_of(cluster_planes).node_for("{plab}:audit")
+    assert owner.client is not None
+    owner.client.config_set("appendonly", "no")
+    try:
+        for plane in ("ap", "cp"):
+            ready = admin.direct("GET", plane, "/ready")
+            assert ready.status_code == 503, ready.text
+    finally:
+        owner.client.config_set("appendonly", "yes")
+    for _ in range(400):  # bounded: until the AOF rewrite that turning it on starts is done
+        if admin.direct("GET", "ap", "/ready").status_code == 200:
+            break
+        time.sleep(0.05)
+    assert admin.direct("GET", "ap", "/ready").status_code == 200
