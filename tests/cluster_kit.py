@@ -30,6 +30,7 @@ import socket
 import subprocess  # runs redis-cli --cluster create  # nosec B404
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,14 +198,67 @@ class RedisClusterKit:
 
     def node_for(self, key: str) -> RedisProcess:
         """The master that owns ``key``'s slot."""
-        assert self.nodes[0].client is not None
-        slot = self.nodes[0].client.execute_command("CLUSTER KEYSLOT", key)
+        return self.owner_of_slot(self.slot_of(key))
+
+    def node_id(self, node: RedisProcess) -> str:
+        assert node.client is not None
+        ident = node.client.execute_command("CLUSTER MYID")
+        return ident.decode() if isinstance(ident, bytes) else str(ident)
+
+    def owner_of_slot(self, slot: int) -> RedisProcess:
         for node in self.nodes:
             assert node.client is not None
             for start, end, *_rest in node.client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end and int(_rest[0][1]) == node.port:
                     return node
         raise AssertionError(f"no node owns slot {slot}")
+
+    def slot_of(self, key: str) -> int:
+        assert self.nodes[0].client is not None
+        return int(self.nodes[0].client.execute_command("CLUSTER KEYSLOT", key))
+
+    def move_slot(
+        self,
+        slot: int,
+        target: RedisProcess,
+        batch: int = 10,
+        pause: float = 0.02,
+        during: Callable[[], None] | None = None,
+    ) -> int:
+        """Move ``slot`` to ``target`` the way ``redis-cli --cluster reshard`` does
+        (the Redis Cluster specification's live resharding): SETSLOT IMPORTING on
+        the target, MIGRATING on the owner, MIGRATE of its keys ``batch`` at a time
+        (``pause`` between batches, so traffic meets the slot half moved), then
+        SETSLOT NODE on the target, the owner and the others. ``during`` runs once,
+        after the first batch. Returns how many keys moved."""
+        source = self.owner_of_slot(slot)
+        if source is target:
+            return 0
+        assert source.client is not None and target.client is not None
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        target.client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        for _ in range(100_000):  # bounded: each round moves up to ``batch`` keys
+            keys = source.client.execute_command("CLUSTER GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            source.client.execute_command(
+                "MIGRATE", HOST, target.port, "", 0, 10_000, "AUTH", self.password, "KEYS", *keys
+            )
+            moved += len(keys)
+            if during is not None:
+                during()
+                during = None
+            time.sleep(pause)
+        else:
+            raise AssertionError(f"slot {slot} never emptied")
+        if during is not None:
+            during()
+        for node in (target, source, *[n for n in self.nodes if n not in (target, source)]):
+            assert node.client is not None
+            node.client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        return moved
 
     def keys_per_node(self) -> dict[int, int]:
         """``DBSIZE`` of each master, by port."""
