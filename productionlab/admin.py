@@ -6,7 +6,9 @@ audit entry atomically with the change; actions that change nothing in redis
 
 from __future__ import annotations
 
+import redis
 from flask import Blueprint, Response, jsonify, request
+from redis.cluster import RedisCluster
 
 from productionlab import backup, backup_format, checkprod, drill
 from productionlab.audit_keeper import AuditKeeper
@@ -72,6 +74,39 @@ def run_drill() -> drill.DrillReport:
 def close_failure_window() -> None:
     """Append the aggregate failure entries of a window that has ended (see loginguard.py)."""
     services().guard.close_window(actor())
+
+
+def redis_masters(client: redis.Redis) -> list[dict]:
+    """Memory and AOF state of the redis, or of every master of a cluster (a
+    cluster client's INFO reaches one node only; any master may be the full one
+    or the one whose AOF is off)."""
+    if isinstance(client, RedisCluster):
+        primaries = RedisCluster.PRIMARIES
+        memory = client.info("memory", target_nodes=primaries)
+        persistence = client.info("persistence", target_nodes=primaries)
+        nodes = sorted(memory)
+    else:
+        memory, persistence, nodes = (
+            {"": client.info("memory")},
+            {"": client.info("persistence")},
+            [""],
+        )
+    return [
+        {
+            "node": node or None,
+            "used_memory": memory[node].get("used_memory"),
+            "maxmemory": memory[node].get("maxmemory"),
+            "aof_enabled": bool(persistence[node].get("aof_enabled")),
+            "aof_last_write_status": persistence[node].get("aof_last_write_status"),
+        }
+        for node in nodes
+    ]
+
+
+def fill(master: dict) -> tuple[float, int]:
+    """How full a master is: ``used_memory`` over ``maxmemory`` (0 unbounded), then bytes."""
+    used, bound = int(master["used_memory"] or 0), int(master["maxmemory"] or 0)
+    return (used / bound if bound > 0 else 0.0, used)
 
 
 def admin_blueprint(auth: Authenticator) -> Blueprint:
@@ -273,18 +308,20 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def stats() -> Response:
         client = services().redis
-        memory = client.info("memory")
-        persistence = client.info("persistence")
+        masters = redis_masters(client)
+        fullest = max(masters, key=fill)
+        failing = [m for m in masters if m["aof_last_write_status"] != "ok"]
         return jsonify(
             {
                 "keys": client.zcard(INDEX),
                 "users": len(services().users.all()),
                 "audit_entries": client.llen("{plab}:audit"),
-                "redis_used_memory": memory.get("used_memory"),
-                "redis_maxmemory": memory.get("maxmemory"),
+                "redis_used_memory": fullest["used_memory"],
+                "redis_maxmemory": fullest["maxmemory"],
                 "usage_unattributed": services().kv.usage(UNATTRIBUTED).as_dict(with_quota=False),
-                "aof_enabled": bool(persistence.get("aof_enabled")),
-                "aof_last_write_status": persistence.get("aof_last_write_status"),
+                "aof_enabled": all(m["aof_enabled"] for m in masters),
+                "aof_last_write_status": (failing or masters)[0]["aof_last_write_status"],
+                "redis_masters": masters,
             }
         )
 

@@ -40,6 +40,7 @@ from productionlab.audit_checkpoint import (
 )
 from productionlab.audit_verify import VerifyResult, verify_log
 from productionlab.settings import Settings
+from productionlab.store.connection import REDIS_FAULTS
 
 log = logging.getLogger("productionlab.audit")
 KEEPER = Actor("audit-keeper")
@@ -148,7 +149,7 @@ class AuditKeeper:
     def _safely(self, step: Callable[[], None], level: int = logging.WARNING) -> None:
         try:
             step()
-        except (redis.RedisError, OSError, RuntimeError) as exc:
+        except (*REDIS_FAULTS, OSError, RuntimeError) as exc:
             log.log(level, "audit keeper: %s: %s (retrying)", type(exc).__name__, exc)
         except Exception:  # the thread must outlive any one failed round
             log.exception("audit keeper round failed")

@@ -21,6 +21,7 @@ import redis
 from productionlab.backup_format import BackupError
 from productionlab.errors import PlabError
 from productionlab.settings import ConfigError, Settings
+from productionlab.store.connection import REDIS_FAULTS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"productionlab: no such file: {exc.filename or exc}", file=sys.stderr)
         return 1
-    except redis.RedisError as exc:
+    except REDIS_FAULTS as exc:  # a cluster with no node answering too
         hint = ""
         if local and isinstance(exc, redis.ConnectionError):
             hint = " (is the local stack up? start it with `make run`)"

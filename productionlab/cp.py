@@ -14,6 +14,7 @@ from productionlab.factory import base_app
 from productionlab.kv_routes import kv_blueprint
 from productionlab.services import Services
 from productionlab.settings import Settings
+from productionlab.store.connection import REDIS_FAULTS
 from productionlab.token_routes import token_blueprint
 from productionlab.watch_routes import watch_blueprint
 
@@ -43,7 +44,7 @@ def migrate_data(services: Services) -> None:
     try:
         charged = services.kv.migrate_usage()
         recorded = services.watches.store.migrate_ttl_versions()
-    except redis.RedisError as exc:
+    except REDIS_FAULTS as exc:
         log.warning("data migration postponed: redis %s", type(exc).__name__)
         return
     if charged:

@@ -9,8 +9,17 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, jsonify
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
@@ -195,6 +204,20 @@ def init_app(app: Flask) -> None:
         # all transient from the client's point of view.
         log.error("redis error: %s", exc)
         return store_unavailable("the store cannot accept this now; retry later")
+
+    @app.errorhandler(ClusterError)
+    @app.errorhandler(ClusterDownError)
+    @app.errorhandler(TryAgainError)
+    @app.errorhandler(AskError)
+    @app.errorhandler(MovedError)
+    def handle_slot_moving(exc: RedisError) -> Response:
+        # A slot being resharded or failing over: redis-py follows MOVED/ASK and
+        # retries TRYAGAIN (a script or MULTI whose keys are split between the two
+        # masters mid-migration) a bounded number of times, then gives up with one
+        # of these ("TTL exhausted"). Nothing was applied; a retry will succeed
+        # once the slot has moved. Expected during resharding: a warning, not an error.
+        log.warning("redis cluster slot moving: %s: %s", type(exc).__name__, exc)
+        return store_unavailable("the store is moving data; retry later")
 
     @app.errorhandler(RedisClusterException)
     def handle_cluster_unreachable(exc: RedisClusterException) -> Response:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import redis
 
+from productionlab.store.connection import REDIS_FAULTS
 from productionlab.users import User
 
 log = logging.getLogger("productionlab.lastused")
@@ -56,7 +57,7 @@ class LastUsed:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, KEEP_SECONDS)
             pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_FAULTS as exc:
             log.warning("last-used of %s not recorded: %s", name, type(exc).__name__)
             return False
         return True

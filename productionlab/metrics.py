@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.cluster import RedisCluster
 
 from productionlab.services import services
+from productionlab.store.connection import REDIS_FAULTS
 
 log = logging.getLogger("productionlab.metrics")
 
@@ -84,7 +85,7 @@ class RedisMemoryCollector:
                 if client is not None:
                     try:
                         self._cached = RedisMemory.read(client)
-                    except redis.RedisError as exc:
+                    except REDIS_FAULTS as exc:
                         log.warning("redis memory unknown: %s", type(exc).__name__)
                         self._cached = None
                 self._read_at = time.monotonic()

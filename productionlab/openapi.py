@@ -457,6 +457,13 @@ def _schemas() -> dict:
                 },
                 "aof_enabled": {"type": "boolean"},
                 "aof_last_write_status": {"type": ["string", "null"]},
+                "redis_masters": {
+                    "type": "array",
+                    "description": "each master's memory and AOF state (one entry "
+                    "for a single redis; the memory fields above are the fullest "
+                    "master's, aof_enabled is true only if every master's AOF is on)",
+                    "items": {"type": "object"},
+                },
             },
         },
     }

@@ -9,10 +9,13 @@ import json
 import math
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import redis
 from flask import Flask, Response, request
 from flask_limiter import Limiter, RateLimitExceeded
+from limits.storage import RedisClusterStorage, RedisStorage, Storage
+from redis.cluster import RedisCluster
 
 from productionlab import securitymetrics
 from productionlab.audit import clean
@@ -56,6 +59,32 @@ def _succeeded(response: Response) -> bool:
     return response.status_code < 400
 
 
+class PlaneClusterStorage(RedisClusterStorage):
+    """limits' Redis Cluster storage over the plane's own cluster client, as the
+    single-redis path shares the plane's pool: limits' own storage makes a new
+    ``RedisCluster``, which fails the plane's start-up while no cluster node
+    answers (store/connection.py's ``StartingRedisCluster`` waits for one)."""
+
+    STORAGE_SCHEME: ClassVar[list[str]] = ["plab-redis+cluster"]
+
+    def __init__(
+        self,
+        uri: str,
+        key_prefix: str = RedisStorage.PREFIX,
+        wrap_exceptions: bool = False,
+        client: RedisCluster | None = None,
+        **options: float | str | bool,
+    ) -> None:
+        if client is None:
+            raise ValueError("PlaneClusterStorage needs the plane's cluster client")
+        self.key_prefix = key_prefix
+        self.target_server = "redis"
+        self.dependency = self.dependencies["redis"].module
+        self.storage = client
+        self.initialize_storage(uri)
+        Storage.__init__(self, uri, wrap_exceptions, **options)
+
+
 class RouteLimits:
     """Flask-Limiter on the control plane's ``/admin/*`` and ``/auth/*`` routes.
 
@@ -69,9 +98,8 @@ class RouteLimits:
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
             storage_uri, options = "redis://", {"connection_pool": pool}
-        else:  # a cluster client has no single pool: connect by URL with the plane's user
-            storage_uri = settings.redis_url
-            options = {"username": settings.redis_username, "password": settings.redis_password}
+        else:  # a cluster client has no single pool: the storage uses the client itself
+            storage_uri, options = f"{PlaneClusterStorage.STORAGE_SCHEME[0]}://", {"client": client}
         self.limiter = Limiter(
             key_func=client_address,
             app=app,

@@ -42,6 +42,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from productionlab.services import services
 from productionlab.settings import Settings
+from productionlab.store.connection import REDIS_FAULTS
 
 log = logging.getLogger("productionlab.metrics")
 
@@ -121,7 +122,7 @@ def record_audit_verification(client: redis.Redis, ok: bool, now: float | None =
         fields["last_good"] = f"{now:.3f}"
     try:
         client.hset(AUDIT_VERIFY_KEY, mapping=fields)
-    except redis.RedisError as exc:  # the verification itself stands; only its gauge is late
+    except REDIS_FAULTS as exc:  # the verification itself stands; only its gauge is late
         log.warning("could not record the audit verification: %s", type(exc).__name__)
 
 
@@ -164,7 +165,7 @@ class RecoveryCollector:
         if live:
             try:
                 state = self._client.hgetall(AUDIT_VERIFY_KEY)
-            except redis.RedisError as exc:
+            except REDIS_FAULTS as exc:
                 log.warning("audit verification state unknown: %s", type(exc).__name__)
                 state = {}
             state = {

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any
 
-import redis
 import waitress
 from flask import Flask
 from waitress.task import ThreadedTaskDispatcher
@@ -22,6 +21,7 @@ from waitress.task import ThreadedTaskDispatcher
 from productionlab.audit import Actor
 from productionlab.services import Services
 from productionlab.settings import Settings
+from productionlab.store.connection import REDIS_FAULTS
 from productionlab.wiring import build_services
 
 log = logging.getLogger("productionlab.serve")
@@ -38,7 +38,7 @@ def bootstrap_control_plane(services: Services) -> None:
             widened = users.migrate_empty_grants(Actor(name="migration"))
             users.render_htpasswd()
             break
-        except redis.RedisError as exc:
+        except REDIS_FAULTS as exc:  # a cluster with no node answering too
             log.warning("redis not reachable yet (%s); retrying", type(exc).__name__)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import redis
 
+from productionlab.store.connection import REDIS_FAULTS
+
 log = logging.getLogger("productionlab.subscription")
 
 
@@ -64,8 +66,11 @@ class Subscription:
 
     def _follow(self) -> None:
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+            pubsub = None
             try:
+                # Inside the try: a cluster client that has not found its nodes yet
+                # raises here (store/connection.py), and this thread must live on.
+                pubsub = self.client.pubsub(ignore_subscribe_messages=False)
                 pubsub.subscribe(*self.channels)
                 self.started()
                 while not self._stop.is_set():
@@ -78,6 +83,7 @@ class Subscription:
                 )
             finally:
                 self.lost()
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
+                if pubsub is not None:
+                    with contextlib.suppress(*REDIS_FAULTS):
+                        pubsub.close()
             self._stop.wait(0.5)

@@ -282,6 +282,15 @@ class RedisClusterKit:
         self.wait_ready()
         return again
 
+    def restart_all(self) -> None:
+        """Every master again (after ``kill`` of each) on its port, from its AOF and
+        nodes.conf; waits until the cluster is whole."""
+        for index, node in enumerate(self.nodes):
+            again = self._node(index, node.port)
+            again.start()
+            self.nodes[index] = again
+        self.wait_ready()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -23,7 +23,9 @@ import pytest
 from productionlab import ap, backup, cp
 from productionlab.audit import Actor
 from productionlab.configfiles import plane_redis_users
+from productionlab.lastused import LastUsed
 from productionlab.secretgen import ensure_secrets
+from productionlab.securitymetrics import record_audit_verification
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from productionlab.settings import ConfigError, Settings
@@ -341,3 +343,100 @@ def test_aof_off_on_the_data_master_makes_the_planes_unready(cluster_planes):
             break
         time.sleep(0.05)
     assert admin.direct("GET", "ap", "/ready").status_code == 200
+
+
+def test_stats_report_every_master(cluster_planes):
+    """``/admin/stats`` reads memory and AOF from every master, not the one node a
+    cluster client's INFO reaches: AOF off on a master that is not the seed shows."""
+    admin = cluster_planes.admin()
+    kit = kit_of(cluster_planes)
+    stats = admin.get("/admin/stats")
+    assert stats.status_code == 200, stats.text
+    masters = stats.json()["redis_masters"]
+    assert len(masters) == 3 and all(m["aof_enabled"] for m in masters), masters
+    assert stats.json()["aof_enabled"] is True
+    other = kit.nodes[1]  # not the seed node the planes were given
+    assert other.client is not None
+    other.client.config_set("appendonly", "no")
+    try:
+        stats = admin.get("/admin/stats")
+        assert stats.status_code == 200, stats.text
+        assert stats.json()["aof_enabled"] is False, stats.json()
+        off = [m for m in stats.json()["redis_masters"] if not m["aof_enabled"]]
+        assert [m["node"] for m in off] == [f"127.0.0.1:{other.port}"], off
+    finally:
+        other.client.config_set("appendonly", "yes")
+    for _ in range(400):  # bounded: until the AOF rewrite that turning it on starts is done
+        if admin.direct("GET", "ap", "/ready").status_code == 200:
+            break
+        time.sleep(0.05)
+
+
+def test_a_plane_started_while_no_cluster_node_answers_waits_for_it():
+    """Both planes made while every master is down (a compose start, a cluster
+    restart): they start, as over one redis; requests answer 503 + Retry-After,
+    /ready 503, /metrics 200; what survives a redis failure (last-used records,
+    the audit-verification gauge, the data migration) survives a cluster with no
+    node too (redis-py's RedisClusterException is not a RedisError); the control
+    plane's bootstrap retries until the cluster is back, then everything works."""
+    kit = RedisClusterKit().start()
+    state = Path(tempfile.mkdtemp(prefix="plab-cluster-late-"))
+    apps: dict = {}
+    try:
+        for node in list(kit.nodes):
+            kit.kill(node)
+        ensure_secrets(state / "secrets")
+        for plane, module in (("cp", cp), ("ap", ap)):
+            apps[plane] = module.create_app(plane_settings(kit, state, plane))
+            services_of(apps[plane]).users.start_listener()
+        wired = services_of(apps["cp"])
+        planes = Planes(kit, apps["ap"], apps["cp"], state, "not-yet")
+        someone = planes.client("admin", "wrong")
+        for path in ("/v1/kv/late", "/admin/stats"):
+            answer = someone.get(path)
+            assert answer.status_code == 503, (path, answer.status_code, answer.text)
+            assert int(answer.headers["Retry-After"]) >= 1
+        for plane in ("ap", "cp"):
+            assert someone.direct("GET", plane, "/ready").status_code == 503
+            assert someone.direct("GET", plane, "/metrics").status_code == 200
+        assert LastUsed(wired.redis).touch("someone") is False
+        record_audit_verification(wired.redis, True)
+        cp.migrate_data(wired)
+        bootstrap = threading.Thread(target=bootstrap_control_plane, args=(wired,))
+        bootstrap.start()
+        time.sleep(1)  # let it meet the dead cluster at least once (not a speed claim)
+        assert bootstrap.is_alive()
+        kit.restart_all()
+        bootstrap.join(120)
+        assert not bootstrap.is_alive()
+        password = (state / "secrets" / "admin.password").read_text().strip()
+        admin = Planes(kit, apps["ap"], apps["cp"], state, password).admin()
+        for _ in range(200):  # bounded: the cluster client rediscovers the masters
+            if admin.direct("GET", "ap", "/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        for plane in ("ap", "cp"):
+            assert admin.direct("GET", plane, "/ready").status_code == 200
+        written = admin.put("/v1/kv/late", data=b"after the cluster came")
+        assert written.status_code == 201, written.text
+        assert admin.get("/v1/kv/late").content == b"after the cluster came"
+        assert admin.get("/admin/stats").status_code == 200
+        assert_a_watch_wakes(Planes(kit, apps["ap"], apps["cp"], state, password), "late-w")
+        for app in apps.values():  # the users' event listeners lived through it
+            thread = services_of(app).users.events.thread
+            assert thread is not None and thread.is_alive()
+    finally:
+        stop_listeners(list(apps.values()))
+        kit.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_admin_route_limit_counts_in_the_cluster(cluster_planes):
+    """The control plane's route limiter (Flask-Limiter) keeps its counters through
+    the plane's own cluster client: a low admin route rate refuses the third call
+    (its storage fails open, so a broken one would let every call through)."""
+    admin = cluster_planes.variant(PLAB_ADMIN_ROUTE_RATE="2/minute")
+    answers = [admin.get("/admin/stats").status_code for _ in range(4)]
+    assert answers[:2] == [200, 200] and 429 in answers[2:], answers
+    owner = kit_of(cluster_planes).node_for("{plab}:routelimit")
+    assert owner.client is not None and owner.client.keys("{plab}:routelimit*"), "no counter"

@@ -15,17 +15,30 @@ options apply when the CA is set.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from productionlab.settings import Settings
 from productionlab.store.pinning import PinnableRedis, SentinelConnection, SentinelSSLConnection
+
+# What a redis call raises when the store fails, whatever the topology: redis-py's
+# cluster client raises RedisClusterException, which is not a RedisError, when no
+# node answers (or none could be found at start-up). Catch this, not RedisError,
+# where a redis failure is survived (logged, retried, postponed).
+REDIS_FAULTS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+log = logging.getLogger("productionlab.store")
 
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
@@ -60,6 +73,71 @@ def tls_options(settings: Settings) -> dict:
     return options
 
 
+class ClusterNotFound(RedisClusterException, AttributeError):
+    """No cluster node answered when a ``StartingRedisCluster`` was first used.
+
+    A ``RedisClusterException`` (a 503, a retried bootstrap), and an
+    ``AttributeError`` too, so a probe of an attribute the client may lack
+    (``getattr(client, "connection_pool", None)``, ``hasattr(client, "pin")``)
+    answers "no" instead of failing while the cluster is away."""
+
+
+class StartingRedisCluster(RedisCluster):
+    """A cluster client that can be made while no cluster node answers.
+
+    redis-py's ``RedisCluster`` asks a node for the slot map when it is made
+    and raises ``RedisClusterException`` if none answers, so a plane started
+    before its cluster (a compose start, a cluster restart) would exit at
+    start-up, where over one redis it starts, answers 503 and its bootstrap
+    retries. This client tries once when made; until a node answers, the first
+    use of any of ``RedisCluster``'s own state (every command, pipeline and
+    pub/sub goes through it) tries again and raises ``RedisClusterException``
+    (a 503, a retried bootstrap) while none does. Once discovered it is a plain
+    ``RedisCluster``: ``__getattr__`` is only consulted for missing attributes.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        state = self.__dict__
+        state["_plab_options"] = options
+        state["_plab_discovered"] = False
+        state["_plab_discovering"] = None  # the thread inside RedisCluster.__init__
+        state["_plab_lock"] = threading.Lock()
+        try:
+            self._plab_discover()
+        except RedisClusterException as exc:
+            log.warning("no redis cluster node answers yet (%s); will retry on use", exc)
+
+    def _plab_discover(self) -> None:
+        state = self.__dict__
+        with state["_plab_lock"]:
+            if state["_plab_discovered"]:
+                return
+            state["_plab_discovering"] = threading.get_ident()
+            try:
+                super().__init__(**state["_plab_options"])
+            finally:
+                state["_plab_discovering"] = None
+            state["_plab_discovered"] = True
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__
+        if (
+            name.startswith("_plab_")
+            or state.get("_plab_discovered", True)
+            or state.get("_plab_discovering") == threading.get_ident()
+        ):
+            raise AttributeError(name)
+        try:
+            self._plab_discover()
+        except RedisClusterException as exc:
+            raise ClusterNotFound(str(exc)) from exc
+        return getattr(self, name)
+
+    def close(self) -> None:
+        if self.__dict__.get("_plab_discovered"):
+            super().close()
+
+
 def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     """A client for the configured topology with a pool sized to the server's threads."""
     size = pool_size or settings.redis_pool_size
@@ -92,10 +170,8 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             **{k: v for k, v in options.items() if k != "socket_timeout"},
         )
     if url.startswith("redis+cluster://"):
-        from redis.cluster import RedisCluster
-
         parsed = urlparse(url)
-        return RedisCluster(
+        return StartingRedisCluster(
             host=parsed.hostname,
             port=parsed.port or 6379,
             max_connections=size,
