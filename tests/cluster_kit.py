@@ -40,6 +40,7 @@ from redis.cluster import RedisCluster
 from productionlab.configfiles import RedisUser, render_redis_conf
 from productionlab.procutil import find_binary
 from productionlab.redis_process import HOST, RedisProcess
+from tests.topology_wait import wait_until_ready
 
 MASTERS = 3
 NODE_TIMEOUT_MS = 2000
@@ -171,17 +172,7 @@ class RedisClusterKit:
         return None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        problem: str | None = "not asked yet"
-        while time.monotonic() < deadline:
-            try:
-                problem = self._ready_problem()
-            except redis.RedisError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem is None:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the cluster never got ready: {problem}")
+        wait_until_ready(self._ready_problem, "the cluster", timeout)
 
     def add_users(self, users: list[RedisUser]) -> None:
         """The planes' ACL users as productionlab/templates/redis.conf.j2 renders

@@ -36,6 +36,8 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,21 @@ from tests.cluster_kit import RedisClusterKit
 TEST_REDIS = ("", "single", "cluster")
 
 CONTROL_PLANE_PREFIXES = ("/ops/", "/admin/", "/auth/", "/console")
+
+
+def park_watch(planes: Planes, client, path: str) -> tuple[threading.Thread, list]:
+    """GET ``path`` (a watch) from a thread, and return once the app plane's change
+    feed holds it and is subscribed (bounded), so a write after this wakes it.
+    The answer lands in the returned list when the thread ends."""
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.append(client.get(path)))
+    thread.start()
+    feed = services_of(planes.ap).watches.feed
+    for _ in range(400):  # bounded: until it is parked and the feed subscribed
+        if feed.waiting >= 1 and feed.subscribed.is_set():
+            break
+        time.sleep(0.05)
+    return thread, answers
 
 
 def stop_listeners(apps: list[Flask]) -> None:

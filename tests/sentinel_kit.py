@@ -40,6 +40,7 @@ from productionlab.secretgen import ensure_secrets
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from tests.inprocess import Planes, create_apps, stop_listeners
+from tests.topology_wait import wait_until_ready
 
 SERVICE = "plab"
 QUORUM = 2
@@ -154,17 +155,7 @@ class SentinelTopology:
         return None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        problem: str | None = "not asked yet"
-        while time.monotonic() < deadline:
-            try:
-                problem = self._ready_problem()
-            except redis.RedisError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem is None:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the Sentinel topology never got ready: {problem}")
+        wait_until_ready(self._ready_problem, "the Sentinel topology", timeout)
 
     def data_nodes(self) -> list[RedisProcess]:
         return [n for n in (self.primary, *self.replicas) if n is not None]

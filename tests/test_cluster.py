@@ -30,7 +30,7 @@ from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from productionlab.settings import ConfigError, Settings
 from tests.cluster_kit import RedisClusterKit
-from tests.inprocess import Planes, plane_settings, start_planes, stop_listeners
+from tests.inprocess import Planes, park_watch, plane_settings, start_planes, stop_listeners
 from tests.test_properties import CompareAndSet, Transactions, run_machine
 from tests.test_settings import strong_env
 
@@ -100,16 +100,7 @@ def assert_a_watch_wakes(planes: Planes, key: str) -> None:
     pub/sub works)."""
     admin = planes.admin()
     version = admin.put(f"/v1/kv/{key}", data=b"1").json()["version"]
-    answers: list = []
-    waiting = threading.Thread(
-        target=lambda: answers.append(admin.get(f"/v1/watch/{key}?index={version}&wait=60"))
-    )
-    waiting.start()
-    feed = services_of(planes.ap).watches.feed
-    for _ in range(400):  # bounded: until it is parked and the feed subscribed
-        if feed.waiting >= 1 and feed.subscribed.is_set():
-            break
-        time.sleep(0.05)
+    waiting, answers = park_watch(planes, admin, f"/v1/watch/{key}?index={version}&wait=60")
     second = admin.put(f"/v1/kv/{key}", data=b"2").json()["version"]
     waiting.join(90)
     assert answers and answers[0].status_code == 200, answers

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from productionlab.services import services_of
 from tests.cluster_kit import RedisClusterKit
-from tests.inprocess import Planes, start_planes
+from tests.inprocess import Planes, park_watch, start_planes
 
 WRITERS = 2
 MAX_ROUNDS = 5000  # per writer: the traffic is bounded by count as well as by the moves
@@ -179,16 +178,7 @@ def test_slots_move_to_another_master_and_back_under_traffic(planes, record_prop
     # A watch parked on a key, woken by a write while the {plab} slot is half moved.
     watched = f"rs-{run}-watch"
     since = client.put(f"/v1/kv/{watched}", data=b"1").json()["version"]
-    woken: list = []
-    watch = threading.Thread(
-        target=lambda: woken.append(client.get(f"/v1/watch/{watched}?index={since}&wait=120"))
-    )
-    watch.start()
-    feed = services_of(planes.ap).watches.feed
-    for _ in range(400):  # bounded: until it is parked and the feed subscribed
-        if feed.waiting >= 1 and feed.subscribed.is_set():
-            break
-        time.sleep(0.05)
+    watch, woken = park_watch(planes, client, f"/v1/watch/{watched}?index={since}&wait=120")
     written_during: list = []
 
     def write_the_watched_key() -> None:
