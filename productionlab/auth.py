@@ -17,7 +17,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
-from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 
 from productionlab.audit import Actor
 from productionlab.configfiles import EDGE_FAILURE_PATH
@@ -37,11 +37,17 @@ def scheme_of(header: str) -> str:
     return header.strip().partition(" ")[0].lower()
 
 
-class StrictBasicAuth(HTTPBasicAuth):
-    """Basic credentials only under the scheme name ``Basic`` (any case)."""
+class SyncCallbacks:
+    """Our callbacks and views are plain functions: Flask-HTTPAuth's per-call
+    ``ensure_sync`` (an ``inspect.iscoroutinefunction`` check, four a request)
+    has nothing to convert."""
 
-    def is_compatible_auth(self, headers) -> bool:
-        return scheme_of(headers.get("Authorization", "")) == "basic"
+    def ensure_sync(self, f: Callable) -> Callable:
+        return f
+
+
+class StrictBasicAuth(SyncCallbacks, HTTPBasicAuth):
+    """Basic credentials only under the scheme name ``Basic`` (any case)."""
 
     def get_auth(self):
         if scheme_of(request.headers.get("Authorization", "")) != "basic":
@@ -49,11 +55,8 @@ class StrictBasicAuth(HTTPBasicAuth):
         return super().get_auth()
 
 
-class StrictTokenAuth(HTTPTokenAuth):
-    """Tokens only under the scheme name ``Bearer`` (any case)."""
-
-    def is_compatible_auth(self, headers) -> bool:
-        return scheme_of(headers.get("Authorization", "")) == "bearer"
+class StrictTokenAuth(SyncCallbacks, HTTPTokenAuth):
+    """Tokens only under the scheme name ``Bearer`` (any case: Flask-HTTPAuth's own check)."""
 
 
 class Authenticator:
@@ -70,7 +73,6 @@ class Authenticator:
         self.route_limits = route_limits
         self.basic = StrictBasicAuth(realm=REALM)
         self.bearer = StrictTokenAuth(scheme="Bearer", realm=REALM)
-        self.multi = MultiAuth(self.basic, self.bearer)
         self.token_verifier: Callable[[str], User | None] | None = None
         self.basic.verify_password(self._verify_password)
         self.bearer.verify_token(self._verify_token)
@@ -117,11 +119,25 @@ class Authenticator:
         raise AuthenticationRequired()
 
     def require(self, role: str) -> Callable:
-        """Authenticate (Basic or Bearer), demand ``role``, then apply the per-user limit."""
+        """Authenticate (Basic or Bearer), demand ``role``, then apply the per-user limit.
+
+        The scheme is chosen as Flask-HTTPAuth's ``MultiAuth`` chooses it (Bearer
+        when the header says ``Bearer``, Basic otherwise), but each scheme's
+        ``login_required`` wraps the view once, here: ``MultiAuth`` built the
+        chosen scheme's decorator (and its ``functools.wraps``) on every request."""
 
         def decorate(view: Callable) -> Callable:
             limited = self.user_limit(view)
-            return wraps(view)(self.multi.login_required(role=role)(limited))
+            by_basic = self.basic.login_required(role=role)(limited)
+            by_bearer = self.bearer.login_required(role=role)(limited)
+
+            @wraps(view)
+            def authenticated(*args: Any, **kwargs: Any) -> Any:
+                if scheme_of(request.headers.get("Authorization", "")) == "bearer":
+                    return by_bearer(*args, **kwargs)
+                return by_basic(*args, **kwargs)
+
+            return authenticated
 
         return decorate
 
