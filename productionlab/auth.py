@@ -22,6 +22,7 @@ from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 from productionlab.audit import Actor
 from productionlab.configfiles import EDGE_FAILURE_PATH
 from productionlab.errors import AuthenticationRequired, NotGranted
+from productionlab.lastused import LastUsed
 from productionlab.loginguard import LoginGuard
 from productionlab.routelimits import RouteLimits
 from productionlab.services import Services, services
@@ -66,8 +67,10 @@ class Authenticator:
         guard: LoginGuard,
         user_limit: Callable,
         route_limits: RouteLimits | None = None,
+        lastused: LastUsed | None = None,
     ):
         self.users = users
+        self.lastused = lastused
         self.guard = guard
         self.user_limit = user_limit
         self.route_limits = route_limits
@@ -105,11 +108,12 @@ class Authenticator:
             return None
         return self._accept(user)
 
-    @staticmethod
-    def _accept(user: User) -> User:
-        g.user = user
+    def _accept(self, user: User) -> User:
+        here = g._get_current_object()  # one context-local lookup, not three
+        here.user = user
         # At most one redis write a minute per user (lastused.py).
-        services().lastused.touch(user.name, g.get("plab_token_family"))
+        lastused = self.lastused or services().lastused
+        lastused.touch(user.name, here.get("plab_token_family"))
         return user
 
     @staticmethod
@@ -182,7 +186,9 @@ def bearer_verifier(tokens: TokenService) -> Callable[[str], User | None]:
 
 def init_app(app: Flask, wired: Services, route_limits: RouteLimits | None = None) -> Authenticator:
     """Basic and Bearer authentication for ``app``, and the edge's failure reports."""
-    authenticator = Authenticator(wired.users, wired.guard, wired.user_limit.decorate, route_limits)
+    authenticator = Authenticator(
+        wired.users, wired.guard, wired.user_limit.decorate, route_limits, wired.lastused
+    )
     authenticator.token_verifier = bearer_verifier(wired.tokens)  # Bearer tokens on both planes
     app.register_blueprint(edge_failure_blueprint(wired.guard))
     return authenticator
