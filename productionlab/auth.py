@@ -17,11 +17,12 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
-from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 
 from productionlab.audit import Actor
 from productionlab.configfiles import EDGE_FAILURE_PATH
 from productionlab.errors import AuthenticationRequired, NotGranted
+from productionlab.lastused import LastUsed
 from productionlab.loginguard import LoginGuard
 from productionlab.routelimits import RouteLimits
 from productionlab.services import Services, services
@@ -37,11 +38,17 @@ def scheme_of(header: str) -> str:
     return header.strip().partition(" ")[0].lower()
 
 
-class StrictBasicAuth(HTTPBasicAuth):
-    """Basic credentials only under the scheme name ``Basic`` (any case)."""
+class SyncCallbacks:
+    """Our callbacks and views are plain functions: Flask-HTTPAuth's per-call
+    ``ensure_sync`` (an ``inspect.iscoroutinefunction`` check, four a request)
+    has nothing to convert."""
 
-    def is_compatible_auth(self, headers) -> bool:
-        return scheme_of(headers.get("Authorization", "")) == "basic"
+    def ensure_sync(self, f: Callable) -> Callable:
+        return f
+
+
+class StrictBasicAuth(SyncCallbacks, HTTPBasicAuth):
+    """Basic credentials only under the scheme name ``Basic`` (any case)."""
 
     def get_auth(self):
         if scheme_of(request.headers.get("Authorization", "")) != "basic":
@@ -49,11 +56,8 @@ class StrictBasicAuth(HTTPBasicAuth):
         return super().get_auth()
 
 
-class StrictTokenAuth(HTTPTokenAuth):
-    """Tokens only under the scheme name ``Bearer`` (any case)."""
-
-    def is_compatible_auth(self, headers) -> bool:
-        return scheme_of(headers.get("Authorization", "")) == "bearer"
+class StrictTokenAuth(SyncCallbacks, HTTPTokenAuth):
+    """Tokens only under the scheme name ``Bearer`` (any case: Flask-HTTPAuth's own check)."""
 
 
 class Authenticator:
@@ -63,14 +67,15 @@ class Authenticator:
         guard: LoginGuard,
         user_limit: Callable,
         route_limits: RouteLimits | None = None,
+        lastused: LastUsed | None = None,
     ):
         self.users = users
+        self.lastused = lastused
         self.guard = guard
         self.user_limit = user_limit
         self.route_limits = route_limits
         self.basic = StrictBasicAuth(realm=REALM)
         self.bearer = StrictTokenAuth(scheme="Bearer", realm=REALM)
-        self.multi = MultiAuth(self.basic, self.bearer)
         self.token_verifier: Callable[[str], User | None] | None = None
         self.basic.verify_password(self._verify_password)
         self.bearer.verify_token(self._verify_token)
@@ -103,11 +108,12 @@ class Authenticator:
             return None
         return self._accept(user)
 
-    @staticmethod
-    def _accept(user: User) -> User:
-        g.user = user
+    def _accept(self, user: User) -> User:
+        here = g._get_current_object()  # one context-local lookup, not three
+        here.user = user
         # At most one redis write a minute per user (lastused.py).
-        services().lastused.touch(user.name, g.get("plab_token_family"))
+        lastused = self.lastused or services().lastused
+        lastused.touch(user.name, here.get("plab_token_family"))
         return user
 
     @staticmethod
@@ -117,11 +123,25 @@ class Authenticator:
         raise AuthenticationRequired()
 
     def require(self, role: str) -> Callable:
-        """Authenticate (Basic or Bearer), demand ``role``, then apply the per-user limit."""
+        """Authenticate (Basic or Bearer), demand ``role``, then apply the per-user limit.
+
+        The scheme is chosen as Flask-HTTPAuth's ``MultiAuth`` chooses it (Bearer
+        when the header says ``Bearer``, Basic otherwise), but each scheme's
+        ``login_required`` wraps the view once, here: ``MultiAuth`` built the
+        chosen scheme's decorator (and its ``functools.wraps``) on every request."""
 
         def decorate(view: Callable) -> Callable:
             limited = self.user_limit(view)
-            return wraps(view)(self.multi.login_required(role=role)(limited))
+            by_basic = self.basic.login_required(role=role)(limited)
+            by_bearer = self.bearer.login_required(role=role)(limited)
+
+            @wraps(view)
+            def authenticated(*args: Any, **kwargs: Any) -> Any:
+                if scheme_of(request.headers.get("Authorization", "")) == "bearer":
+                    return by_bearer(*args, **kwargs)
+                return by_basic(*args, **kwargs)
+
+            return authenticated
 
         return decorate
 
@@ -166,7 +186,9 @@ def bearer_verifier(tokens: TokenService) -> Callable[[str], User | None]:
 
 def init_app(app: Flask, wired: Services, route_limits: RouteLimits | None = None) -> Authenticator:
     """Basic and Bearer authentication for ``app``, and the edge's failure reports."""
-    authenticator = Authenticator(wired.users, wired.guard, wired.user_limit.decorate, route_limits)
+    authenticator = Authenticator(
+        wired.users, wired.guard, wired.user_limit.decorate, route_limits, wired.lastused
+    )
     authenticator.token_verifier = bearer_verifier(wired.tokens)  # Bearer tokens on both planes
     app.register_blueprint(edge_failure_blueprint(wired.guard))
     return authenticator

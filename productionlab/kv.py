@@ -163,6 +163,7 @@ class KVStore:
                 self.client,
                 keys={"item": item, "limit": limit.counter},
                 args={"limit": limit.limit, "window": limit.window},
+                held=True,
             )
             if int(status) < 0:
                 refused(int(found[0]))
@@ -207,6 +208,7 @@ class KVStore:
                 "limit": ticket.limit,
                 "window": ticket.window,
             },
+            held=True,
         )
         if int(status) == -2:
             refused(int(version))
@@ -245,6 +247,7 @@ class KVStore:
                 "limit": ticket.limit,
                 "window": ticket.window,
             },
+            held=True,
         )
         if int(status) == -2:
             refused(int(version))

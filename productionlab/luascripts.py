@@ -150,18 +150,25 @@ class LuaScript:
         self.name, self.text, self.keys, self.args = name, text, keys, args
         self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - redis names scripts by SHA-1  # nosec B324
 
-    def __call__(self, client: Any, keys: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
+    def __call__(
+        self,
+        client: Any,
+        keys: Mapping[str, Any],
+        args: Mapping[str, Any],
+        held: bool = False,
+    ) -> Any:
+        """Run the script; ``held``: on the calling thread's kept connection, where
+        the client keeps one (``PinnableRedis.execute_held``: the hot KV routes)."""
         flat_keys = self.keys.flatten(keys)
         flat_args = self.args.flatten(args)
+        execute = getattr(client, "execute_held", None) if held else None
+        if execute is None:
+            execute = client.execute_command
         try:
-            return client.execute_command(
-                "EVALSHA", self.sha, len(flat_keys), *flat_keys, *flat_args
-            )
+            return execute("EVALSHA", self.sha, len(flat_keys), *flat_keys, *flat_args)
         except NoScriptError:
             client.script_load(self.text)
-            return client.execute_command(
-                "EVALSHA", self.sha, len(flat_keys), *flat_keys, *flat_args
-            )
+            return execute("EVALSHA", self.sha, len(flat_keys), *flat_keys, *flat_args)
 
     def __repr__(self) -> str:
         return f"<LuaScript {self.name} {self.sha[:12]}>"

@@ -164,13 +164,15 @@ def init_app(app: Flask, metrics: Metrics) -> None:
 
     @app.after_request
     def observe(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        asked = request._get_current_object()  # one context-local lookup, not four
+        rule = asked.url_rule
+        route = rule.rule if rule else "unmatched"
         status = response.status_code
-        index = (request.method, route, status)
+        index = (asked.method, route, status)
         counter = counters.get(index)
         if counter is None:
             counter = counters.setdefault(
-                index, metrics.requests.labels(plane, request.method, route, str(status))
+                index, metrics.requests.labels(plane, asked.method, route, str(status))
             )
         counter.inc()
         started = g.get("started")

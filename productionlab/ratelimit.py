@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
+from typing import TYPE_CHECKING
 
 import redis
 from flask import g, request
@@ -25,6 +26,9 @@ from limits import parse as parse_rate
 from productionlab import securitymetrics
 from productionlab.errors import RateLimited
 from productionlab.luascripts import script
+
+if TYPE_CHECKING:
+    from productionlab.users import User
 
 LIMITS = "{plab}:limits:"
 
@@ -56,8 +60,10 @@ class UserLimit:
         self.window = int(item.get_expiry())
         self.client = client
 
-    def ticket(self) -> Ticket:
-        user = g.get("user")
+    def ticket(self, user: User | None = None) -> Ticket:
+        """This request's charge: against ``user`` (the caller), else the client address."""
+        if user is None:
+            user = g.get("user")
         who = f"user:{user.name}" if user is not None else f"addr:{request.remote_addr}"
         return Ticket(f"{LIMITS}{who}:{self.window}", self.amount, self.window)
 
@@ -80,12 +86,15 @@ class UserLimit:
 
             @wraps(view)
             def deferred(*args, **kwargs):
-                g.plab_ticket = self.ticket()
+                here = g._get_current_object()  # one context-local lookup, not three
+                here.plab_ticket = self.ticket(here.get("user"))
                 try:
                     return view(*args, **kwargs)
                 finally:
                     # Views that failed before the store (400, 403) are charged too.
-                    self._charge_if_untaken()
+                    ticket = here.pop("plab_ticket", None)
+                    if ticket is not None:
+                        self.charge(ticket)
 
             return deferred
 
@@ -95,11 +104,6 @@ class UserLimit:
             return view(*args, **kwargs)
 
         return limited
-
-    def _charge_if_untaken(self) -> None:
-        ticket = g.pop("plab_ticket", None)
-        if ticket is not None:
-            self.charge(ticket)
 
 
 def rides_on_store(view: Callable) -> Callable:

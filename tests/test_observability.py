@@ -199,3 +199,45 @@ def test_a_full_redis_refuses_writes_with_503_keeps_reads_and_fails_ready(stack_
         assert admin.direct("GET", port, "/ready").status_code == 200
     assert writer.put("/v1/kv/full-new", data=b"v").status_code == 201
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("user", "method", "route", "client", "request_id"),
+    [
+        ("alice", "GET", "/read/<tail:_rest>", "127.0.0.1", "a" * 32),
+        (None, "POST", None, None, ""),
+        ('qu"ote\\back', "PUT", "/v1/kv/<tail:_rest>", "::1", "id\x00\x1f\x7f"),
+        ("ünïcode-名前", "DELETE", "/x", "2001:db8::1", "\u2028\ud800"),
+    ],
+)
+def test_access_line_is_the_json_dumps_of_its_fields(user, method, route, client, request_id):
+    from productionlab.requestlog import access_line
+
+    for status, latency in ((200, 0.0), (503, 12.34), (404, 1234.5)):
+        fields = {
+            "time": "2026-11-26 21:20:00,123",
+            "level": "INFO",
+            "logger": "productionlab.access",
+            "message": "request",
+            "plane": "ap",
+            "request_id": request_id,
+            "user": user,
+            "method": method,
+            "route": route,
+            "status": status,
+            "latency_ms": latency,
+            "client": client,
+        }
+        line = access_line(
+            fields["time"], "ap", request_id, user, method, route, status, latency, client
+        )
+        assert line == json.dumps(fields) + "\n"
+
+
+def test_access_time_stamp_is_loggings_format_each_second():
+    from productionlab.requestlog import _Clock
+
+    clock = _Clock()
+    for now in (1_764_191_999.9994, 1_764_192_000.0, 1_764_192_000.5, 1_764_192_001.001, 5.25):
+        expected = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        assert clock.stamp(now) == f"{expected},{int(now % 1 * 1000):03d}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 import redis
@@ -29,9 +30,47 @@ def test_pool_is_sized_to_the_servers_threads(stack):
     client = connect(settings)
     pool = client.connection_pool
     assert isinstance(pool, redis.BlockingConnectionPool)
-    assert pool.max_connections == 5 + 3 + 3  # threads, watches, two listeners and a spare
+    # threads, watches, the connection each ordinary thread keeps for the KV core's
+    # script, two listeners and a spare
+    assert pool.max_connections == 5 + 3 + 5 + 3
     assert client.ping()
     client.close()
+
+
+def test_a_thread_keeps_one_connection_for_held_commands_and_it_reconnects():
+    """``execute_held`` (the KV core's script) runs on the calling thread's own
+    connection, reused call after call; a dropped one reconnects through
+    redis-py's retry; another thread keeps its own; a pin takes precedence."""
+    server = RedisProcess(password=False)
+    with server as direct:
+        settings = settings_for(
+            f"redis://127.0.0.1:{server.port}/0",
+            threads=2,
+            watch_max_per_process=0,
+        )
+        client = connect(settings)
+        first = client.execute_held("CLIENT", "ID")
+        assert client.execute_held("CLIENT", "ID") == first
+        assert client.connection is None  # other commands still go through the pool
+        assert client.execute_command("CLIENT", "ID") != first
+
+        direct.execute_command("CLIENT", "KILL", "ID", first)
+        again = client.execute_held("CLIENT", "ID")
+        assert again != first
+        assert client.execute_held("CLIENT", "ID") == again
+
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.append(client.execute_held("CLIENT", "ID")))
+        thread.start()
+        thread.join()
+        assert other and other[0] != again
+
+        client.pin()
+        pinned = client.execute_command("CLIENT", "ID")
+        assert client.execute_held("CLIENT", "ID") == pinned
+        client.unpin()
+        assert client.execute_held("CLIENT", "ID") == again
+        client.close()
 
 
 def test_wrong_redis_password_is_refused(stack):

@@ -137,8 +137,9 @@ class Settings:
     @property
     def redis_pool_size(self) -> int:
         """One connection per Waitress thread (watches included), plus the two
-        pub/sub listeners (user events, KV changes) and a spare."""
-        return self.serving_threads + 3
+        pub/sub listeners (user events, KV changes) and a spare, plus the one
+        each ordinary thread keeps for the KV core's script (``PinnableRedis.execute_held``)."""
+        return self.serving_threads + self.threads + 3
 
     @property
     def serving_threads(self) -> int:

@@ -22,12 +22,22 @@ Two rules keep a pin from outliving its use:
   reconnects: on a new connection the count would mean nothing. A dropped
   connection makes the write's state unknown (``StaleConnection``).
 
+A thread may also keep a connection of its own (``execute_held``): the KV
+core's one script per request then costs no pool hand-out (redis-py's
+``get_connection`` polls the socket and takes the pool's lock: ~25 us of CPU
+per request, half the client's cost, bench/levers.md). The command still runs
+through ``execute_command`` on that connection, so its timeouts, retries,
+reconnects (to wherever Sentinel says the primary is) and health checks are
+redis-py's own. A pinned write uses its pin, never the kept connection.
+
 Not for ``single_connection_client=True`` (which already holds one connection).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import Any
 
 import redis
@@ -56,6 +66,13 @@ class SentinelConnection(_Rediscovering, SentinelManagedConnection):
 
 class SentinelSSLConnection(_Rediscovering, SentinelManagedSSLConnection):
     pass
+
+
+def _give_back(pool: weakref.ref, connection: weakref.ref) -> None:
+    """A thread that kept a connection is gone: the pool has it back (if both live)."""
+    pool_now, connection_now = pool(), connection()
+    if pool_now is not None and connection_now is not None:
+        pool_now.release(connection_now)
 
 
 class PinnableRedis(redis.Redis):
@@ -89,6 +106,31 @@ class PinnableRedis(redis.Redis):
         if conn is not None:
             pins.connection = None
             self.connection_pool.release(conn)
+
+    def execute_held(self, *args: Any) -> Any:
+        """``execute_command`` on this thread's kept connection (the pin, when pinned).
+
+        The connection is taken from the pool at the thread's first call and
+        given back when the thread object goes away; the pool has one spare per
+        ordinary Waitress thread for it (``Settings.redis_pool_size``)."""
+        pins = self._pins()
+        if getattr(pins, "connection", None) is not None:
+            return self.execute_command(*args)
+        kept = getattr(pins, "kept", None)
+        if kept is None or kept.pid != os.getpid():
+            kept = pins.kept = self.connection_pool.get_connection()
+            gone = weakref.finalize(
+                threading.current_thread(),
+                _give_back,
+                weakref.ref(self.connection_pool),
+                weakref.ref(kept),
+            )
+            gone.atexit = False
+        pins.connection = kept
+        try:
+            return self.execute_command(*args)
+        finally:
+            pins.connection = None
 
     def wait(self, *args: Any) -> Any:
         """``WAIT``/``WAITAOF`` (``args``) on the pinned connection, never on another."""
