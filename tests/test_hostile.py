@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from productionlab.services import services_of
+
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
 CANARY = "hostile-canary"
 SMUGGLED = "smuggled"
@@ -726,6 +728,12 @@ def test_a_watch_past_the_per_process_bound_gets_429_until_one_ends(planes, plan
     one = planes_with(PLAB_WATCH_MAX_PER_PROCESS="1")
     version = one.put(f"/v1/kv/{key}", data=b"v").json()["version"]
     parked = watch_in_thread(one, f"/v1/watch/{key}?index={version}&wait=120")
+    slots = services_of(one.planes.ap).watches.slots
+    for _ in range(1200):  # bounded: until the parked watch holds the one slot
+        if slots.holding >= 1 or parked.done():
+            break
+        time.sleep(0.05)
+    assert not parked.done(), parked.result().text
     before = version_counter(planes)
     refused = None
     deadline = time.monotonic() + 60
