@@ -347,6 +347,8 @@ class Compose:
     daemon: DockerDaemon
     project: str
     variables: dict[str, str]
+    # Global options before the command, e.g. ``--env-file secrets/ha.env`` (the ha profile).
+    options: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         env = {k: v for k, v in self.daemon.env.items() if not k.startswith("PLAB_")}
@@ -360,7 +362,15 @@ class Compose:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 900):
         return run(
-            [*self.argv, "--project-name", self.project, "--file", "docker-compose.yml", *args],
+            [
+                *self.argv,
+                "--project-name",
+                self.project,
+                "--file",
+                "docker-compose.yml",
+                *self.options,
+                *args,
+            ],
             env=self.env,
             check=check,
             timeout=timeout,

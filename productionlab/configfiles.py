@@ -108,6 +108,9 @@ class RedisUser:
     name: str
     password: str
     extra: str = ""
+    # A user that is not a plane's: its whole permission list after ``-@all`` (no
+    # keys, no channels unless named here), e.g. the ha profile's replication user.
+    rules: str = ""
 
     @property
     def password_sha256(self) -> str:
@@ -140,6 +143,17 @@ class RedisTLS:
         )
 
 
+@dataclass
+class RedisReplication:
+    """A data node of a replicated topology (compose's ``ha`` profile): how it
+    authenticates to its primary and when it refuses writes."""
+
+    user: str
+    password: str
+    min_replicas: int = 1
+    max_lag: int = 10
+
+
 def render_redis_conf(
     *,
     port: int,
@@ -151,9 +165,13 @@ def render_redis_conf(
     pidfile: str | None = None,
     maxmemory: str = "0",
     tls: RedisTLS | None = None,
+    replication: RedisReplication | None = None,
 ) -> str:
     """redis.conf; with ``tls`` the plain port is closed (``port 0``) and redis
-    listens on ``port`` with TLS only, requiring a client certificate."""
+    listens on ``port`` with TLS only, requiring a client certificate; with
+    ``replication`` the node replicates over TLS (``tls`` is then required)."""
+    if replication is not None and tls is None:
+        raise ValueError("a replicated redis.conf needs TLS (tls-replication)")
     template = _environment(PACKAGE_TEMPLATES).get_template("redis.conf.j2")
     return template.render(
         port=port,
@@ -165,4 +183,27 @@ def render_redis_conf(
         pidfile=pidfile,
         maxmemory=maxmemory,
         tls=tls,
+        replication=replication,
     )
+
+
+@dataclass
+class SentinelConfig:
+    """One sentinel's config: the service it monitors (initially at ``primary``),
+    the data nodes' ACL user it authenticates as, and when it fails over."""
+
+    service: str
+    primary: str
+    primary_port: int
+    user: RedisUser
+    tls: RedisTLS
+    port: int = 26379
+    quorum: int = 2
+    down_after_ms: int = 5000
+    failover_timeout_ms: int = 60000
+    data_dir: str = "/data"
+    bind: str = "0.0.0.0"  # noqa: S104 - in-container; the network is internal  # nosec B104
+
+    def render(self) -> str:
+        template = _environment(PACKAGE_TEMPLATES).get_template("sentinel.conf.j2")
+        return template.render(**self.__dict__)

@@ -8,6 +8,11 @@ under one directory; compose gives each container only the files it uses.
 nginx.conf from the one template in ``nginx/`` with the paths and names of the
 compose topology and the ``PLAB_*`` limits of its environment.
 
+``secrets --topology ha`` prepares compose's ``ha`` profile (a primary, two
+replicas, three sentinels; docs/COMPOSE.md "High availability"): redis.conf for
+replicated data nodes, sentinel.conf, and ``ha.env``, the variables that point
+the planes at the sentinels (``docker compose --env-file secrets/ha.env up -d``).
+
 Run as ``python -m productionlab.deploy COMMAND``; ``register`` adds the same
 commands to the ``productionlab`` CLI.
 """
@@ -22,8 +27,10 @@ from pathlib import Path
 
 from productionlab.configfiles import (
     EdgeConfig,
+    RedisReplication,
     RedisTLS,
     RedisUser,
+    SentinelConfig,
     plane_redis_users,
     render_redis_conf,
 )
@@ -38,10 +45,12 @@ from productionlab.secretgen import (
 )
 from productionlab.settings import (
     COMPOSE_EDGE_CONCERNS,
+    DURABILITY_MODES,
     ConfigError,
     Settings,
     nginx_size,
     redis_maxmemory,
+    secret_problem,
 )
 
 # Paths and names inside the containers: docker-compose.yml uses the same ones.
@@ -65,6 +74,52 @@ HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping nopass")
 REDIS_SERVICE = "redis"
 REDIS_TLS_CLIENTS = ("ap", "cp", "health")
 REDIS_TLS = RedisTLS.in_directory(SECRETS_MOUNT)
+
+# Compose's ha profile: the service names of the replicas and sentinels (the server
+# certificate names them all), the Sentinel service name the planes ask for, and
+# the two redis users that are not a plane's, each allowed only what it sends
+# (redis's Sentinel documentation lists these commands).
+TOPOLOGIES = ("single", "ha")
+HA_REPLICAS = ("redis-replica-1", "redis-replica-2")
+HA_SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+# Fixed addresses on the backend network (its default subnet, high so Docker's
+# dynamic ones never take them): redis, and the sentinels, resolve a name with
+# a blocking lookup, and a stopped container's name can take seconds to fail
+# (Docker's DNS forwards it), which stalled sentinels and replicas for as long
+# as the primary was dead. By address nothing is looked up; the server
+# certificate names the addresses, so the planes still check the server.
+# ha.env hands them to docker-compose.yml (PLAB_<SERVICE>_ADDRESS).
+HA_ADDRESSES = {
+    REDIS_SERVICE: "198.18.241.240",
+    "redis-replica-1": "198.18.241.241",
+    "redis-replica-2": "198.18.241.242",
+    "sentinel-1": "198.18.241.243",
+    "sentinel-2": "198.18.241.244",
+    "sentinel-3": "198.18.241.245",
+}
+SENTINEL_PORT = 26379
+SENTINEL_SERVICE = "plab"
+HA_ENV = "ha.env"
+REPLICATION_PASSWORD = "redis_replica_password"  # noqa: S105 - a file name  # nosec B105
+SENTINEL_PASSWORD = "redis_sentinel_password"  # noqa: S105 - a file name  # nosec B105
+HA_PASSWORDS = (REPLICATION_PASSWORD, SENTINEL_PASSWORD)
+REPLICATION_RULES = "+psync +replconf +ping"
+SENTINEL_RULES = (
+    "&__sentinel__:hello +multi +exec +slaveof +replicaof +ping +info +role +publish"
+    " +subscribe +config|rewrite +client|setname +client|kill +script|kill"
+)
+MIN_REPLICAS_TO_WRITE = 1
+MIN_REPLICAS_MAX_LAG = 10  # seconds; docs/RELIABILITY.md §9 uses the same
+SENTINEL_URL = (
+    "redis+sentinel://"
+    + ",".join(f"{HA_ADDRESSES[name]}:{SENTINEL_PORT}" for name in HA_SENTINELS)
+    + f"/{SENTINEL_SERVICE}/0"
+)
+
+
+def address_variable(service: str) -> str:
+    """The compose variable that holds a service's fixed address (PLAB_REDIS_REPLICA_1_ADDRESS)."""
+    return "PLAB_" + service.upper().replace("-", "_") + "_ADDRESS"
 
 
 def edge_config(environ: Mapping[str, str] | None = None) -> EdgeConfig:
@@ -105,8 +160,34 @@ def write_edge_config(path: Path = EDGE_CONF, environ: Mapping[str, str] | None 
     return path
 
 
-def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "384mb") -> str:
-    """redis.conf for the ``redis`` service: one ACL user per plane, passwords as SHA-256."""
+def ha_users(directory: Path) -> tuple[RedisUser, RedisUser]:
+    """The replication and sentinel users, with their passwords from ``directory``."""
+    replica, sentinel = ((directory / name).read_text().strip() for name in HA_PASSWORDS)
+    return (
+        RedisUser("plab-replica", replica, rules=REPLICATION_RULES),
+        RedisUser("plab-sentinel", sentinel, rules=SENTINEL_RULES),
+    )
+
+
+def redis_conf(
+    directory: Path,
+    durability: str = "everysec",
+    maxmemory: str = "384mb",
+    topology: str = "single",
+) -> str:
+    """redis.conf for the ``redis`` service (and, in the ha topology, the replicas):
+    one ACL user per plane, passwords as SHA-256."""
+    users = [*plane_redis_users(directory), HEALTH_USER]
+    replication = None
+    if topology == "ha":
+        replica_user, sentinel_user = ha_users(directory)
+        users += [replica_user, sentinel_user]
+        replication = RedisReplication(
+            user=replica_user.name,
+            password=replica_user.password,
+            min_replicas=MIN_REPLICAS_TO_WRITE,
+            max_lag=MIN_REPLICAS_MAX_LAG,
+        )
     return render_redis_conf(
         port=REDIS_PORT,
         data_dir=REDIS_DATA,
@@ -114,8 +195,52 @@ def redis_conf(directory: Path, durability: str = "everysec", maxmemory: str = "
         appendfsync="always" if durability == "strict" else "everysec",
         maxmemory=maxmemory,
         tls=REDIS_TLS,
-        users=[*plane_redis_users(directory), HEALTH_USER],
+        users=users,
+        replication=replication,
     )
+
+
+def sentinel_conf(directory: Path) -> str:
+    """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2."""
+    return SentinelConfig(
+        service=SENTINEL_SERVICE,
+        primary=HA_ADDRESSES[REDIS_SERVICE],
+        primary_port=REDIS_PORT,
+        user=ha_users(directory)[1],
+        tls=REDIS_TLS,
+        port=SENTINEL_PORT,
+    ).render()
+
+
+def ha_env(secrets_dir: Path, durability: str) -> str:
+    """The variables of the ha profile: the profile, and the planes on the sentinels."""
+    return (
+        "# Written by `python -m productionlab.deploy secrets --topology ha`; see\n"
+        "# docs/COMPOSE.md. Use: docker compose --env-file secrets/ha.env up -d\n"
+        "COMPOSE_PROFILES=ha\n"
+        f"PLAB_SECRETS_DIR={secrets_dir.resolve()}\n"
+        f"PLAB_REDIS_URL={SENTINEL_URL}\n"
+        f"PLAB_DURABILITY={durability}\n"
+        + "".join(f"{address_variable(n)}={a}\n" for n, a in HA_ADDRESSES.items())
+    )
+
+
+def check_topology(topology: str, durability: str) -> None:
+    """ConfigError when the durability cannot be kept by the topology."""
+    if topology not in TOPOLOGIES:
+        raise ConfigError([f"topology {topology!r} is not one of {', '.join(TOPOLOGIES)}"])
+    if durability == "replicated" and topology != "ha":
+        raise ConfigError(
+            [
+                "durability 'replicated' needs replicas: use --topology ha "
+                "(the single-redis topology has none, so every write would answer 503)"
+            ]
+        )
+
+
+def _write_if_changed(path: Path, body: str) -> None:
+    if not path.exists() or path.read_text() != body:
+        write_atomic(path, body, mode=0o444)
 
 
 def prepare_secrets(
@@ -124,31 +249,54 @@ def prepare_secrets(
     addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
     durability: str = "everysec",
     maxmemory: str = "384mb",
+    topology: str = "single",
 ) -> list[Path]:
     """Create what is missing; keep what exists; (re)render redis.conf from the passwords.
+
+    ``topology`` ``ha`` renders redis.conf for replicated data nodes and writes
+    ``ha.env``; sentinel.conf and the replication and sentinel passwords are made
+    in both topologies, so every file compose names exists (the single topology's
+    redis.conf has no user for them).
 
     Compose bind-mounts file secrets with their host owner and mode, and the
     containers run as their own non-root users, so the files are made readable
     (0444) while the directory stays private to its owner (0700): no other user
     of the host can reach them, and each container sees only the ones it is given.
     """
-    paths = list(ensure_secrets(directory, ALL_SECRETS).values())
+    check_topology(topology, durability)
+    paths = list(ensure_secrets(directory, (*ALL_SECRETS, *HA_PASSWORDS)).values())
+    problems = [
+        problem
+        for name in HA_PASSWORDS
+        if (problem := secret_problem(name, (directory / name).read_text().strip()))
+    ]
+    if problems:
+        raise ConfigError([f"{directory}: {problem}" for problem in problems])
     # the public key's previous half: compose mounts it too (empty outside a rotation)
     paths.append(directory / f"{TOKEN_PUBLIC_KEY}.previous")
     paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
+    ha = topology == "ha"
+    redis_hosts = ["localhost", REDIS_SERVICE, *((*HA_REPLICAS, *HA_SENTINELS) if ha else ())]
+    redis_addresses = ["127.0.0.1", "::1", *(HA_ADDRESSES.values() if ha else ())]
     redis_tls = ensure_redis_tls(
         directory,
-        hostnames=tuple(dict.fromkeys(["localhost", REDIS_SERVICE])),
-        addresses=("127.0.0.1", "::1"),
+        hostnames=tuple(dict.fromkeys(redis_hosts)),
+        addresses=tuple(redis_addresses),
         clients=REDIS_TLS_CLIENTS,
+        peer=ha,
     )
     # The redis CA's key signs client certificates: it stays 0600, given to no container.
     paths += [path for name, path in redis_tls.items() if name != REDIS_TLS_CA_KEY]
     conf_path = directory / "redis.conf"
-    body = redis_conf(directory, durability=durability, maxmemory=maxmemory)
-    if not conf_path.exists() or conf_path.read_text() != body:
-        write_atomic(conf_path, body, mode=0o444)
+    _write_if_changed(conf_path, redis_conf(directory, durability, maxmemory, topology))
     paths.append(conf_path)
+    sentinel_path = directory / "sentinel.conf"
+    _write_if_changed(sentinel_path, sentinel_conf(directory))
+    paths.append(sentinel_path)
+    if ha:
+        env_path = directory / HA_ENV
+        _write_if_changed(env_path, ha_env(directory, durability))
+        paths.append(env_path)
     os.chmod(directory, 0o700)
     for path in paths:
         os.chmod(path, 0o444)
@@ -159,7 +307,15 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     hostnames = tuple(dict.fromkeys(["localhost", *(args.hostname or [])]))
     addresses = tuple(dict.fromkeys(["127.0.0.1", "::1", *(args.address or [])]))
     maxmemory = redis_maxmemory({"PLAB_REDIS_MAXMEMORY": args.redis_maxmemory})
-    for path in prepare_secrets(Path(args.dir), hostnames, addresses, args.durability, maxmemory):
+    durability = args.durability or ("replicated" if args.topology == "ha" else "everysec")
+    try:
+        paths = prepare_secrets(
+            Path(args.dir), hostnames, addresses, durability, maxmemory, args.topology
+        )
+    except ConfigError as exc:
+        print(f"secrets: {exc.one_line}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 
@@ -182,7 +338,18 @@ def register(commands: argparse._SubParsersAction, secrets_name: str = "compose-
     prepare.add_argument("--dir", default="secrets")
     prepare.add_argument("--hostname", action="append", help="a DNS name for the certificate")
     prepare.add_argument("--address", action="append", help="an IP address for the certificate")
-    prepare.add_argument("--durability", choices=["everysec", "strict"], default="everysec")
+    prepare.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="single: one redis (the default); ha: compose's ha profile (also writes ha.env)",
+    )
+    prepare.add_argument(
+        "--durability",
+        choices=DURABILITY_MODES,
+        default=None,
+        help="everysec (single's default), strict, or replicated (ha only; ha's default)",
+    )
     prepare.add_argument(
         "--redis-maxmemory",
         default=os.environ.get("PLAB_REDIS_MAXMEMORY", "384mb"),

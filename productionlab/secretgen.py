@@ -137,7 +137,7 @@ class Purpose:
     client auth), ``names`` the DNS names and addresses (SANs) it is valid for."""
 
     key_usage: x509.KeyUsage | None = None
-    usage: x509.ObjectIdentifier | None = None
+    usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...] | None = None
     names: tuple[x509.GeneralName, ...] = ()
 
 
@@ -169,7 +169,8 @@ def build_certificate(
     if purpose.key_usage is not None:
         builder = builder.add_extension(purpose.key_usage, critical=True)
     if purpose.usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose.usage]), critical=False)
+        usages = purpose.usage if isinstance(purpose.usage, tuple) else (purpose.usage,)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     if purpose.names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(list(purpose.names)), critical=False
@@ -233,6 +234,22 @@ REDIS_TLS_DAYS = 825
 REDIS_ORGANIZATION = "productionlab redis"
 
 
+def _covers(
+    cert_path: Path,
+    names: tuple[x509.GeneralName, ...],
+    usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
+) -> bool:
+    """Whether the certificate names every one of ``names`` and has every ``usage``."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        has_names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        has_usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return False
+    usages = usage if isinstance(usage, tuple) else (usage,)
+    return set(names) <= has_names and set(usages) <= has_usages
+
+
 def redis_client_files(client: str) -> tuple[str, str]:
     """The certificate and key file names of one redis TLS client (``ap``, ``cp``, ...)."""
     return f"redis_{client}_crt", f"redis_{client}_key"
@@ -244,6 +261,7 @@ def ensure_redis_tls(
     addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
     clients: tuple[str, ...] = REDIS_TLS_CLIENTS,
     days: int = REDIS_TLS_DAYS,
+    peer: bool = False,
 ) -> dict[str, Path]:
     """The redis CA, server certificate and client certificates under ``directory``
     (keys 0600, certificates 0644); what exists is kept, a missing client is added.
@@ -252,6 +270,12 @@ def ensure_redis_tls(
     the compose service name ``redis`` when asked); clients verify it against the CA
     and redis verifies each client's certificate against the same CA
     (``tls-auth-clients yes``), so only holders of a certificate from this CA connect.
+
+    ``peer`` (compose's ``ha`` profile): the server certificate is also a client
+    certificate (extended key usage clientAuth), because every redis node there
+    presents it when it connects to another one (a replica to its primary, a
+    sentinel to the data nodes and to the other sentinels; ``tls-replication yes``).
+    A kept server certificate that lacks a wanted name or that usage is issued again.
     """
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -270,7 +294,15 @@ def ensure_redis_tls(
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # we wrote it  # nosec B101
     paths = {REDIS_TLS_CA: ca_path, REDIS_TLS_CA_KEY: ca_key_path}
     server_names = alt_names(hostnames, addresses)
-    wanted = [(REDIS_TLS_SERVER, "redis", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, server_names)]
+    server_usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...] = (
+        x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    if peer:
+        server_usage = (server_usage, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+    server_cert_path = directory / REDIS_TLS_SERVER[0]
+    if server_cert_path.exists() and not _covers(server_cert_path, server_names, server_usage):
+        server_cert_path.unlink()
+    wanted = [(REDIS_TLS_SERVER, "redis", server_usage, server_names)]
     wanted += [
         (redis_client_files(c), f"plab-{c}", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, ())
         for c in clients
