@@ -249,7 +249,36 @@ class RedisClusterKit:
         for node in (target, source, *[n for n in self.nodes if n not in (target, source)]):
             assert node.client is not None
             node.client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        self._settle(slot, target, target_id)
         return moved
+
+    def _claimed_by(self, node: RedisProcess, slot: int) -> int | None:
+        """The port of the master that ``node``'s own view says owns ``slot``."""
+        assert node.client is not None
+        for start, end, master, *_replicas in node.client.execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        return None
+
+    def _settle(self, slot: int, target: RedisProcess, target_id: str) -> None:
+        """Wait (bounded) until every master's view names ``target`` for ``slot``.
+        A claim that crossed the SETSLOTs on the cluster bus can win back a node's
+        view (seen once in CI: afterwards no master claimed the slot for itself);
+        then the target claims it again under a new epoch, as ``redis-cli --cluster
+        fix`` does."""
+        assert target.client is not None
+        views: dict[int, int | None] = {}
+        for attempt in range(300):  # bounded: ~30 s
+            views = {n.port: self._claimed_by(n, slot) for n in self.nodes}
+            if set(views.values()) == {target.port}:
+                return
+            if attempt % 20 == 19:
+                target.client.execute_command("CLUSTER BUMPEPOCH")
+                for node in (target, *[n for n in self.nodes if n is not target]):
+                    assert node.client is not None
+                    node.client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            time.sleep(0.1)
+        raise AssertionError(f"no agreement that {target.port} owns slot {slot}: {views}")
 
     def keys_per_node(self) -> dict[int, int]:
         """``DBSIZE`` of each master, by port."""
