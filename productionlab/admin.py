@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import redis
 from flask import Blueprint, Response, jsonify, request
-from redis.cluster import RedisCluster
 
 from productionlab import backup, backup_format, checkprod, drill
 from productionlab.audit_keeper import AuditKeeper
@@ -17,6 +16,7 @@ from productionlab.errors import MalformedRequest, ResourceNotFound, StateConfli
 from productionlab.kv import INDEX, UNATTRIBUTED
 from productionlab.kv_routes import int_arg
 from productionlab.services import services
+from productionlab.store.connection import info_of_every_master
 
 
 def audit_keeper() -> AuditKeeper:
@@ -80,17 +80,8 @@ def redis_masters(client: redis.Redis) -> list[dict]:
     """Memory and AOF state of the redis, or of every master of a cluster (a
     cluster client's INFO reaches one node only; any master may be the full one
     or the one whose AOF is off)."""
-    if isinstance(client, RedisCluster):
-        primaries = RedisCluster.PRIMARIES
-        memory = client.info("memory", target_nodes=primaries)
-        persistence = client.info("persistence", target_nodes=primaries)
-        nodes = sorted(memory)
-    else:
-        memory, persistence, nodes = (
-            {"": client.info("memory")},
-            {"": client.info("persistence")},
-            [""],
-        )
+    memory = info_of_every_master(client, "memory")
+    persistence = info_of_every_master(client, "persistence")
     return [
         {
             "node": node or None,
@@ -99,7 +90,7 @@ def redis_masters(client: redis.Redis) -> list[dict]:
             "aof_enabled": bool(persistence[node].get("aof_enabled")),
             "aof_last_write_status": persistence[node].get("aof_last_write_status"),
         }
-        for node in nodes
+        for node in sorted(memory)
     ]
 
 

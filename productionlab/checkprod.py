@@ -18,7 +18,6 @@ import redis
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from redis.exceptions import RedisClusterException
 
 from productionlab.metrics import MEMORY_WARNING_RATIO, RedisMemory
 from productionlab.settings import (
@@ -30,7 +29,7 @@ from productionlab.settings import (
     secret_problem,
 )
 from productionlab.settings.deployment import EDGE_COUNTS, WATCH_COUNTS
-from productionlab.store.connection import connect
+from productionlab.store.connection import REDIS_FAULTS, connect
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -127,7 +126,7 @@ def redis_findings(settings: Settings) -> list[str]:
         client = connect(settings, pool_size=2)
         aof = client.config_get("appendonly").get("appendonly")
         persistence = client.info("persistence")
-    except (redis.RedisError, RedisClusterException) as exc:
+    except REDIS_FAULTS as exc:
         return [*findings, f"redis: cannot inspect {settings.redis_url}: {type(exc).__name__}"]
     if aof != "yes" and not persistence.get("aof_enabled"):
         findings.append("redis: AOF persistence is off (appendonly no)")
@@ -170,7 +169,7 @@ def _accepts_anonymous(settings: Settings) -> bool:
         return False
     except redis.ResponseError as exc:
         return "NOAUTH" not in str(exc) and "NOPERM" not in str(exc)
-    except (redis.RedisError, RedisClusterException):
+    except REDIS_FAULTS:
         # A cluster client that cannot even discover the masters without a
         # password raises RedisClusterException (not a RedisError).
         return False

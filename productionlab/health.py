@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Blueprint, Response, jsonify
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
 
 from productionlab.errors import REDIS_RETRY_AFTER
 from productionlab.metrics import RedisMemory
 from productionlab.services import services
+from productionlab.store.connection import REDIS_FAULTS
 
 log = logging.getLogger("productionlab.health")
 
@@ -41,7 +40,7 @@ def ready_problem() -> str | None:
         if not problem and RedisMemory.read(client).refuses_writes:
             problem = "redis is at maxmemory and refuses writes"
         return problem
-    except (redis.RedisError, RedisClusterException) as exc:
+    except REDIS_FAULTS as exc:
         log.warning("not ready: redis %s", type(exc).__name__)
         return "the store does not answer"
 

@@ -15,10 +15,9 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.cluster import RedisCluster
 
 from productionlab.services import services
-from productionlab.store.connection import REDIS_FAULTS
+from productionlab.store.connection import REDIS_FAULTS, info_of_every_master
 
 log = logging.getLogger("productionlab.metrics")
 
@@ -38,11 +37,8 @@ class RedisMemory:
     def read(cls, client: redis.Redis) -> RedisMemory:
         """One redis's memory; on a cluster the fullest master's (a cluster client's
         INFO goes to one node, not necessarily the one that refuses writes)."""
-        if isinstance(client, RedisCluster):
-            by_node = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
-            fullest = [cls.of(info) for info in by_node.values()]
-            return max(fullest, key=lambda m: (m.refuses_writes, m.ratio))
-        return cls.of(client.info("memory"))
+        masters = [cls.of(info) for info in info_of_every_master(client, "memory").values()]
+        return max(masters, key=lambda m: (m.refuses_writes, m.ratio))
 
     @classmethod
     def of(cls, info: dict) -> RedisMemory:

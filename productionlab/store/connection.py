@@ -40,6 +40,16 @@ REDIS_FAULTS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterExcep
 
 log = logging.getLogger("productionlab.store")
 
+
+def info_of_every_master(client: redis.Redis, section: str) -> dict[str, dict]:
+    """``INFO <section>`` of the redis (under the name ``""``), or of every master
+    of a cluster by node name: a cluster client's INFO reaches one node only, and
+    any master may be the full one or the one whose AOF is off."""
+    if isinstance(client, RedisCluster):
+        return client.info(section, target_nodes=RedisCluster.PRIMARIES)
+    return {"": client.info(section)}
+
+
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
 POOL_WAIT = 2.0

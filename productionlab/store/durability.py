@@ -25,9 +25,9 @@ import threading
 import time
 
 import redis
-from redis.cluster import RedisCluster
 
 from productionlab.errors import StoreUnavailable
+from productionlab.store.connection import info_of_every_master
 from productionlab.store.pinning import StaleConnection
 
 log = logging.getLogger("productionlab.durability")
@@ -69,7 +69,7 @@ class Durability:
         # Only a client that pins the write's connection (store/pinning.py) can ask
         # WAITAOF about that write; a cluster client would ask another connection.
         self._waitaof = (major, minor) >= (7, 2) and hasattr(self.client, "pin")
-        masters = self._persistence_of_every_master()
+        masters = list(info_of_every_master(self.client, "persistence").values())
         problem = None
         if not all(p.get("aof_enabled") for p in masters):
             problem = "redis has AOF disabled"
@@ -85,14 +85,6 @@ class Durability:
                 problem = "replicated durability needs a connected replica (none is)"
         self._problem = problem
         self._checked_at = time.monotonic()
-
-    def _persistence_of_every_master(self) -> list[dict]:
-        """``INFO persistence`` of the redis, or of every master of a cluster (a
-        cluster client's INFO reaches one node, maybe not the one with the data)."""
-        if isinstance(self.client, RedisCluster):
-            by_node = self.client.info("persistence", target_nodes=RedisCluster.PRIMARIES)
-            return list(by_node.values())
-        return [self.client.info("persistence")]
 
     def problem(self, fresh: bool = False) -> str | None:
         """Why acknowledged writes would not be durable as promised, or None."""
