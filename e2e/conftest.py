@@ -82,6 +82,14 @@ class Deployment:
     def anonymous(self, patient: bool = True) -> Client:
         return Client(self, patient=patient)
 
+    def new_user(self, name: str, role: str, prefixes: list[str]) -> Client:
+        """Create ``name`` through the admin API and answer a client signed in as it."""
+        created = self.admin().post(
+            "/admin/users", json={"name": name, "role": role, "prefixes": prefixes}
+        )
+        assert created.status_code == 201, created.text
+        return Client(self, name, created.json()["password"])
+
     def wait_for(self, path: str, status: int = 200, timeout: float = 180) -> None:
         """Poll an edge route until it answers ``status`` (a start-up bound, not a benchmark)."""
         deadline = time.monotonic() + timeout

@@ -225,12 +225,7 @@ def test_tls_only_with_the_generated_certificate(deployment):
 
 def test_data_routes_with_users_grants_and_errors(deployment):
     admin = deployment.admin()
-    created = admin.post(
-        "/admin/users", json={"name": "e2e-writer", "role": "writer", "prefixes": ["e2e-"]}
-    )
-    assert created.status_code == 201, created.text
-    writer = deployment.anonymous()
-    writer.name, writer.password = "e2e-writer", created.json()["password"]
+    writer = deployment.new_user("e2e-writer", "writer", ["e2e-"])
 
     first = writer.post("/write/e2e-key/hello")
     assert first.status_code == 201, first.text
@@ -270,13 +265,8 @@ def test_data_routes_with_users_grants_and_errors(deployment):
 def test_watches_wake_on_a_write_and_on_an_expiry(deployment):
     """Watches through the deployment's edge: the change channel and the
     expired-key events reach the app plane under compose's redis.conf and ACL."""
-    admin = deployment.admin()
-    created = admin.post(
-        "/admin/users", json={"name": "e2e-watcher", "role": "writer", "prefixes": ["e2e-w"]}
-    )
-    assert created.status_code == 201, created.text
-    watcher = deployment.anonymous()
-    watcher.name, watcher.password, watcher.timeout = "e2e-watcher", created.json()["password"], 90
+    watcher = deployment.new_user("e2e-watcher", "writer", ["e2e-w"])
+    watcher.timeout = 90
     for key, write in (("e2e-wkey", "/write/e2e-wkey/two"), ("e2e-wttl", None)):
         first = watcher.post(f"/write/{key}/one" + ("?ttl=2" if write is None else ""))
         assert first.status_code == 201, first.text

@@ -190,13 +190,7 @@ class WriteLoad:
 
 
 def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(ha):
-    admin = ha.admin()
-    created = admin.post(
-        "/admin/users", json={"name": "e2e-ha", "role": "writer", "prefixes": ["ha-"]}
-    )
-    assert created.status_code == 201, created.text
-    user = ha.anonymous()
-    user.name, user.password = "e2e-ha", created.json()["password"]
+    user = ha.new_user("e2e-ha", "writer", ["ha-"])
     assert user.put("/v1/kv/ha-first", data=b"one").status_code == 201
     assert user.get("/v1/kv/ha-first").content == b"one"
 
