@@ -113,9 +113,9 @@ class PinnableRedis(redis.Redis):
         The connection is taken from the pool at the thread's first call and
         given back when the thread object goes away; the pool has one spare per
         ordinary Waitress thread for it (``Settings.redis_pool_size``)."""
-        pins = self._pins()
-        if getattr(pins, "connection", None) is not None:
+        if self.pinned:
             return self.execute_command(*args)
+        pins = self._pins()
         kept = getattr(pins, "kept", None)
         if kept is None or kept.pid != os.getpid():
             kept = pins.kept = self.connection_pool.get_connection()
