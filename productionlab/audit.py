@@ -110,10 +110,15 @@ class Snapshot:
 
 
 class AuditLog:
-    """The part of the log that lives in redis: append, read, page."""
+    """The part of the log that lives in redis: append, read, page.
 
-    def __init__(self, client: redis.Redis):
+    ``keys``: the chain's list and meta hash; the main chain's by default (a
+    virtual shard's chain is ``layout.Shard.audit``)."""
+
+    def __init__(self, client: redis.Redis, keys: tuple[str, str] = AUDIT_KEYS):
         self.client = client
+        self.keys = keys
+        self.list_key, self.meta_key = keys
 
     def append(
         self, actor: Actor, action: str, target: str, outcome: str, version: str = ""
@@ -122,7 +127,7 @@ class AuditLog:
         return int(
             AUDIT_APPEND(
                 self.client,
-                keys={"audit": AUDIT_KEYS},
+                keys={"audit": self.keys},
                 args={
                     "audit": actor.audit_args(),
                     "action": clean(action),
@@ -136,10 +141,10 @@ class AuditLog:
     def snapshot(self) -> Snapshot:
         """``first``, ``first_prev``, length and newest entry, read atomically."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hget(AUDIT_META, "first")
-        pipe.hget(AUDIT_META, "first_prev")
-        pipe.llen(AUDIT_LIST)
-        pipe.lindex(AUDIT_LIST, -1)
+        pipe.hget(self.meta_key, "first")
+        pipe.hget(self.meta_key, "first_prev")
+        pipe.llen(self.list_key)
+        pipe.lindex(self.list_key, -1)
         first, first_prev, length, last = pipe.execute()
         return Snapshot(
             int(first or 1), (first_prev or b"").decode(), int(length), last if length else None
@@ -154,14 +159,14 @@ class AuditLog:
         At most ``budget`` entries are read per call, so filtering a long log for a
         rare actor answers in bounded time with a cursor to continue from.
         """
-        first = int(self.client.hget(AUDIT_META, "first") or 1)
+        first = int(self.client.hget(self.meta_key, "first") or 1)
         start = max(0, since - first)
         found: list[dict] = []
         scanned = 0
         next_since: int | None = None
         while True:
             batch = min(1000, max(limit, 100))
-            raw = self.client.lrange(AUDIT_LIST, start, start + batch - 1)
+            raw = self.client.lrange(self.list_key, start, start + batch - 1)
             if not raw:
                 return found, None
             for offset, item in enumerate(raw):
@@ -191,7 +196,7 @@ class AuditLog:
         """The stored entries from list index ``start`` to ``stop`` (inclusive; -1: the end)."""
         while stop < 0 or start <= stop:
             end = start + batch - 1 if stop < 0 else min(stop, start + batch - 1)
-            raw = self.client.lrange(AUDIT_LIST, start, end)
+            raw = self.client.lrange(self.list_key, start, end)
             if not raw:
                 return
             start += len(raw)

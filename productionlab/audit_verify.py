@@ -114,6 +114,7 @@ def verify_log(
     checkpoints: CheckpointFile,
     trusted: dict[str, Ed25519PublicKey],
     legacy_key: bytes | None = None,
+    log: AuditLog | None = None,
 ) -> VerifyResult:
     problems = _Problems()
     keys = {**checkpoints.public_keys(), **trusted}
@@ -128,7 +129,7 @@ def verify_log(
     wanted = {c.seq for c in valid}
     hashes: dict[int, str] = {}
     redis_index: dict[int, int] = {}
-    log = AuditLog(client)
+    log = log or AuditLog(client)  # the main chain unless told another
     checked = archived = 0
     origin: int | None = None
     last = 0

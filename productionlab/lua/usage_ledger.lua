@@ -1,0 +1,66 @@
+--! fragment
+-- A user's quota total on {plab} with virtual shards (docs/design/
+-- virtual-shards.md, "Per-user limit and quota"). {plab}:usage:<user> holds,
+-- per shard s (two digits), the last reported usage there (kNN keys, bNN
+-- bytes, qNN its seq, eNN its earliest TTL expiry) and the amounts held by
+-- writes in flight (hk, hb); {plab}:usage-holds:<user> names each hold
+-- (member "<id>:<keys>:<bytes>", score its deadline in ms). USAGE_TOTAL is
+-- shardkv.py's USAGE_TOTAL (a test pins it).
+local USAGE_TOTAL = '{plab}:usage:'
+
+-- The user's keys and bytes as the quota counts them: reported plus held.
+local function ledger_total(usage)
+  local all = redis.call('HGETALL', usage)
+  local keys, bytes = 0, 0
+  for i = 1, #all, 2 do
+    local kind = string.sub(all[i], 1, 1)
+    if kind == 'k' or all[i] == 'hk' then keys = keys + tonumber(all[i + 1])
+    elseif kind == 'b' or all[i] == 'hb' then bytes = bytes + tonumber(all[i + 1]) end
+  end
+  return keys, bytes
+end
+
+-- Hold what a write may grow by: want_keys and want_bytes, each clipped to the
+-- headroom left under max_keys and max_bytes. hold_id '' keeps no record (the
+-- composed single-redis script releases the hold in the same script). Returns
+-- the granted keys, bytes and the hold's member ('' when none was recorded).
+local function reserve(usage, holds, hold_id, deadline, want_keys, want_bytes, max_keys, max_bytes)
+  if want_keys <= 0 and want_bytes <= 0 then return 0, 0, '' end
+  local keys, bytes = ledger_total(usage)
+  local grant_keys = math.max(0, math.min(want_keys, max_keys - keys))
+  local grant_bytes = math.max(0, math.min(want_bytes, max_bytes - bytes))
+  if grant_keys == 0 and grant_bytes == 0 then return 0, 0, '' end
+  redis.call('HINCRBY', usage, 'hk', grant_keys)
+  redis.call('HINCRBY', usage, 'hb', grant_bytes)
+  local member = ''
+  if hold_id ~= '' then
+    member = hold_id .. ':' .. grant_keys .. ':' .. grant_bytes
+    redis.call('ZADD', holds, deadline, member)
+  end
+  return grant_keys, grant_bytes, member
+end
+
+-- Release a hold (member, or '' with its amounts given) once.
+local function release(usage, holds, member, keys, bytes)
+  if member ~= '' then
+    if redis.call('ZREM', holds, member) == 0 then return end
+    local _, _, k, b = string.find(member, ':(%d+):(%d+)$')
+    keys, bytes = tonumber(k), tonumber(b)
+  end
+  if keys > 0 then redis.call('HINCRBY', usage, 'hk', -keys) end
+  if bytes > 0 then redis.call('HINCRBY', usage, 'hb', -bytes) end
+end
+
+-- Record what shard (two digits) reported for users: a flat list from
+-- `first` of user, keys, bytes, seq, earliest expiry. A report older than the
+-- one recorded (its seq not newer) changes nothing.
+local function settle(shard, list, first)
+  for i = first, #list, 5 do
+    local usage = USAGE_TOTAL .. list[i]
+    local seq = tonumber(list[i + 3])
+    if seq > tonumber(redis.call('HGET', usage, 'q' .. shard) or '-1') then
+      redis.call('HSET', usage, 'k' .. shard, list[i + 1], 'b' .. shard, list[i + 2],
+        'q' .. shard, seq, 'e' .. shard, list[i + 4])
+    end
+  end
+end
