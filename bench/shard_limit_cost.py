@@ -17,7 +17,11 @@ keys under ``{plab:s03}``; single redis has no cross-slot check):
   (one round trip on single redis; the value is dropped when the ticket is
   refused).
 
-    python bench/shard_limit_cost.py [--calls 20000]
+Then the built code (``--built``): today's ``KVStore`` against ``ShardedKV`` on
+the same redis, composed (one script per write) and with the cluster's three
+scripts, reads with the ticket pipelined.
+
+    python bench/shard_limit_cost.py [--calls 20000] [--built]
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import argparse
 import time
 
 from productionlab.audit import AUDIT_KEYS, Actor
-from productionlab.kv import KV_GET, KV_PUT
+from productionlab.kv import KV_GET, KV_PUT, KVStore
+from productionlab.ratelimit import Ticket
 from productionlab.redis_process import RedisProcess
+from productionlab.shardkv import ShardedKV
+from productionlab.store.durability import Durability
 
 SHARD = "{plab:s03}"
 LIMIT_PLAB = "{plab}:limits:user:bench:60"
@@ -87,7 +94,11 @@ def measure(client, name: str, calls: int, request) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--built", action="store_true", help="measure the built code only")
     args = parser.parse_args()
+    if args.built:
+        built(args.calls)
+        return
     with RedisProcess() as client:
         reserve_sha = client.script_load(RESERVE)
         settle_sha = client.script_load(SETTLE)
@@ -179,6 +190,29 @@ def main() -> None:
                 settle(-1, -hold_bytes),
             ),
         )
+
+
+def built(calls: int) -> None:
+    with RedisProcess() as client:
+        durability = Durability(client, strict=False)
+        actor = Actor("bench", "127.0.0.1", "bench")
+        ticket = Ticket(LIMIT_PLAB, 10**9, 60)
+        value = b"v" * 100
+        stores = {
+            "today KVStore": KVStore(client, durability),
+            "ShardedKV composed": ShardedKV(client, durability, composed=True),
+            "ShardedKV 3 scripts": ShardedKV(client, durability, composed=False),
+        }
+        for store in stores.values():
+            store.put("bench-1", value, actor, limit=ticket)
+        print("reads (GET of one key, limit on):")
+        for name, store in stores.items():
+            measure(client, name, calls, lambda i, s=store: s.get("bench-1", limit=ticket))
+        print("writes (overwrite of one key by its owner, limit and quota on):")
+        for name, store in stores.items():
+            measure(
+                client, name, calls, lambda i, s=store: s.put("bench-1", value, actor, limit=ticket)
+            )
 
 
 if __name__ == "__main__":
