@@ -41,8 +41,9 @@ from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, Shard, all_shards, shard, shard_for
 
 # The quota total of a user (usage_ledger.lua's USAGE_TOTAL; a test pins it) and
-# the record of its holds in flight.
-USAGE_TOTAL = "{plab}:usage:"
+# the record of its holds in flight. Not today's ``{plab}:usage:<user>`` (kv.py's
+# total), so the two never mix during the migration.
+USAGE_TOTAL = "{plab}:usage-total:"
 HOLDS = "{plab}:usage-holds:"
 # A hold outlives any request that takes it (the settle releases it); after its
 # deadline a reservation may count it as lost (design, "Crashes and reconcile").

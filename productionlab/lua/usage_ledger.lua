@@ -1,21 +1,21 @@
 --! fragment
 -- A user's quota total on {plab} with virtual shards (docs/design/
--- virtual-shards.md, "Per-user limit and quota"). {plab}:usage:<user> holds,
+-- virtual-shards.md, "Per-user limit and quota"). {plab}:usage-total:<user> holds,
 -- per shard s (two digits), the last reported usage there (kNN keys, bNN
 -- bytes, qNN its seq, eNN its earliest TTL expiry) and the amounts held by
 -- writes in flight (hk, hb); {plab}:usage-holds:<user> names each hold
 -- (member "<id>:<keys>:<bytes>", score its deadline in ms). USAGE_TOTAL is
 -- shardkv.py's USAGE_TOTAL (a test pins it).
-local USAGE_TOTAL = '{plab}:usage:'
+local USAGE_TOTAL = '{plab}:usage-total:'
 
 -- The user's keys and bytes as the quota counts them: reported plus held.
 local function ledger_total(usage)
   local all = redis.call('HGETALL', usage)
   local keys, bytes = 0, 0
   for i = 1, #all, 2 do
-    local kind = string.sub(all[i], 1, 1)
-    if kind == 'k' or all[i] == 'hk' then keys = keys + tonumber(all[i + 1])
-    elseif kind == 'b' or all[i] == 'hb' then bytes = bytes + tonumber(all[i + 1]) end
+    local field = all[i]
+    if field == 'hk' or string.find(field, '^k%d%d$') then keys = keys + tonumber(all[i + 1])
+    elseif field == 'hb' or string.find(field, '^b%d%d$') then bytes = bytes + tonumber(all[i + 1]) end
   end
   return keys, bytes
 end

@@ -1,0 +1,220 @@
+"""Moving a store from the one-tag layout (every KV key under ``{plab}``) to the
+virtual shards (store/layout.py; docs/design/virtual-shards.md, step 4).
+
+Built and tested on its own; the control plane does not run it yet (it will,
+at start-up, after today's migrations, with the KV routes answering 503 until
+the marker is set: the design's "Status").
+
+What moves, per key (idempotent, so a migration cut short runs again from the
+start and finishes):
+
+- the item ``{plab}:kv:<key>`` to its shard (``DUMP`` + ``RESTORE ... ABSTTL
+  REPLACE``: a cluster cannot ``RENAME`` across slots, and one way serves both),
+  with its TTL and its fields (value, version, owner) as they were: a client's
+  ETag stays valid;
+- its listing-index entry, its tombstone and its TTL version to the shard's.
+
+Then each shard's counter is set past the old global counter (``V // 16 + 1``,
+so every new version, ``counter * 16 + shard``, is above every old one), each
+shard's tombstone floor to the old floor, the usage is rebuilt from the items
+(each user's exact usage per shard, and the ``{plab}:usage-total:<user>`` ledger)
+and the old usage records of every owner and user are removed; last, the marker
+``{plab}:layout`` = ``{shards, version}``, and the old counter, index and watch
+keys go. The main audit chain (``{plab}:audit``) stays where it is: it becomes
+the chain of users, tokens and auth events, and old KV entries stay in it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+import redis
+
+from productionlab.shardkv import HOLDS, USAGE_TOTAL
+from productionlab.store.layout import (
+    LAYOUT_KEY,
+    LAYOUT_VERSION,
+    SHARDS,
+    all_shards,
+    shard_for,
+)
+
+OLD_ITEM = "{plab}:kv:"
+OLD_COUNTER = "{plab}:kv-version"
+OLD_INDEX = "{plab}:kv-index"
+OLD_USAGE = "{plab}:usage:"
+OLD_TOMBS = "{plab}:kv-watch:tombs"
+OLD_FLOOR = "{plab}:kv-watch:floor"
+OLD_TTL_VERSIONS = "{plab}:kv-watch:ttl"
+USERS = "{plab}:users"  # users.py's USERS (a test pins it)
+
+
+class LayoutMismatch(RuntimeError):
+    """The store was written with another number of shards or layout version."""
+
+
+def layout_of(client: redis.Redis) -> dict[str, int] | None:
+    """The marker's {shards, version}, or None on a store not yet migrated."""
+    found = client.hgetall(LAYOUT_KEY)
+    if not found:
+        return None
+    return {k.decode(): int(v) for k, v in found.items()}
+
+
+def check_layout(client: redis.Redis) -> bool:
+    """True if the store is on this layout, False if not migrated yet; raises
+    :class:`LayoutMismatch` on another shard count or version."""
+    marker = layout_of(client)
+    if marker is None:
+        return False
+    if marker != {"shards": SHARDS, "version": LAYOUT_VERSION}:
+        raise LayoutMismatch(
+            f"the store's layout is {marker}, this code's is "
+            f"{{'shards': {SHARDS}, 'version': {LAYOUT_VERSION}}}: the shard count is fixed"
+        )
+    return True
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _move_items(client: redis.Redis, keys: list[str]) -> None:
+    """Move these old items (and index entries, tombstones, TTL versions)."""
+    read = client.pipeline(transaction=False)
+    for key in keys:
+        read.dump(OLD_ITEM + key)
+        read.execute_command("PEXPIRETIME", OLD_ITEM + key)
+        read.zscore(OLD_TOMBS, key)
+        read.hget(OLD_TTL_VERSIONS, key)
+    found = read.execute()
+    write = client.pipeline(transaction=False)
+    for n, key in enumerate(keys):
+        payload, expire_at, tomb, ttl_version = found[4 * n : 4 * n + 4]
+        place = shard_for(key)
+        if payload is not None:
+            at = int(expire_at) if int(expire_at) > 0 else 0
+            write.restore(place.item(key), at, payload, replace=True, absttl=at > 0)
+            write.zadd(place.index, {key: 0})
+        if tomb is not None:
+            write.zadd(place.tombs, {key: int(tomb)})
+        if ttl_version is not None:
+            write.hset(place.ttl_versions, key, ttl_version)
+    write.execute()
+    # Only once every copy is made: the old ones go.
+    drop = client.pipeline(transaction=False)
+    for key in keys:
+        drop.delete(OLD_ITEM + key)
+        drop.zrem(OLD_INDEX, key)
+        drop.zrem(OLD_TOMBS, key)
+        drop.hdel(OLD_TTL_VERSIONS, key)
+    drop.execute()
+
+
+def _old_keys(client: redis.Redis, batch: int) -> Iterable[list[str]]:
+    """The old index's keys, then the tombstones' and TTL versions' keys (deleted
+    or expired keys), ``batch`` at a time, until none is left."""
+    while True:
+        page = [_decode(m) for m in client.zrange(OLD_INDEX, 0, batch - 1)]
+        if not page:
+            break
+        yield page
+    while True:
+        page = [_decode(m) for m in client.zrange(OLD_TOMBS, 0, batch - 1)]
+        if not page:
+            break
+        yield page
+    while True:
+        _, found = client.hscan(OLD_TTL_VERSIONS, 0, count=batch)
+        if not found:
+            break
+        yield [_decode(k) for k in found]
+
+
+def _rebuild_usage(client: redis.Redis, users: set[str], batch: int) -> None:
+    """Each user's exact usage per shard from the items, and the ledger."""
+    now = int(time.time() * 1000)
+    for place in all_shards():
+        per_user: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # keys, bytes, first exp
+        expiring: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+        after = "-"
+        while True:
+            page = [_decode(m) for m in client.zrangebylex(place.index, after, "+", 0, batch)]
+            if not page:
+                break
+            read = client.pipeline(transaction=False)
+            for key in page:
+                read.hget(place.item(key), "o")
+                read.hstrlen(place.item(key), "v")
+                read.execute_command("PEXPIRETIME", place.item(key))
+            found = read.execute()
+            for n, key in enumerate(page):
+                owner, size, expire_at = found[3 * n : 3 * n + 3]
+                if owner is None or int(expire_at) == -2:
+                    continue  # pre-quota (migrate_usage charges it) or gone
+                user = _decode(owner)
+                users.add(user)
+                size = len(key) + int(size)
+                per_user[user][0] += 1
+                per_user[user][1] += size
+                if int(expire_at) > 0:
+                    expiring[user][key] = (int(expire_at), size)
+            after = "(" + page[-1]
+        for user in users:
+            keys, size, _ = per_user.get(user, [0, 0, 0])
+            usage = place.usage(user)
+            write = client.pipeline(transaction=False)
+            for name in (usage, usage + ":exp", usage + ":ttl"):
+                write.delete(name)  # one key a call: a cluster pipeline takes no more
+            first_expiry = 0
+            if keys:
+                write.hset(usage, mapping={"keys": keys, "bytes": size, "seq": 1})
+                if expiring[user]:
+                    write.zadd(usage + ":exp", {k: at for k, (at, _) in expiring[user].items()})
+                    write.hset(
+                        usage + ":ttl", mapping={k: b for k, (_, b) in expiring[user].items()}
+                    )
+                    first_expiry = min(at for at, _ in expiring[user].values())
+            write.hset(
+                USAGE_TOTAL + user,
+                mapping={
+                    f"k{place.number:02d}": keys,
+                    f"b{place.number:02d}": size,
+                    f"q{place.number:02d}": 1 if keys else 0,
+                    f"e{place.number:02d}": first_expiry if first_expiry > now else 0,
+                },
+            )
+            write.execute()
+
+
+def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
+    """Move a one-tag store to the shards; False if it was already migrated.
+
+    Run it with the KV routes closed (nothing else writes KV keys meanwhile);
+    it is safe to run again after a crash."""
+    if check_layout(client):
+        return False
+    old_counter = int(client.get(OLD_COUNTER) or 0)
+    floor = client.get(OLD_FLOOR)
+    for keys in _old_keys(client, batch):
+        _move_items(client, keys)
+    setup = client.pipeline(transaction=False)
+    for place in all_shards():
+        # Past every old version; never back (a run after a crash finds it set).
+        current = int(client.get(place.counter) or 0)
+        setup.set(place.counter, max(current, old_counter // SHARDS + 1))
+        if floor is not None:
+            setup.set(place.floor, floor)
+    setup.execute()
+    users = {_decode(u) for u in client.smembers(USERS)}
+    users.add("-")
+    _rebuild_usage(client, users, batch)
+    for user in users:
+        client.delete(OLD_USAGE + user, OLD_USAGE + user + ":exp", OLD_USAGE + user + ":ttl")
+        client.delete(HOLDS + user)
+        client.hdel(USAGE_TOTAL + user, "hk", "hb")
+    client.hset(LAYOUT_KEY, mapping={"shards": SHARDS, "version": LAYOUT_VERSION})
+    client.delete(OLD_COUNTER, OLD_INDEX, OLD_TOMBS, OLD_FLOOR, OLD_TTL_VERSIONS)
+    return True

@@ -1,0 +1,155 @@
+"""The move of a one-tag store (today's kv.py layout, written by today's KVStore)
+to the virtual shards (productionlab/shardmigrate.py), on a real single redis
+and a real three-master cluster: values, versions (ETags), TTLs, tombstones,
+listings and usage survive; new versions are above every old one; a run cut
+short finishes when run again; a store of another shard count is refused."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from productionlab import users as users_module
+from productionlab.audit import Actor
+from productionlab.errors import QuotaExceeded, VersionConflict
+from productionlab.kv import KVStore, Quota
+from productionlab.redis_process import RedisProcess
+from productionlab.shardkv import ShardedKV
+from productionlab.shardmigrate import (
+    OLD_COUNTER,
+    OLD_INDEX,
+    OLD_ITEM,
+    OLD_TOMBS,
+    USERS,
+    LayoutMismatch,
+    _move_items,
+    check_layout,
+    migrate_to_shards,
+)
+from productionlab.store.durability import Durability
+from productionlab.store.layout import LAYOUT_KEY, SHARDS, shard_for, shard_of
+from productionlab.watch import TOMBS
+from tests.cluster_kit import RedisClusterKit
+
+
+@pytest.fixture(params=["single", "cluster"])
+def client(request) -> Iterator[redis.Redis]:
+    if request.param == "single":
+        with RedisProcess() as connection:
+            yield connection
+        return
+    kit = RedisClusterKit().start()
+    connection = kit.client()
+    try:
+        yield connection
+    finally:
+        connection.close()
+        kit.stop()
+
+
+def old_state(client: redis.Redis) -> dict:
+    """Today's layout, written by today's KVStore: what the migration must keep."""
+    kv = KVStore(client, Durability(client, strict=False))
+    alice, bob = Actor("alice", "127.0.0.1", "t"), Actor("bob", "127.0.0.1", "t")
+    client.sadd(USERS, "alice", "bob", "carol")
+    live = {}
+    for n in range(40):
+        key = f"m-{n:02d}-{secrets.token_hex(2)}"
+        who = alice if n % 3 else bob
+        ttl = 3600 if n % 5 == 0 else None
+        kv.put(key, f"value {n}".encode(), who, ttl=ttl)
+        live[key] = who.name
+    moved = sorted(live)[0]
+    kv.put(moved, b"bob's now", bob)  # the charge moves to bob
+    live[moved] = "bob"
+    deleted = []
+    for key in sorted(live)[1:6]:
+        kv.delete(key, alice)
+        deleted.append(key)
+        del live[key]
+    expiring = "m-expiring"
+    kv.put(expiring, b"soon gone", alice, ttl=1)
+    deadline = time.monotonic() + 30
+    while client.exists(OLD_ITEM + expiring) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    items = {}
+    for key in live:
+        value, version = client.hmget(OLD_ITEM + key, "v", "ver")
+        expire_at = int(client.execute_command("PEXPIRETIME", OLD_ITEM + key))
+        items[key] = (value, int(version), expire_at)
+    tombs = {key: int(client.zscore(TOMBS, key)) for key in deleted}
+    usage = {name: kv.usage(name) for name in ("alice", "bob", "carol")}
+    return {
+        "items": items,
+        "tombs": tombs,
+        "counter": int(client.get(OLD_COUNTER)),
+        "usage": {name: (u.keys, u.bytes) for name, u in usage.items()},
+        "expiring": expiring,
+    }
+
+
+def assert_migrated(client: redis.Redis, before: dict) -> None:
+    assert check_layout(client)
+    sharded = ShardedKV(client, Durability(client, strict=False))
+    for key, (value, version, expire_at) in before["items"].items():
+        item = sharded.get(key)
+        assert (item.value, item.version) == (value, version), key
+        place = shard_for(key)
+        assert int(client.execute_command("PEXPIRETIME", place.item(key))) == expire_at
+        assert client.exists(OLD_ITEM + key) == 0
+    for key, version in before["tombs"].items():
+        assert int(client.zscore(shard_for(key).tombs, key)) == version
+    for old in (OLD_COUNTER, OLD_INDEX, OLD_TOMBS):
+        assert client.exists(old) == 0
+    listed, cursor = sharded.list_keys(["m-"], "", limit=1000)
+    assert listed == sorted(before["items"]) and cursor is None
+    for name, used in before["usage"].items():
+        now = sharded.usage(name)
+        assert (now.keys, now.bytes) == used, name
+    # New versions are above every old one and carry their shard; an old ETag works.
+    key = sorted(before["items"])[-1]
+    old_version = before["items"][key][1]
+    with pytest.raises(VersionConflict):
+        sharded.put(key, b"x", Actor("alice"), if_match=[str(old_version + 1)])
+    written = sharded.put(key, b"new", Actor("alice"), if_match=[str(old_version)])
+    assert written.version > before["counter"] and written.version % SHARDS == shard_of(key)
+    fresh = sharded.put("m-new-key", b"x", Actor("carol"))
+    assert fresh.version > before["counter"]
+    # The quota counts the migrated usage.
+    alice_keys = before["usage"]["alice"][0]
+    limited = ShardedKV(client, Durability(client, strict=False), Quota(max_keys=alice_keys))
+    with pytest.raises(QuotaExceeded):
+        limited.put("m-one-more", b"x", Actor("alice"))
+
+
+def test_a_store_of_todays_layout_moves_to_the_shards(client):
+    before = old_state(client)
+    assert not check_layout(client)
+    assert migrate_to_shards(client, batch=7)
+    assert_migrated(client, before)
+    assert not migrate_to_shards(client)  # once only
+
+
+def test_a_migration_cut_short_finishes_when_run_again(client):
+    before = old_state(client)
+    some = sorted(before["items"])[:9] + sorted(before["tombs"])[:2]
+    _move_items(client, some)
+    # A crash between a copy and the removal of its original: both exist.
+    key = sorted(before["items"])[12]
+    client.restore(shard_for(key).item(key), 0, client.dump(OLD_ITEM + key), replace=True)
+    assert migrate_to_shards(client, batch=5)
+    assert_migrated(client, before)
+
+
+def test_a_store_of_another_shard_count_is_refused(client):
+    client.hset(LAYOUT_KEY, mapping={"shards": 8, "version": 2})
+    with pytest.raises(LayoutMismatch, match="shard count is fixed"):
+        migrate_to_shards(client)
+
+
+def test_the_users_set_is_the_users_modules():
+    assert USERS == users_module.USERS
