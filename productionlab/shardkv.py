@@ -95,6 +95,7 @@ class ShardedKV:
         self.quota = quota or Quota()
         # One script per write where one redis holds every shard (no cross-slot check).
         self.composed = not isinstance(client, RedisCluster) if composed is None else composed
+        self.hold_ms = HOLD_MS
 
     # --- reads ------------------------------------------------------------------------
     def get(self, key: str, limit: Ticket | None = None) -> Item:
@@ -206,7 +207,7 @@ class ShardedKV:
                 held=True,
             )
             return int(status), version, (extra[0] if extra else None)
-        hold, wait = self._reserve(user, ticket, 1, len(key) + len(value))
+        hold, wait = self._reserve(user, ticket, 1, len(key) + len(value), place.number)
         if hold is None:
             return -2, wait, None
         status, version, *reports = SHARD_PUT(
@@ -245,7 +246,7 @@ class ShardedKV:
                 held=True,
             )
         else:
-            hold, wait = self._reserve(actor.name, ticket, 0, 0)
+            hold, wait = self._reserve(actor.name, ticket, 0, 0, place.number)
             if hold is None:
                 status, version = -2, wait
             else:
@@ -264,29 +265,48 @@ class ShardedKV:
         return int(version)
 
     # --- the {plab} side of a write in cluster mode -------------------------------------
-    def _reserve(self, user: str, ticket: Ticket, keys: int, size: int) -> tuple[Hold | None, int]:
-        """The ticket and a hold of up to ``keys`` and ``size`` bytes; (None, the
-        seconds to wait) when the limit is spent."""
+    def _reserve(
+        self, user: str, ticket: Ticket, keys: int, size: int, number: int = 0
+    ) -> tuple[Hold | None, int]:
+        """The ticket and a hold of up to ``keys`` and ``size`` bytes for a write in
+        shard ``number``; (None, the seconds to wait) when the limit is spent.
+
+        Holds past their deadline (a request that died between its reservation
+        and its settle) are repaired first: their shard is reconciled, which
+        records what the lost write did or did not do there, then the hold is
+        released, and the reservation runs again (its ticket already taken)."""
         if ticket.limit <= 0 and keys == 0 and size == 0:
             return Hold(0, 0, ""), 0
-        status, *granted = SHARD_RESERVE(
-            self.client,
-            keys={"limit": ticket.counter, "usage": USAGE_TOTAL + user, "holds": HOLDS + user},
-            args={
-                "limit": ticket.limit,
-                "window": ticket.window,
-                "hold_id": secrets.token_hex(8),
-                "deadline": int(time.time() * 1000) + HOLD_MS,
-                "want_keys": keys,
-                "want_bytes": size,
-                "max_keys": self.quota.max_keys,
-                "max_bytes": self.quota.max_bytes,
-            },
-        )
-        if int(status) == -2:
-            return None, int(granted[0])
-        member = granted[2].decode() if isinstance(granted[2], bytes) else str(granted[2])
-        return Hold(int(granted[0]), int(granted[1]), member), 0
+        for _ in range(4):
+            status, *granted = SHARD_RESERVE(
+                self.client,
+                keys={"limit": ticket.counter, "usage": USAGE_TOTAL + user, "holds": HOLDS + user},
+                args={
+                    "limit": ticket.limit,
+                    "window": ticket.window,
+                    "hold_id": f"{two_digits(number)}.{secrets.token_hex(8)}",
+                    "deadline": int(time.time() * 1000) + self.hold_ms,
+                    "want_keys": keys,
+                    "want_bytes": size,
+                    "max_keys": self.quota.max_keys,
+                    "max_bytes": self.quota.max_bytes,
+                },
+            )
+            if int(status) == -2:
+                return None, int(granted[0])
+            if int(status) == 1:
+                for lost in granted:
+                    member = lost.decode() if isinstance(lost, bytes) else str(lost)
+                    place = shard(int(member[:2]))
+                    self._reconcile_shard(user, place)
+                    self._settle(user, member, place.number, [])
+                ticket = NO_TICKET
+                continue
+            member = granted[2].decode() if isinstance(granted[2], bytes) else str(granted[2])
+            return Hold(int(granted[0]), int(granted[1]), member), 0
+        # Lost holds keep coming (more than 16 at once, or a clock gone wrong):
+        # grant nothing this time; a write that grows the usage is refused.
+        return Hold(0, 0, ""), 0
 
     def _settle(self, user: str, member: str, number: int, reports: list) -> tuple[int, int]:
         """Release a hold and record a shard's reports; the user's counted usage."""
