@@ -368,3 +368,31 @@ def test_a_write_lost_between_its_reservation_and_its_settle_is_repaired(three_s
     assert client.zcard(shardkv.HOLDS + who.name) == 0
     assert [int(h or 0) for h in client.hmget(USAGE_TOTAL + who.name, "hk", "hb")] == [0, 0]
     assert kv.usage(who.name).keys == 2
+
+
+def test_a_script_given_names_off_the_layout_refuses_and_changes_nothing(single):
+    key, who = fresh(), actor()
+    place = shard_for(key)
+    wrong = {
+        **shardkv.shard_keys(place, key),
+        "counter": layout.shard((place.number + 1) % SHARDS).counter,
+    }
+    with pytest.raises(redis.ResponseError, match="not the layout"):
+        shardkv.SHARD_PUT(
+            single,
+            keys=wrong,
+            args={
+                "audit": who.audit_args(),
+                "tag": place.tag,
+                "shard": place.number,
+                "key": key,
+                "value": b"x",
+                "ttl_ms": 0,
+                "cond": "",
+                "expected": "",
+                "owner": who.name,
+                "grant_keys": 1,
+                "grant_bytes": 100,
+            },
+        )
+    assert single.exists(place.item(key)) == 0

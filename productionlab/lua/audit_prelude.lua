@@ -9,24 +9,35 @@
 -- Refuse before any write if the log's keys hold the wrong type: redis does
 -- not roll a script back, so a change must never run ahead of a failing append.
 -- (Reads only: the app plane's redis user may not run anything else on them.)
-for i, probe in ipairs({{'LLEN', KEYS[1]}, {'HGET', KEYS[2], 'first'}}) do
-  local reply = redis.pcall(unpack(probe))
-  if type(reply) == 'table' and reply.err then
-    return redis.error_reply('ERR audit log key ' .. KEYS[i] .. ' holds the wrong type')
+-- chain_problem(list, meta): the same check for another chain (a virtual
+-- shard's), for a script that appends to several; audit_to(list, meta, ...)
+-- appends to it.
+local function chain_problem(list, meta)
+  for _, probe in ipairs({{'LLEN', list}, {'HGET', meta, 'first'}}) do
+    local reply = redis.pcall(unpack(probe))
+    if type(reply) == 'table' and reply.err then
+      return 'ERR audit log key ' .. probe[2] .. ' holds the wrong type'
+    end
   end
+  return false
 end
-local function audit(action, target, outcome, version)
-  local length = redis.call('LLEN', KEYS[1])
-  local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
+local audit_keys_problem = chain_problem(KEYS[1], KEYS[2])
+if audit_keys_problem then return redis.error_reply(audit_keys_problem) end
+local function audit_to(list, meta, action, target, outcome, version)
+  local length = redis.call('LLEN', list)
+  local first = tonumber(redis.call('HGET', meta, 'first') or '1')
   local prev
   if length > 0 then
-    prev = redis.sha1hex(redis.call('LINDEX', KEYS[1], -1))
+    prev = redis.sha1hex(redis.call('LINDEX', list, -1))
   else
-    prev = redis.call('HGET', KEYS[2], 'first_prev') or ''
+    prev = redis.call('HGET', meta, 'first_prev') or ''
   end
   local seq = first + length
-  redis.call('RPUSH', KEYS[1], cjson.encode({seq = seq, prev = prev, ts = ARGV[3],
+  redis.call('RPUSH', list, cjson.encode({seq = seq, prev = prev, ts = ARGV[3],
     actor = ARGV[4], action = action, target = target, outcome = outcome,
     request_id = ARGV[5], client = ARGV[6], version = tostring(version or '')}))
   return seq
+end
+local function audit(action, target, outcome, version)
+  return audit_to(KEYS[1], KEYS[2], action, target, outcome, version)
 end

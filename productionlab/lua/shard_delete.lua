@@ -6,8 +6,9 @@
 -- allow-oom: a delete must work at maxmemory (see kv_delete.lua).
 -- Returns {1, version, reports...} deleted, {0, '', reports...} absent,
 -- {-1, current, reports...} condition failed.
-local TAG, SHARD_NO = ARGV[7], tonumber(ARGV[8])
 --! include shard_write.lua
-local result = delete_in_shard(KEYS[4], KEYS[5], KEYS[3], ARGV[9], ARGV[10])
-for _, field in ipairs(reports()) do result[#result + 1] = field end
+local S = shard_of_tag(ARGV[7], tonumber(ARGV[8]))
+if names_differ(S, ARGV[9], KEYS[3], KEYS[4], KEYS[5]) then return redis.error_reply(LAYOUT_ERROR) end
+local result = delete_in_shard(S, ARGV[9], ARGV[10])
+for _, field in ipairs(reports(S)) do result[#result + 1] = field end
 return result

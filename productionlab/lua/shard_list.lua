@@ -4,9 +4,10 @@
 -- lexical order over disjoint prefix ranges after a cursor key, as kv_list.lua
 -- does for the whole store, expired members pruned and given their tombstone.
 -- Returns {keys, last member seen, 1 if it stopped early else 0}.
-local TAG, SHARD_NO = ARGV[1], tonumber(ARGV[2])
 --! include shard_marks.lua
-local index, counter = KEYS[1], KEYS[2]
+local S = shard_of_tag(ARGV[1], tonumber(ARGV[2]))
+if KEYS[1] ~= S.index or KEYS[2] ~= S.counter then return redis.error_reply(LAYOUT_ERROR) end
+local index = S.index
 local after, limit, budget = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local found, last = {}, after
 for i = 6, #ARGV do
@@ -21,11 +22,11 @@ for i = 6, #ARGV do
     for _, member in ipairs(batch) do
       budget = budget - 1
       last = member
-      if redis.call('EXISTS', ITEM .. member) == 1 then
+      if redis.call('EXISTS', S.item .. member) == 1 then
         found[#found + 1] = member
       else
         redis.call('ZREM', index, member)
-        mark_expired(counter, ITEM .. member, member)
+        mark_expired(S, member)
       end
       if #found >= limit or budget <= 0 then done = true break end
     end

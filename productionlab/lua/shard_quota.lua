@@ -1,29 +1,33 @@
 --! fragment
 -- Each user's exact usage in one shard (as quota.lua, per shard), for the
 -- shard scripts; every change of a user's usage bumps its `seq`, and
--- reports() is what the settle records on {plab} (usage_ledger.lua). Needs
--- TAG and SHARD_NO (see shard_marks.lua).
+-- reports(S) is what the settle records on {plab} (usage_ledger.lua).
 --! include shard_marks.lua
 local RECONCILE_PER_WRITE = 100
-local touched_users, touched_list = {}, {}
-local function touch(user)
-  if not touched_users[user] then
-    touched_users[user] = true
-    touched_list[#touched_list + 1] = user
-    redis.call('HINCRBY', USAGE .. user, 'seq', 1)
+local touched = {}  -- per shard number: {users = {name = true}, list = {names}}
+local function touch(S, user)
+  local mine = touched[S.no]
+  if not mine then
+    mine = {users = {}, list = {}}
+    touched[S.no] = mine
+  end
+  if not mine.users[user] then
+    mine.users[user] = true
+    mine.list[#mine.list + 1] = user
+    redis.call('HINCRBY', S.usage .. user, 'seq', 1)
   end
 end
-local function uncharge(user, key, bytes)
-  local usage = USAGE .. user
-  touch(user)
+local function uncharge(S, user, key, bytes)
+  local usage = S.usage .. user
+  touch(S, user)
   redis.call('HINCRBY', usage, 'keys', -1)
   redis.call('HINCRBY', usage, 'bytes', -bytes)
   redis.call('ZREM', usage .. ':exp', key)
   redis.call('HDEL', usage .. ':ttl', key)
 end
-local function charge(user, key, bytes, expire_at)
-  local usage = USAGE .. user
-  touch(user)
+local function charge(S, user, key, bytes, expire_at)
+  local usage = S.usage .. user
+  touch(S, user)
   redis.call('HINCRBY', usage, 'keys', 1)
   redis.call('HINCRBY', usage, 'bytes', bytes)
   if expire_at > 0 then
@@ -31,27 +35,29 @@ local function charge(user, key, bytes, expire_at)
     redis.call('HSET', usage .. ':ttl', key, bytes)
   end
 end
--- Release the charges of user's keys in this shard that redis has expired.
-local function reconcile(user, batch)
-  local usage = USAGE .. user
+-- Release the charges of user's keys in shard S that redis has expired.
+local function reconcile(S, user, batch)
+  local usage = S.usage .. user
   for _ = 1, batch do
     local first = redis.call('ZRANGE', usage .. ':exp', 0, 0, 'WITHSCORES')
     if #first == 0 then return 0 end
     local key, at = first[1], tonumber(first[2])
-    local item = ITEM .. key
+    local item = S.item .. key
     if redis.call('HGET', item, 'o') == user and redis.call('PEXPIRETIME', item) == at then
       return 0
     end
-    uncharge(user, key, tonumber(redis.call('HGET', usage .. ':ttl', key) or '0'))
+    uncharge(S, user, key, tonumber(redis.call('HGET', usage .. ':ttl', key) or '0'))
   end
   return 1
 end
 -- {user, keys, bytes, seq, earliest expiry (0: none)} of every user this
--- script changed, flattened: what the settle records.
-local function reports()
+-- script changed in shard S, flattened: what the settle records.
+local function reports(S)
   local out = {}
-  for _, user in ipairs(touched_list) do
-    local usage = USAGE .. user
+  local mine = touched[S.no]
+  if not mine then return out end
+  for _, user in ipairs(mine.list) do
+    local usage = S.usage .. user
     local used = redis.call('HMGET', usage, 'keys', 'bytes', 'seq')
     local first = redis.call('ZRANGE', usage .. ':exp', 0, 0, 'WITHSCORES')
     out[#out + 1] = user
@@ -62,4 +68,3 @@ local function reports()
   end
   return out
 end
-
