@@ -266,7 +266,7 @@ class ShardedKV:
 
     # --- the {plab} side of a write in cluster mode -------------------------------------
     def _reserve(
-        self, user: str, ticket: Ticket, keys: int, size: int, number: int = 0
+        self, user: str, ticket: Ticket, keys: int, size: int, number: int = 0, charge: int = 1
     ) -> tuple[Hold | None, int]:
         """The ticket and a hold of up to ``keys`` and ``size`` bytes for a write in
         shard ``number``; (None, the seconds to wait) when the limit is spent.
@@ -284,6 +284,7 @@ class ShardedKV:
                 args={
                     "limit": ticket.limit,
                     "window": ticket.window,
+                    "charge": charge,
                     "hold_id": f"{two_digits(number)}.{secrets.token_hex(8)}",
                     "deadline": int(time.time() * 1000) + self.hold_ms,
                     "want_keys": keys,
