@@ -18,6 +18,7 @@ from productionlab.store.layout import (
     SLOTS,
     TAGS,
     all_shards,
+    key_of_item,
     shard,
     shard_for,
     shard_of,
@@ -163,3 +164,11 @@ def test_the_tags_spread_over_the_masters_of_a_real_cluster():
         assert max(plain.values()) == 8, plain  # why the tags are placed
     finally:
         kit.stop()
+
+
+def test_an_items_name_gives_its_key_back():
+    for key in ("a", "k" * KEY_MAX, "x-1_y"):
+        assert key_of_item(shard_for(key).item(key)) == key
+    wrong_shard = shard((shard_of("a") + 1) % SHARDS).item("a")
+    for name in ("{plab}:kv:a", wrong_shard, TAGS[0] + ":kv:", TAGS[0] + ":usage:a", "a"):
+        assert key_of_item(name) is None, name

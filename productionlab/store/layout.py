@@ -163,3 +163,16 @@ def shard_for(key: str) -> Shard:
 
 def all_shards() -> list[Shard]:
     return [shard(number) for number in range(SHARDS)]
+
+
+_ITEM_PREFIXES = {f"{tag}:kv:": number for number, tag in enumerate(TAGS)}
+
+
+def key_of_item(name: str) -> str | None:
+    """The KV key whose item is named ``name`` (an expired-key event's payload),
+    or None when ``name`` is not a shard's item (or its key is not in that shard)."""
+    head, sep, key = name.partition("}:kv:")
+    number = _ITEM_PREFIXES.get(head + sep)
+    if number is None or not key or shard_of(key) != number:
+        return None
+    return key

@@ -1,0 +1,104 @@
+"""Watch states on the virtual shards (productionlab/shardwatch.py) on a real
+single redis and a real three-master cluster: a key's index never goes back
+(version, tombstone, expiry), and a prefix's one integer index, by the Lamport
+fast-forward, is passed by every later write under the prefix in any shard."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from productionlab.shardwatch import ShardWatchStore
+from productionlab.store.layout import SHARDS, all_shards, shard_for, shard_of
+from productionlab.watch import PrefixTooBroad
+from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
+    actor,
+    cluster,
+    cluster_client,
+    fresh,
+    make_backend,
+    single,
+    store_for,
+)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def where(request):
+    return make_backend(request, request.param)
+
+
+def test_a_keys_index_never_goes_back(where):
+    kv, who, key = store_for(where), actor(), fresh("w")
+    watches = ShardWatchStore(where[1])
+    absent = watches.key_state(key)
+    assert not absent.exists
+    put = kv.put(key, b"v", who)
+    live = watches.key_state(key)
+    assert live.exists and live.index == put.version > absent.index and live.value == b"v"
+    kv.delete(key, who)
+    gone = watches.key_state(key)
+    assert not gone.exists and gone.index > live.index
+    assert gone.index % SHARDS == shard_of(key)
+
+
+def test_an_expired_key_gets_its_tombstone_once(where):
+    kv, who, key = store_for(where), actor(), fresh("w")
+    _, client, _ = where
+    watches = ShardWatchStore(client)
+    put = kv.put(key, b"v", who, ttl=1)
+    deadline = time.monotonic() + 30
+    while client.exists(shard_for(key).item(key)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    tomb = watches.mark_expired(key)
+    assert tomb > put.version and watches.mark_expired(key) == 0
+    assert watches.key_state(key).index == tomb
+
+
+def test_a_prefix_index_is_passed_by_every_later_write_in_any_shard(where):
+    kv, who = store_for(where), actor()
+    _, client, _ = where
+    watches = ShardWatchStore(client)
+    prefix = fresh("p") + "-"
+    # Make the shards' counters far apart: one shard runs ahead.
+    ahead = fresh("p")
+    for _ in range(40):
+        kv.put(ahead, b"x", who)
+    first = watches.prefix_state([prefix], 0)
+    assert first.keys == [] and first.newest == 0
+    index = first.index
+    assert index >= kv.get(ahead).version
+    # One write in every shard after the read: each is past the index.
+    written = {}
+    while len(written) < SHARDS:
+        key = prefix + fresh("k")
+        written.setdefault(shard_of(key), key)
+    versions = {key: kv.put(key, b"v", who).version for key in written.values()}
+    assert all(v > index for v in versions.values()), (index, versions)
+    after = watches.prefix_state([prefix], index)
+    assert after.newest == max(versions.values())
+    assert after.keys == sorted(versions.items())
+    # A delete under the prefix is a change past the newest index too.
+    gone = sorted(versions)[0]
+    kv.delete(gone, who)
+    later = watches.prefix_state([prefix], after.index)
+    assert later.newest > after.index and gone not in dict(later.keys)
+
+
+def test_a_prefix_over_the_budget_is_refused(where):
+    kv, who = store_for(where), actor()
+    prefix = fresh("b") + "-"
+    for n in range(6):
+        kv.put(f"{prefix}{n}", b"x", who)
+    with pytest.raises(PrefixTooBroad):
+        ShardWatchStore(where[1], prefix_keys=5).prefix_state([prefix], 0)
+    assert len(ShardWatchStore(where[1], prefix_keys=6).prefix_state([prefix], 0).keys) == 6
+
+
+def test_every_shard_counter_is_read_for_the_index(where):
+    _, client, _ = where
+    watches = ShardWatchStore(client)
+    before = watches.current_index()
+    last = all_shards()[-1]
+    client.incrby(last.counter, 1000)
+    assert watches.current_index() >= before + 1000 * SHARDS - SHARDS
