@@ -32,6 +32,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 CONTEXT = b"productionlab audit checkpoint v1"
+# Format 2 signs the head of every chain at once (the main chain and each virtual
+# shard's, issue 12 item 2): one line, one signature, ``{"v": 2, "chains": {...}}``.
+CONTEXT_V2 = b"productionlab audit checkpoint v2"
+MAIN_CHAIN = "main"
 
 
 def parse_signing_key(text: str) -> Ed25519PrivateKey:
@@ -120,6 +124,98 @@ class Checkpoint:
         }
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """One chain's part of a format-2 checkpoint (the fields of a format-1 one)."""
+
+    seq: int
+    head: str
+    first: int
+    origin: int
+
+
+@dataclass(frozen=True)
+class ChainCheckpoint(Checkpoint):
+    """A format-2 checkpoint seen as one chain's checkpoint: its signature is the
+    whole line's (``parent``), so it is valid exactly when the line is."""
+
+    chain: str = MAIN_CHAIN
+    parent: MultiCheckpoint | None = None
+
+    def valid_under(self, keys: dict[str, Ed25519PublicKey]) -> bool:
+        return self.parent is not None and self.parent.valid_under(keys)
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "chain": self.chain, "v": 2}
+
+
+@dataclass(frozen=True)
+class MultiCheckpoint:
+    """Format 2: every chain's (seq, head, first, origin) signed together."""
+
+    chains: tuple[tuple[str, ChainHead], ...]  # sorted by chain name
+    time: float
+    key: str = ""
+    sig: str = ""
+
+    def message(self) -> bytes:
+        lines = [f"{name} {c.seq} {c.head} {c.first} {c.origin}" for name, c in sorted(self.chains)]
+        return CONTEXT_V2 + b"\n" + "\n".join([*lines, f"{self.time:.3f}"]).encode()
+
+    def signed(self, private: Ed25519PrivateKey) -> MultiCheckpoint:
+        signature = base64.b64encode(private.sign(self.message())).decode()
+        return MultiCheckpoint(self.chains, self.time, key_id(private.public_key()), signature)
+
+    def valid_under(self, keys: dict[str, Ed25519PublicKey]) -> bool:
+        public = keys.get(self.key)
+        if public is None:
+            return False
+        try:
+            public.verify(base64.b64decode(self.sig), self.message())
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
+    def for_chain(self, name: str) -> ChainCheckpoint | None:
+        """This checkpoint as chain ``name``'s, or None when it does not cover it."""
+        for chain, head in self.chains:
+            if chain == name:
+                return ChainCheckpoint(
+                    head.seq, head.head, head.first, head.origin, self.time, self.key, self.sig,
+                    chain, self,
+                )  # fmt: skip
+        return None
+
+    def as_dict(self) -> dict:
+        return {
+            "v": 2,
+            "chains": {
+                name: {"seq": c.seq, "head": c.head, "first": c.first, "origin": c.origin}
+                for name, c in sorted(self.chains)
+            },
+            "time": round(self.time, 3),
+            "key": self.key,
+            "sig": self.sig,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MultiCheckpoint:
+        chains = tuple(
+            sorted(
+                (
+                    str(name),
+                    ChainHead(int(c["seq"]), str(c["head"]), int(c["first"]), int(c["origin"])),
+                )
+                for name, c in data["chains"].items()
+            )
+        )
+        return cls(chains, float(data["time"]), str(data["key"]), str(data["sig"]))
+
+
+def new_multi_checkpoint(heads: dict[str, ChainHead]) -> MultiCheckpoint:
+    return MultiCheckpoint(tuple(sorted(heads.items())), round(time.time(), 3))
+
+
 class CheckpointFile:
     """The append-only JSON-lines file of checkpoints, and its public key file."""
 
@@ -127,7 +223,7 @@ class CheckpointFile:
         self.path = path
         self.pub_path = path.with_name(path.name + ".pub")
 
-    def append(self, checkpoint: Checkpoint, private: Ed25519PrivateKey) -> None:
+    def append(self, checkpoint: Checkpoint | MultiCheckpoint, private: Ed25519PrivateKey) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._publish(private.public_key())
         line = (json.dumps(checkpoint.as_dict(), separators=(",", ":")) + "\n").encode()
@@ -165,8 +261,9 @@ class CheckpointFile:
                     keys[key_id(key)] = key
         return keys
 
-    def read(self) -> list[tuple[int, Checkpoint | None, str]]:
-        """Every line as (line number, checkpoint or None if unreadable, raw line)."""
+    def read(self) -> list[tuple[int, Checkpoint | MultiCheckpoint | None, str]]:
+        """Every line as (line number, checkpoint or None if unreadable, raw line);
+        a format-2 line is a :class:`MultiCheckpoint`."""
         if not self.path.exists():
             return []
         lines = []
@@ -175,6 +272,9 @@ class CheckpointFile:
                 continue
             try:
                 data = json.loads(line)
+                if isinstance(data, dict) and data.get("v") == 2:
+                    lines.append((number, MultiCheckpoint.from_dict(data), line))
+                    continue
                 checkpoint = Checkpoint(
                     int(data["seq"]),
                     str(data["head"]),
@@ -184,14 +284,25 @@ class CheckpointFile:
                     str(data["key"]),
                     str(data["sig"]),
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 checkpoint = None
             lines.append((number, checkpoint, line))
         return lines
 
-    def latest(self) -> Checkpoint | None:
-        readable = [c for _, c, _ in self.read() if c is not None]
+    def latest(self, chain: str = MAIN_CHAIN) -> Checkpoint | None:
+        """The newest readable checkpoint of ``chain`` (format 1 covers the main chain)."""
+        readable = [c for _, line, _ in self.read() if (c := for_chain(line, chain)) is not None]
         return readable[-1] if readable else None
+
+
+def for_chain(line: Checkpoint | MultiCheckpoint | None, chain: str) -> Checkpoint | None:
+    """A line's checkpoint of ``chain``: a format-2 line's part, a format-1 line
+    for the main chain, else None."""
+    if isinstance(line, MultiCheckpoint):
+        return line.for_chain(chain)
+    if line is not None and chain == MAIN_CHAIN:
+        return line
+    return None
 
 
 def new_checkpoint(seq: int, head: str, first: int, origin: int) -> Checkpoint:

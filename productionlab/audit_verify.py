@@ -34,7 +34,7 @@ from productionlab.audit import (
     parse_entry,
 )
 from productionlab.audit_archive import Archive
-from productionlab.audit_checkpoint import CheckpointFile
+from productionlab.audit_checkpoint import MAIN_CHAIN, CheckpointFile, for_chain
 
 
 @dataclass
@@ -115,13 +115,19 @@ def verify_log(
     trusted: dict[str, Ed25519PublicKey],
     legacy_key: bytes | None = None,
     log: AuditLog | None = None,
+    chain: str = MAIN_CHAIN,
 ) -> VerifyResult:
+    """Verify one chain (``log``, the main chain by default; ``chain`` its name in
+    format-2 checkpoints) against its archive and the checkpoints that cover it."""
     problems = _Problems()
     keys = {**checkpoints.public_keys(), **trusted}
     valid = []
-    for number, checkpoint, _ in checkpoints.read():
-        if checkpoint is None:
+    for number, line, _ in checkpoints.read():
+        checkpoint = for_chain(line, chain)
+        if line is None:
             problems.add(None, f"checkpoint line {number} is unreadable")
+        elif checkpoint is None:
+            continue  # a line that does not cover this chain
         elif not checkpoint.valid_under(keys):
             problems.add(checkpoint.seq, f"checkpoint line {number}: signature does not verify")
         else:

@@ -1,0 +1,84 @@
+"""Every audit chain of the virtual-shard layout (issue 12 item 2; being built,
+not yet what ``/admin/audit/verify`` and ``audit checkpoint`` run).
+
+The main chain (``{plab}:audit``: users, tokens, auth events, and the KV
+changes made before the migration) and one chain per shard (``layout.Shard.audit``:
+the KV changes in that shard, appended by the same script as the change). A
+format-2 checkpoint (``audit_checkpoint.MultiCheckpoint``) signs every chain's
+head in one line; format-1 lines keep covering the main chain. Each chain is
+verified by ``audit_verify.verify_log`` on its own, with its own archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from productionlab.audit import AUDIT_KEYS, AuditLog
+from productionlab.audit_archive import Archive
+from productionlab.audit_checkpoint import (
+    MAIN_CHAIN,
+    ChainHead,
+    CheckpointFile,
+    MultiCheckpoint,
+    new_multi_checkpoint,
+)
+from productionlab.audit_verify import VerifyResult, verify_log
+from productionlab.store.layout import all_shards
+
+
+def chain_name(number: int) -> str:
+    """Shard ``number``'s chain in checkpoints and reports: ``s00`` .. ``s15``."""
+    return f"s{number:02d}"
+
+
+def chain_keys() -> dict[str, tuple[str, str]]:
+    """Every chain's list and meta keys, by name (the main chain first)."""
+    return {MAIN_CHAIN: AUDIT_KEYS, **{chain_name(s.number): s.audit for s in all_shards()}}
+
+
+def heads(client: redis.Redis, archives: Callable[[str], Archive]) -> dict[str, ChainHead]:
+    """Every chain's head now (``origin``: where its kept chain begins, archive included)."""
+    found = {}
+    for name, keys in chain_keys().items():
+        snap = AuditLog(client, keys).snapshot()
+        found[name] = ChainHead(
+            snap.seq, snap.head, snap.first, archives(name).origin() or snap.first
+        )
+    return found
+
+
+def checkpoint_every_chain(
+    client: redis.Redis,
+    archives: Callable[[str], Archive],
+    checkpoints: CheckpointFile,
+    private: Ed25519PrivateKey,
+) -> MultiCheckpoint:
+    """Sign every chain's head in one format-2 line and append it."""
+    signed = new_multi_checkpoint(heads(client, archives)).signed(private)
+    checkpoints.append(signed, private)
+    return signed
+
+
+def verify_every_chain(
+    client: redis.Redis,
+    archives: Callable[[str], Archive],
+    checkpoints: CheckpointFile,
+    trusted: dict[str, Ed25519PublicKey],
+    legacy_key: bytes | None = None,
+) -> dict[str, VerifyResult]:
+    """Each chain verified on its own, by name; the main chain as today."""
+    return {
+        name: verify_log(
+            client,
+            archives(name),
+            checkpoints,
+            trusted,
+            legacy_key if name == MAIN_CHAIN else None,
+            log=AuditLog(client, keys),
+            chain=name,
+        )
+        for name, keys in chain_keys().items()
+    }

@@ -1,0 +1,146 @@
+"""Every audit chain of the shard layout (productionlab/audit_chains.py) and the
+format-2 checkpoint that signs them all in one line, on a real single redis and
+a real three-master cluster: every chain verifies, a change to one covered entry
+is found in its own chain only, format-1 lines still cover the main chain, and
+a forged format-2 line verifies nowhere."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from productionlab.audit import Actor, AuditLog
+from productionlab.audit_archive import Archive
+from productionlab.audit_chains import (
+    chain_keys,
+    chain_name,
+    checkpoint_every_chain,
+    heads,
+    verify_every_chain,
+)
+from productionlab.audit_checkpoint import (
+    MAIN_CHAIN,
+    CheckpointFile,
+    MultiCheckpoint,
+    key_id,
+    new_checkpoint,
+)
+from productionlab.audit_verify import verify_log
+from productionlab.store.layout import SHARDS, shard_for, shard_of
+from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
+    actor,
+    cluster,
+    cluster_client,
+    fresh,
+    make_backend,
+    single,
+    store_for,
+)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def where(request):
+    return make_backend(request, request.param)
+
+
+@pytest.fixture
+def files():
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        yield root, CheckpointFile(root / "checkpoints.jsonl")
+
+
+def archives_in(root: Path):
+    return lambda name: Archive(root / "archive" / name)
+
+
+def fill(where) -> dict[str, int]:
+    kv, who = store_for(where), actor()
+    written = {}
+    while len({shard_of(k) for k in written}) < SHARDS:
+        key = fresh("c")
+        written[key] = kv.put(key, b"x", who).version
+    AuditLog(where[1]).append(Actor("admin"), "user.create", who.name, "created")
+    return written
+
+
+def test_there_is_a_main_chain_and_one_per_shard():
+    names = list(chain_keys())
+    assert names[0] == MAIN_CHAIN and names[1:] == [chain_name(n) for n in range(SHARDS)]
+    assert len({keys for keys in chain_keys().values()}) == SHARDS + 1
+
+
+def test_one_signed_line_covers_every_chain_and_each_verifies(where, files):
+    root, checkpoints = files
+    fill(where)
+    private = Ed25519PrivateKey.generate()
+    signed = checkpoint_every_chain(where[1], archives_in(root), checkpoints, private)
+    assert len(checkpoints.read()) == 1
+    line = json.loads(checkpoints.path.read_text())
+    assert line["v"] == 2 and set(line["chains"]) == set(chain_keys())
+    assert signed.valid_under({key_id(private.public_key()): private.public_key()})
+    results = verify_every_chain(where[1], archives_in(root), checkpoints, {})
+    assert set(results) == set(chain_keys())
+    for name, result in results.items():
+        assert result.ok and result.checkpoints == 1, (name, result.problems)
+        assert result.latest_checkpoint["chain"] == name
+    assert checkpoints.latest(chain_name(3)).seq == heads(where[1], archives_in(root))["s03"].seq
+
+
+def test_a_changed_entry_is_found_in_its_own_chain_only(where, files):
+    root, checkpoints = files
+    _, client, _ = where
+    written = fill(where)
+    checkpoint_every_chain(client, archives_in(root), checkpoints, Ed25519PrivateKey.generate())
+    key = sorted(written)[0]
+    log_key = shard_for(key).audit[0]
+    entries = client.lrange(log_key, 0, -1)
+    index = next(i for i, raw in enumerate(entries) if json.loads(raw)["target"] == key)
+    forged = json.loads(entries[index])
+    forged["actor"] = "someone-else"
+    client.lset(log_key, index, json.dumps(forged))
+    try:
+        results = verify_every_chain(client, archives_in(root), checkpoints, {})
+    finally:  # the redis serves the module's other tests
+        client.lset(log_key, index, entries[index])
+    bad = {name for name, result in results.items() if not result.ok}
+    assert bad == {chain_name(shard_of(key))}, {n: r.problems for n, r in results.items()}
+    assert verify_every_chain(client, archives_in(root), checkpoints, {})[bad.pop()].ok
+
+
+def test_format_one_lines_still_cover_the_main_chain(where, files):
+    root, checkpoints = files
+    _, client, _ = where
+    fill(where)
+    private = Ed25519PrivateKey.generate()
+    snap = AuditLog(client).snapshot()
+    checkpoints.append(
+        new_checkpoint(snap.seq, snap.head, snap.first, snap.first).signed(private), private
+    )
+    checkpoint_every_chain(client, archives_in(root), checkpoints, private)
+    results = verify_every_chain(client, archives_in(root), checkpoints, {})
+    assert results[MAIN_CHAIN].ok and results[MAIN_CHAIN].checkpoints == 2
+    assert all(r.ok and r.checkpoints == 1 for n, r in results.items() if n != MAIN_CHAIN)
+    # Today's verifier of the main chain reads the file with both formats in it.
+    assert verify_log(client, archives_in(root)(MAIN_CHAIN), checkpoints, {}).ok
+
+
+def test_a_forged_line_verifies_nowhere(where, files):
+    root, checkpoints = files
+    _, client, _ = where
+    fill(where)
+    private = Ed25519PrivateKey.generate()
+    signed = checkpoint_every_chain(client, archives_in(root), checkpoints, private)
+    data = signed.as_dict()
+    data["chains"]["s05"]["seq"] += 1  # claims one more entry than was signed
+    with open(checkpoints.path, "a") as handle:
+        handle.write(json.dumps(data) + "\n")
+    forged = MultiCheckpoint.from_dict(data)
+    assert not forged.valid_under({key_id(private.public_key()): private.public_key()})
+    results = verify_every_chain(client, archives_in(root), checkpoints, {})
+    assert all(not r.ok for r in results.values())
+    assert all(any("signature does not verify" in p for p in r.problems) for r in results.values())
