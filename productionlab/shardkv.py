@@ -286,6 +286,7 @@ class ShardedKV:
                     "window": ticket.window,
                     "charge": charge,
                     "hold_id": f"{two_digits(number)}.{secrets.token_hex(8)}",
+                    "now": int(time.time() * 1000),
                     "deadline": int(time.time() * 1000) + self.hold_ms,
                     "want_keys": keys,
                     "want_bytes": size,

@@ -8,10 +8,10 @@ the marker is set: the design's "Status").
 What moves, per key (idempotent, so a migration cut short runs again from the
 start and finishes):
 
-- the item ``{plab}:kv:<key>`` to its shard (``DUMP`` + ``RESTORE ... ABSTTL
-  REPLACE``: a cluster cannot ``RENAME`` across slots, and one way serves both),
-  with its TTL and its fields (value, version, owner) as they were: a client's
-  ETag stays valid;
+- the item ``{plab}:kv:<key>`` to its shard (its fields, value, version and
+  owner, copied with ``HSET`` and its expiry with ``PEXPIREAT``: a cluster cannot
+  ``RENAME`` across slots, and the control plane's redis user may not ``RESTORE``,
+  a @dangerous command), as they were: a client's ETag stays valid;
 - its listing-index entry, its tombstone and its TTL version to the shard's.
 
 Then each shard's counter is set past the old global counter (``V // 16 + 1``,
@@ -85,18 +85,20 @@ def _move_items(client: redis.Redis, keys: list[str]) -> None:
     """Move these old items (and index entries, tombstones, TTL versions)."""
     read = client.pipeline(transaction=False)
     for key in keys:
-        read.dump(OLD_ITEM + key)
+        read.hgetall(OLD_ITEM + key)
         read.execute_command("PEXPIRETIME", OLD_ITEM + key)
         read.zscore(OLD_TOMBS, key)
         read.hget(OLD_TTL_VERSIONS, key)
     found = read.execute()
     write = client.pipeline(transaction=False)
     for n, key in enumerate(keys):
-        payload, expire_at, tomb, ttl_version = found[4 * n : 4 * n + 4]
+        fields, expire_at, tomb, ttl_version = found[4 * n : 4 * n + 4]
         place = shard_for(key)
-        if payload is not None:
-            at = int(expire_at) if int(expire_at) > 0 else 0
-            write.restore(place.item(key), at, payload, replace=True, absttl=at > 0)
+        if fields:
+            write.delete(place.item(key))  # a copy left by a run cut short
+            write.hset(place.item(key), mapping=fields)
+            if int(expire_at) > 0:
+                write.pexpireat(place.item(key), int(expire_at))
             write.zadd(place.index, {key: 0})
         if tomb is not None:
             write.zadd(place.tombs, {key: int(tomb)})

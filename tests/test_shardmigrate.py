@@ -140,7 +140,7 @@ def test_a_migration_cut_short_finishes_when_run_again(client):
     _move_items(client, some)
     # A crash between a copy and the removal of its original: both exist.
     key = sorted(before["items"])[12]
-    client.restore(shard_for(key).item(key), 0, client.dump(OLD_ITEM + key), replace=True)
+    client.hset(shard_for(key).item(key), mapping=client.hgetall(OLD_ITEM + key))
     assert migrate_to_shards(client, batch=5)
     assert_migrated(client, before)
 

@@ -26,7 +26,7 @@ for _, op in ipairs(ops) do
   end
 end
 local usage = KEYS[4]
-local grant_keys, grant_bytes = reserve(usage, '', '', 0, want_keys, want_bytes,
+local grant_keys, grant_bytes = reserve(usage, '', '', 0, 0, want_keys, want_bytes,
   tonumber(ARGV[13]), tonumber(ARGV[14]))
 local answer = run_batch(ops, ARGV[10] == '1', owner, grant_keys, grant_bytes)
 release(usage, '', '', grant_keys, grant_bytes)

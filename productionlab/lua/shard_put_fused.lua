@@ -16,7 +16,7 @@ local owner, max_keys, max_bytes = ARGV[14], tonumber(ARGV[15]), tonumber(ARGV[1
 local wait = take_limit(KEYS[6], tonumber(ARGV[17]), tonumber(ARGV[18]), 1)
 if wait > 0 then return {-2, wait} end
 local usage = KEYS[7]
-local grant_keys, grant_bytes = reserve(usage, '', '', 0, 1, #key + #value, max_keys, max_bytes)
+local grant_keys, grant_bytes = reserve(usage, '', '', 0, 0, 1, #key + #value, max_keys, max_bytes)
 local result = put_in_shard(S, key, value, ttl_ms, cond, expected, owner, grant_keys, grant_bytes)
 release(usage, '', '', grant_keys, grant_bytes)
 settle(string.format('%02d', S.no), reports(S), 1)

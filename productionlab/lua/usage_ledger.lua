@@ -25,14 +25,14 @@ end
 -- composed single-redis script releases the hold in the same script). Returns
 -- the granted keys, bytes and the hold's member ('' when none was recorded).
 -- A hold_id starts with the two digits of the write's shard.
+-- now and deadline are the caller's clock in ms (the app planes' user may not
+-- run TIME; a hold's deadline is minutes away, far beyond any clock skew).
 -- When a recorded hold has passed its deadline (its request died between its
 -- reservation and its settle), nothing is granted: the fourth value lists such
 -- holds, for the caller to reconcile their shards and settle them first.
-local function reserve(usage, holds, hold_id, deadline, want_keys, want_bytes, max_keys, max_bytes)
+local function reserve(usage, holds, hold_id, now, deadline, want_keys, want_bytes, max_keys, max_bytes)
   if holds ~= '' then
-    local now = redis.call('TIME')
-    local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-    local lost = redis.call('ZRANGEBYSCORE', holds, '-inf', ms, 'LIMIT', 0, 16)
+    local lost = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 16)
     if #lost > 0 then return 0, 0, '', lost end
   end
   if want_keys <= 0 and want_bytes <= 0 then return 0, 0, '' end
