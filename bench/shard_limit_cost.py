@@ -19,7 +19,8 @@ keys under ``{plab:s03}``; single redis has no cross-slot check):
 
 Then the built code (``--built``): today's ``KVStore`` against ``ShardedKV`` on
 the same redis, composed (one script per write) and with the cluster's three
-scripts, reads with the ticket pipelined.
+scripts, reads with the ticket pipelined; on the planes' client (``PinnableRedis``,
+each thread's kept connection).
 
     python bench/shard_limit_cost.py [--calls 20000] [--built]
 """
@@ -35,6 +36,7 @@ from productionlab.ratelimit import Ticket
 from productionlab.redis_process import RedisProcess
 from productionlab.shardkv import ShardedKV
 from productionlab.store.durability import Durability
+from productionlab.store.pinning import PinnableRedis
 
 SHARD = "{plab:s03}"
 LIMIT_PLAB = "{plab}:limits:user:bench:60"
@@ -193,7 +195,12 @@ def main() -> None:
 
 
 def built(calls: int) -> None:
-    with RedisProcess() as client:
+    with RedisProcess() as plain:
+        # The planes' client: a thread keeps its connection (execute_held, pipeline_held).
+        given = plain.connection_pool.connection_kwargs
+        client = PinnableRedis(
+            **{k: given[k] for k in ("host", "port", "username", "password") if k in given}
+        )
         durability = Durability(client, strict=False)
         actor = Actor("bench", "127.0.0.1", "bench")
         ticket = Ticket(LIMIT_PLAB, 10**9, 60)

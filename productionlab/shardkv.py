@@ -120,11 +120,15 @@ class ShardedKV:
     def _pipelined(self, commands: list[tuple], text: str) -> list:
         """Run ``commands`` in one pipeline (one round trip on a single redis; one
         per master in a cluster); loads the script ``text`` when redis lost it."""
+        held = getattr(self.client, "pipeline_held", None)
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            results = pipe.execute(raise_on_error=False)
+            if held is not None:
+                results = held(commands)  # the thread's kept connection: no pool hand-out
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                results = pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 self.client.script_load(text)
                 continue

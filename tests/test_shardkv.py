@@ -30,6 +30,7 @@ from productionlab.shardkv import USAGE_TOTAL, ShardedKV
 from productionlab.store import layout
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, shard_for, shard_of, shard_of_version
+from productionlab.store.pinning import PinnableRedis
 from tests.cluster_kit import RedisClusterKit
 
 BACKENDS = ("single", "single-3-scripts", "cluster")
@@ -396,3 +397,31 @@ def test_a_script_given_names_off_the_layout_refuses_and_changes_nothing(single)
             },
         )
     assert single.exists(place.item(key)) == 0
+
+
+def test_a_read_on_the_planes_client_goes_out_on_the_threads_kept_connection(single):
+    """The planes' client (PinnableRedis) sends a read's ticket and the shard read
+    together on the thread's kept connection (no pool hand-out, as execute_held);
+    a script redis lost is loaded again, and an error reply is raised."""
+    given = single.connection_pool.connection_kwargs
+    client = PinnableRedis(
+        **{k: given[k] for k in ("host", "port", "username", "password") if k in given}
+    )
+    try:
+        kv, who, key = ShardedKV(client, Durability(client, strict=False)), actor(), fresh()
+        ticket = Ticket(f"{{plab}}:limits:user:{who.name}:60", 3, 60)
+        kv.put(key, b"v", who)
+        assert kv.get(key, limit=ticket).value == b"v"
+        kept = client._pins().kept
+        assert kept is not None and client.connection is None
+        single.script_flush()
+        assert kv.get(key, limit=ticket).value == b"v"
+        assert client._pins().kept is kept
+        kv.get(key, limit=ticket)
+        with pytest.raises(RateLimited):
+            kv.get(key, limit=ticket)
+        single.set(shard_for("wrong").item("wrong"), "a string, not a hash")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            kv.get("wrong", limit=Ticket(f"{{plab}}:limits:user:{who.name}-2:60", 3, 60))
+    finally:
+        client.close()

@@ -107,14 +107,8 @@ class PinnableRedis(redis.Redis):
             pins.connection = None
             self.connection_pool.release(conn)
 
-    def execute_held(self, *args: Any) -> Any:
-        """``execute_command`` on this thread's kept connection (the pin, when pinned).
-
-        The connection is taken from the pool at the thread's first call and
-        given back when the thread object goes away; the pool has one spare per
-        ordinary Waitress thread for it (``Settings.redis_pool_size``)."""
-        if self.pinned:
-            return self.execute_command(*args)
+    def _kept(self) -> Any:
+        """This thread's kept connection (taken from the pool at its first use)."""
         pins = self._pins()
         kept = getattr(pins, "kept", None)
         if kept is None or kept.pid != os.getpid():
@@ -126,11 +120,43 @@ class PinnableRedis(redis.Redis):
                 weakref.ref(kept),
             )
             gone.atexit = False
-        pins.connection = kept
+        return kept
+
+    def execute_held(self, *args: Any) -> Any:
+        """``execute_command`` on this thread's kept connection (the pin, when pinned).
+
+        The connection is taken from the pool at the thread's first call and
+        given back when the thread object goes away; the pool has one spare per
+        ordinary Waitress thread for it (``Settings.redis_pool_size``)."""
+        if self.pinned:
+            return self.execute_command(*args)
+        pins = self._pins()
+        pins.connection = self._kept()
         try:
             return self.execute_command(*args)
         finally:
             pins.connection = None
+
+    def pipeline_held(self, commands: list[tuple]) -> list:
+        """``commands`` sent together in one round trip on this thread's kept
+        connection (the pin, when pinned), without a pipeline object: their
+        replies in order, an error reply as its exception. Retried whole on a
+        connection error, with the connection's own retry policy, as
+        ``execute_command`` retries one command (virtual shards: a read's limit
+        ticket and the shard read, shardkv.py)."""
+        conn = getattr(self._pins(), "connection", None) or self._kept()
+
+        def attempt() -> list:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list = []
+            for args in commands:
+                try:
+                    replies.append(self.parse_response(conn, args[0]))
+                except redis.ResponseError as error:
+                    replies.append(error)
+            return replies
+
+        return conn.retry.call_with_retry(attempt, lambda error: conn.disconnect())
 
     def wait(self, *args: Any) -> Any:
         """``WAIT``/``WAITAOF`` (``args``) on the pinned connection, never on another."""
