@@ -138,6 +138,7 @@ def _old_keys(client: redis.Redis, batch: int) -> Iterable[list[str]]:
 def _rebuild_usage(client: redis.Redis, users: set[str], batch: int) -> None:
     """Each user's exact usage per shard from the items, and the ledger."""
     now = int(time.time() * 1000)
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for place in all_shards():
         per_user: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # keys, bytes, first exp
         expiring: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
@@ -166,6 +167,8 @@ def _rebuild_usage(client: redis.Redis, users: set[str], batch: int) -> None:
             after = "(" + page[-1]
         for user in users:
             keys, size, _ = per_user.get(user, [0, 0, 0])
+            totals[user][0] += keys
+            totals[user][1] += size
             usage = place.usage(user)
             write = client.pipeline(transaction=False)
             for name in (usage, usage + ":exp", usage + ":ttl"):
@@ -189,6 +192,10 @@ def _rebuild_usage(client: redis.Redis, users: set[str], batch: int) -> None:
                 },
             )
             write.execute()
+
+    for user in users:
+        keys, size = totals[user]
+        client.hset(USAGE_TOTAL + user, mapping={"tk": keys, "tb": size})
 
 
 def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:

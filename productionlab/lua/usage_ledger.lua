@@ -2,22 +2,19 @@
 -- A user's quota total on {plab} with virtual shards (docs/design/
 -- virtual-shards.md, "Per-user limit and quota"). {plab}:usage-total:<user> holds,
 -- per shard s (two digits), the last reported usage there (kNN keys, bNN
--- bytes, qNN its seq, eNN its earliest TTL expiry) and the amounts held by
+-- bytes, qNN its seq, eNN its earliest TTL expiry), their sums (tk, tb) and
+-- the amounts held by
 -- writes in flight (hk, hb); {plab}:usage-holds:<user> names each hold
 -- (member "<id>:<keys>:<bytes>", score its deadline in ms). USAGE_TOTAL is
 -- shardkv.py's USAGE_TOTAL (a test pins it).
 local USAGE_TOTAL = '{plab}:usage-total:'
 
--- The user's keys and bytes as the quota counts them: reported plus held.
+-- The user's keys and bytes as the quota counts them: reported plus held. tk
+-- and tb are the sums of the kNN and bNN, kept by settle (no walk of the
+-- hash per write).
 local function ledger_total(usage)
-  local all = redis.call('HGETALL', usage)
-  local keys, bytes = 0, 0
-  for i = 1, #all, 2 do
-    local field = all[i]
-    if field == 'hk' or string.find(field, '^k%d%d$') then keys = keys + tonumber(all[i + 1])
-    elseif field == 'hb' or string.find(field, '^b%d%d$') then bytes = bytes + tonumber(all[i + 1]) end
-  end
-  return keys, bytes
+  local t = redis.call('HMGET', usage, 'tk', 'tb', 'hk', 'hb')
+  return tonumber(t[1] or '0') + tonumber(t[3] or '0'), tonumber(t[2] or '0') + tonumber(t[4] or '0')
 end
 
 -- Hold what a write may grow by: want_keys and want_bytes, each clipped to the
@@ -68,9 +65,13 @@ local function settle(shard, list, first)
   for i = first, #list, 5 do
     local usage = USAGE_TOTAL .. list[i]
     local seq = tonumber(list[i + 3])
-    if seq > tonumber(redis.call('HGET', usage, 'q' .. shard) or '-1') then
-      redis.call('HSET', usage, 'k' .. shard, list[i + 1], 'b' .. shard, list[i + 2],
+    local was = redis.call('HMGET', usage, 'k' .. shard, 'b' .. shard, 'q' .. shard)
+    if seq > tonumber(was[3] or '-1') then
+      local keys, bytes = tonumber(list[i + 1]), tonumber(list[i + 2])
+      redis.call('HSET', usage, 'k' .. shard, keys, 'b' .. shard, bytes,
         'q' .. shard, seq, 'e' .. shard, list[i + 4])
+      redis.call('HINCRBY', usage, 'tk', keys - tonumber(was[1] or '0'))
+      redis.call('HINCRBY', usage, 'tb', bytes - tonumber(was[2] or '0'))
     end
   end
 end
