@@ -29,7 +29,6 @@ local usage = KEYS[4]
 local grant_keys, grant_bytes = reserve(usage, '', '', 0, 0, want_keys, want_bytes,
   tonumber(ARGV[13]), tonumber(ARGV[14]))
 local answer = run_batch(ops, ARGV[10] == '1', owner, grant_keys, grant_bytes)
-release(usage, '', '', grant_keys, grant_bytes)
 for no, S in pairs(shards) do settle(string.format('%02d', no), reports(S), 1) end
 if answer[1] == -3 then
   local used_keys, used_bytes = ledger_total(usage)

@@ -18,7 +18,6 @@ if wait > 0 then return {-2, wait} end
 local usage = KEYS[7]
 local grant_keys, grant_bytes = reserve(usage, '', '', 0, 0, 1, #key + #value, max_keys, max_bytes)
 local result = put_in_shard(S, key, value, ttl_ms, cond, expected, owner, grant_keys, grant_bytes)
-release(usage, '', '', grant_keys, grant_bytes)
 settle(string.format('%02d', S.no), reports(S), 1)
 if result[1] == -3 then
   local used_keys, used_bytes = ledger_total(usage)

@@ -6,7 +6,7 @@
 -- Also records a usage read's reports (member ''). allow-oom: it only shrinks
 -- or rewrites fields of the same size. Returns the user's counted keys and bytes.
 --! include usage_ledger.lua
-release(KEYS[1], KEYS[2], ARGV[1], 0, 0)
+release(KEYS[1], KEYS[2], ARGV[1])
 settle(ARGV[2], ARGV, 3)
 local keys, bytes = ledger_total(KEYS[1])
 return {keys, bytes}

@@ -18,8 +18,9 @@ local function ledger_total(usage)
 end
 
 -- Hold what a write may grow by: want_keys and want_bytes, each clipped to the
--- headroom left under max_keys and max_bytes. hold_id '' keeps no record (the
--- composed single-redis script releases the hold in the same script). Returns
+-- headroom left under max_keys and max_bytes. hold_id '' holds nothing: the
+-- composed single-redis script uses the grant within the same script, where no
+-- other write can run, so there is nothing to hold or release. Returns
 -- the granted keys, bytes and the hold's member ('' when none was recorded).
 -- A hold_id starts with the two digits of the write's shard.
 -- now and deadline are the caller's clock in ms (the app planes' user may not
@@ -36,26 +37,23 @@ local function reserve(usage, holds, hold_id, now, deadline, want_keys, want_byt
   local keys, bytes = ledger_total(usage)
   local grant_keys = math.max(0, math.min(want_keys, max_keys - keys))
   local grant_bytes = math.max(0, math.min(want_bytes, max_bytes - bytes))
-  if grant_keys == 0 and grant_bytes == 0 then return 0, 0, '' end
+  if hold_id == '' or (grant_keys == 0 and grant_bytes == 0) then
+    return grant_keys, grant_bytes, ''
+  end
   redis.call('HINCRBY', usage, 'hk', grant_keys)
   redis.call('HINCRBY', usage, 'hb', grant_bytes)
-  local member = ''
-  if hold_id ~= '' then
-    member = hold_id .. ':' .. grant_keys .. ':' .. grant_bytes
-    redis.call('ZADD', holds, deadline, member)
-  end
+  local member = hold_id .. ':' .. grant_keys .. ':' .. grant_bytes
+  redis.call('ZADD', holds, deadline, member)
   return grant_keys, grant_bytes, member
 end
 
--- Release a hold (member, or '' with its amounts given) once.
-local function release(usage, holds, member, keys, bytes)
-  if member ~= '' then
-    if redis.call('ZREM', holds, member) == 0 then return end
-    local _, _, k, b = string.find(member, ':(%d+):(%d+)$')
-    keys, bytes = tonumber(k), tonumber(b)
-  end
-  if keys > 0 then redis.call('HINCRBY', usage, 'hk', -keys) end
-  if bytes > 0 then redis.call('HINCRBY', usage, 'hb', -bytes) end
+-- Release a recorded hold (its member; '' for none) once.
+local function release(usage, holds, member)
+  if member == '' or redis.call('ZREM', holds, member) == 0 then return end
+  local _, _, keys, bytes = string.find(member, ':(%d+):(%d+)$')
+  -- (not -x: Lua's -0 reaches redis as '-0', which HINCRBY refuses)
+  if tonumber(keys) > 0 then redis.call('HINCRBY', usage, 'hk', 0 - tonumber(keys)) end
+  if tonumber(bytes) > 0 then redis.call('HINCRBY', usage, 'hb', 0 - tonumber(bytes)) end
 end
 
 -- Record what shard (two digits) reported for users: a flat list from
