@@ -19,9 +19,10 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,6 +45,60 @@ from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
 from productionlab.luascripts import script
 
 KV_RESTORE = script("kv_restore")
+
+
+class RecordStore(Protocol):
+    """Where a backup reads its records and a restore writes them."""
+
+    def kv_version(self, client: redis.Redis) -> int: ...
+    def key_count(self, client: redis.Redis) -> int: ...
+    def records(self, client: redis.Redis) -> Iterator[Record]: ...
+    def restore_batch(
+        self, client: redis.Redis, batch: list[Record], actor: Actor, overwrite: bool
+    ) -> int: ...
+    def finish_restore(self, client: redis.Redis, kv_version: int) -> None: ...
+
+
+class OneTagStore:
+    """Today's layout, every key under ``{plab}`` (the virtual shards' store is
+    ``shardbackup.ShardStore``)."""
+
+    def kv_version(self, client: redis.Redis) -> int:
+        return int(client.get(VERSION_COUNTER) or 0)
+
+    def key_count(self, client: redis.Redis) -> int:
+        return int(client.zcard(INDEX))
+
+    def records(self, client: redis.Redis) -> Iterator[Record]:
+        return read_records(client)
+
+    def restore_batch(
+        self, client: redis.Redis, batch: list[Record], actor: Actor, overwrite: bool
+    ) -> int:
+        records: list = []
+        for record in batch:
+            records += [record.key, record.value, record.version, record.ttl_ms]
+        return int(
+            KV_RESTORE(
+                client,
+                keys={"audit": AUDIT_KEYS, "counter": VERSION_COUNTER, "index": INDEX},
+                args={
+                    "audit": actor.audit_args(),
+                    "item_prefix": ITEM,
+                    "overwrite": "1" if overwrite else "0",
+                    "records": records,
+                },
+            )
+        )
+
+    def finish_restore(self, client: redis.Redis, kv_version: int) -> None:
+        current = int(client.get(VERSION_COUNTER) or 0)
+        if kv_version > current:
+            client.set(VERSION_COUNTER, kv_version)
+        charge_unowned_keys(client)  # restored keys carry no owner: charge them
+
+
+ONE_TAG = OneTagStore()
 
 
 # --- progress -------------------------------------------------------------------
@@ -102,8 +157,10 @@ def create_backup(
     *,
     name: str | None = None,
     progress: bool = True,
+    store: RecordStore | None = None,
 ) -> Summary:
     """Write one encrypted backup file into ``directory`` (atomically: temp, fsync, rename)."""
+    store = store or ONE_TAG
     if not secret:
         raise BackupError("PLAB_BACKUP_KEY is not set")
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,8 +182,8 @@ def create_backup(
     ).encode()
     prefix = MAGIC + struct.pack(">I", len(header)) + header
     aead = AESGCM(file_key(secret, salt))
-    kv_version = int(client.get(VERSION_COUNTER) or 0)
-    bar = Progress(int(client.zcard(INDEX)), "backup") if progress else None
+    kv_version = store.kv_version(client)
+    bar = Progress(store.key_count(client), "backup") if progress else None
     digest = Digest()
     descriptor, temp = tempfile.mkstemp(dir=directory, prefix=".backup-")
     try:
@@ -134,7 +191,7 @@ def create_backup(
             handle.write(prefix)
             writer = ChunkWriter(handle, aead, nonce_prefix, hashlib.sha256(prefix).digest())
             writer.write(record_line({"start": FORMAT, "kv_version": kv_version}))
-            for record in read_records(client):
+            for record in store.records(client):
                 writer.write(record_line(record.as_json()))
                 digest.add(record)
                 if bar is not None and digest.count % 100 == 0:
@@ -197,14 +254,16 @@ def restore_backup(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    store: RecordStore | None = None,
 ) -> int:
     """Load a verified backup. Refuses a store that has keys unless ``overwrite``.
 
     With ``overwrite`` the backup's keys replace existing ones; keys not in the
     backup are left alone. Each restored key gets its own audit entry.
     """
+    store = store or ONE_TAG
     contents = verify_backup(path, secret)
-    existing = int(client.zcard(INDEX))
+    existing = store.key_count(client)
     if existing and not overwrite:
         raise BackupError(
             f"the store already holds {existing} keys; restore into an empty store "
@@ -215,21 +274,7 @@ def restore_backup(
     batch: list[Record] = []
 
     def flush() -> int:
-        records: list = []
-        for record in batch:
-            records += [record.key, record.value, record.version, record.ttl_ms]
-        count = int(
-            KV_RESTORE(
-                client,
-                keys={"audit": AUDIT_KEYS, "counter": VERSION_COUNTER, "index": INDEX},
-                args={
-                    "audit": actor.audit_args(),
-                    "item_prefix": ITEM,
-                    "overwrite": "1" if overwrite else "0",
-                    "records": records,
-                },
-            )
-        )
+        count = store.restore_batch(client, batch, actor, overwrite)
         if bar is not None:
             bar.advance(len(batch))
         batch.clear()
@@ -244,10 +289,7 @@ def restore_backup(
                 restored += flush()
         if batch:
             restored += flush()
-        current = int(client.get(VERSION_COUNTER) or 0)
-        if contents.kv_version > current:
-            client.set(VERSION_COUNTER, contents.kv_version)
-        charge_unowned_keys(client)  # restored keys carry no owner: charge them
+        store.finish_restore(client, contents.kv_version)
     finally:
         if bar is not None:
             bar.close()
