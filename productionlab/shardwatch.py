@@ -21,7 +21,7 @@ from __future__ import annotations
 import redis
 
 from productionlab.luascripts import script
-from productionlab.store.layout import all_shards, shard_for, version_of
+from productionlab.store.layout import all_shards, key_of_item, shard_for, version_of
 from productionlab.watch import KeyState, PrefixState, PrefixTooBroad
 
 SHARD_WATCH_KEY = script("shard_watch_key")
@@ -89,6 +89,10 @@ class ShardWatchStore:
         # The index is M, even when a write between the steps gave a newer version:
         # a later write in a shard that lagged may take a version between the two.
         return PrefixState(newest, index, keys)
+
+    def key_of_item(self, name: str) -> str | None:
+        """The key whose shard item an expired-key event names, or None."""
+        return key_of_item(name)
 
     def mark_expired(self, key: str) -> int:
         place = shard_for(key)

@@ -125,6 +125,10 @@ class WatchStore:
         keys = [(pairs[i].decode(), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
         return PrefixState(int(found[0]), int(found[1]), keys)
 
+    def key_of_item(self, name: str) -> str | None:
+        """The key whose item an expired-key event names, or None (not an item)."""
+        return name[len(ITEM) :] if name.startswith(ITEM) else None
+
     def mark_expired(self, key: str) -> int:
         keys = {"item": ITEM + key, "counter": VERSION_COUNTER}
         return int(EXPIRE_MARK(self.client, keys=keys, args={"key": key}))
@@ -266,11 +270,11 @@ class ChangeFeed:
             version = whole_number(raw, 0, MAX_VERSION)
             if version is not None and key:
                 self.notify(key, version)
-        elif channel == self.expired_channel and text.startswith(ITEM):
-            key = text[len(ITEM) :]
+        elif channel == self.expired_channel:
+            key = self.store.key_of_item(text)
             # The tombstone publishes its own change message. Given only where a
             # watch waits for it: otherwise the next read that meets the key does.
-            if self.cares(key):
+            if key is not None and self.cares(key):
                 self.store.mark_expired(key)
 
 

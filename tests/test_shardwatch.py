@@ -11,7 +11,7 @@ import pytest
 
 from productionlab.shardwatch import ShardWatchStore
 from productionlab.store.layout import SHARDS, all_shards, shard_for, shard_of
-from productionlab.watch import PrefixTooBroad
+from productionlab.watch import ChangeFeed, PrefixTooBroad, Waiter
 from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
     actor,
     cluster,
@@ -102,3 +102,25 @@ def test_every_shard_counter_is_read_for_the_index(where):
     last = all_shards()[-1]
     client.incrby(last.counter, 1000)
     assert watches.current_index() >= before + 1000 * SHARDS - SHARDS
+
+
+def test_an_expired_shard_key_wakes_its_watch_through_the_change_feed(single):  # noqa: F811
+    """The process's ChangeFeed hears the expired-key event of a shard's item,
+    gives the key its tombstone in its shard and wakes the watch waiting on it."""
+    kv, who, key = store_for(("single", single, None)), actor(), fresh("e")
+    watches = ShardWatchStore(single)
+    feed = ChangeFeed(single, watches)
+    try:
+        put = kv.put(key, b"soon gone", who, ttl=1)
+        with feed.registered(Waiter(put.version, key=key)) as waiter:
+            assert feed.subscribed.wait(30)
+            deadline = time.monotonic() + 60
+            # (Subscribing wakes every watch once: read again until the key is gone.)
+            while single.zscore(shard_for(key).tombs, key) is None:
+                assert waiter.event.wait(max(0.1, deadline - time.monotonic())), "no wake-up"
+                waiter.event.clear()
+        state = watches.key_state(key)
+        assert not state.exists and state.index > put.version
+        assert single.zscore(shard_for(key).tombs, key) == state.index
+    finally:
+        feed.stop()
