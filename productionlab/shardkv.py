@@ -35,7 +35,7 @@ from redis.exceptions import NoScriptError
 from productionlab.audit import Actor
 from productionlab.errors import KeyNotFound, QuotaExceeded, VersionConflict
 from productionlab.kv import Item, PutResult, Quota, Usage, validate_key
-from productionlab.luascripts import script
+from productionlab.luascripts import LuaScript, script
 from productionlab.ratelimit import NO_TICKET, USER_LIMIT_CHARGE, Ticket, refused
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, Shard, all_shards, shard, shard_for
@@ -80,6 +80,39 @@ def shard_keys(place: Shard, key: str) -> dict[str, object]:
     }
 
 
+def pipelined(client: redis.Redis, commands: list[tuple], text: str) -> list:
+    """Run ``commands`` together: one round trip on a single redis (on the thread's
+    kept connection when the client keeps one, ``PinnableRedis.pipeline_held``), one
+    per master on a cluster; loads the script ``text`` once when redis lost it.
+    Raises the first error reply."""
+    held = getattr(client, "pipeline_held", None)
+    for attempt in (1, 2):
+        if held is not None:
+            results = held(commands)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            results = pipe.execute(raise_on_error=False)
+        if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+            client.script_load(text)
+            continue
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+    raise AssertionError("unreachable")
+
+
+def evalsha_many(client: redis.Redis, lua: LuaScript, calls: list[tuple[dict, dict]]) -> list:
+    """``lua`` once per (keys, args) in ``calls``, all sent together (:func:`pipelined`)."""
+    commands = []
+    for keys, args in calls:
+        flat_keys, flat_args = lua.keys.flatten(keys), lua.args.flatten(args)
+        commands.append(("EVALSHA", lua.sha, len(flat_keys), *flat_keys, *flat_args))
+    return pipelined(client, commands, lua.text)
+
+
 class ShardedKV:
     """get, put, delete, listing and usage over the 16 shards (see the module doc)."""
 
@@ -118,25 +151,7 @@ class ShardedKV:
         return Item(key, value or b"", int(version))
 
     def _pipelined(self, commands: list[tuple], text: str) -> list:
-        """Run ``commands`` in one pipeline (one round trip on a single redis; one
-        per master in a cluster); loads the script ``text`` when redis lost it."""
-        held = getattr(self.client, "pipeline_held", None)
-        for attempt in (1, 2):
-            if held is not None:
-                results = held(commands)  # the thread's kept connection: no pool hand-out
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                results = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                self.client.script_load(text)
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-        raise AssertionError("unreachable")
+        return pipelined(self.client, commands, text)
 
     # --- writes -----------------------------------------------------------------------
     def put(
@@ -369,11 +384,10 @@ class ShardedKV:
             return [], None
         merged: list[str] = []
         complete_to: str | None = None  # every shard's keys up to here were seen
-        for place in all_shards():
-            found, last, more = SHARD_LIST(
-                self.client,
-                keys={"index": place.index, "counter": place.counter},
-                args={
+        calls = [
+            (
+                {"index": place.index, "counter": place.counter},
+                {
                     "tag": place.tag,
                     "shard": place.number,
                     "after": after,
@@ -382,6 +396,10 @@ class ShardedKV:
                     "prefixes": prefixes,
                 },
             )
+            for place in all_shards()
+        ]
+        # Every shard's part at once: one round trip on a single redis.
+        for found, last, more in evalsha_many(self.client, SHARD_LIST, calls):
             merged += [k.decode() for k in found]
             if int(more):
                 seen = last.decode() if isinstance(last, bytes) else str(last)

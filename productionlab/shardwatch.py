@@ -21,6 +21,7 @@ from __future__ import annotations
 import redis
 
 from productionlab.luascripts import script
+from productionlab.shardkv import evalsha_many
 from productionlab.store.layout import all_shards, key_of_item, shard_for, version_of
 from productionlab.watch import KeyState, PrefixState, PrefixTooBroad
 
@@ -64,27 +65,33 @@ class ShardWatchStore:
         hold more keys than the budget."""
         index = self.current_index()
         newest, keys = 0, []
-        budget = self.prefix_keys
-        for place in all_shards():
-            found = SHARD_WATCH_PREFIX(
-                self.client,
-                keys={"index": place.index, "counter": place.counter},
-                args={
+        calls = [
+            (
+                {"index": place.index, "counter": place.counter},
+                {
                     "tag": place.tag,
                     "shard": place.number,
                     "since": since,
                     "index": index,
-                    "budget": budget - len(keys),
+                    "budget": self.prefix_keys,
                     "prefixes": prefixes,
                 },
             )
+            for place in all_shards()
+        ]
+        # Every shard's step 2 at once (one round trip on a single redis); each may
+        # scan up to the whole budget, the sum is checked after.
+        for found in evalsha_many(self.client, SHARD_WATCH_PREFIX, calls):
             if int(found[0]) < 0:
-                raise PrefixTooBroad(
-                    f"the prefix holds more than {self.prefix_keys} keys; watch a narrower one"
-                )
+                keys = None
+                break
             newest = max(newest, int(found[0]))
             pairs = found[1:]
             keys += [(pairs[i].decode(), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
+        if keys is None or len(keys) > self.prefix_keys:
+            raise PrefixTooBroad(
+                f"the prefix holds more than {self.prefix_keys} keys; watch a narrower one"
+            )
         keys.sort()
         # The index is M, even when a write between the steps gave a newer version:
         # a later write in a shard that lagged may take a version between the two.

@@ -425,3 +425,18 @@ def test_a_read_on_the_planes_client_goes_out_on_the_threads_kept_connection(sin
             kv.get("wrong", limit=Ticket(f"{{plab}}:limits:user:{who.name}-2:60", 3, 60))
     finally:
         client.close()
+
+
+def test_a_listing_asks_every_shard_together_and_survives_a_script_flush(single):
+    kv, who = ShardedKV(single, Durability(single, strict=False)), actor()
+    prefix = fresh("rt") + "-"
+    keys = sorted(f"{prefix}{n:02d}" for n in range(20))
+    for key in keys:
+        kv.put(key, b"x", who)
+    single.script_flush()
+    single.config_resetstat()
+    assert kv.list_keys([prefix])[0] == keys
+    stats = single.info("commandstats")
+    # Every shard's script ran once, EVALSHA sent once per shard, reloaded once.
+    assert stats["cmdstat_evalsha"]["calls"] == 2 * SHARDS
+    assert stats["cmdstat_script|load"]["calls"] == 1
