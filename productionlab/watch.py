@@ -42,12 +42,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from productionlab.backup_records import read_records
 from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
 from productionlab.luascripts import script
+from productionlab.store.connection import REDIS_FAULTS
 from productionlab.subscription import Subscription
 
 log = logging.getLogger("productionlab.watch")
@@ -185,9 +187,14 @@ class ChangeFeed:
         self._by_key: dict[str, set[Waiter]] = {}
         self._by_prefix: set[Waiter] = set()
         self.subscribed = threading.Event()
+        # Keyspace events are node-local: on a cluster, each master's expiries are
+        # heard on that master (the change messages reach every node's subscribers).
+        self.cluster = isinstance(client, RedisCluster)
+        self.expiries: list[Subscription] = []
+        self._expiries_lock = threading.Lock()
         self.changes = Subscription(
             client,
-            (CHANGES, self.expired_channel),
+            (CHANGES,) if self.cluster else (CHANGES, self.expired_channel),
             self._handle,
             name="kv-changes",
             lost=self._lost,
@@ -195,9 +202,34 @@ class ChangeFeed:
 
     def ensure_started(self) -> None:
         self.changes.start()
+        if self.cluster and not self.expiries:
+            self._follow_every_master()
+
+    def _follow_every_master(self) -> None:
+        """One expired-key subscription per master the cluster client knows (tried
+        again at the next watch while it knows none)."""
+        with self._expiries_lock:
+            if self.expiries:
+                return
+            try:
+                masters = self.client.get_primaries()  # type: ignore[attr-defined]
+            except REDIS_FAULTS:
+                return
+            for node in masters:
+                follower = Subscription(
+                    self.client.get_redis_connection(node),  # type: ignore[attr-defined]
+                    (self.expired_channel,),
+                    self._handle,
+                    name=f"kv-expired-{node.port}",
+                    lost=self._lost,
+                )
+                follower.start()
+                self.expiries.append(follower)
 
     def stop(self) -> None:
         self.changes.stop()
+        for follower in self.expiries:
+            follower.stop()
 
     def _lost(self) -> None:
         self.subscribed.clear()

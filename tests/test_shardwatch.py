@@ -124,3 +124,26 @@ def test_an_expired_shard_key_wakes_its_watch_through_the_change_feed(single):  
         assert single.zscore(shard_for(key).tombs, key) == state.index
     finally:
         feed.stop()
+
+
+def test_on_a_cluster_an_expiry_on_any_master_wakes_its_watch(cluster, cluster_client):  # noqa: F811
+    """Keyspace events are node-local: the feed hears the expiry of a shard item
+    held by another master than the one its change messages come through."""
+    changes_master = cluster.node_for("{plab}:kv-changes")
+    key = fresh("e")
+    while cluster.node_for(shard_for(key).item(key)) is changes_master:
+        key = fresh("e")
+    kv, who = store_for(("cluster", cluster_client, cluster)), actor()
+    watches = ShardWatchStore(cluster_client)
+    feed = ChangeFeed(cluster_client, watches)
+    try:
+        put = kv.put(key, b"soon gone", who, ttl=1)
+        with feed.registered(Waiter(put.version, key=key)) as waiter:
+            assert len(feed.expiries) == 3
+            deadline = time.monotonic() + 60
+            while cluster_client.zscore(shard_for(key).tombs, key) is None:
+                assert waiter.event.wait(max(0.1, deadline - time.monotonic())), "no wake-up"
+                waiter.event.clear()
+        assert watches.key_state(key).index > put.version
+    finally:
+        feed.stop()
