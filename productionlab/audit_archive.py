@@ -126,14 +126,17 @@ def archive_and_trim(
     keep: int,
     *,
     action: str = TRIM_ACTION,
+    log_keys: tuple[str, str] = AUDIT_KEYS,
 ) -> tuple[int, int, Path | None]:
-    """Archive all but the newest ``keep`` entries, then trim them from redis.
+    """Archive all but the newest ``keep`` entries, then trim them from redis
+    (``log_keys``: the chain, the main one by default; a virtual shard's chain has
+    an archive of its own).
 
     Returns (entries dropped, first sequence number left in redis, segment path).
     """
     if keep < 1:
         raise ValueError("keep at least one entry")
-    log = AuditLog(client)
+    log = AuditLog(client, log_keys)
     with archive.lock():
         snap = log.snapshot()
         drop = snap.length - keep
@@ -144,7 +147,16 @@ def archive_and_trim(
             raise ArchiveError("the audit log changed while it was read")
         path = archive.write(snap.first, raws)
         new_first = snap.first + drop
-        _trim(client, actor, snap.first, drop, entry_hash(raws[-1]), action, f"first:{new_first}")
+        _trim(
+            client,
+            actor,
+            snap.first,
+            drop,
+            entry_hash(raws[-1]),
+            action,
+            f"first:{new_first}",
+            log_keys=log_keys,
+        )
         return drop, new_first, path
 
 
@@ -157,11 +169,12 @@ def _trim(
     action: str,
     target: str,
     outcome: str = "ok",
+    log_keys: tuple[str, str] = AUDIT_KEYS,
 ) -> list:
     try:
         return AUDIT_TRIM(
             client,
-            keys={"audit": AUDIT_KEYS},
+            keys={"audit": log_keys},
             args={
                 "audit": actor.audit_args(),
                 "expected_first": expected_first,

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from productionlab.audit import AUDIT_KEYS, AuditLog
-from productionlab.audit_archive import Archive
+from productionlab.audit import AUDIT_KEYS, Actor, AuditLog
+from productionlab.audit_archive import Archive, archive_and_trim
 from productionlab.audit_checkpoint import (
     MAIN_CHAIN,
     ChainHead,
@@ -80,5 +80,16 @@ def verify_every_chain(
             log=AuditLog(client, keys),
             chain=name,
         )
+        for name, keys in chain_keys().items()
+    }
+
+
+def trim_every_chain(
+    client: redis.Redis, archives: Callable[[str], Archive], actor: Actor, keep: int
+) -> dict[str, int]:
+    """Archive-then-trim each chain into its own archive, keeping its newest
+    ``keep`` entries; entries dropped, by chain (the trim's own entry is in that chain)."""
+    return {
+        name: archive_and_trim(client, archives(name), actor, keep, log_keys=keys)[0]
         for name, keys in chain_keys().items()
     }

@@ -20,6 +20,7 @@ from productionlab.audit_chains import (
     chain_name,
     checkpoint_every_chain,
     heads,
+    trim_every_chain,
     verify_every_chain,
 )
 from productionlab.audit_checkpoint import (
@@ -144,3 +145,21 @@ def test_a_forged_line_verifies_nowhere(where, files):
     results = verify_every_chain(client, archives_in(root), checkpoints, {})
     assert all(not r.ok for r in results.values())
     assert all(any("signature does not verify" in p for p in r.problems) for r in results.values())
+
+
+def test_every_chain_archives_and_trims_into_its_own_archive_and_still_verifies(where, files):
+    root, checkpoints = files
+    _, client, _ = where
+    fill(where)
+    fill(where)
+    private = Ed25519PrivateKey.generate()
+    checkpoint_every_chain(client, archives_in(root), checkpoints, private)
+    dropped = trim_every_chain(client, archives_in(root), Actor("keeper"), keep=1)
+    assert dropped[MAIN_CHAIN] >= 1 and all(n >= 1 for n in dropped.values()), dropped
+    for name in chain_keys():
+        assert archives_in(root)(name).segments(), name
+    checkpoint_every_chain(client, archives_in(root), checkpoints, private)
+    results = verify_every_chain(client, archives_in(root), checkpoints, {})
+    for name, result in results.items():
+        assert result.ok and result.archived >= dropped[name], (name, result.problems)
+        assert result.checkpoints == 2
