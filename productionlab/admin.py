@@ -10,12 +10,16 @@ import redis
 from flask import Blueprint, Response, jsonify, request
 
 from productionlab import backup, backup_format, checkprod, drill
+from productionlab.audit_chains import chain_keys
+from productionlab.audit_checkpoint import MAIN_CHAIN
 from productionlab.audit_keeper import AuditKeeper
+from productionlab.audit_listing import chain_page, merged_page
 from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
-from productionlab.kv import INDEX, UNATTRIBUTED
+from productionlab.kv import UNATTRIBUTED
 from productionlab.kv_routes import int_arg
 from productionlab.services import services
+from productionlab.shardbackup import ShardStore
 from productionlab.store.connection import info_of_every_master
 
 
@@ -218,9 +222,16 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         since = int_arg("since", 1, 1, 2**62)
         limit = int_arg("limit", 100, 1, 1000)
         actor_name = request.args.get("actor") or None
+        chain = request.args.get("chain")
         close_failure_window()
-        entries, next_since = services().audit.page(since=since, limit=limit, actor=actor_name)
-        return jsonify({"entries": entries, "next_since": next_since})
+        client = services().redis
+        if chain is None and "since" in request.args:
+            chain = MAIN_CHAIN  # paging by seq is one chain's: the main one, as before the shards
+        if chain is not None:
+            entries, next_since = chain_page(client, chain, since, limit, actor_name)
+            return jsonify({"entries": entries, "next_since": next_since, "next_cursor": None})
+        entries, cursor = merged_page(client, request.args.get("cursor"), limit, actor_name)
+        return jsonify({"entries": entries, "next_since": None, "next_cursor": cursor})
 
     @bp.post("/audit/verify")
     @admin_only
@@ -304,9 +315,9 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
         failing = [m for m in masters if m["aof_last_write_status"] != "ok"]
         return jsonify(
             {
-                "keys": client.zcard(INDEX),
+                "keys": ShardStore().key_count(client),
                 "users": len(services().users.all()),
-                "audit_entries": client.llen("{plab}:audit"),
+                "audit_entries": sum(client.llen(lst) for lst, _ in chain_keys().values()),
                 "redis_used_memory": fullest["used_memory"],
                 "redis_maxmemory": fullest["maxmemory"],
                 "usage_unattributed": services().kv.usage(UNATTRIBUTED).as_dict(with_quota=False),

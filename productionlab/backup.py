@@ -43,6 +43,7 @@ from productionlab.backup_format import (
 from productionlab.backup_records import Digest, Record, read_records
 from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
 from productionlab.luascripts import script
+from productionlab.shardbackup import ShardStore
 
 KV_RESTORE = script("kv_restore")
 
@@ -160,7 +161,7 @@ def create_backup(
     store: RecordStore | None = None,
 ) -> Summary:
     """Write one encrypted backup file into ``directory`` (atomically: temp, fsync, rename)."""
-    store = store or ONE_TAG
+    store = store or ShardStore()
     if not secret:
         raise BackupError("PLAB_BACKUP_KEY is not set")
     directory.mkdir(parents=True, exist_ok=True)
@@ -261,7 +262,7 @@ def restore_backup(
     With ``overwrite`` the backup's keys replace existing ones; keys not in the
     backup are left alone. Each restored key gets its own audit entry.
     """
-    store = store or ONE_TAG
+    store = store or ShardStore()
     contents = verify_backup(path, secret)
     existing = store.key_count(client)
     if existing and not overwrite:

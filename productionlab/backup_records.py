@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -75,8 +75,9 @@ def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
             yield Record(key, value or b"", int(version), max(0, int(ttl)))
 
 
-def live_digest(client: redis.Redis) -> Digest:
+def live_digest(records: Iterable[Record]) -> Digest:
+    """The digest of ``records`` (a store's, in key order), as a backup computes it."""
     digest = Digest()
-    for record in read_records(client):
+    for record in records:
         digest.add(record)
     return digest

@@ -32,10 +32,11 @@ from productionlab.errors import (
     NotGranted,
     QuotaExceeded,
 )
-from productionlab.kv import ITEM, KVStore
 from productionlab.kv_json import encoded, json_response
 from productionlab.ratelimit import rides_on_store, take_ticket
 from productionlab.services import services
+from productionlab.shardkv import ShardedKV
+from productionlab.store.layout import shard_for
 
 TXN_KINDS = frozenset({"get", *WRITES, *CONDITIONS})
 BULK_KINDS = frozenset({"get", *WRITES})
@@ -129,14 +130,14 @@ def render(result: OpResult) -> dict:
 
 
 def with_values(
-    kv: KVStore, keys: list[str], last: str | None, max_bytes: int
+    kv: ShardedKV, keys: list[str], last: str | None, max_bytes: int
 ) -> tuple[list[dict], str | None]:
     """The page's items with their values, cut where the values pass ``max_bytes``
     (one item at least, so a page always moves on); the cursor follows the cut.
     A key deleted since it was listed is left out."""
     pipe = kv.client.pipeline(transaction=False)
     for key in keys:
-        pipe.hmget(ITEM + key, "v", "ver")
+        pipe.hmget(shard_for(key).item(key), "v", "ver")
     items: list[dict] = []
     total = 0
     for index, (key, (value, version)) in enumerate(zip(keys, pipe.execute(), strict=True)):

@@ -109,5 +109,6 @@ REFINED_CODES: dict[str, int] = {
     "invalid_value": 400,
     "quota_exceeded": 403,
     "condition_failed": 409,  # a transaction's condition (POST /v1/txn)
+    "cross_shard": 400,  # a transaction over several shards on a Redis Cluster
     "https_required": 301,  # the edge's plain-HTTP port: the body of its redirect
 }

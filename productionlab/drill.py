@@ -18,6 +18,7 @@ from productionlab.backup import create_backup, restore_backup, verify_backup
 from productionlab.backup_format import BackupError
 from productionlab.backup_records import live_digest
 from productionlab.redis_process import RedisProcess, RedisProcessError
+from productionlab.shardbackup import ShardStore
 
 
 @contextmanager
@@ -88,9 +89,9 @@ def drill(
     contents = verify_backup(path, secret)
     with scratch_redis() as scratch:
         restore_backup(scratch, path, secret, Actor("drill"), overwrite=False, progress=progress)
-        restored = live_digest(scratch)
+        restored = live_digest(ShardStore().records(scratch))
         aof = scratch.info("persistence").get("aof_enabled")
-    live = live_digest(client)
+    live = live_digest(ShardStore().records(client))
     matches_backup = restored.count == contents.keys and restored.hexdigest() == contents.digest
     ok = bool(matches_backup and aof)
     if ok and fresh:

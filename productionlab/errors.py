@@ -72,6 +72,13 @@ class InvalidKey(MalformedRequest):
     description = KEY_RULE
 
 
+class CrossShardTransaction(MalformedRequest):
+    """A transaction on a Redis Cluster whose keys lie in more than one shard
+    (a shard is the unit of atomicity: docs/ARCHITECTURE.md, "Virtual shards")."""
+
+    error_code = "cross_shard"
+
+
 class InvalidValue(MalformedRequest):
     error_code = "invalid_value"
     description = "the value is not acceptable"

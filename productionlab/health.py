@@ -13,7 +13,7 @@ import logging
 from flask import Blueprint, Response, jsonify
 from redis.cluster import RedisCluster
 
-from productionlab.errors import REDIS_RETRY_AFTER
+from productionlab.errors import REDIS_RETRY_AFTER, StoreUnavailable
 from productionlab.metrics import RedisMemory
 from productionlab.services import services
 from productionlab.store.connection import REDIS_FAULTS
@@ -37,6 +37,11 @@ def ready_problem() -> str | None:
         else:
             client.ping()
         problem = wired.durability.problem(fresh=True)
+        if not problem and wired.layout is not None:
+            try:
+                wired.layout.require()
+            except StoreUnavailable as exc:
+                problem = exc.message
         if not problem and RedisMemory.read(client).refuses_writes:
             problem = "redis is at maxmemory and refuses writes"
         return problem

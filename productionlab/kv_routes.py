@@ -147,11 +147,19 @@ def written(key: str, version: int, created: bool, url_prefix: str = "") -> Resp
     return json_response({"key": key, "version": version}, 201 if created else 200, headers)
 
 
+def require_layout() -> None:
+    """503 + Retry-After until the store is on the shard layout (shardmigrate.LayoutGate)."""
+    gate = services().layout
+    if gate is not None:
+        gate.require()
+
+
 def kv_blueprint(
     auth: Authenticator, read_role: str, write_role: str, url_prefix: str = ""
 ) -> Blueprint:
     """The KV routes; the control plane mounts them under ``/ops``."""
     bp = Blueprint("kv", __name__, url_prefix=url_prefix or None)
+    bp.before_request(require_layout)
 
     @bp.post("/write/")
     @bp.post("/write/<tail:_rest>")

@@ -53,7 +53,8 @@ def documented_path(rule: str) -> str:
 
 
 _ERROR_TEXT = {
-    "400": "Malformed request: bad key, value, header or query parameter",
+    "400": "Malformed request: bad key, value, header or query parameter; or (code "
+    "cross_shard) a transaction on a Redis Cluster whose keys span shards",
     "401": "No or wrong credentials",
     "403": "The caller's role or grants do not cover this; or (code quota_exceeded) the "
     "write would take the caller past their key or byte quota and changed nothing",
@@ -63,8 +64,9 @@ _ERROR_TEXT = {
     "413": "The value or body is too large",
     "429": "Rate limited, or too many failed logins; on a watch route also when this "
     "process already holds its bound of watches (PLAB_WATCH_MAX_PER_PROCESS)",
-    "503": "The store is unavailable, full (redis at maxmemory refuses writes) or cannot "
-    "promise durability now; retry later",
+    "503": "The store is unavailable, full (redis at maxmemory refuses writes), cannot "
+    "promise durability now, or is being moved to the shard layout at an upgrade; "
+    "retry later",
 }
 
 
@@ -309,7 +311,7 @@ def _schemas() -> dict:
         },
         "AuditPage": {
             "type": "object",
-            "required": ["entries", "next_since"],
+            "required": ["entries", "next_since", "next_cursor"],
             "properties": {
                 "entries": {
                     "type": "array",
@@ -320,6 +322,7 @@ def _schemas() -> dict:
                         "required": ["seq"],
                         "properties": {
                             "seq": integer,
+                            "chain": string,
                             "prev": string,
                             "ts": string,
                             "actor": string,
@@ -335,6 +338,7 @@ def _schemas() -> dict:
                     },
                 },
                 "next_since": {"type": ["integer", "null"]},
+                "next_cursor": {"type": ["string", "null"]},
             },
         },
         "AuditVerify": {
@@ -903,9 +907,12 @@ def _admin_paths() -> dict:
         ),
         "/admin/audit": {
             "get": _op(
-                "Audit entries, oldest first",
+                "Audit entries: every chain merged newest first (next_cursor), or one "
+                "chain oldest first from since (next_since; since alone: the main chain)",
                 {"200": _ok("A page of entries", _ref("AuditPage"))},
                 parameters=[
+                    _query("chain", {"type": "string", "description": "main, s00 .. s15"}),
+                    _query("cursor", {"type": "string"}),
                     _query("since", {"type": "integer", "minimum": 1}),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     _query("actor", {"type": "string"}),

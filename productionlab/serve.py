@@ -151,6 +151,20 @@ def start_audit_keeper(services: Services) -> None:
     keeper.start()
 
 
+def check_store_layout(services: Services) -> None:
+    """Refuse to start on a store written with another shard count (ConfigError);
+    a store not migrated yet, or redis not answering, is no reason to stop."""
+    from productionlab.settings import ConfigError
+    from productionlab.shardmigrate import LayoutMismatch, check_layout
+
+    try:
+        check_layout(services.redis)
+    except LayoutMismatch as exc:
+        raise ConfigError(str(exc)) from None
+    except REDIS_FAULTS as exc:
+        log.warning("the store's layout is not checked: redis %s", type(exc).__name__)
+
+
 def make_app(settings: Settings) -> tuple[Flask, Services]:
     """The plane's services, built once, and its app over them (no side effects)."""
     services = build_services(settings)
@@ -172,6 +186,7 @@ def serve(
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
     app, services = make_app(settings)
+    check_store_layout(services)
     # The factory starts nothing: the server does. The user-event listener keeps
     # the verification cache honest (and on: it is off while unsubscribed).
     services.users.start_listener()

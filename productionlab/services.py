@@ -23,15 +23,17 @@ if TYPE_CHECKING:
 
     from productionlab.audit import AuditLog
     from productionlab.audit_keeper import AuditKeeper
-    from productionlab.batch import Batches
     from productionlab.console.sessions import SessionStore
-    from productionlab.kv import KVStore, Quota
+    from productionlab.kv import Quota
     from productionlab.lastused import LastUsed
     from productionlab.loginguard import LoginGuard
     from productionlab.metrics import Metrics
     from productionlab.ratelimit import UserLimit
     from productionlab.securitymetrics import SecurityMetrics
     from productionlab.settings import Settings
+    from productionlab.shardbatch import ShardBatches
+    from productionlab.shardkv import ShardedKV
+    from productionlab.shardmigrate import LayoutGate
     from productionlab.store.durability import Durability
     from productionlab.tokens import TokenService
     from productionlab.users import UserStore
@@ -46,8 +48,8 @@ class Services:
     redis: redis.Redis
     durability: Durability
     quota: Quota
-    kv: KVStore
-    batches: Batches
+    kv: ShardedKV
+    batches: ShardBatches
     audit: AuditLog
     users: UserStore
     lastused: LastUsed
@@ -58,6 +60,8 @@ class Services:
     security_metrics: SecurityMetrics
     watches: Watches
     console_sessions: SessionStore | None = None  # control plane with PLAB_CONSOLE on
+    # Opens the KV routes once the store is on the shard layout (shardmigrate.py).
+    layout: LayoutGate | None = None
     # The control plane's custodian of the audit log: started by ``serve`` after
     # the privilege drop, or made on first use by the admin API (see admin.py).
     audit_keeper: AuditKeeper | None = None

@@ -1,5 +1,5 @@
-"""Transactions and bulk requests on the virtual shards (issue 12 item 2; being
-built beside batch.py, not yet serving ``/v1/txn`` and ``/v1/bulk``).
+"""Transactions and bulk requests on the virtual shards: what serves ``/v1/txn``
+and ``/v1/bulk``.
 
 A redis script touches one slot, and a shard is the unit of atomicity:
 
@@ -25,6 +25,7 @@ from collections import defaultdict
 
 from productionlab.audit import Actor
 from productionlab.batch import WRITES, ConditionFailed, Op, OpResult, TxnQuotaExceeded
+from productionlab.errors import CrossShardTransaction
 from productionlab.luascripts import script
 from productionlab.ratelimit import NO_TICKET, Ticket, refused
 from productionlab.shardkv import USAGE_TOTAL, ShardedKV
@@ -34,7 +35,7 @@ SHARD_BATCH = script("shard_batch")
 SHARD_BATCH_FUSED = script("shard_batch_fused")
 
 
-class CrossShard(ValueError):
+class CrossShard(CrossShardTransaction):
     """A transaction on a cluster names keys of more than one shard."""
 
     def __init__(self, shards: int):

@@ -1,9 +1,10 @@
 """Moving a store from the one-tag layout (every KV key under ``{plab}``) to the
 virtual shards (store/layout.py; docs/design/virtual-shards.md, step 4).
 
-Built and tested on its own; the control plane does not run it yet (it will,
-at start-up, after today's migrations, with the KV routes answering 503 until
-the marker is set: the design's "Status").
+The control plane runs it at every start (``cp.migrate_data``, after the
+earlier releases' migrations); until the marker is set the KV routes of both
+planes answer 503 + Retry-After (:class:`LayoutGate`), and a plane refuses to
+start on a store with another shard count (``serve.check_store_layout``).
 
 What moves, per key (idempotent, so a migration cut short runs again from the
 start and finishes):
@@ -32,6 +33,7 @@ from collections.abc import Iterable
 
 import redis
 
+from productionlab.errors import StoreUnavailable
 from productionlab.shardkv import HOLDS, USAGE_TOTAL
 from productionlab.store.layout import (
     LAYOUT_KEY,
@@ -39,6 +41,7 @@ from productionlab.store.layout import (
     SHARDS,
     all_shards,
     shard_for,
+    version_of,
 )
 
 OLD_ITEM = "{plab}:kv:"
@@ -77,12 +80,41 @@ def check_layout(client: redis.Redis) -> bool:
     return True
 
 
+class LayoutGate:
+    """Whether the KV routes may serve: only once the store is on this layout.
+
+    A plane of this release may start before the control plane has migrated the
+    store (or while it migrates): its KV routes answer 503 + Retry-After until
+    the marker is there. Once seen, the marker is never asked again (nothing
+    unsets it), so a serving plane pays nothing per request."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self.open = False
+
+    def require(self) -> None:
+        if self.open:
+            return
+        try:
+            self.open = check_layout(self.client)
+        except LayoutMismatch as exc:
+            raise StoreUnavailable(str(exc)) from None
+        if not self.open:
+            raise StoreUnavailable(
+                "the store is being moved to the shard layout by the control plane; retry"
+            )
+
+
 def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _move_items(client: redis.Redis, keys: list[str]) -> None:
-    """Move these old items (and index entries, tombstones, TTL versions)."""
+def _move_items(client: redis.Redis, keys: list[str], renumber: bool = False) -> None:
+    """Move these old items (and index entries, tombstones, TTL versions).
+
+    ``renumber``: the store was migrated already, so these were written since by
+    an app plane of the previous release, on a counter that restarted: each
+    item gets a new version from its shard's counter (never one the key had)."""
     read = client.pipeline(transaction=False)
     for key in keys:
         read.hgetall(OLD_ITEM + key)
@@ -95,6 +127,8 @@ def _move_items(client: redis.Redis, keys: list[str]) -> None:
         fields, expire_at, tomb, ttl_version = found[4 * n : 4 * n + 4]
         place = shard_for(key)
         if fields:
+            if renumber:
+                fields[b"ver"] = version_of(int(client.incr(place.counter)), place.number)
             write.delete(place.item(key))  # a copy left by a run cut short
             write.hset(place.item(key), mapping=fields)
             if int(expire_at) > 0:
@@ -202,9 +236,16 @@ def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
     """Move a one-tag store to the shards; False if it was already migrated.
 
     Run it with the KV routes closed (nothing else writes KV keys meanwhile);
-    it is safe to run again after a crash."""
+    it is safe to run again after a crash. On a store already migrated it
+    moves only the items an app plane of the previous release wrote since
+    (a rolling upgrade), with new versions, and recomputes the usage."""
     if check_layout(client):
-        return False
+        if not client.exists(OLD_INDEX):
+            return False
+        for keys in _old_keys(client, batch):
+            _move_items(client, keys, renumber=True)
+        _finish(client, batch)
+        return True
     old_counter = int(client.get(OLD_COUNTER) or 0)
     floor = client.get(OLD_FLOOR)
     for keys in _old_keys(client, batch):
@@ -217,6 +258,12 @@ def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
         if floor is not None:
             setup.set(place.floor, floor)
     setup.execute()
+    _finish(client, batch)
+    return True
+
+
+def _finish(client: redis.Redis, batch: int) -> None:
+    """The usage rebuilt from the items, the old records dropped, the marker set."""
     users = {_decode(u) for u in client.smembers(USERS)}
     users.add("-")
     _rebuild_usage(client, users, batch)
@@ -226,4 +273,3 @@ def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
         client.hdel(USAGE_TOTAL + user, "hk", "hb")
     client.hset(LAYOUT_KEY, mapping={"shards": SHARDS, "version": LAYOUT_VERSION})
     client.delete(OLD_COUNTER, OLD_INDEX, OLD_TOMBS, OLD_FLOOR, OLD_TTL_VERSIONS)
-    return True

@@ -363,8 +363,3 @@ class Watches:
     store: WatchStore
     feed: ChangeFeed
     slots: WatchSlots
-
-
-def build_watches(client: redis.Redis, max_per_process: int, prefix_keys: int) -> Watches:
-    store = WatchStore(client, prefix_keys)
-    return Watches(store, ChangeFeed(client, store), WatchSlots(max_per_process))

@@ -17,7 +17,7 @@ from productionlab.contract import DEFAULT_WATCH_WAIT, MAX_WATCH_KEYS, MAX_WATCH
 from productionlab.errors import NotGranted
 from productionlab.kv import effective_prefixes
 from productionlab.kv_json import encoded, json_response
-from productionlab.kv_routes import int_arg, parse_key, parse_prefix, raw_tail
+from productionlab.kv_routes import int_arg, parse_key, parse_prefix, raw_tail, require_layout
 from productionlab.services import services
 from productionlab.watch import KeyState, PrefixState, Waiter, wait_for
 
@@ -27,6 +27,7 @@ MAX_INDEX = 2**53  # versions are redis integers kept exact in Lua's doubles
 
 def watch_blueprint(auth: Authenticator, read_role: str, url_prefix: str = "") -> Blueprint:
     bp = Blueprint("watch", __name__, url_prefix=url_prefix or None)
+    bp.before_request(require_layout)
 
     @bp.get("/v1/watch/")
     @bp.get("/v1/watch/<tail:_rest>")

@@ -13,8 +13,7 @@ from __future__ import annotations
 import redis
 
 from productionlab.audit import AuditLog
-from productionlab.batch import Batches
-from productionlab.kv import KVStore, Quota
+from productionlab.kv import Quota
 from productionlab.lastused import LastUsed
 from productionlab.loginguard import failure_guard
 from productionlab.metrics import Metrics, RedisMemoryCollector
@@ -22,11 +21,15 @@ from productionlab.ratelimit import UserLimit
 from productionlab.securitymetrics import RecoveryCollector, SecurityMetrics
 from productionlab.services import Services
 from productionlab.settings import Settings
+from productionlab.shardbatch import ShardBatches
+from productionlab.shardkv import ShardedKV
+from productionlab.shardmigrate import LayoutGate
+from productionlab.shardwatch import ShardWatchStore
 from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
 from productionlab.tokens import build_service
 from productionlab.users import UserStore
-from productionlab.watch import build_watches
+from productionlab.watch import ChangeFeed, Watches, WatchSlots
 
 
 def build_users(settings: Settings, client: redis.Redis) -> UserStore:
@@ -52,6 +55,12 @@ def build_metrics(settings: Settings, client: redis.Redis) -> tuple[Metrics, Sec
     return metrics, security
 
 
+def build_watches(client: redis.Redis, max_per_process: int, prefix_keys: int) -> Watches:
+    """The watches' states on the shards, this process's change feed, its bound."""
+    store = ShardWatchStore(client, prefix_keys)
+    return Watches(store, ChangeFeed(client, store), WatchSlots(max_per_process))
+
+
 def build_services(
     settings: Settings, client: redis.Redis | None = None, pool_size: int | None = None
 ) -> Services:
@@ -65,7 +74,7 @@ def build_services(
         replica_timeout_ms=settings.replica_timeout_ms,
     )
     quota = Quota(settings.user_max_keys, settings.user_max_bytes)
-    kv = KVStore(client, durability, quota)
+    kv = ShardedKV(client, durability, quota)
     users = build_users(settings, client)
     metrics, security = build_metrics(settings, client)
     watches = build_watches(client, settings.watch_max_per_process, settings.watch_prefix_keys)
@@ -83,7 +92,7 @@ def build_services(
         durability=durability,
         quota=quota,
         kv=kv,
-        batches=Batches(kv),
+        batches=ShardBatches(kv),
         audit=AuditLog(client),
         users=users,
         lastused=LastUsed(client),
@@ -94,4 +103,5 @@ def build_services(
         security_metrics=security,
         watches=watches,
         console_sessions=console_sessions,
+        layout=LayoutGate(client),
     )

@@ -14,21 +14,29 @@ import pytest
 
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import Segment
+from productionlab.store.layout import shard_for
 from tests.conftest import Client, admin_of, cli, create_user, start_stack, stop_stack
 
 AUDIT = "{plab}:audit"
 META = "{plab}:audit:meta"
 
 
-def tail(stack, count: int = 50) -> list[dict]:
+def tail(stack, count: int = 50, chain: str = AUDIT) -> list[dict]:
     client = stack.redis_client()
-    raw = client.lrange(AUDIT, -count, -1)
+    raw = client.lrange(chain, -count, -1)
     client.close()
     return [json.loads(item) for item in raw]
 
 
 # --- one entry per change, on the shared stack ------------------------------------
 def entries_for(stack, target: str) -> list[dict]:
+    """The entries about KV key ``target``: in its shard's chain."""
+    chain, _ = shard_for(target).audit
+    return [e for e in tail(stack, 400, chain) if e["target"] == target]
+
+
+def main_entries_for(stack, target: str) -> list[dict]:
+    """The entries about user ``target``: in the main chain."""
     return [e for e in tail(stack, 400) if e["target"] == target]
 
 
@@ -78,11 +86,11 @@ def test_failed_logins_and_admin_actions_are_audited(stack, admin):
     assert all(e["actor"] == "-" for e in closed)
     created = admin.post("/admin/users", json={"name": name, "role": "reader", "prefixes": []})
     assert created.status_code == 201
-    assert entries_for(stack, name)[-1]["action"] == "user.create"
-    assert entries_for(stack, name)[-1]["actor"] == "admin"
+    assert main_entries_for(stack, name)[-1]["action"] == "user.create"
+    assert main_entries_for(stack, name)[-1]["actor"] == "admin"
     assert admin.post(f"/admin/users/{name}/disable").status_code == 200
     assert admin.delete(f"/admin/users/{name}").status_code == 204
-    actions = [e["action"] for e in entries_for(stack, name)]
+    actions = [e["action"] for e in main_entries_for(stack, name)]
     assert actions == ["user.create", "user.disable", "user.delete"]
 
 
@@ -107,21 +115,36 @@ def test_paging_and_actor_filter(stack, admin, make_user, key):
     user = make_user("writer", [key])
     for index in range(5):
         assert user.post(f"/write/{key}/v{index}").status_code in (200, 201)
-    mine = admin.get("/admin/audit", params={"actor": user.name, "limit": 1000}).json()
-    assert [e["action"] for e in mine["entries"]] == ["kv.put"] * 5
-    first_seq = mine["entries"][0]["seq"]
-    page1 = admin.get("/admin/audit", params={"since": first_seq, "limit": 2, "actor": user.name})
+    merged = admin.get("/admin/audit", params={"actor": user.name, "limit": 1000}).json()
+    assert [e["action"] for e in merged["entries"]] == ["kv.put"] * 5
+    chain = merged["entries"][0]["chain"]  # one key: its shard's chain
+    assert {e["chain"] for e in merged["entries"]} == {chain}
+    mine = list(reversed(merged["entries"]))  # merged is newest first; one chain, oldest first
+    first_seq = mine[0]["seq"]
+    one = {"chain": chain, "actor": user.name}
+    page1 = admin.get("/admin/audit", params={"since": first_seq, "limit": 2, **one})
     assert page1.status_code == 200
     body = page1.json()
-    assert [e["seq"] for e in body["entries"]] == [e["seq"] for e in mine["entries"][:2]]
+    assert [e["seq"] for e in body["entries"]] == [e["seq"] for e in mine[:2]]
     page2 = admin.get(
-        "/admin/audit", params={"since": body["next_since"], "limit": 2, "actor": user.name}
+        "/admin/audit", params={"since": body["next_since"], "limit": 2, **one}
     ).json()
-    assert [e["seq"] for e in page2["entries"]] == [e["seq"] for e in mine["entries"][2:4]]
-    unfiltered = admin.get("/admin/audit", params={"since": first_seq, "limit": 3}).json()
+    assert [e["seq"] for e in page2["entries"]] == [e["seq"] for e in mine[2:4]]
+    unfiltered = admin.get(
+        "/admin/audit", params={"chain": chain, "since": first_seq, "limit": 3}
+    ).json()
     assert [e["seq"] for e in unfiltered["entries"]] == [first_seq, first_seq + 1, first_seq + 2]
     assert unfiltered["next_since"] == first_seq + 3
-    for bad in ({"since": "0"}, {"since": "x"}, {"limit": "0"}, {"limit": "1001"}, {"limit": "-1"}):
+    bad_cases = (
+        {"since": "0"},
+        {"since": "x"},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "-1"},
+        {"chain": "s16"},
+        {"cursor": "1.2"},
+    )
+    for bad in bad_cases:
         response = admin.get("/admin/audit", params=bad)
         assert response.status_code == 400, bad
         assert response.json()["error"]["code"] == "bad_request"
@@ -138,9 +161,10 @@ def test_verify_passes_on_the_shared_stack(stack, admin):
 def own() -> Iterator:
     stack = start_stack(edge_rate=1000, edge_burst=1000, admin_rate=1000, admin_burst=1000)
     admin = admin_of(stack)
-    writer = create_user(admin, "writer", ["t-"])
-    for index in range(12):
-        assert writer.post(f"/write/t-{index}/value{index}").status_code == 201
+    # The main chain (users, tokens, auth) is the one tampered with below; KV
+    # changes go to their shards' chains (test_audit_chains.py covers those).
+    for _ in range(12):
+        create_user(admin, "writer", ["t-"])
     yield stack
     stop_stack(stack)
 
@@ -417,15 +441,18 @@ def test_trim_by_retention_setting_and_route(own, redis_of):
 def test_a_failing_append_leaves_neither_change_nor_entry(own, redis_of):
     """Redis does not roll back a script: the append must fail before the change."""
     admin = admin_of(own)
+    place = shard_for("t-atomic")
+    shard_chain, _ = place.audit
     redis_of.rename(AUDIT, "{plab}:audit-saved")
     redis_of.set(AUDIT, "not a list")
+    redis_of.set(shard_chain, "not a list")  # the key's own chain (empty on this stack)
     try:
-        counter = redis_of.get("{plab}:kv-version")
+        counter = redis_of.get(place.counter)
         failed = admin.post("/ops/write/t-atomic/x")
         assert failed.status_code == 503
         assert failed.headers["Retry-After"]
-        assert redis_of.exists("{plab}:kv:t-atomic") == 0
-        assert redis_of.get("{plab}:kv-version") == counter
+        assert redis_of.exists(place.item("t-atomic")) == 0
+        assert redis_of.get(place.counter) == counter
         users_before = redis_of.smembers("{plab}:users")
         assert (
             admin.post(
@@ -436,7 +463,39 @@ def test_a_failing_append_leaves_neither_change_nor_entry(own, redis_of):
         assert redis_of.smembers("{plab}:users") == users_before
         assert redis_of.exists("{plab}:user:atomic") == 0
     finally:
-        redis_of.delete(AUDIT)
+        redis_of.delete(AUDIT, shard_chain)
         redis_of.rename("{plab}:audit-saved", AUDIT)
     assert verify_cli(own)[0] == 0
     assert admin.get("/ops/read/t-atomic").status_code == 404
+
+
+def test_the_listing_merges_every_chain_newest_first(stack, admin, make_user, key):
+    """Without ``chain`` the listing merges the main chain (user events) and the
+    shards' chains (KV changes) by time, newest first; ``next_cursor`` pages
+    through all of them with nothing skipped or repeated."""
+    user = make_user("writer", [key])
+    written = [f"{key}-{i}" for i in range(7)]  # several keys: several shards' chains
+    for name in written:
+        assert user.post(f"/write/{name}/v").status_code == 201
+    user.post(f"/write/{key}-0/again")
+    everything = admin.get("/admin/audit", params={"actor": user.name, "limit": 1000}).json()
+    assert everything["next_since"] is None
+    entries = everything["entries"]
+    assert [e["target"] for e in reversed(entries)] == [*written, f"{key}-0"]
+    assert len({e["chain"] for e in entries}) > 1
+    times = [float(e["ts"]) for e in entries]
+    assert times == sorted(times, reverse=True)
+    paged, cursor = [], None
+    for _ in range(20):
+        params = {"actor": user.name, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = admin.get("/admin/audit", params=params).json()
+        paged += page["entries"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [(e["chain"], e["seq"]) for e in paged] == [(e["chain"], e["seq"]) for e in entries]
+    created = admin.get("/admin/audit", params={"actor": admin.name, "limit": 1000}).json()
+    assert any(
+        e["chain"] == "main" and e["action"] == "user.create" and e["target"] == user.name
+        for e in created["entries"]
+    )

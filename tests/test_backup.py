@@ -16,7 +16,10 @@ import pytest
 from productionlab.backup import verify_backup
 from productionlab.backup_format import SUFFIX, BackupError, read_header
 from productionlab.redis_process import RedisProcess
+from productionlab.shardbackup import ShardStore
+from productionlab.store.layout import all_shards
 from tests.conftest import admin_of, cli, start_stack, stop_stack
+from tests.layout_kit import audit_entries, item_of
 
 BINARY = bytes(range(256))
 
@@ -36,11 +39,13 @@ def own() -> Iterator:
 def snapshot(client) -> dict:
     """Every key with value, version and whether it has a TTL."""
     data = {}
-    for key in client.zrange("{plab}:kv-index", 0, -1):
-        value, version = client.hmget(b"{plab}:kv:" + key, "v", "ver")
-        if version is not None:
-            ttl = client.pttl(b"{plab}:kv:" + key)
-            data[key.decode()] = (value, int(version), ttl > 0)
+    for place in all_shards():
+        for member in client.zrange(place.index, 0, -1):
+            key = member.decode()
+            value, version = client.hmget(place.item(key), "v", "ver")
+            if version is not None:
+                ttl = client.pttl(place.item(key))
+                data[key] = (value, int(version), ttl > 0)
     return data
 
 
@@ -77,7 +82,7 @@ def test_round_trip_into_an_empty_instance(own, tmp_path):
     assert b"value-1" not in raw and BINARY not in raw  # encrypted, not merely encoded
     live = own.redis_client()
     expected = snapshot(live)
-    live_counter = int(live.get("{plab}:kv-version"))
+    live_counter = ShardStore().kv_version(live)
     live.close()
     assert len(expected) == 252
     server = RedisProcess()
@@ -87,11 +92,11 @@ def test_round_trip_into_an_empty_instance(own, tmp_path):
         assert result.returncode == 0, result.stderr
         assert "252 keys" in result.stdout
         assert snapshot(scratch) == expected
-        assert scratch.hget("{plab}:kv:b-binary", "v") == BINARY
-        assert 0 < scratch.pttl("{plab}:kv:b-ttl") <= 3600 * 1000
-        assert int(scratch.get("{plab}:kv-version")) >= live_counter
-        # each restored key was audited, and the restored log verifies
-        assert scratch.llen("{plab}:audit") >= 252
+        assert scratch.hget(item_of("b-binary"), "v") == BINARY
+        assert 0 < scratch.pttl(item_of("b-ttl")) <= 3600 * 1000
+        assert ShardStore().kv_version(scratch) >= live_counter
+        # each restored key was audited (in its shard's chain), and the restored log verifies
+        assert audit_entries(scratch) >= 252
         verified = cli(own, "audit", "verify", env=env)
         assert verified.returncode == 0, verified.stdout
         # a second restore into the now non-empty instance is refused

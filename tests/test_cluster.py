@@ -11,6 +11,7 @@ the spread rather than asserting it.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import shutil
 import tempfile
@@ -29,8 +30,10 @@ from productionlab.securitymetrics import record_audit_verification
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from productionlab.settings import ConfigError, Settings
+from productionlab.store.layout import shard_for
 from tests.cluster_kit import RedisClusterKit
 from tests.inprocess import Planes, park_watch, plane_settings, start_planes, stop_listeners
+from tests.layout_kit import item_of
 from tests.test_properties import CompareAndSet, Transactions, run_machine
 from tests.test_settings import strong_env
 
@@ -177,18 +180,28 @@ def test_a_backup_restores_over_the_cluster(cluster_planes):
 
 
 def test_keys_per_master(cluster_planes, record_property):
-    """Records (does not assert) how the cluster's masters share the keys after
-    WRITES writes. Today the ``{plab}`` hash tag puts them all on one master;
-    issue 12 item 2 turns this into the spread assertion."""
+    """The virtual shards spread the KV items over every master (issue 12 item 3):
+    after WRITES writes through the routes, every master holds some of the items
+    and none more than about half (the placed tags split the 16 shards 5/6/5)."""
     admin = cluster_planes.admin()
+    kit = kit_of(cluster_planes)
     run = secrets.token_hex(4)
-    for n in range(WRITES):
-        answer = admin.put(f"/v1/kv/spread-{run}-{n}", data=b"x")
+    written = [f"spread-{run}-{n}" for n in range(WRITES)]
+    for key in written:
+        answer = admin.put(f"/v1/kv/{key}", data=b"x")
         assert answer.status_code in (200, 201), answer.text
-    per_master = kit_of(cluster_planes).keys_per_node()
+    per_master = kit.keys_per_node()
     record_property("keys_per_master", per_master)
     print(f"keys per master after {WRITES} writes: {per_master}")
     assert len(per_master) == 3 and sum(per_master.values()) >= WRITES
+    items: dict[int, int] = {}
+    for key in written:
+        node = kit.node_for(item_of(key))
+        assert node.client is not None and node.client.exists(item_of(key)) == 1
+        items[node.port] = items.get(node.port, 0) + 1
+    record_property("items_per_master", items)
+    assert len(items) == 3, items
+    assert max(items.values()) <= WRITES * 0.55, items
 
 
 def test_the_planes_survive_a_master_restart(cluster_planes):
@@ -239,17 +252,25 @@ def test_the_planes_survive_a_master_restart(cluster_planes):
 
 
 def test_a_full_master_makes_the_planes_unready_and_writes_503(cluster_planes):
-    """``maxmemory`` on the master that holds the data only: /ready must see it
-    although a cluster client's INFO goes to one node (the seed, unless asked)."""
+    """``maxmemory`` on one master only (the one of ``{plab}``, and of the key
+    written): /ready must see it although a cluster client's INFO goes to one
+    node (the seed, unless asked), and a write there is a 503."""
     admin = cluster_planes.admin()
-    owner = kit_of(cluster_planes).node_for("{plab}:audit")
+    kit = kit_of(cluster_planes)
+    owner = kit.node_for("{plab}:audit")
     assert owner.client is not None
+    run = secrets.token_hex(4)
+    key = next(
+        f"full-{run}-{n}"
+        for n in itertools.count()
+        if kit.node_for(shard_for(f"full-{run}-{n}").item(f"full-{run}-{n}")) is owner
+    )
     owner.client.config_set("maxmemory", "1")
     try:
         for plane in ("ap", "cp"):
             ready = admin.direct("GET", plane, "/ready")
             assert ready.status_code == 503, ready.text
-        refused = admin.put(f"/v1/kv/full-{secrets.token_hex(4)}", data=b"x")
+        refused = admin.put(f"/v1/kv/{key}", data=b"x")
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
     finally:

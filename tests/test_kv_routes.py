@@ -9,6 +9,8 @@ import threading
 
 import pytest
 
+from productionlab.store.layout import shard_for
+
 pytestmark = pytest.mark.inprocess
 
 
@@ -151,10 +153,15 @@ def test_if_none_match_race_creates_once(admin, key):
     assert sorted(statuses) == [201] + [412] * 5
 
 
+def item_of(key: str) -> str:
+    """The redis key of ``key``'s item (in its shard)."""
+    return shard_for(key).item(key)
+
+
 def test_ttl_expires_keys(admin, key, planes):
     assert admin.put(f"/v1/kv/{key}?ttl=1", data=b"soon gone").status_code == 201
     client = planes.redis_client()
-    assert 0 < client.pttl("{plab}:kv:" + key) <= 1000
+    assert 0 < client.pttl(item_of(key)) <= 1000
     client.close()
     # Let redis expire it instead of sleeping a fixed time in the test.
     import time
@@ -169,7 +176,7 @@ def test_overwrite_without_ttl_clears_it(admin, key, planes):
     admin.put(f"/v1/kv/{key}?ttl=100", data=b"1")
     admin.put(f"/v1/kv/{key}", data=b"2")
     client = planes.redis_client()
-    assert client.pttl("{plab}:kv:" + key) == -1
+    assert client.pttl(item_of(key)) == -1
     client.close()
 
 
@@ -183,7 +190,7 @@ def test_bad_ttl_is_400(admin, key, ttl):
 def test_write_accepts_ttl(admin, key, planes):
     assert admin.post(f"/write/{key}/v?ttl=50").status_code == 201
     client = planes.redis_client()
-    assert 0 < client.pttl("{plab}:kv:" + key) <= 50_000
+    assert 0 < client.pttl(item_of(key)) <= 50_000
     client.close()
 
 
@@ -227,7 +234,7 @@ def test_listing_skips_deleted_and_expired(admin, planes):
     admin.post(f"/write/{prefix}-b/v")
     admin.delete(f"/v1/kv/{prefix}-a")
     client = planes.redis_client()
-    client.delete("{plab}:kv:" + f"{prefix}-b")  # as if it expired
+    client.delete(item_of(f"{prefix}-b"))  # as if it expired
     client.close()
     assert admin.get("/v1/kv", params={"prefix": prefix}).json() == {
         "keys": [],

@@ -16,18 +16,14 @@ from collections.abc import Iterator
 import pytest
 
 from productionlab.audit import Actor
-from productionlab.kv import (
-    INDEX,
-    ITEM,
-    USAGE,
-    VERSION_COUNTER,
-    KVStore,
-    Quota,
-    charge_unowned_keys,
-)
+from productionlab.kv import Quota
+from productionlab.shardbackup import ShardStore
+from productionlab.shardkv import ShardedKV
 from productionlab.store.durability import Durability
+from productionlab.store.layout import all_shards, shard_for
 from productionlab.supervisor import Supervisor
 from tests.conftest import SMALL_STACK, Client, admin_of, create_user, start_stack, stop_stack
+from tests.layout_kit import item_of, kv_state, live_items
 from tests.supervisor_kit import restart
 
 MAX_KEYS, MAX_BYTES = 5, 2048
@@ -65,11 +61,7 @@ def truth(stack: Supervisor, prefix: str) -> dict[str, tuple[int, int]]:
     """owner -> (keys, bytes) from the live items under ``prefix`` themselves."""
     client = stack.redis_client("cp")
     owners: dict[str, tuple[int, int]] = {}
-    for member in client.zrangebylex(INDEX, f"[{prefix}", f"[{prefix}\xff"):
-        key = member.decode()
-        owner, value = client.hmget(ITEM + key, "o", "v")
-        if value is None:
-            continue
+    for key, owner, value in live_items(client, prefix):
         assert owner is not None, f"{key} is charged to nobody"
         keys, size = owners.get(owner.decode(), (0, 0))
         owners[owner.decode()] = (keys + 1, size + len(key) + len(value))
@@ -77,11 +69,11 @@ def truth(stack: Supervisor, prefix: str) -> dict[str, tuple[int, int]]:
     return owners
 
 
-def state(stack: Supervisor) -> tuple[int, int]:
-    """What a refused write must not change: the version counter and the audit length."""
+def state(stack: Supervisor) -> tuple[tuple[int, ...], int]:
+    """What a refused write must not change: the version counters and the audit chains."""
     client = stack.redis_client("cp")
     try:
-        return int(client.get(VERSION_COUNTER) or 0), client.llen("{plab}:audit")
+        return kv_state(client)
     finally:
         client.close()
 
@@ -219,7 +211,7 @@ def test_expired_keys_stop_counting(quota_stack, qadmin, prefix):
 def test_accounting_stays_exact_under_a_random_mix_of_operations(quota_stack, prefix):
     """put, CAS, overwrite by others, delete and TTL expiry, straight on the core."""
     client = quota_stack.redis_client("cp")
-    store = KVStore(
+    store = ShardedKV(
         client,
         Durability(client, strict=False, fsync_when_possible=False),
         Quota(max_keys=1000, max_bytes=10**6),
@@ -248,7 +240,9 @@ def test_accounting_stays_exact_under_a_random_mix_of_operations(quota_stack, pr
     for user in users:
         got = store.usage(user)
         assert (got.keys, got.bytes) == expected.get(user, (0, 0)), user
-        assert client.zcard(f"{USAGE}{user}:exp") == client.hlen(f"{USAGE}{user}:ttl")
+        for place in all_shards():
+            usage_key = place.usage(user)
+            assert client.zcard(f"{usage_key}:exp") == client.hlen(f"{usage_key}:ttl")
     client.close()
 
 
@@ -332,11 +326,12 @@ def test_keys_no_audit_entry_attributes_are_charged_to_unattributed(quota_stack,
     """A key from before quotas whose writer the audit log no longer names (trimmed)."""
     client = quota_stack.redis_client("cp")
     key = f"{prefix}orphan"
-    client.hset(ITEM + key, mapping={"v": b"legacy", "ver": 1})  # as c64ef11 stored it
-    client.zadd(INDEX, {key: 0})
+    # As a restore of c64ef11's backup leaves it: no owner.
+    client.hset(item_of(key), mapping={"v": b"legacy", "ver": 1})
+    client.zadd(shard_for(key).index, {key: 0})
     before = qadmin.get("/admin/stats").json()["usage_unattributed"]
-    assert charge_unowned_keys(client) == 1
-    assert charge_unowned_keys(client) == 0  # idempotent: it has an owner now
+    assert ShardStore().charge_unowned(client) == 1
+    assert ShardStore().charge_unowned(client) == 0  # idempotent: it has an owner now
     stats = qadmin.get("/admin/stats").json()
     assert stats["usage_unattributed"] == {
         "keys": before["keys"] + 1,

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from productionlab.audit import Actor, AuditLog
-from productionlab.backup import create_backup, restore_backup, verify_backup
+from productionlab.backup import ONE_TAG, create_backup, restore_backup, verify_backup
 from productionlab.backup_format import BackupError
 from productionlab.backup_records import Digest
 from productionlab.kv import KVStore
@@ -95,7 +95,7 @@ def test_a_backup_of_todays_layout_restores_into_the_shards(client):
     bob = Actor("bob", "127.0.0.1", "b")
     keys = {f"old-{n}": old.put(f"old-{n}", f"o{n}".encode(), bob).version for n in range(20)}
     with tempfile.TemporaryDirectory() as scratch:
-        summary = create_backup(client, SECRET, Path(scratch), progress=False)
+        summary = create_backup(client, SECRET, Path(scratch), progress=False, store=ONE_TAG)
         assert summary.keys == 20
         store = ShardStore()
         assert store.key_count(client) == 0

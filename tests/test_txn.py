@@ -5,11 +5,14 @@ every key checked against role and grants first, one audit entry per change
 from __future__ import annotations
 
 import base64
+import itertools
 import secrets
 
 import pytest
 
+from productionlab.store.layout import shard_of
 from tests.conftest import new_writer
+from tests.layout_kit import one_shard
 
 pytestmark = pytest.mark.inprocess
 
@@ -19,7 +22,7 @@ def txn(client, ops, path="/v1/txn"):
 
 
 def test_puts_apply_together_and_answer_versions(admin, key):
-    a, b = f"{key}-a", f"{key}-b"
+    a, b = one_shard(f"{key}-", 2)
     response = txn(
         admin,
         [
@@ -32,7 +35,10 @@ def test_puts_apply_together_and_answer_versions(admin, key):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["outcome"] for r in results] == ["held", "created", "created", "found"]
-    assert results[2]["version"] == results[1]["version"] + 1
+    # Versions of different keys are not consecutive (each shard counts on its own);
+    # what the contract promises: both puts are visible together, each at its version.
+    assert results[1]["version"] != results[2]["version"]
+    assert admin.get(f"/v1/kv/{b}").headers["ETag"] == f'"{results[2]["version"]}"'
     assert results[3] == {
         "op": "get",
         "key": a,
@@ -45,7 +51,7 @@ def test_puts_apply_together_and_answer_versions(admin, key):
 
 
 def test_failed_condition_applies_nothing_and_names_its_index(admin, key):
-    a, b = f"{key}-a", f"{key}-b"
+    a, b = one_shard(f"{key}-", 2)
     version = admin.put(f"/v1/kv/{a}", data=b"old").json()["version"]
     response = txn(
         admin,
@@ -171,13 +177,14 @@ def test_a_reader_cannot_write_in_a_transaction(admin, make_user):
 def test_one_audit_entry_per_change(admin, make_user, key):
     prefix = f"a{secrets.token_hex(4)}-"
     writer = make_user("writer", [prefix])
+    x, y = one_shard(prefix, 2)
     response = txn(
         writer,
         [
-            {"op": "put", "key": f"{prefix}x", "value": "1"},
-            {"op": "put", "key": f"{prefix}y", "value": "2"},
-            {"op": "get", "key": f"{prefix}x"},
-            {"op": "delete", "key": f"{prefix}x"},
+            {"op": "put", "key": x, "value": "1"},
+            {"op": "put", "key": y, "value": "2"},
+            {"op": "get", "key": x},
+            {"op": "delete", "key": x},
         ],
     )
     assert response.status_code == 200, response.text
@@ -185,9 +192,9 @@ def test_one_audit_entry_per_change(admin, make_user, key):
     changes = [(e["action"], e["target"], e["outcome"]) for e in entries]
     assert sorted(changes) == sorted(
         [
-            ("kv.put", f"{prefix}x", "created"),
-            ("kv.put", f"{prefix}y", "created"),
-            ("kv.delete", f"{prefix}x", "deleted"),
+            ("kv.put", x, "created"),
+            ("kv.put", y, "created"),
+            ("kv.delete", x, "deleted"),
         ]
     )
     assert admin.post("/admin/audit/verify").json()["ok"] is True
@@ -220,14 +227,13 @@ def test_malformed_transactions_are_refused(admin, key):
 def test_each_operation_counts_against_the_user_limit(planes_with):
     admin = planes_with(PLAB_USER_RATE="10/minute")
     writer, prefix = new_writer(admin, "l")
-    ops = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(8)]
+    ops = [{"op": "put", "key": k, "value": "x"} for k in one_shard(prefix, 8)]
     assert txn(writer, ops).status_code == 200
-    refused = txn(
-        writer, [{"op": "put", "key": f"{prefix}late{i}", "value": "x"} for i in range(3)]
-    )
+    late = one_shard(f"{prefix}late", 3)
+    refused = txn(writer, [{"op": "put", "key": k, "value": "x"} for k in late])
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
-    assert admin.get(f"/v1/kv/{prefix}late0").status_code == 404
+    assert admin.get(f"/v1/kv/{late[0]}").status_code == 404
 
 
 def test_puts_respect_the_writers_quota_all_or_nothing(planes_with):
@@ -239,19 +245,45 @@ def test_puts_respect_the_writers_quota_all_or_nothing(planes_with):
         assert response.status_code == 200, response.text
         return response.json()["usage"]
 
-    two = [{"op": "put", "key": f"{prefix}{i}", "value": "x"} for i in range(2)]
+    names = one_shard(prefix, 4)  # one shard: the same transactions run on a cluster
+    two = [{"op": "put", "key": k, "value": "x"} for k in names[:2]]
     assert txn(writer, two).status_code == 200
-    more = [{"op": "put", "key": f"{prefix}n{i}", "value": "x"} for i in range(2)]
+    more = [{"op": "put", "key": k, "value": "x"} for k in names[2:]]
     refused = txn(writer, more)
     assert refused.status_code == 403, refused.text
     assert refused.json()["error"]["code"] == "quota_exceeded"
     assert "operation 1" in refused.json()["error"]["message"]
-    assert admin.get(f"/v1/kv/{prefix}n0").status_code == 404
+    assert admin.get(f"/v1/kv/{names[2]}").status_code == 404
     assert used()["keys"] == 2
     # A delete earlier in the same transaction frees the room a later put needs.
-    freed = txn(writer, [{"op": "delete", "key": f"{prefix}0"}, *more])
+    freed = txn(writer, [{"op": "delete", "key": names[0]}, *more])
     assert freed.status_code == 200, freed.text
     assert used()["keys"] == 3
-    big = [{"op": "put", "key": f"{prefix}1", "value": "y" * 5000}]
+    big = [{"op": "put", "key": names[1], "value": "y" * 5000}]
     assert txn(writer, big).json()["error"]["code"] == "quota_exceeded"
     assert used()["keys"] == 3
+
+
+def test_keys_of_several_shards_in_one_transaction(admin, planes, key):
+    """On a Redis Cluster a transaction keeps to one shard: keys of two shards are
+    a 400 cross_shard that changes nothing; on a single redis they work together."""
+    first = f"{key}-0"
+    second = next(
+        f"{key}-{n}" for n in itertools.count(1) if shard_of(f"{key}-{n}") != shard_of(first)
+    )
+    ops = [{"op": "put", "key": first, "value": "1"}, {"op": "put", "key": second, "value": "2"}]
+    response = txn(admin, ops)
+    if planes.cluster:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "cross_shard"
+        assert "shard" in response.json()["error"]["message"]
+        assert admin.get(f"/v1/kv/{first}").status_code == 404
+        assert admin.get(f"/v1/kv/{second}").status_code == 404
+        same = next(
+            f"{key}-{n}" for n in itertools.count(1) if shard_of(f"{key}-{n}") == shard_of(first)
+        )
+        ops[1]["key"] = same
+        assert txn(admin, ops).status_code == 200
+    else:
+        assert response.status_code == 200, response.text
+        assert admin.get(f"/v1/kv/{second}").content == b"2"

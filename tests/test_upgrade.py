@@ -16,6 +16,7 @@ from upgrade_kit import PreviousState, previous_release_state
 from productionlab import watch
 from productionlab.audit import entry_hash
 from productionlab.audit_archive import LEGACY_REPORT, Archive, verify_legacy
+from productionlab.store.layout import shard_for
 from productionlab.supervisor import Supervisor
 from tests.conftest import Client, small_stack_config, state_dir
 
@@ -260,12 +261,14 @@ def test_keys_with_a_ttl_from_before_watches_get_a_tombstone_when_they_expire(up
     version = old.keys["app-old-ttl"]["version"]
     client = stack.redis_client("cp")
     assert client.exists(watch.TTL_VERSIONS_MIGRATED)
-    assert int(client.hget(watch.TTL_VERSIONS, "app-old-ttl")) == version
-    assert client.hget(watch.TTL_VERSIONS, "app-old-0") is None  # no TTL, no record
+    # recorded, then moved to the key's shard with the store (shardmigrate.py)
+    ttl_versions = shard_for("app-old-ttl").ttl_versions
+    assert int(client.hget(ttl_versions, "app-old-ttl")) == version
+    assert client.hget(shard_for("app-old-0").ttl_versions, "app-old-0") is None  # no TTL
     reader = Client(stack, "olduser-r", old.users["olduser-r"]["password"])
     waiting = reader.get(f"/v1/watch/app-old-ttl?index={version}&wait=0").json()
     assert waiting["exists"] is True and waiting["changed"] is False
-    client.pexpire("{plab}:kv:app-old-ttl", 1)
+    client.pexpire(shard_for("app-old-ttl").item("app-old-ttl"), 1)
     body = reader.get(f"/v1/watch/app-old-ttl?index={version}&wait=60").json()
     assert body["changed"] is True and body["exists"] is False
     assert body["index"] > version

@@ -1,0 +1,51 @@
+"""Reading the virtual-shard layout in tests: where a key's item lives, what a
+refused request must leave unchanged (every shard's counter, every audit chain's
+length) and the live items under a prefix, whatever their shard."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import redis
+
+from productionlab.audit_chains import chain_keys
+from productionlab.store.layout import all_shards, shard_for, shard_of
+
+
+def item_of(key: str) -> str:
+    """The redis key of ``key``'s item."""
+    return shard_for(key).item(key)
+
+
+def counters(client: redis.Redis) -> tuple[int, ...]:
+    """Every shard's version counter."""
+    return tuple(int(client.get(place.counter) or 0) for place in all_shards())
+
+
+def audit_entries(client: redis.Redis) -> int:
+    """The entries of every audit chain (main and the shards')."""
+    return sum(int(client.llen(lst)) for lst, _ in chain_keys().values())
+
+
+def kv_state(client: redis.Redis) -> tuple[tuple[int, ...], int]:
+    """What a refused write must not change: the counters and the audit chains."""
+    return counters(client), audit_entries(client)
+
+
+def live_items(client: redis.Redis, prefix: str) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(key, owner, value) of every item under ``prefix``, in every shard."""
+    for place in all_shards():
+        for member in client.zrangebylex(place.index, f"[{prefix}", f"[{prefix}\xff"):
+            key = member.decode()
+            owner, value = client.hmget(place.item(key), "o", "v")
+            if value is not None:
+                yield key, owner, value
+
+
+def one_shard(prefix: str, count: int) -> list[str]:
+    """``count`` keys ``prefix<n>`` that share one shard (a transaction on a cluster
+    must keep to one shard)."""
+    wanted = shard_of(f"{prefix}0")
+    names = (f"{prefix}{n}" for n in itertools.count())
+    return list(itertools.islice((n for n in names if shard_of(n) == wanted), count))
