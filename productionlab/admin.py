@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from productionlab import backup, backup_format, checkprod, drill
 from productionlab.audit_chains import chain_keys
 from productionlab.audit_checkpoint import MAIN_CHAIN
-from productionlab.audit_keeper import AuditKeeper
+from productionlab.audit_keeper import AuditKeeper, checkpoint_summary
 from productionlab.audit_listing import chain_page, merged_page
 from productionlab.auth import Authenticator, actor, current_user
 from productionlab.errors import MalformedRequest, ResourceNotFound, StateConflict
@@ -246,7 +246,7 @@ def admin_blueprint(auth: Authenticator) -> Blueprint:
     @admin_only
     def checkpoint_audit() -> Response:
         checkpoint = audit_keeper().checkpoint(force=True)
-        response = jsonify(checkpoint.as_dict())
+        response = jsonify(checkpoint_summary(checkpoint))
         response.status_code = 201
         return response
 

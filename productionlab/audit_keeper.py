@@ -2,9 +2,15 @@
 verify. One object built from the settings, used by the background thread that
 ``productionlab serve cp`` starts, by the admin routes and by the CLI.
 
+The log is several chains (``audit_chains``: ``main`` and one per virtual shard);
+the keeper covers every one: a checkpoint signs every chain's head in one
+format-2 line, verification checks each chain with its own archive (the main
+chain's in ``PLAB_AUDIT_ARCHIVE_DIR``, a shard's in its subdirectory ``sNN``), a
+trim archives-then-trims each chain.
+
 Each round of the thread: migrate the previous release's entries (once), archive
-and trim when redis holds more than ``PLAB_AUDIT_MAX_ENTRIES`` (down to half of
-it), and sign a checkpoint when the head moved since the last one.
+and trim each chain that holds more than ``PLAB_AUDIT_MAX_ENTRIES`` (down to half
+of it), and sign a checkpoint when a head moved since the last one.
 
 Between rounds the thread also checks the log's length every second and archives
 and trims as soon as it passes the bound: bulk writes append tens of thousands of
@@ -15,6 +21,8 @@ refused until the next round.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import redis
 
-from productionlab.audit import AUDIT_LIST, Actor, AuditLog
+from productionlab.audit import Actor, AuditLog
 from productionlab.audit_archive import (
     Archive,
     LegacyResult,
@@ -31,20 +39,66 @@ from productionlab.audit_archive import (
     legacy_present,
     migrate_legacy,
 )
+from productionlab.audit_chains import chain_keys, checkpoint_every_chain, verify_every_chain
 from productionlab.audit_checkpoint import (
-    Checkpoint,
+    MAIN_CHAIN,
     CheckpointFile,
+    MultiCheckpoint,
     key_id,
-    new_checkpoint,
     parse_signing_key,
 )
-from productionlab.audit_verify import VerifyResult, verify_log
+from productionlab.audit_verify import VerifyResult
 from productionlab.settings import Settings
 from productionlab.store.connection import REDIS_FAULTS
 
 log = logging.getLogger("productionlab.audit")
 KEEPER = Actor("audit-keeper")
 LENGTH_CHECK_SECONDS = 1.0  # how often the thread compares the log's length with the bound
+
+
+def _reason(problem: str) -> str:
+    """A problem without its leading sequence number ("12: checkpoint line 3: ...")."""
+    head, _, rest = problem.partition(": ")
+    return rest if head.isdigit() else problem
+
+
+def combined(results: dict[str, VerifyResult]) -> VerifyResult:
+    """One verdict over every chain (see :meth:`AuditKeeper.verify`)."""
+    main = results[MAIN_CHAIN]
+    failing = [name for name, r in results.items() if not r.ok]
+    shown_name = failing[0] if failing and main.ok else MAIN_CHAIN
+    shown = results[shown_name]
+    problems = list(main.problems)
+    said = {_reason(p) for p in problems}
+    for name, result in results.items():
+        for problem in result.problems if name != MAIN_CHAIN else ():
+            # A checkpoint line's own problem (a forged line) is found by every chain.
+            if _reason(problem) not in said:
+                said.add(_reason(problem))
+                problems.append(f"chain {name}: {problem}")
+    return dataclasses.replace(
+        shown,
+        ok=not failing,
+        chain=shown_name,
+        problems=problems,
+        chains={
+            name: {
+                "ok": r.ok,
+                "checked": r.checked,
+                "first_bad_seq": r.first_bad_seq,
+                "reason": r.reason,
+            }
+            for name, r in results.items()
+        },
+    )
+
+
+def checkpoint_summary(checkpoint: MultiCheckpoint) -> dict:
+    """What the route and the CLI answer: the main chain's head at the top (as a
+    format-1 checkpoint read), every chain's under ``chains``."""
+    body = checkpoint.as_dict()
+    main = body["chains"].get(MAIN_CHAIN, {})
+    return {**main, **body}
 
 
 class AuditKeeper:
@@ -76,51 +130,90 @@ class AuditKeeper:
             )
         return result
 
-    def trim(self, actor: Actor, keep: int) -> tuple[int, int, Path | None]:
-        """Archive (fsynced) then trim to the newest ``keep`` entries."""
-        return archive_and_trim(self.client, self.archive, actor, keep)
+    def archive_of(self, chain: str) -> Archive:
+        """The chain's archive: the main chain's directory, a shard's subdirectory in it."""
+        if chain == MAIN_CHAIN:
+            return self.archive
+        return Archive(self.archive.directory / chain)
 
-    def checkpoint(self, force: bool = True) -> Checkpoint | None:
-        """Sign the current head; unless ``force``, only if it moved since the last one."""
+    def trim(self, actor: Actor, keep: int) -> tuple[int, int, Path | None]:
+        """Archive (fsynced) then trim every chain to its newest ``keep`` entries;
+        answers the main chain's (dropped, first, segment)."""
+        trimmed = self.trim_chains(actor, keep)
+        return trimmed[MAIN_CHAIN]
+
+    def trim_chains(
+        self, actor: Actor, keep: int, only: set[str] | None = None
+    ) -> dict[str, tuple[int, int, Path | None]]:
+        """Archive-then-trim each chain (or those in ``only``) into its own archive."""
+        return {
+            name: archive_and_trim(self.client, self.archive_of(name), actor, keep, log_keys=keys)
+            for name, keys in chain_keys().items()
+            if only is None or name in only
+        }
+
+    def checkpoint(self, force: bool = True) -> MultiCheckpoint | None:
+        """Sign every chain's head in one line; unless ``force``, only if one moved."""
         if self.private is None:
             raise RuntimeError("PLAB_AUDIT_CHECKPOINT_KEY is not set")
-        with self.archive.lock():  # no trim between reading redis and the archive
-            snap = AuditLog(self.client).snapshot()
-            origin = self.archive.origin() or snap.first
-            latest = self.checkpoints.latest()
-            if (
-                not force
-                and latest is not None
-                and (latest.seq, latest.head)
-                == (
-                    snap.seq,
-                    snap.head,
-                )
-            ):
+        with contextlib.ExitStack() as held:  # no trim between reading redis and an archive
+            for name in chain_keys():
+                held.enter_context(self.archive_of(name).lock())
+            if not force and not self._heads_moved():
                 return None
-            signed = new_checkpoint(snap.seq, snap.head, snap.first, origin).signed(self.private)
-            self.checkpoints.append(signed, self.private)
-            return signed
+            return checkpoint_every_chain(
+                self.client, self.archive_of, self.checkpoints, self.private
+            )
+
+    def _heads_moved(self) -> bool:
+        for name, keys in chain_keys().items():
+            latest = self.checkpoints.latest(name)
+            snap = AuditLog(self.client, keys).snapshot()
+            if latest is None or (latest.seq, latest.head) != (snap.seq, snap.head):
+                if latest is not None or snap.seq > 0:
+                    return True
+        return False
 
     def verify(self) -> VerifyResult:
+        """Every chain verified on its own; ok only if all are. The answer's numbers
+        are the main chain's unless another chain fails (then that chain's, named by
+        ``chain``); ``chains`` holds every chain's verdict."""
         trusted = {}
         if self.private is not None:
             public = self.private.public_key()
             trusted[key_id(public)] = public
-        with self.archive.lock():
-            result = verify_log(
-                self.client, self.archive, self.checkpoints, trusted, self.legacy_key
+        with contextlib.ExitStack() as held:
+            for name in chain_keys():
+                held.enter_context(self.archive_of(name).lock())
+            results = verify_every_chain(
+                self.client, self.archive_of, self.checkpoints, trusted, self.legacy_key
             )
+        result = combined(results)
         from productionlab.securitymetrics import record_audit_verification
 
         record_audit_verification(self.client, result.ok)  # for the control plane's gauges
         return result
 
     def trim_past_bound(self) -> None:
-        """Archive and trim to half of ``PLAB_AUDIT_MAX_ENTRIES`` if the log holds more."""
-        if self.max_entries and self.client.llen(AUDIT_LIST) > self.max_entries:
-            dropped, first, path = self.trim(KEEPER, max(1, self.max_entries // 2))
-            log.info("audit: archived %d entries to %s; redis keeps from %d", dropped, path, first)
+        """Archive and trim each chain past ``PLAB_AUDIT_MAX_ENTRIES`` to half of it."""
+        if not self.max_entries:
+            return
+        over = {
+            name
+            for name, (lst, _) in chain_keys().items()
+            if self.client.llen(lst) > self.max_entries
+        }
+        if not over:
+            return
+        keep = max(1, self.max_entries // 2)
+        for name, (dropped, first, path) in self.trim_chains(KEEPER, keep, over).items():
+            log.info(
+                "audit: chain %s: archived %d entries to %s; redis keeps from %d",
+                name,
+                dropped,
+                path,
+                first,
+            )
 
     def tick(self) -> None:
         """One round: migrate, archive and trim past the bound, checkpoint."""

@@ -51,9 +51,13 @@ class VerifyResult:
     latest_checkpoint: dict | None = None
     legacy: str = ""
     problems: list[str] = field(default_factory=list)
+    chain: str = "main"  # the chain these numbers are about
+    chains: dict[str, dict] = field(default_factory=dict)  # every chain's verdict, by name
 
     def as_dict(self) -> dict:
         return {
+            "chain": self.chain,
+            "chains": self.chains,
             "ok": self.ok,
             "checked": self.checked,
             "first_bad_seq": self.first_bad_seq,

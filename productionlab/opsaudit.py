@@ -45,11 +45,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"{result.archived} archived); {anchored}"
             + (f"; {result.legacy}" if result.legacy else "")
         )
+        shards = [c for name, c in result.chains.items() if name != result.chain]
+        print(
+            f"audit: the {len(shards)} shard chains verify too "
+            f"({sum(c['checked'] for c in shards)} entries)"
+        )
     else:
         where = (
             f" (position {result.first_bad_index})" if result.first_bad_index is not None else ""
         )
-        print(f"audit: FAIL at entry seq {result.first_bad_seq}{where}: {result.reason}")
+        print(
+            f"audit: FAIL in chain {result.chain} at entry seq {result.first_bad_seq}{where}: "
+            f"{result.reason}"
+        )
         for problem in result.problems[1:10]:
             print(f"  also: {problem}")
     return 0 if result.ok else 1
@@ -58,7 +66,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     keeper = audit_keeper(wired())
     checkpoint = keeper.checkpoint(force=True)
-    print_json({**checkpoint.as_dict(), "file": str(keeper.checkpoints.path)})
+    from productionlab.audit_keeper import checkpoint_summary
+
+    print_json({**checkpoint_summary(checkpoint), "file": str(keeper.checkpoints.path)})
     return 0
 
 

@@ -345,7 +345,9 @@ def test_a_forged_checkpoint_is_reported(own, redis_of):
 
     real = checkpoint(own)
     path = audit_dir(own) / "checkpoints.jsonl"
-    tampered = dict(real, seq=real["seq"] + 50)
+    line = json.loads(path.read_text().splitlines()[-1])  # format 2: every chain's head
+    main = dict(line["chains"]["main"], seq=real["seq"] + 50)
+    tampered = dict(line, chains={**line["chains"], "main": main})
     other = Checkpoint(real["seq"], "0" * 40, real["first"], real["origin"], 1.0e9)
     with open(path, "a") as handle:
         handle.write(json.dumps(tampered) + "\n")

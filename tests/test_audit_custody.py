@@ -43,6 +43,7 @@ from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
 from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
+from productionlab.store.layout import shard_for, shard_of
 from productionlab.supervisor import Supervisor
 from productionlab.token_keys import SigningKey
 from tests.conftest import (
@@ -53,6 +54,7 @@ from tests.conftest import (
     small_stack_config,
     state_dir,
 )
+from tests.layout_kit import one_shard
 
 APPENDER_PASSWORD = secrets.token_hex(16)
 MONITOR_PASSWORD = secrets.token_hex(16)
@@ -232,15 +234,17 @@ def test_monitor_shows_no_secret_during_a_write_a_login_and_a_token_issue(custod
 def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
     admin = admin_of(custody)
     writer = create_user(admin, "writer", ["a-"])
-    for index in range(60):
-        assert writer.post(f"/write/a-{index}/v").status_code == 201
+    keys = one_shard("a-", 60)  # one shard's chain passes the bound (each chain has its own)
+    chain, meta = shard_for(keys[0]).audit
+    for key in keys:
+        assert writer.post(f"/write/{key}/v").status_code == 201
     cp = custody.redis_client()
-    wait_for(lambda: cp.llen(AUDIT_LIST) <= 40, what="the automatic trim")
-    archive = custody.state / "audit" / "archive"
+    wait_for(lambda: cp.llen(chain) <= 40, what="the automatic trim")
+    archive = custody.state / "audit" / "archive" / f"s{shard_of(keys[0]):02d}"
     segments = sorted(archive.glob("audit-*.jsonl"))
     assert segments, list(archive.iterdir())
-    assert int(cp.hget(AUDIT_META, "first")) > 1
-    actions = [json.loads(r).get("action") for r in cp.lrange(AUDIT_LIST, 0, -1)]
+    assert int(cp.hget(meta, "first")) > 1
+    actions = [json.loads(r).get("action") for r in cp.lrange(chain, 0, -1)]
     assert "audit.trim" in actions
     # a scheduled checkpoint catches up with the head
     checkpoints = custody.state / "audit" / "checkpoints.jsonl"
@@ -248,7 +252,8 @@ def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
     def caught_up() -> bool:
         head = AuditLog(cp).head()
         lines = checkpoints.read_text().splitlines()
-        return bool(lines) and json.loads(lines[-1])["seq"] == head["seq"]
+        # format 2: every chain's head in one line
+        return bool(lines) and json.loads(lines[-1])["chains"]["main"]["seq"] == head["seq"]
 
     wait_for(caught_up, what="a scheduled checkpoint of the head")
     assert (
@@ -258,8 +263,11 @@ def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
     )
     report = verify(custody)
     assert report["ok"] is True, report
-    assert report["archived"] > 0 and report["first"] == 1
+    assert report["first"] == 1
     assert report["latest_checkpoint"]["seq"] == report["last"]
+    # the trimmed chain verifies with its archive: every one of its entries is checked
+    trimmed = report["chains"][f"s{shard_of(keys[0]):02d}"]
+    assert trimmed["ok"] is True and trimmed["checked"] >= 60, trimmed
     cp.close()
 
 
@@ -278,11 +286,13 @@ def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
         checkpoints = stack.state / "audit" / "checkpoints.jsonl"
         signed_at_start = checkpoints.read_text().splitlines()
         writer = create_user(admin_of(stack), "writer", ["b-"])
-        for index in range(60):
-            assert writer.post(f"/write/b-{index}/v").status_code == 201
+        keys = one_shard("b-", 60)
+        chain, meta = shard_for(keys[0]).audit
+        for key in keys:
+            assert writer.post(f"/write/{key}/v").status_code == 201
         cp = stack.redis_client()
-        wait_for(lambda: cp.llen(AUDIT_LIST) <= 40, timeout=60, what="the trim past the bound")
-        assert int(cp.hget(AUDIT_META, "first")) > 1
+        wait_for(lambda: cp.llen(chain) <= 40, timeout=60, what="the trim past the bound")
+        assert int(cp.hget(meta, "first")) > 1
         # the round's other work (a checkpoint) still waits for the interval
         assert checkpoints.read_text().splitlines() == signed_at_start
         cp.close()
@@ -478,8 +488,10 @@ def test_append_only_rights_cannot_hide_or_change_covered_entries(custody):
     forged = json.loads(before[-1])
     forged.update(action="user.delete", target="admin")
     attacker.rpush(AUDIT_LIST, json.dumps(forged), b"\x00garbage\xff")
-    # the log still works for everyone after the junk
+    # the log still works for everyone after the junk (a KV write: its shard's
+    # chain; an append to the main chain chains on after the junk)
     assert writer.post("/write/c-after/v").status_code == 201
+    AuditLog(attacker).append(Actor("intruder"), "kv.put", "c-y", "created")
     assert cp.lrange(AUDIT_LIST, 0, len(before) - 1) == before  # covered entries intact
     report = verify(custody)
     assert report["ok"] is False
