@@ -75,7 +75,9 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 def cmd_audit_list(args: argparse.Namespace) -> int:
     services = wired()
     close_failure_window(services)
-    entries, next_since = services.audit.page(args.since, args.limit, args.actor)
+    from productionlab.audit_listing import chain_page
+
+    entries, next_since = chain_page(services.redis, args.chain, args.since, args.limit, args.actor)
     for entry in entries:
         print_json(entry)
     if next_since is not None and not args.quiet:
@@ -84,9 +86,11 @@ def cmd_audit_list(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    for entry in wired().audit.iter_all():
+    from productionlab.audit_listing import chain_log
+
+    for entry in chain_log(wired().redis, args.chain).iter_all():
         if entry.get("seq", 0) >= args.since:
-            print_json(entry)
+            print_json({**entry, "chain": args.chain})
     return 0
 
 

@@ -120,13 +120,17 @@ def register_audit(commands: argparse._SubParsersAction) -> None:
     audit.add_parser(
         "checkpoint", help="sign the current head now (appended to the checkpoint file)"
     ).set_defaults(handler=cmd_audit_checkpoint)
-    listing = audit.add_parser("list", help="entries from --since, oldest first (JSON lines)")
+    listing = audit.add_parser(
+        "list", help="one chain's entries from --since, oldest first (JSON lines)"
+    )
+    listing.add_argument("--chain", default="main", help="main (default) or s00 .. s15")
     listing.add_argument("--since", type=int, default=1)
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--actor")
     listing.add_argument("--quiet", action="store_true")
     listing.set_defaults(handler=cmd_audit_list)
-    export = audit.add_parser("export", help="every entry in redis as JSON lines")
+    export = audit.add_parser("export", help="one chain's entries in redis as JSON lines")
+    export.add_argument("--chain", default="main", help="main (default) or s00 .. s15")
     export.add_argument("--since", type=int, default=1)
     export.set_defaults(handler=cmd_audit_export)
     trim = audit.add_parser(

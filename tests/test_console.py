@@ -14,6 +14,7 @@ import requests
 from conftest import RAISED_LIMITS, Client, admin_of, create_user, start_stack, stop_stack
 
 from productionlab.settings import ConfigError, Settings
+from tests.layout_kit import item_of
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -194,7 +195,7 @@ def test_write_edit_stale_edit_ttl_delete(console, admin):
     assert admin.get(f"/ops/read/{key}").json()["value"] == "two"
     current = re.search(r'name="version" value="(\d+)"', shown).group(1)
     assert console.post(f"/kv/{key}/ttl", {"ttl": "3600", "version": current}).status_code == 303
-    ttl = console.stack.redis_client().pttl(f"{{plab}}:kv:{key}")
+    ttl = console.stack.redis_client().pttl(item_of(key))
     assert 3_000_000 < ttl <= 3_600_000
     latest = re.search(r'name="version" value="(\d+)"', console.get(f"/kv/{key}").text).group(1)
     confirm = console.get(f"/kv/{key}/delete")
@@ -352,9 +353,12 @@ def test_the_edge_sends_a_bare_console_path_to_the_console(stack):
 
 
 def test_audit_pages(console, admin):
-    prefix = f"a{secrets.token_hex(4)}"
-    for number in range(55):  # more than one page (50) of entries, whatever ran before
-        assert admin.put(f"/ops/v1/kv/{prefix}{number}", data=b"x").status_code == 201
+    # The console's audit pages list the main chain (users, tokens, auth; KV changes
+    # are in their shards' chains): more than one page (50) of user events.
+    user = create_user(admin, "reader", [])
+    for _ in range(28):
+        assert admin.post(f"/admin/users/{user.name}/disable").status_code == 200
+        assert admin.post(f"/admin/users/{user.name}/enable").status_code == 200
     first = console.get("/audit")
     later = re.search(r'href="/console/audit\?since=(\d+)">Next page', first.text)
     assert later, "the first page of a log longer than a page links the next"

@@ -27,8 +27,8 @@ from flask import (
 from productionlab import contract
 from productionlab.console.csrf import cross_site
 from productionlab.console.sessions import COOKIE, ConsoleSession, SessionStore, tokens_equal
-from productionlab.kv import KVStore
 from productionlab.services import services
+from productionlab.shardkv import ShardedKV
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PAGE = 50
@@ -38,7 +38,7 @@ def sessions() -> SessionStore:
     return services().console_sessions
 
 
-def kv() -> KVStore:
+def kv() -> ShardedKV:
     return services().kv
 
 

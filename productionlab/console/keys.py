@@ -20,9 +20,10 @@ from productionlab.contract import (
     whole_number,
 )
 from productionlab.errors import KeyNotFound, MalformedRequest, VersionConflict
-from productionlab.kv import ITEM, effective_prefixes
+from productionlab.kv import effective_prefixes
 from productionlab.kv_routes import decode_cursor, encode_cursor
 from productionlab.services import services
+from productionlab.store.layout import shard_for
 
 
 def valid_key(key: str) -> str:
@@ -157,7 +158,7 @@ def register(bp: Blueprint) -> None:
 def key_page(key: str, status: int = 200, flash: str = "", draft: str | None = None) -> Response:
     """A key as it is now: text, or hex and base64 when the value is not UTF-8."""
     item = kv().get(key)
-    ttl = services().redis.pttl(ITEM + key)
+    ttl = services().redis.pttl(shard_for(key).item(key))
     try:
         text: str | None = item.value.decode("utf-8")
     except UnicodeDecodeError:
