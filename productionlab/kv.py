@@ -60,10 +60,8 @@ USAGE = "{plab}:usage:"
 USAGE_MIGRATED = "{plab}:usage-migrated"
 UNATTRIBUTED = "-"  # owner of pre-quota keys the audit log cannot attribute
 
-KV_GET = script("kv_get")
 KV_PUT = script("kv_put")
 KV_DELETE = script("kv_delete")
-KV_LIST = script("kv_list")
 KV_USAGE = script("kv_usage")
 KV_CHARGE_UNOWNED = script("kv_charge_unowned")
 
@@ -153,25 +151,6 @@ class KVStore:
         self.durability = durability
         self.quota = quota or Quota()
 
-    def get(self, key: str, limit: Ticket | None = None) -> Item:
-        """The item at ``key``; 404 if absent; 429 (nothing read) if ``limit`` is spent."""
-        item = ITEM + validate_key(key)
-        if limit is None or limit.limit <= 0:
-            value, version = self.client.hmget(item, "v", "ver")
-        else:
-            status, *found = KV_GET(
-                self.client,
-                keys={"item": item, "limit": limit.counter},
-                args={"limit": limit.limit, "window": limit.window},
-                held=True,
-            )
-            if int(status) < 0:
-                refused(int(found[0]))
-            value, version = found
-        if version is None:
-            raise KeyNotFound(f"key {key!r} not found")
-        return Item(key, value or b"", int(version))
-
     def put(
         self,
         key: str,
@@ -257,32 +236,6 @@ class KVStore:
             raise VersionConflict(headers={"ETag": f'"{int(version)}"'})
         self.durability.after_write()
         return int(version)
-
-    def list_keys(
-        self, prefixes: list[str], after: str = "", limit: int = 100
-    ) -> tuple[list[str], str | None]:
-        """One page of keys under ``prefixes`` (disjoint, sorted), after the key ``after``."""
-        if not prefixes:
-            return [], None
-        # Ask for one key more than the page: a full page then says for sure
-        # whether another follows, so the last page never points at an empty one.
-        found, last, more = KV_LIST(
-            self.client,
-            keys={"index": INDEX, "counter": VERSION_COUNTER},
-            args={
-                "item_prefix": ITEM,
-                "after": after,
-                "limit": limit + 1,
-                "budget": max(limit * 10, 1000),
-                "prefixes": prefixes,
-            },
-        )
-        keys = [k.decode() for k in found]
-        if len(keys) > limit:
-            return keys[:limit], keys[limit - 1]
-        last_key = last.decode() if isinstance(last, bytes) else str(last)
-        # A scan that ran out of budget before filling the page still has more to see.
-        return keys, (last_key if int(more) else None)
 
     def usage(self, user: str) -> Usage:
         """What ``user``'s keys hold now, the charges of expired keys released first."""

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -47,10 +47,11 @@ from redis.cluster import RedisCluster
 from productionlab.backup_records import read_records
 from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
-from productionlab.kv import INDEX, ITEM, VERSION_COUNTER
-from productionlab.luascripts import script
 from productionlab.store.connection import REDIS_FAULTS
 from productionlab.subscription import Subscription
+
+if TYPE_CHECKING:
+    from productionlab.shardwatch import ShardWatchStore
 
 log = logging.getLogger("productionlab.watch")
 State = TypeVar("State")
@@ -64,10 +65,6 @@ TTL_VERSIONS_MIGRATED = "{plab}:kv-watch:migrated"
 MAX_VERSION = 2**63 - 1  # redis INCR's most
 RESET = "*"  # a change message's key that wakes every watch (a restore)
 SLOTS_RETRY_AFTER = 5  # seconds a client waits when a process holds all the watches it may
-
-WATCH_KEY = script("watch_key")
-WATCH_PREFIX = script("watch_prefix")
-EXPIRE_MARK = script("kv_expire_mark")
 
 
 @dataclass(frozen=True)
@@ -91,49 +88,12 @@ class PrefixTooBroad(MalformedRequest):
 
 
 class WatchStore:
-    """The states watches wait on, each read in one script."""
+    """The one-tag layout's watch records, for the start-up migration only (the
+    states watches wait on are the shards': shardwatch.ShardWatchStore)."""
 
     def __init__(self, client: redis.Redis, prefix_keys: int = 10_000):
         self.client = client
         self.prefix_keys = prefix_keys
-
-    def key_state(self, key: str) -> KeyState:
-        found = WATCH_KEY(
-            self.client, keys={"item": ITEM + key, "counter": VERSION_COUNTER}, args={"key": key}
-        )
-        if int(found[0]):
-            version = int(found[1])
-            return KeyState(key, version, True, version, found[2] or b"")
-        return KeyState(key, int(float(found[1])), False)
-
-    def prefix_state(self, prefixes: list[str], since: int) -> PrefixState:
-        """The live keys under ``prefixes`` (disjoint, sorted), the newest
-        change past ``since``; 400 when they hold more keys than the budget."""
-        found = WATCH_PREFIX(
-            self.client,
-            keys={"index": INDEX, "counter": VERSION_COUNTER},
-            args={
-                "item_prefix": ITEM,
-                "since": since,
-                "budget": self.prefix_keys,
-                "prefixes": prefixes,
-            },
-        )
-        if int(found[0]) < 0:
-            raise PrefixTooBroad(
-                f"the prefix holds more than {self.prefix_keys} keys; watch a narrower one"
-            )
-        pairs = found[2:]
-        keys = [(pairs[i].decode(), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
-        return PrefixState(int(found[0]), int(found[1]), keys)
-
-    def key_of_item(self, name: str) -> str | None:
-        """The key whose item an expired-key event names, or None (not an item)."""
-        return name[len(ITEM) :] if name.startswith(ITEM) else None
-
-    def mark_expired(self, key: str) -> int:
-        keys = {"item": ITEM + key, "counter": VERSION_COUNTER}
-        return int(EXPIRE_MARK(self.client, keys=keys, args={"key": key}))
 
     def migrate_ttl_versions(self, batch: int = 500) -> int:
         """Record the version of every key that carries a TTL (written before
@@ -177,7 +137,7 @@ class ChangeFeed:
     """This process's one subscription to the change messages and expired-key
     events, and the watches it wakes."""
 
-    def __init__(self, client: redis.Redis, store: WatchStore):
+    def __init__(self, client: redis.Redis, store: ShardWatchStore):
         self.client = client
         self.store = store
         pool = getattr(client, "connection_pool", None)
@@ -360,6 +320,6 @@ def wait_for(
 class Watches:
     """A plane's watches: their states, this process's change feed, its bound."""
 
-    store: WatchStore
+    store: ShardWatchStore
     feed: ChangeFeed
     slots: WatchSlots

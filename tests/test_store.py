@@ -162,14 +162,16 @@ def test_each_planes_redis_user_can_keep_the_quota_accounting(stack):
     plane reads usage and migrates: their redis ACLs must allow every command the
     quota scripts run, including PEXPIRETIME and the allow-oom flagged scripts."""
     from productionlab.audit import Actor
-    from productionlab.kv import KVStore, Quota, charge_unowned_keys
+    from productionlab.kv import Quota
     from productionlab.ratelimit import Ticket
+    from productionlab.shardbackup import ShardStore
+    from productionlab.shardkv import ShardedKV
     from productionlab.store.durability import Durability
 
     stores = {}
     for plane in ("ap", "cp"):
         client = stack.redis_client(plane)
-        stores[plane] = KVStore(
+        stores[plane] = ShardedKV(
             client, Durability(client, strict=False), Quota(max_keys=2, max_bytes=10_000)
         )
     user = f"acl{secrets.token_hex(4)}"
@@ -184,6 +186,6 @@ def test_each_planes_redis_user_can_keep_the_quota_accounting(stack):
     assert ap.get(key, limit=ticket).value == b"two"  # the allow-oom read script
     ap.delete(key + "-b", actor)
     assert cp.usage(user).keys == 1
-    assert charge_unowned_keys(cp.client) == 0
+    assert ShardStore().charge_unowned(cp.client) == 0
     for store in stores.values():
         store.client.close()
