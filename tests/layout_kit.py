@@ -7,10 +7,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import pytest
 import redis
 
 from productionlab.audit_chains import chain_keys
+from productionlab.redis_process import RedisProcess
 from productionlab.store.layout import all_shards, shard_for, shard_of
+from tests.cluster_kit import RedisClusterKit
 
 
 def item_of(key: str) -> str:
@@ -49,3 +52,20 @@ def one_shard(prefix: str, count: int) -> list[str]:
     wanted = shard_of(f"{prefix}0")
     names = (f"{prefix}{n}" for n in itertools.count())
     return list(itertools.islice((n for n in names if shard_of(n) == wanted), count))
+
+
+@pytest.fixture(params=["single", "cluster"])
+def client(request) -> Iterator[redis.Redis]:
+    """A client of a new single redis-server, then of a new three-master cluster
+    (import it into a test module to run its tests on both)."""
+    if request.param == "single":
+        with RedisProcess() as connection:
+            yield connection
+        return
+    kit = RedisClusterKit().start()
+    connection = kit.client()
+    try:
+        yield connection
+    finally:
+        connection.close()
+        kit.stop()

@@ -8,40 +8,24 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from productionlab.audit import Actor, AuditLog
 from productionlab.backup import ONE_TAG, create_backup, restore_backup, verify_backup
 from productionlab.backup_format import BackupError
 from productionlab.backup_records import Digest
 from productionlab.kv import KVStore
-from productionlab.redis_process import RedisProcess
 from productionlab.shardbackup import ShardStore
 from productionlab.shardkv import ShardedKV
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, shard_for, shard_of
-from tests.cluster_kit import RedisClusterKit
+from tests import layout_kit
+
+client = layout_kit.client  # the fixture: a single redis, then a cluster
 
 SECRET = secrets.token_hex(32)
-
-
-@pytest.fixture(params=["single", "cluster"])
-def client(request) -> Iterator[redis.Redis]:
-    if request.param == "single":
-        with RedisProcess() as connection:
-            yield connection
-        return
-    kit = RedisClusterKit().start()
-    connection = kit.client()
-    try:
-        yield connection
-    finally:
-        connection.close()
-        kit.stop()
 
 
 def test_a_backup_of_the_shards_restores_into_them(client):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -17,7 +16,6 @@ from productionlab import users as users_module
 from productionlab.audit import Actor
 from productionlab.errors import QuotaExceeded, VersionConflict
 from productionlab.kv import KVStore, Quota
-from productionlab.redis_process import RedisProcess
 from productionlab.shardkv import ShardedKV
 from productionlab.shardmigrate import (
     OLD_COUNTER,
@@ -33,22 +31,9 @@ from productionlab.shardmigrate import (
 from productionlab.store.durability import Durability
 from productionlab.store.layout import LAYOUT_KEY, SHARDS, shard_for, shard_of
 from productionlab.watch import TOMBS
-from tests.cluster_kit import RedisClusterKit
+from tests import layout_kit
 
-
-@pytest.fixture(params=["single", "cluster"])
-def client(request) -> Iterator[redis.Redis]:
-    if request.param == "single":
-        with RedisProcess() as connection:
-            yield connection
-        return
-    kit = RedisClusterKit().start()
-    connection = kit.client()
-    try:
-        yield connection
-    finally:
-        connection.close()
-        kit.stop()
+client = layout_kit.client  # the fixture: a single redis, then a cluster
 
 
 def old_state(client: redis.Redis) -> dict:
