@@ -14,6 +14,7 @@ import requests
 from conftest import RAISED_LIMITS, Client, admin_of, create_user, start_stack, stop_stack
 
 from productionlab.settings import ConfigError, Settings
+from productionlab.store.layout import shard_of
 from tests.layout_kit import item_of
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
@@ -366,6 +367,16 @@ def test_audit_pages(console, admin):
     seqs = [int(n) for n in re.findall(r"<tr><td>(\d+)</td>", second.text)]
     assert seqs and seqs[0] == int(later.group(1))
     assert console.get("/audit?since=x").status_code == 400
+    # a shard's chain: the key changes of that shard
+    key = f"c{secrets.token_hex(4)}"
+    assert admin.put(f"/ops/v1/kv/{key}", data=b"x").status_code == 201
+    chain = f"s{shard_of(key):02d}"
+    listed = console.get(f"/audit?chain={chain}").text
+    while key not in listed:
+        later = re.search(r'href="/console/audit\?since=(\d+)&amp;chain=s\d\d">Next page', listed)
+        assert later, f"{key} is not in chain {chain}"
+        listed = console.get(f"/audit?chain={chain}&since={later.group(1)}").text
+    assert console.get("/audit?chain=s16").status_code == 400
 
 
 def test_console_off_is_a_json_404(stack_factory):

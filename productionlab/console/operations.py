@@ -7,6 +7,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from productionlab import admin, checkprod
+from productionlab.audit_chains import chain_keys
+from productionlab.audit_checkpoint import MAIN_CHAIN
+from productionlab.audit_listing import chain_log, chain_page
 from productionlab.backup import list_backups
 from productionlab.backup_format import BackupError
 from productionlab.console.common import PAGE, back, render, signed_in
@@ -25,9 +28,11 @@ def register(bp: Blueprint) -> None:
         since = whole_number(request.args.get("since", "1"), 1, 2**62)
         if since is None:
             raise MalformedRequest("since is a whole number from 1")
+        chain = request.args.get("chain", MAIN_CHAIN)
         admin.close_failure_window()
-        entries, next_since = services().audit.page(since=since, limit=PAGE)
-        head = services().audit.head()
+        client = services().redis
+        entries, next_since = chain_page(client, chain, since, PAGE, None)
+        head = chain_log(client, chain).head()
         return render(
             "audit.html",
             title="Audit log",
@@ -35,6 +40,10 @@ def register(bp: Blueprint) -> None:
             next_since=next_since,
             newest=max(head["first"], head["seq"] - PAGE + 1),
             since=since,
+            chain=chain,
+            chains=list(chain_keys()),
+            # the main chain's links stay as they were (no chain parameter)
+            chain_arg=None if chain == MAIN_CHAIN else chain,
         )
 
     @bp.post("/audit/verify")
