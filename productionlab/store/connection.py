@@ -50,6 +50,15 @@ def info_of_every_master(client: redis.Redis, section: str) -> dict[str, dict]:
     return {"": client.info(section)}
 
 
+def config_of_every_master(client: redis.Redis, name: str) -> dict[str, str | None]:
+    """``CONFIG GET <name>`` of the redis (under ``""``) or of every cluster master by
+    node name, keyed as :func:`info_of_every_master` keys its answers."""
+    if isinstance(client, RedisCluster):
+        answers = client.config_get(name, target_nodes=RedisCluster.PRIMARIES)
+        return {node: answer.get(name) for node, answer in answers.items()}
+    return {"": client.config_get(name).get(name)}
+
+
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
 POOL_WAIT = 2.0
