@@ -121,7 +121,8 @@ MIN_REPLICAS_MAX_LAG = 10  # seconds; docs/RELIABILITY.md §9 uses the same
 # node announces it with --cluster-announce-ip), after the ha profile's. A
 # one-shot service joins them (docker/redis-cluster/join.sh) as the ACL user
 # plab-cluster, which may only run CLUSTER, INFO and PING; the healthcheck's user
-# may also read CLUSTER INFO there (healthy means cluster_state:ok).
+# may also read CLUSTER INFO (healthy means cluster_state:ok), NODES and SLOTS
+# there (which master owns which slots; docs/COMPOSE.md), and change nothing.
 CLUSTER_NODES = ("redis-cluster-1", "redis-cluster-2", "redis-cluster-3")
 CLUSTER_INIT = "redis-cluster-init"
 CLUSTER_ADDRESSES = {
@@ -134,7 +135,9 @@ CLUSTER_CONF = "redis-cluster.conf"
 CLUSTER_PASSWORD = "redis_cluster_password"  # noqa: S105 - a file name  # nosec B105
 CLUSTER_USER = "plab-cluster"
 CLUSTER_RULES = "+cluster +info +ping"
-CLUSTER_HEALTH_USER = RedisUser("plab-health", "unused", extra="-@all +ping +cluster|info nopass")
+CLUSTER_HEALTH_USER = RedisUser(
+    "plab-health", "unused", extra="-@all +ping +cluster|info +cluster|nodes +cluster|slots nopass"
+)
 # The planes' durability modes beyond everysec count replica or fsync acknowledgements
 # on the connection that wrote, which a cluster client does not keep (settings refuse
 # them with a redis+cluster:// URL); appendfsync everysec on every master.

@@ -24,7 +24,13 @@ from productionlab.settings import ConfigError, Settings, secret_problem
 from productionlab.store.connection import cluster_seeds, connect
 from tests.cluster_kit import BUS_OFFSET, SLOTS, cluster_info, cluster_port
 from tests.test_deploy import COMPOSE_FILE
-from tests.test_deploy_ha import client, eventually, password, started
+from tests.test_deploy_ha import (
+    assert_a_confined_redis_side_service,
+    client,
+    eventually,
+    password,
+    started,
+)
 from tests.test_settings import strong_env
 
 JOIN_SCRIPT = Path(__file__).parent.parent / "docker" / "redis-cluster" / "join.sh"
@@ -64,7 +70,8 @@ def test_cluster_redis_conf_enables_the_cluster_over_tls_with_its_state_in_the_v
     users = {line.split()[1]: line for line in lines if line.startswith("user ")}
     assert set(users) == {"default", "plab-ap", "plab-cp", "plab-health", "plab-cluster"}
     assert users["plab-cluster"].endswith("resetkeys resetchannels -@all +cluster +info +ping")
-    assert users["plab-health"].endswith("-@all +ping +cluster|info nopass")
+    health = "-@all +ping +cluster|info +cluster|nodes +cluster|slots nopass"
+    assert users["plab-health"].endswith(health)
     for plane in ("plab-ap", "plab-cp"):
         assert "+cluster|slots +cluster|info" in users[plane], plane
     secret = password(cluster_secrets, deploy.CLUSTER_PASSWORD)
@@ -83,7 +90,9 @@ def test_redis_conf_has_no_cluster_settings_and_no_cluster_user_in_any_topology(
         deploy.prepare_secrets(directory, topology=topology)
         conf = (directory / "redis.conf").read_text()
         assert "cluster-enabled" not in conf and "tls-cluster yes" not in conf, topology
-        assert "user plab-cluster" not in conf and "+cluster|info nopass" not in conf, topology
+        assert "user plab-cluster" not in conf, topology
+        (health,) = (line for line in conf.splitlines() if line.startswith("user plab-health"))
+        assert health.endswith("-@all +ping nopass"), topology
         assert (directory / deploy.CLUSTER_ENV).exists() == (topology == "cluster"), topology
         # what compose names exists in every topology
         assert (directory / deploy.CLUSTER_PASSWORD).exists(), topology
@@ -146,12 +155,14 @@ def test_the_server_certificate_names_every_master_and_is_a_client_certificate(t
     assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in set(usage)  # the cluster bus
 
 
-def test_a_weak_cluster_password_is_refused(tmp_path):
-    directory = tmp_path / "secrets"
-    directory.mkdir()
-    (directory / deploy.CLUSTER_PASSWORD).write_text("changeme\n")
+def test_a_weak_cluster_password_is_refused_and_its_hash_not_rendered(cluster_secrets):
+    rendered = (cluster_secrets / deploy.CLUSTER_CONF).read_text()
+    weak = cluster_secrets / deploy.CLUSTER_PASSWORD
+    weak.chmod(0o600)
+    weak.write_text("changeme\n")
     with pytest.raises(ConfigError, match="PLAB_REDIS_CLUSTER_PASSWORD"):
-        deploy.prepare_secrets(directory, topology="cluster")
+        deploy.prepare_secrets(cluster_secrets, topology="cluster")
+    assert (cluster_secrets / deploy.CLUSTER_CONF).read_text() == rendered
 
 
 # --- docker-compose.yml ---------------------------------------------------------
@@ -159,14 +170,7 @@ def test_the_cluster_services_exist_only_in_the_profile_and_are_confined():
     document = yaml.safe_load(COMPOSE_FILE.read_text())
     services = document["services"]
     for name in CLUSTER_SERVICES:
-        service = services[name]
-        assert service["profiles"] == ["cluster"], name
-        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
-        assert service["security_opt"] == ["no-new-privileges:true"], name
-        assert service["user"] == "999:999", name
-        assert "ports" not in service, name
-        assert service["mem_limit"] and service["pids_limit"], name
-        assert "redis_ca_key" not in service["secrets"], name
+        assert_a_confined_redis_side_service(services[name], name, "cluster")
     for name in deploy.CLUSTER_NODES:
         service = services[name]
         address = f"${{{deploy.address_variable(name)}:-{deploy.CLUSTER_ADDRESSES[name]}}}"
@@ -326,8 +330,10 @@ def test_the_join_script_makes_one_cluster_and_a_second_run_changes_nothing(
     with pytest.raises(redis.exceptions.NoPermissionError):
         joiner.get("{plab}:cluster-check")
     health = nodes.node(nodes.ports[0], "plab-health", None)
-    with pytest.raises(redis.exceptions.NoPermissionError):
-        health.execute_command("CLUSTER", "NODES")
+    assert len(health.execute_command("CLUSTER", "SLOTS")) == 3  # one range per master
+    for command in (("CLUSTER", "MEET", "127.0.0.1", "1"), ("CLUSTER", "RESET"), ("INFO",)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            health.execute_command(*command)
 
     # The planes' own client, over TLS with the server's address checked, as plab-cp
     # and plab-ap, seeded with every master.

@@ -27,10 +27,10 @@ say() { echo "redis-cluster-init: $*"; }
 
 # cli ADDRESS:PORT COMMAND...: one command to one node, as plab-cluster over TLS
 cli() {
-    node=$1
+    target=$1
     shift
     # shellcheck disable=SC2086 # $tls is a list of options
-    redis-cli $tls --user plab-cluster --no-auth-warning -h "${node%:*}" -p "${node##*:}" "$@"
+    redis-cli $tls --user plab-cluster --no-auth-warning -h "${target%:*}" -p "${target##*:}" "$@"
 }
 
 # field NODE NAME: a field of the node's CLUSTER INFO ("" while it does not answer)
@@ -41,17 +41,25 @@ field() {
 count=0
 for node in $nodes; do count=$((count + 1)); done
 
-waited=0
-for node in $nodes; do
-    until [ "$(cli "$node" ping 2>/dev/null)" = "PONG" ]; do
-        if [ "$waited" -ge "$wait_for" ]; then
-            say "$node does not answer after ${wait_for}s"
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
+# every CHECK WHAT: wait until `CHECK <node>` succeeds for every node, at most
+# $wait_for seconds in all; else say which node is still not WHAT and fail.
+every() {
+    waited=0
+    for node in $nodes; do
+        until "$1" "$node"; do
+            if [ "$waited" -ge "$wait_for" ]; then
+                say "$node is not $2 after ${wait_for}s"
+                exit 1
+            fi
+            sleep 1
+            waited=$((waited + 1))
+        done
     done
-done
+}
+answering() { [ "$(cli "$1" ping 2>/dev/null)" = "PONG" ]; }
+state_ok() { [ "$(field "$1" cluster_state)" = "ok" ]; }
+
+every answering answering
 
 new=0
 joined=0
@@ -76,15 +84,5 @@ else
     exit 1
 fi
 
-waited=0
-for node in $nodes; do
-    until [ "$(field "$node" cluster_state)" = "ok" ]; do
-        if [ "$waited" -ge "$wait_for" ]; then
-            say "$node: cluster_state is not ok after ${wait_for}s"
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-done
+every state_ok "cluster_state:ok"
 say "cluster_state:ok on every node"
