@@ -154,6 +154,18 @@ class RedisReplication:
     max_lag: int = 10
 
 
+@dataclass
+class RedisClusterNode:
+    """A master of compose's ``cluster`` profile: cluster mode on, its bus over
+    TLS, its cluster state in ``nodes.conf`` beside the AOF (redis rewrites that
+    file, so it lives in the data volume)."""
+
+    node_timeout_ms: int = 5000
+    # no: a master that is down makes only its own slots unavailable (503), not
+    # every slot; the others keep answering (docs/RELIABILITY.md §10).
+    require_full_coverage: bool = False
+
+
 def render_redis_conf(
     *,
     port: int,
@@ -166,12 +178,16 @@ def render_redis_conf(
     maxmemory: str = "0",
     tls: RedisTLS | None = None,
     replication: RedisReplication | None = None,
+    cluster: RedisClusterNode | None = None,
 ) -> str:
     """redis.conf; with ``tls`` the plain port is closed (``port 0``) and redis
     listens on ``port`` with TLS only, requiring a client certificate; with
-    ``replication`` the node replicates over TLS (``tls`` is then required)."""
+    ``replication`` the node replicates over TLS (``tls`` is then required); with
+    ``cluster`` it is a Redis Cluster master whose bus is TLS too."""
     if replication is not None and tls is None:
         raise ValueError("a replicated redis.conf needs TLS (tls-replication)")
+    if cluster is not None and tls is None:
+        raise ValueError("a cluster node's redis.conf needs TLS (tls-cluster)")
     template = _environment(PACKAGE_TEMPLATES).get_template("redis.conf.j2")
     return template.render(
         port=port,
@@ -184,6 +200,7 @@ def render_redis_conf(
         maxmemory=maxmemory,
         tls=tls,
         replication=replication,
+        cluster=cluster,
     )
 
 

@@ -164,15 +164,24 @@ def test_a_weak_replication_password_is_refused(tmp_path):
 
 
 # --- docker-compose.yml ---------------------------------------------------------
+def assert_a_confined_redis_side_service(service: dict, name: str, profile: str) -> None:
+    """Only in ``profile``, under the hardening of ``redis``, not published, never
+    given the redis CA's key."""
+    assert service["profiles"] == [profile], name
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+    assert service["security_opt"] == ["no-new-privileges:true"], name
+    assert service["user"] == "999:999", name
+    assert "ports" not in service, name
+    assert service["mem_limit"] and service["pids_limit"], name
+    assert "redis_ca_key" not in service["secrets"], name
+
+
 def test_the_ha_services_exist_only_in_the_profile_and_are_confined():
     document = yaml.safe_load(COMPOSE_FILE.read_text())
     services = document["services"]
     for name in HA_SERVICES:
         service = services[name]
-        assert service["profiles"] == ["ha"], name
-        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
-        assert service["security_opt"] == ["no-new-privileges:true"], name
-        assert service["user"] == "999:999", name
+        assert_a_confined_redis_side_service(service, name, "ha")
         address = f"${{{deploy.address_variable(name)}:-{deploy.HA_ADDRESSES[name]}}}"
         assert service["networks"] == {"backend": {"ipv4_address": address}}, name
         assert "ports" not in service, name
@@ -193,7 +202,7 @@ def test_the_ha_services_exist_only_in_the_profile_and_are_confined():
         assert "--sentinel" in services[name]["command"][-1]
     for name, service in services.items():
         if name not in HA_SERVICES:
-            assert "profiles" not in service, name
+            assert service.get("profiles") in (None, ["cluster"]), name
     # the default topology's redis: an address Docker picks, unless ha.env fixes it
     assert services["redis"]["networks"] == {"backend": {"ipv4_address": "${PLAB_REDIS_ADDRESS:-}"}}
     env = document["x-app-env"]

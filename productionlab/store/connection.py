@@ -2,7 +2,7 @@
 
 ``redis://`` / ``rediss://`` / ``unix://`` give a plain client,
 ``redis+sentinel://host:port[,host:port]/service[/db]`` a Sentinel-managed
-master and ``redis+cluster://host:port`` a cluster client. Retries and
+master and ``redis+cluster://host:port[,host:port]`` a cluster client. Retries and
 timeouts are connection options, never loops in callers. Single-node and
 Sentinel clients are ``PinnableRedis`` (store/pinning.py), so a write and the
 ``WAIT`` after it can share one connection.
@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -157,6 +157,20 @@ class StartingRedisCluster(RedisCluster):
             super().close()
 
 
+def cluster_seeds(url: str) -> list[ClusterNode]:
+    """The nodes a ``redis+cluster://host:port[,host:port...]`` URL names (port
+    6379 when left out): the client asks the first that answers for the slot map,
+    so one node down at start-up does not keep the planes from the others."""
+    netloc = url.removeprefix("redis+cluster://").split("/", 1)[0].rsplit("@", 1)[-1]
+    seeds = []
+    for part in netloc.split(","):
+        parsed = urlparse(f"//{part}")
+        if not parsed.hostname:
+            raise ValueError(f"redis+cluster:// URL names no host in {part!r}")
+        seeds.append(ClusterNode(parsed.hostname, parsed.port or 6379))
+    return seeds
+
+
 def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     """A client for the configured topology with a pool sized to the server's threads."""
     size = pool_size or settings.redis_pool_size
@@ -189,10 +203,8 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             **{k: v for k, v in options.items() if k != "socket_timeout"},
         )
     if url.startswith("redis+cluster://"):
-        parsed = urlparse(url)
         return StartingRedisCluster(
-            host=parsed.hostname,
-            port=parsed.port or 6379,
+            startup_nodes=cluster_seeds(url),
             max_connections=size,
             **({"ssl": True, **tls} if tls else {}),
             **options,
