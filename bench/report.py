@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import ceiling_report
+import cluster_report
 import report_text
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -421,6 +422,39 @@ def bulk_section(data: dict) -> list[str]:
             + "; ".join(refused)
             + ' (what is known of the cause: bench/levers.md, "Open findings").',
         ]
+    return lines + bulk_status_lines(runs)
+
+
+STATUS_CLASSES = ("2xx", "4xx", "429", "503", "other")
+
+
+def bulk_status_lines(runs: list[dict]) -> list[str]:
+    """bulk-write round by round: the answers by status class and what redis held
+    after the round (rounds measured before the breakdown was kept have none)."""
+    rows = [r for r in runs if r["workload"] == "bulk-write" and r.get("status")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "bulk-write round by round: answers by status, and redis after the round "
+        "(memory against `maxmemory`, entries in the audit list).",
+        "",
+        "| round | req/s | " + " | ".join(STATUS_CLASSES) + " | redis used MiB / maxmemory MiB "
+        "| audit entries |",
+        "|---|---|" + "---|" * len(STATUS_CLASSES) + "---|---|",
+    ]
+    for r in rows:
+        after = r.get("redis_after") or {}
+        memory = (
+            f"{after['used_memory'] / 2**20:,.0f} / {after.get('maxmemory', 0) / 2**20:,.0f}"
+            if after
+            else "-"
+        )
+        lines.append(
+            f"| {r['rep'] + 1} | {r['rps']:,.0f} | "
+            + " | ".join(f"{r['status'].get(c, 0):,}" for c in STATUS_CLASSES)
+            + f" | {memory} | {after.get('audit_entries', 0):,} |"
+        )
     return lines
 
 
@@ -553,6 +587,7 @@ def write(out_dir: Path) -> Path:
     if bench:
         lines += ["", *bulk_section(bench)]
         lines += ["", *watch_section(bench)]
+        lines += ["", *cluster_report.section(bench)]
     levers = BENCH_DIR / "levers.md"
     if levers.exists():
         lines += ["", levers.read_text().rstrip()]

@@ -6,6 +6,8 @@ Webdis in one run, and write docs/BENCHMARKS.md with its chart.
     python bench/run.py --soak          10 min at a fixed moderate rate through the edge
     python bench/run.py --sweep         app-plane processes x Waitress threads (levers)
     python bench/run.py --watch-only    reads with / without 200 watches held (issue 13)
+    python bench/run.py --bulk-only     only the bulk workloads (issue 13), status per round
+    python bench/run.py --cluster-only  one redis vs a 3-master cluster, shares per master
 
 Results are kept as JSON next to the report (docs/bench-results.json,
 docs/soak-results.json, docs/sweep-results.json) and the report is rendered
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
 import ceiling_report
+import cluster_share
 import harness
 import report
 
@@ -178,11 +181,14 @@ BULK_WORKLOADS = {"bulk-read": "get", "bulk-write": "put"}
 
 def measure_bulk(system: harness.Hardened, seconds: float, reps: int) -> list[dict]:
     """Issue 13: POST /v1/bulk of 100 gets / 100 puts per request through the full edge;
-    a key operation per second is one item, so key ops/s = requests/s x 100."""
+    a key operation per second is one item, so key ops/s = requests/s x 100. Each
+    round keeps its answers by status class (2xx / 4xx / 429 / 503 / other) and what
+    redis holds after it (memory against maxmemory, audit entries): a round with
+    refusals says why."""
     runs = []
     for rep in range(reps):
         for name, op in BULK_WORKLOADS.items():
-            env = {"BENCH_BULK_OP": op, "BENCH_BULK_ITEMS": str(BULK_ITEMS)}
+            env = {"BENCH_BULK_OP": op, "BENCH_BULK_ITEMS": str(BULK_ITEMS), "BENCH_STATUS": "1"}
             result = harness.run_wrk(system, "bulk", seconds, extra_env=env, timeout_s=15)
             runs.append(
                 {
@@ -195,13 +201,16 @@ def measure_bulk(system: harness.Hardened, seconds: float, reps: int) -> list[di
                     "p99_ms": result.p99_ms,
                     "errors": result.errors,
                     "non2xx": result.non2xx,
+                    "status": result.status,
+                    "redis_after": redis_figures(system),
                     "foreign_cpu": result.foreign_cpu,
                 }
             )
             print(
                 f"bench: {rep + 1}/{reps} {name:10} {result.rps:8.0f} req/s "
                 f"= {result.rps * BULK_ITEMS:9.0f} keys/s  p99 {result.p99_ms:7.2f} ms  "
-                f"errors {result.errors}/{result.non2xx}  others' CPU {result.foreign_cpu:4.1f}%",
+                f"errors {result.errors}/{result.non2xx}  status {result.status}  "
+                f"redis {runs[-1]['redis_after']}  others' CPU {result.foreign_cpu:4.1f}%",
                 flush=True,
             )
     return runs
@@ -305,6 +314,64 @@ def run_watch_only(args: argparse.Namespace) -> Path:
     return report_path
 
 
+def measure_cluster(
+    single: harness.Hardened, seconds: float, reps: int, retries: int
+) -> tuple[list[dict], dict]:
+    """Issue 12: ``single`` (the hardened stack on its one redis) against the same
+    stack over a three-master cluster, started here, interleaved round by round."""
+    started = time.monotonic()
+    cluster = cluster_share.ClusterHardened()
+    try:
+        harness.run_wrk(cluster, "mix", 1 if seconds < 2 else 3)
+        runs = cluster_share.measure(single, cluster, seconds, reps, retries)
+    finally:
+        cluster.stop()
+    return runs, {
+        "seconds": seconds,
+        "reps": reps,
+        "elapsed_s": round(time.monotonic() - started),
+        "load_after": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def run_only(args: argparse.Namespace, section: str) -> Path:
+    """One section on its own hardened stack (``bulk`` or ``cluster``); its rounds
+    replace that section's in the kept results (docs/bench-results.json) and the
+    report is rendered again, so the other sections' figures stay those of their
+    own run."""
+    out_dir = Path(args.out) if args.out else DOCS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench-results.json"
+    if not path.exists():
+        raise SystemExit(f"bench: {path} is missing: run the full bench (make bench) first")
+    data = json.loads(path.read_text())
+    info = machine()
+    hardened = harness.Hardened()
+    started = time.monotonic()
+    try:
+        harness.run_wrk(hardened, "mix", 3)
+        if section == "bulk":
+            data["bulk_runs"] = measure_bulk(hardened, args.seconds, args.reps)
+        else:
+            runs, cluster_info = measure_cluster(hardened, args.seconds, args.reps, 2)
+            data["cluster_runs"] = runs
+            data["cluster_info"] = cluster_info
+    finally:
+        hardened.stop()
+    data[f"{section}_info"] = {
+        **data.get(f"{section}_info", {}),
+        "separate_run": True,
+        "machine": info,
+        "seconds": args.seconds,
+        "elapsed_s": round(time.monotonic() - started),
+        "load_after": Path("/proc/loadavg").read_text().split()[:3],
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    report_path = report.write(out_dir)
+    print(f"bench: report written to {report_path}")
+    return report_path
+
+
 def run_bench(args: argparse.Namespace) -> Path:
     smoke = args.smoke
     seconds, reps, retries = (1.0, 1, 0) if smoke else (args.seconds, args.reps, 2)
@@ -323,6 +390,8 @@ def run_bench(args: argparse.Namespace) -> Path:
     profile_info: dict = {}
     bulk_runs: list[dict] = []
     watch_runs: list[dict] = []
+    cluster_runs: list[dict] = []
+    cluster_info: dict = {}
 
     def record(system: harness.System, workload: str, rep: int) -> dict:
         nonlocal disturbed
@@ -385,6 +454,7 @@ def run_bench(args: argparse.Namespace) -> Path:
         watch_runs = measure_watch(
             hardened, seconds, reps, SMOKE_WATCHES if smoke else WATCHES, retries
         )
+        cluster_runs, cluster_info = measure_cluster(hardened, seconds, reps, retries)
         config = hardened.stack.config
         info["hardened_config"] = {
             "ap_workers": config.ap_workers,
@@ -407,6 +477,8 @@ def run_bench(args: argparse.Namespace) -> Path:
         "runs": runs,
         "bulk_runs": bulk_runs,
         "watch_runs": watch_runs,
+        "cluster_runs": cluster_runs,
+        "cluster_info": cluster_info,
         "disturbed": disturbed,
         "rerun_rounds": rerun_rounds,
         "profile": profile_info,
@@ -514,6 +586,7 @@ def redis_figures(stack: harness.Hardened) -> dict:
         memory = client.info("memory")
         return {
             "used_memory": int(memory["used_memory"]),
+            "maxmemory": int(memory.get("maxmemory", 0)),
             "audit_entries": int(client.llen("{plab}:audit")),
             "keys": int(client.dbsize()),
         }
@@ -571,6 +644,16 @@ def main() -> None:
         action="store_true",
         help="only the read run with/without 200 watches (issue 13), into the kept results",
     )
+    parser.add_argument(
+        "--bulk-only",
+        action="store_true",
+        help="only the bulk workloads (issue 13), into the kept results",
+    )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="only one redis vs a 3-master cluster (issue 12), into the kept results",
+    )
     parser.add_argument("--soak-seconds", type=int, default=600)
     parser.add_argument("--soak-delay-ms", type=int, default=25)
     parser.add_argument("--soak-interval", type=float, default=10.0)
@@ -587,6 +670,10 @@ def main() -> None:
         run_sweep(args)
     elif args.watch_only:
         run_watch_only(args)
+    elif args.bulk_only:
+        run_only(args, "bulk")
+    elif args.cluster_only:
+        run_only(args, "cluster")
     else:
         run_bench(args)
 
