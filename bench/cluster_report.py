@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import statistics
 
+import report_text
+
 GROUPS = ("nginx", "ap", "cp", "redis")
+TITLE = "## One redis against a three-master Redis Cluster (issue 12)"
+INTRO = (
+    "The hardened stack as above (`bench/cluster_share.py`) on its one redis, and the same "
+    "stack with both planes on a three-master Redis Cluster on loopback (`redis+cluster://`, "
+    "AOF everysec on every master, no replicas), the read, write and 90/10 mix workloads, "
+    "round by round in the same run (which goes first alternates). CPU per request is each "
+    "process's CPU time (/proc) over the round divided by the requests answered; each "
+    "master's figures come from INFO read before and after the round. What they mean for "
+    "scaling: [docs/SCALING.md](SCALING.md)."
+)
 
 
 def component_groups(cpu_us: dict[str, int]) -> dict[str, int]:
@@ -62,32 +74,22 @@ def master_medians(runs: list[dict], workload: str) -> dict[str, dict]:
 def section(data: dict) -> list[str]:
     runs = data.get("cluster_runs") or []
     info = data.get("cluster_info") or {}
-    lines = [
-        "## One redis against a three-master Redis Cluster (issue 12)",
-        "",
-        "The hardened stack as above (`bench/cluster_share.py`) on its one redis, and the "
-        "same stack with both planes on a three-master Redis Cluster on loopback "
-        "(`redis+cluster://`, AOF everysec on every master, no replicas), the read, write "
-        "and 90/10 mix workloads, round by round in the same run (which goes first "
-        "alternates). CPU per request is each process's CPU time (/proc) over the round "
-        "divided by the requests answered; each master's figures come from INFO read "
-        "before and after the round. What they mean for scaling: "
-        "[docs/SCALING.md](SCALING.md).",
-        "",
-    ]
     if not runs or data.get("smoke"):
-        return [*lines, "Numbers pending a full run (`make bench` or `--cluster-only`)."]
-    if info.get("separate_run"):
-        machine = info.get("machine", {})
-        lines += [
-            f"Measured on its own (`python bench/run.py --cluster-only`, "
-            f"{machine.get('date', '?')}, {info.get('seconds', '?')} s per round, load "
-            f"before {' '.join(machine.get('load_before', []))}, after "
-            f"{' '.join(info.get('load_after', []))}), not in the run the sections above "
-            "come from.",
+        return [
+            TITLE,
             "",
+            INTRO,
+            "",
+            "Numbers pending a full run (`make bench` or `--cluster-only`).",
         ]
-    lines += [
+    note = report_text.separate_run_note(info, "--cluster-only")
+    return [TITLE, "", INTRO, "", *note, *stack_table(runs), *masters_table(runs)]
+
+
+def stack_table(runs: list[dict]) -> list[str]:
+    """Per workload and redis, the medians of req/s, p99 and CPU per request per
+    component, and the cluster's ratios to one redis."""
+    lines = [
         "| workload | redis | rounds | req/s | p99 ms | CPU us/request: nginx | app | "
         "control plane | redis (all masters) | total | others' CPU |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -115,7 +117,12 @@ def section(data: dict) -> list[str]:
             )
     if ratios:
         lines += ["", "Cluster against one redis (medians): " + "; ".join(ratios) + "."]
-    lines += [
+    return lines
+
+
+def masters_table(runs: list[dict]) -> list[str]:
+    """Each cluster master's shares and per-request figures, per workload."""
+    lines = [
         "",
         "Each master of the cluster (medians over the rounds): its share of the commands "
         "redis counted (INFO commandstats; a command a script runs counts as well as the "

@@ -389,6 +389,7 @@ def bulk_section(data: dict) -> list[str]:
             "built and proven by `make bench BENCH_SMOKE=1` while the shared machine was "
             "loaded, so no figure is given here.",
         ]
+    lines += report_text.separate_run_note(data.get("bulk_info") or {}, "--bulk-only")
     lines += [
         "| workload | req/s (median) | keys/s (median) | target keys/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
@@ -483,16 +484,7 @@ def watch_section(data: dict) -> list[str]:
     ]
     if not runs or data.get("smoke"):
         return [*lines, "Numbers pending a full run (`make bench`)."]
-    if info.get("separate_run"):
-        machine = info.get("machine", {})
-        lines += [
-            f"Measured on its own (`python bench/run.py --watch-only`, {machine.get('date', '?')}, "
-            f"{info.get('seconds', '?')} s per round, load before "
-            f"{' '.join(machine.get('load_before', []))}, after "
-            f"{' '.join(info.get('load_after', []))}), not in the run the sections above "
-            "come from.",
-            "",
-        ]
+    lines += report_text.separate_run_note(info, "--watch-only")
     lines += [
         "| round | watches held | reads/s | p50 ms | p99 ms | errors | others' CPU | "
         "stack CPU us/read | watch requests / early returns / 429s retried / errors |",

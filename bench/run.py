@@ -282,38 +282,6 @@ def measure_watch(
     return runs
 
 
-def run_watch_only(args: argparse.Namespace) -> Path:
-    """Only the watch workload, on its own hardened stack; its rounds replace the
-    ``watch_runs`` of the kept results (docs/bench-results.json) and the report is
-    rendered again, so the other workloads' figures stay those of their own run."""
-    out_dir = Path(args.out) if args.out else DOCS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bench-results.json"
-    if not path.exists():
-        raise SystemExit(f"bench: {path} is missing: run the full bench (make bench) first")
-    data = json.loads(path.read_text())
-    info = machine()
-    hardened = harness.Hardened()
-    try:
-        harness.run_wrk(hardened, "read", 3)
-        started = time.monotonic()
-        runs = measure_watch(hardened, args.seconds, args.reps, WATCHES)
-    finally:
-        hardened.stop()
-    data["watch_runs"] = runs
-    data["watch_info"] = {
-        "separate_run": True,
-        "machine": info,
-        "seconds": args.seconds,
-        "elapsed_s": round(time.monotonic() - started),
-        "load_after": Path("/proc/loadavg").read_text().split()[:3],
-    }
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    report_path = report.write(out_dir)
-    print(f"bench: report written to {report_path}")
-    return report_path
-
-
 def measure_cluster(
     single: harness.Hardened, seconds: float, reps: int, retries: int
 ) -> tuple[list[dict], dict]:
@@ -335,9 +303,9 @@ def measure_cluster(
 
 
 def run_only(args: argparse.Namespace, section: str) -> Path:
-    """One section on its own hardened stack (``bulk`` or ``cluster``); its rounds
-    replace that section's in the kept results (docs/bench-results.json) and the
-    report is rendered again, so the other sections' figures stay those of their
+    """One section (``watch``, ``bulk`` or ``cluster``) on its own hardened stack; its
+    rounds replace that section's in the kept results (docs/bench-results.json) and
+    the report is rendered again, so the other sections' figures stay those of their
     own run."""
     out_dir = Path(args.out) if args.out else DOCS
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,19 +315,22 @@ def run_only(args: argparse.Namespace, section: str) -> Path:
     data = json.loads(path.read_text())
     info = machine()
     hardened = harness.Hardened()
-    started = time.monotonic()
+    section_info: dict = {}
     try:
-        harness.run_wrk(hardened, "mix", 3)
-        if section == "bulk":
+        harness.run_wrk(hardened, "read" if section == "watch" else "mix", 3)
+        started = time.monotonic()
+        if section == "watch":
+            data["watch_runs"] = measure_watch(hardened, args.seconds, args.reps, WATCHES)
+        elif section == "bulk":
             data["bulk_runs"] = measure_bulk(hardened, args.seconds, args.reps)
         else:
-            runs, cluster_info = measure_cluster(hardened, args.seconds, args.reps, 2)
-            data["cluster_runs"] = runs
-            data["cluster_info"] = cluster_info
+            data["cluster_runs"], section_info = measure_cluster(
+                hardened, args.seconds, args.reps, 2
+            )
     finally:
         hardened.stop()
     data[f"{section}_info"] = {
-        **data.get(f"{section}_info", {}),
+        **section_info,
         "separate_run": True,
         "machine": info,
         "seconds": args.seconds,
@@ -669,7 +640,7 @@ def main() -> None:
     elif args.sweep:
         run_sweep(args)
     elif args.watch_only:
-        run_watch_only(args)
+        run_only(args, "watch")
     elif args.bulk_only:
         run_only(args, "bulk")
     elif args.cluster_only:
