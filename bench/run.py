@@ -464,13 +464,13 @@ def run_bench(args: argparse.Namespace) -> Path:
     failed = [
         f"{r['system']}/{r['workload']} round {r['rep'] + 1}: {r['errors']} io errors, "
         f"{r['non2xx']} non-2xx"
-        for r in runs
-        if r["system"] in ceiling_report.PAIR and (r["errors"] or r["non2xx"])
+        for r in [*runs, *cluster_runs]
+        if r["system"] in (*ceiling_report.PAIR, "cluster") and (r["errors"] or r["non2xx"])
     ]
     if failed:
         # A ratio over error answers measures nothing: the run fails (the report stays).
         raise SystemExit(
-            "bench: failed requests in the ceiling/hardened runs: " + "; ".join(failed)
+            "bench: failed requests in the ceiling/hardened/cluster runs: " + "; ".join(failed)
         )
     return path
 
