@@ -566,7 +566,7 @@ def write(out_dir: Path) -> Path:
         "",
         "Produced by `make bench` (and `make soak`) from `bench/`; do not edit by hand - the "
         "narrative in [bench/levers.md](../bench/levers.md) is included below. "
-        "`make bench BENCH_SMOKE=1` runs a ~20 s smoke of the same harness and writes its "
+        "`make bench BENCH_SMOKE=1` runs a ~35 s smoke of the same harness and writes its "
         "report to a temp directory.",
         "",
     ]

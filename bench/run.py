@@ -2,7 +2,7 @@
 Webdis in one run, and write docs/BENCHMARKS.md with its chart.
 
     python bench/run.py                 full run: 3 x 10 s per system and workload
-    python bench/run.py --smoke         ~20 s; report to a temp dir (CI keeps the harness working)
+    python bench/run.py --smoke         ~35 s; report to a temp dir (CI keeps the harness working)
     python bench/run.py --soak          10 min at a fixed moderate rate through the edge
     python bench/run.py --sweep         app-plane processes x Waitress threads (levers)
     python bench/run.py --watch-only    reads with / without 200 watches held (issue 13)
@@ -603,7 +603,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--smoke", action="store_true", help="~20 s, report to a temp dir")
+    parser.add_argument("--smoke", action="store_true", help="~35 s, report to a temp dir")
     parser.add_argument("--soak", action="store_true", help="10-minute soak through the edge")
     parser.add_argument("--sweep", action="store_true", help="processes x threads sweep")
     parser.add_argument("--out", help="report directory (default docs/, smoke: a temp dir)")
