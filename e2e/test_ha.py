@@ -36,6 +36,8 @@ from productionlab.deploy import (
     HA_ENV,
     HA_REPLICAS,
     HA_SENTINELS,
+    SENTINEL_ADMIN_PASSWORD,
+    SENTINEL_ADMIN_USER,
     SENTINEL_PORT,
     SENTINEL_SERVICE,
 )
@@ -52,8 +54,11 @@ def ha(deployment: Deployment) -> Iterator[Deployment]:
 
 
 def sentinel(deployment: Deployment, service: str, *command: str) -> list[str]:
-    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate)."""
-    return redis_cli(deployment, service, SENTINEL_PORT, *command).split()
+    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate,
+    as the operator's user: the sentinels take no anonymous client)."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    return redis_cli(deployment, service, SENTINEL_PORT, *command, login=login).split()
 
 
 PRIMARY = HA_ADDRESSES["redis"]
@@ -89,6 +94,19 @@ def test_the_planes_find_the_primary_through_the_sentinels(ha):
     assert int(master["num-slaves"]) == 2 and int(master["num-other-sentinels"]) == 2, master
     conf = ha.compose.exec("redis", "cat", "/run/secrets/redis_conf").stdout
     assert "min-replicas-to-write 1" in conf and "tls-replication yes" in conf
+
+
+def test_a_sentinel_refuses_an_anonymous_client(ha):
+    for service in HA_SENTINELS:
+        answer = redis_cli(ha, service, SENTINEL_PORT, "sentinel", "masters")
+        assert "NOAUTH" in answer and SENTINEL_SERVICE not in answer, (service, answer)
+        answer = redis_cli(ha, service, SENTINEL_PORT, "ping")
+        assert "NOAUTH" in answer and "PONG" not in answer, (service, answer)
+    # the healthcheck's user may PING and nothing else
+    health = ("--user", "plab-health", "--pass", "ping-only", "--no-auth-warning")
+    assert redis_cli(ha, "sentinel-1", SENTINEL_PORT, "ping", login=health).strip() == "PONG"
+    refused = redis_cli(ha, "sentinel-1", SENTINEL_PORT, "sentinel", "masters", login=health)
+    assert "NOPERM" in refused, refused
 
 
 def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(ha):
