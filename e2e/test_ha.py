@@ -165,3 +165,35 @@ def test_the_old_primary_started_again_rejoins_as_a_replica(ha):
         raise HarnessError(f"redis did not rejoin as a replica: {replicas}")
     assert agreed_primary(ha) in REPLICA_ADDRESSES
     ha.wait_for("/ready", 200, timeout=60)
+
+
+def acl_refusals(deployment: Deployment, service: str, users: tuple[str, ...]) -> list[str]:
+    """What a sentinel's ACL LOG says it refused ``users`` (commands, channels; not
+    logins): redis-cli's raw answer is one flat name/value list per entry."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    answer = redis_cli(deployment, service, SENTINEL_PORT, "acl", "log", "200", login=login)
+    lines = [line.strip() for line in answer.splitlines()]
+    entries: list[dict[str, str]] = []
+    for name, value in zip(lines[::2], lines[1::2], strict=False):
+        if name == "count":
+            entries.append({})
+        if entries:
+            entries[-1][name] = value
+    return [
+        f"{entry.get('username')} {entry.get('reason')} {entry.get('object')}"
+        for entry in entries
+        if entry.get("username") in users and entry.get("reason") != "auth"
+    ]
+
+
+def test_the_sentinels_refused_nothing_the_planes_and_the_sentinels_sent(ha):
+    """After the failover and the rejoin: the sentinels' ACL (SECURITY.md "Sentinel
+    users") let through everything the planes' discovery and the sentinels' own
+    failover sent; an anonymous client was refused before any of this."""
+    # the log is read: the healthcheck user's refused SENTINEL MASTERS (the test above)
+    health = acl_refusals(ha, "sentinel-1", ("plab-health",))
+    assert "plab-health command sentinel|masters" in health, health
+    for service in HA_SENTINELS:
+        refused = acl_refusals(ha, service, ("plab-ap", "plab-cp", "plab-sentinel"))
+        assert refused == [], (service, refused)

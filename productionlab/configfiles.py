@@ -220,9 +220,9 @@ SENTINEL_PLANE_RULES = (
 SENTINEL_PEER_RULES = (
     "&__sentinel__:hello +ping +publish +client|setname +sentinel|is-master-down-by-addr"
 )
-# The operator (docs/COMPOSE.md "High availability"): every SENTINEL subcommand
-# (FAILOVER, SET, RESET, ...), INFO, ROLE and the ACL log; no SHUTDOWN, no ACL changes,
-# no CONFIG.
+# The operator (docs/COMPOSE.md "Sentinel access and upgrades"): every SENTINEL
+# subcommand (FAILOVER, SET, RESET, CONFIG, ...), INFO, ROLE and the ACL log; no
+# SHUTDOWN, no ACL changes.
 SENTINEL_ADMIN_RULES = "+ping +info +role +sentinel +acl|log +acl|whoami +client|list"
 SENTINEL_HEALTH_RULES = "+ping"
 
@@ -232,7 +232,7 @@ class SentinelUsers:
     """A sentinel's ACL: no anonymous access (``user default off``), each plane
     may discover (``SENTINEL_PLANE_RULES``), ``peer`` is what the sentinels use
     with each other (``sentinel sentinel-user``/``sentinel-pass``), ``admin`` the
-    operator's, ``health`` the healthcheck's (PING, no password). Passwords as
+    operator's, ``health_name`` the healthcheck's (PING, no password). Passwords as
     SHA-256, like redis.conf, except ``sentinel-pass``, which a sentinel must send.
 
     ``lines()`` is what the start step (docker/redis-sentinel/start.sh) replaces

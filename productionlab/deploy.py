@@ -347,9 +347,8 @@ def prepare_secrets(
     ``topology`` ``ha`` renders redis.conf for replicated data nodes and writes
     ``ha.env``; ``cluster`` writes ``cluster.env``. sentinel.conf, redis-cluster.conf
     (the cluster's masters) and the replication, sentinel, sentinel admin and cluster
-    passwords are
-    made in every topology, so every file compose names exists (redis.conf has a
-    user only for those its topology uses).
+    passwords are made in every topology, so every file compose names exists
+    (redis.conf has a user only for those its topology uses).
 
     Compose bind-mounts file secrets with their host owner and mode, and the
     containers run as their own non-root users, so the files are made readable
