@@ -36,6 +36,8 @@ from productionlab.deploy import (
     HA_ENV,
     HA_REPLICAS,
     HA_SENTINELS,
+    SENTINEL_ADMIN_PASSWORD,
+    SENTINEL_ADMIN_USER,
     SENTINEL_PORT,
     SENTINEL_SERVICE,
 )
@@ -52,8 +54,11 @@ def ha(deployment: Deployment) -> Iterator[Deployment]:
 
 
 def sentinel(deployment: Deployment, service: str, *command: str) -> list[str]:
-    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate)."""
-    return redis_cli(deployment, service, SENTINEL_PORT, *command).split()
+    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate,
+    as the operator's user: the sentinels take no anonymous client)."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    return redis_cli(deployment, service, SENTINEL_PORT, *command, login=login).split()
 
 
 PRIMARY = HA_ADDRESSES["redis"]
@@ -89,6 +94,19 @@ def test_the_planes_find_the_primary_through_the_sentinels(ha):
     assert int(master["num-slaves"]) == 2 and int(master["num-other-sentinels"]) == 2, master
     conf = ha.compose.exec("redis", "cat", "/run/secrets/redis_conf").stdout
     assert "min-replicas-to-write 1" in conf and "tls-replication yes" in conf
+
+
+def test_a_sentinel_refuses_an_anonymous_client(ha):
+    for service in HA_SENTINELS:
+        answer = redis_cli(ha, service, SENTINEL_PORT, "sentinel", "masters")
+        assert "NOAUTH" in answer and SENTINEL_SERVICE not in answer, (service, answer)
+        answer = redis_cli(ha, service, SENTINEL_PORT, "ping")
+        assert "NOAUTH" in answer and "PONG" not in answer, (service, answer)
+    # the healthcheck's user may PING and nothing else
+    health = ("--user", "plab-health", "--pass", "ping-only", "--no-auth-warning")
+    assert redis_cli(ha, "sentinel-1", SENTINEL_PORT, "ping", login=health).strip() == "PONG"
+    refused = redis_cli(ha, "sentinel-1", SENTINEL_PORT, "sentinel", "masters", login=health)
+    assert "NOPERM" in refused, refused
 
 
 def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(ha):
@@ -147,3 +165,35 @@ def test_the_old_primary_started_again_rejoins_as_a_replica(ha):
         raise HarnessError(f"redis did not rejoin as a replica: {replicas}")
     assert agreed_primary(ha) in REPLICA_ADDRESSES
     ha.wait_for("/ready", 200, timeout=60)
+
+
+def acl_refusals(deployment: Deployment, service: str, users: tuple[str, ...]) -> list[str]:
+    """What a sentinel's ACL LOG says it refused ``users`` (commands, channels; not
+    logins): redis-cli's raw answer is one flat name/value list per entry."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    answer = redis_cli(deployment, service, SENTINEL_PORT, "acl", "log", "200", login=login)
+    lines = [line.strip() for line in answer.splitlines()]
+    entries: list[dict[str, str]] = []
+    for name, value in zip(lines[::2], lines[1::2], strict=False):
+        if name == "count":
+            entries.append({})
+        if entries:
+            entries[-1][name] = value
+    return [
+        f"{entry.get('username')} {entry.get('reason')} {entry.get('object')}"
+        for entry in entries
+        if entry.get("username") in users and entry.get("reason") != "auth"
+    ]
+
+
+def test_the_sentinels_refused_nothing_the_planes_and_the_sentinels_sent(ha):
+    """After the failover and the rejoin: the sentinels' ACL (SECURITY.md "Sentinel
+    users") let through everything the planes' discovery and the sentinels' own
+    failover sent; an anonymous client was refused before any of this."""
+    # the log is read: the healthcheck user's refused SENTINEL MASTERS (the test above)
+    health = acl_refusals(ha, "sentinel-1", ("plab-health",))
+    assert "plab-health command sentinel|masters" in health, health
+    for service in HA_SENTINELS:
+        refused = acl_refusals(ha, service, ("plab-ap", "plab-cp", "plab-sentinel"))
+        assert refused == [], (service, refused)

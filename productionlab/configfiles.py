@@ -204,16 +204,72 @@ def render_redis_conf(
     )
 
 
+# What each kind of sentinel user may run on a sentinel (verified with ACL LOG on
+# redis 7.0 while redis-py discovered, and while three sentinels failed over; the
+# sentinel's own command table has no keys, so no key pattern is given).
+# A plane: what redis-py's Sentinel client sends to find the primary and the
+# replicas (SENTINEL MASTERS and SLAVES; REPLICAS and GET-MASTER-ADDR-BY-NAME are
+# the same reads under other names), and PING. It cannot fail over, reconfigure
+# or remove a master.
+SENTINEL_PLANE_RULES = (
+    "+ping +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas"
+    " +sentinel|get-master-addr-by-name"
+)
+# The sentinels with each other (``sentinel sentinel-user``): hello messages on
+# their one channel, the down-vote during a failover, PING and their link name.
+SENTINEL_PEER_RULES = (
+    "&__sentinel__:hello +ping +publish +client|setname +sentinel|is-master-down-by-addr"
+)
+# The operator (docs/COMPOSE.md "Sentinel access and upgrades"): every SENTINEL
+# subcommand (FAILOVER, SET, RESET, CONFIG, ...), INFO, ROLE and the ACL log; no
+# SHUTDOWN, no ACL changes.
+SENTINEL_ADMIN_RULES = "+ping +info +role +sentinel +acl|log +acl|whoami +client|list"
+SENTINEL_HEALTH_RULES = "+ping"
+
+
+@dataclass
+class SentinelUsers:
+    """A sentinel's ACL: no anonymous access (``user default off``), each plane
+    may discover (``SENTINEL_PLANE_RULES``), ``peer`` is what the sentinels use
+    with each other (``sentinel sentinel-user``/``sentinel-pass``), ``admin`` the
+    operator's, ``health_name`` the healthcheck's (PING, no password). Passwords as
+    SHA-256, like redis.conf, except ``sentinel-pass``, which a sentinel must send.
+
+    ``lines()`` is what the start step (docker/redis-sentinel/start.sh) replaces
+    in a sentinel's own copy of its config on every start."""
+
+    planes: list[RedisUser]
+    peer: RedisUser
+    admin: RedisUser
+    health_name: str = "plab-health"
+
+    def lines(self) -> list[str]:
+        def user(acl: RedisUser, rules: str) -> str:
+            return f"user {acl.name} on #{acl.password_sha256} resetchannels -@all {rules}"
+
+        return [
+            "user default off resetpass resetchannels -@all",
+            *(user(plane, SENTINEL_PLANE_RULES) for plane in self.planes),
+            user(self.peer, SENTINEL_PEER_RULES),
+            user(self.admin, SENTINEL_ADMIN_RULES),
+            f"user {self.health_name} on nopass resetchannels -@all {SENTINEL_HEALTH_RULES}",
+            f"sentinel sentinel-user {self.peer.name}",
+            f"sentinel sentinel-pass {self.peer.password}",
+        ]
+
+
 @dataclass
 class SentinelConfig:
     """One sentinel's config: the service it monitors (initially at ``primary``),
-    the data nodes' ACL user it authenticates as, and when it fails over."""
+    the data nodes' ACL user it authenticates as, when it fails over, and who
+    may talk to it (``users``)."""
 
     service: str
     primary: str
     primary_port: int
     user: RedisUser
     tls: RedisTLS
+    users: SentinelUsers
     port: int = 26379
     quorum: int = 2
     down_after_ms: int = 5000
@@ -223,4 +279,4 @@ class SentinelConfig:
 
     def render(self) -> str:
         template = _environment(PACKAGE_TEMPLATES).get_template("sentinel.conf.j2")
-        return template.render(**self.__dict__)
+        return template.render(**{**self.__dict__, "acl": self.users.lines()})

@@ -37,6 +37,7 @@ from productionlab.configfiles import (
     RedisTLS,
     RedisUser,
     SentinelConfig,
+    SentinelUsers,
     plane_redis_users,
     render_redis_conf,
 )
@@ -109,6 +110,12 @@ HA_ENV = "ha.env"
 REPLICATION_PASSWORD = "redis_replica_password"  # noqa: S105 - a file name  # nosec B105
 SENTINEL_PASSWORD = "redis_sentinel_password"  # noqa: S105 - a file name  # nosec B105
 HA_PASSWORDS = (REPLICATION_PASSWORD, SENTINEL_PASSWORD)
+# The sentinels' own ACL (configfiles.SentinelUsers): the planes' users may only
+# discover; plab-sentinel (redis_sentinel_password, the sentinels' identity towards
+# the data nodes already) is also what they use with each other; the operator's
+# plab-sentinel-admin, with its own password, may run every SENTINEL subcommand.
+SENTINEL_ADMIN_PASSWORD = "redis_sentinel_admin_password"  # noqa: S105 - a file name  # nosec B105
+SENTINEL_ADMIN_USER = "plab-sentinel-admin"
 REPLICATION_RULES = "+psync +replconf +ping"
 SENTINEL_RULES = (
     "&__sentinel__:hello +multi +exec +slaveof +replicaof +ping +info +role +publish"
@@ -247,14 +254,28 @@ def redis_conf(
     )
 
 
+def sentinel_users(directory: Path) -> SentinelUsers:
+    """Who may talk to the ha profile's sentinels, with the passwords from ``directory``:
+    the planes' redis users, plab-sentinel (peer), plab-sentinel-admin, plab-health."""
+    admin = (directory / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    return SentinelUsers(
+        planes=plane_redis_users(directory),
+        peer=ha_users(directory)[1],
+        admin=RedisUser(SENTINEL_ADMIN_USER, admin),
+        health_name=HEALTH_USER.name,
+    )
+
+
 def sentinel_conf(directory: Path) -> str:
-    """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2."""
+    """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2,
+    with its ACL (:func:`sentinel_users`)."""
     return SentinelConfig(
         service=SENTINEL_SERVICE,
         primary=HA_ADDRESSES[REDIS_SERVICE],
         primary_port=REDIS_PORT,
         user=ha_users(directory)[1],
         tls=REDIS_TLS,
+        users=sentinel_users(directory),
         port=SENTINEL_PORT,
     ).render()
 
@@ -325,9 +346,9 @@ def prepare_secrets(
 
     ``topology`` ``ha`` renders redis.conf for replicated data nodes and writes
     ``ha.env``; ``cluster`` writes ``cluster.env``. sentinel.conf, redis-cluster.conf
-    (the cluster's masters) and the replication, sentinel and cluster passwords are
-    made in every topology, so every file compose names exists (redis.conf has a
-    user only for those its topology uses).
+    (the cluster's masters) and the replication, sentinel, sentinel admin and cluster
+    passwords are made in every topology, so every file compose names exists
+    (redis.conf has a user only for those its topology uses).
 
     Compose bind-mounts file secrets with their host owner and mode, and the
     containers run as their own non-root users, so the files are made readable
@@ -335,11 +356,11 @@ def prepare_secrets(
     of the host can reach them, and each container sees only the ones it is given.
     """
     check_topology(topology, durability)
-    generated = (*ALL_SECRETS, *HA_PASSWORDS, CLUSTER_PASSWORD)
-    paths = list(ensure_secrets(directory, generated).values())
+    own = (*HA_PASSWORDS, SENTINEL_ADMIN_PASSWORD, CLUSTER_PASSWORD)
+    paths = list(ensure_secrets(directory, (*ALL_SECRETS, *own)).values())
     problems = [
         problem
-        for name in (*HA_PASSWORDS, CLUSTER_PASSWORD)
+        for name in own
         if (problem := secret_problem(name, (directory / name).read_text().strip()))
     ]
     if problems:

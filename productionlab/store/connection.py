@@ -188,9 +188,17 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             raise ValueError("redis+sentinel:// URL needs a service name: /mymaster[/db]")
         service, db = path[0], int(path[1]) if len(path) > 1 else 0
         sentinel_tls = {"ssl": True, **tls} if tls else {}
+        # The sentinels take no anonymous client (SECURITY.md "Sentinel users"): the
+        # plane logs in with its own redis user, which may only discover there.
+        # No CLIENT SETINFO (driver_info None): that user may not run it.
+        sentinel_auth = {
+            "username": settings.redis_username,
+            "password": settings.redis_password,
+            "driver_info": None,
+        }
         sentinel = redis.Sentinel(
             hosts,
-            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_tls},
+            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_auth, **sentinel_tls},
             socket_timeout=SOCKET_TIMEOUT,
             **sentinel_tls,
         )
