@@ -76,7 +76,7 @@ $(TLS_VENV)/.installed: requirements-tls.txt
 	touch $@
 
 ## bench: naive baseline, empty-Flask ceiling (issue 16) vs hardened stack (and Webdis if installed) under wrk -> docs/BENCHMARKS.md
-##        BENCH_SMOKE=1: a ~20 s smoke that writes its report to a temp dir
+##        BENCH_SMOKE=1: a ~35 s smoke that writes its report to a temp dir
 BENCH_SMOKE ?=
 bench: venv system-deps bench-deps
 	scripts/system-deps.sh wrk

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +171,17 @@ class Hardened(System):
     per-user rate limits (raised for the run, still checked on every
     request), audit, metrics, AOF on."""
 
-    def __init__(self, ap_workers: int | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        ap_workers: int | None = None,
+        threads: int | None = None,
+        redis_url: str | None = None,
+        before_start: Callable[[Supervisor], None] | None = None,
+    ) -> None:
+        """``redis_url``: the planes' ``PLAB_REDIS_URL`` instead of the stack's own
+        redis (which still starts, idle); ``before_start``: called with the prepared
+        stack (secrets written) before anything starts, e.g. to give that redis the
+        planes' ACL users."""
         tmp = temp_dir("plab-bench-stack-")
         overrides: dict[str, object] = {
             "edge_rate": 1_000_000,
@@ -187,7 +198,12 @@ class Hardened(System):
             overrides["threads"] = threads
         # PLAB_REDIS_TLS=on measures the hardened stack with redis on TLS only
         overrides["redis_tls"] = os.environ.get("PLAB_REDIS_TLS", "off").lower() == "on"
+        if redis_url is not None:
+            overrides["extra_env"] = {"PLAB_REDIS_URL": redis_url}
         self.stack = Supervisor(StackConfig.ephemeral(tmp, **overrides))
+        if before_start is not None:
+            self.stack.prepare()
+            before_start(self.stack)
         self.stack.start(timeout=60)
         self.context = ssl.create_default_context(cafile=str(self.stack.tls_cert))
         admin_password = self.stack.admin_password_file.read_text().strip()
@@ -366,6 +382,8 @@ class WrkResult:
     errors: int
     non2xx: int
     foreign_cpu: float
+    # answers by status class (2xx, 4xx, 429, 503, other) when run with BENCH_STATUS=1
+    status: dict[str, int] | None = None
 
     @classmethod
     def parse(cls, output: str, foreign_cpu: float) -> WrkResult:
@@ -384,6 +402,7 @@ class WrkResult:
             errors=errors,
             non2xx=data["err_status"],
             foreign_cpu=foreign_cpu,
+            status=data.get("status"),
         )
 
 

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import ceiling_report
+import cluster_report
 import report_text
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -388,6 +389,7 @@ def bulk_section(data: dict) -> list[str]:
             "built and proven by `make bench BENCH_SMOKE=1` while the shared machine was "
             "loaded, so no figure is given here.",
         ]
+    lines += report_text.separate_run_note(data.get("bulk_info") or {}, "--bulk-only")
     lines += [
         "| workload | req/s (median) | keys/s (median) | target keys/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
@@ -421,6 +423,39 @@ def bulk_section(data: dict) -> list[str]:
             + "; ".join(refused)
             + ' (what is known of the cause: bench/levers.md, "Open findings").',
         ]
+    return lines + bulk_status_lines(runs)
+
+
+STATUS_CLASSES = ("2xx", "4xx", "429", "503", "other")
+
+
+def bulk_status_lines(runs: list[dict]) -> list[str]:
+    """bulk-write round by round: the answers by status class and what redis held
+    after the round (rounds measured before the breakdown was kept have none)."""
+    rows = [r for r in runs if r["workload"] == "bulk-write" and r.get("status")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "bulk-write round by round: answers by status, and redis after the round "
+        "(memory against `maxmemory`, entries in the audit list).",
+        "",
+        "| round | req/s | " + " | ".join(STATUS_CLASSES) + " | redis used MiB / maxmemory MiB "
+        "| audit entries |",
+        "|---|---|" + "---|" * len(STATUS_CLASSES) + "---|---|",
+    ]
+    for r in rows:
+        after = r.get("redis_after") or {}
+        memory = (
+            f"{after['used_memory'] / 2**20:,.0f} / {after.get('maxmemory', 0) / 2**20:,.0f}"
+            if after
+            else "-"
+        )
+        lines.append(
+            f"| {r['rep'] + 1} | {r['rps']:,.0f} | "
+            + " | ".join(f"{r['status'].get(c, 0):,}" for c in STATUS_CLASSES)
+            + f" | {memory} | {after.get('audit_entries', 0):,} |"
+        )
     return lines
 
 
@@ -449,16 +484,7 @@ def watch_section(data: dict) -> list[str]:
     ]
     if not runs or data.get("smoke"):
         return [*lines, "Numbers pending a full run (`make bench`)."]
-    if info.get("separate_run"):
-        machine = info.get("machine", {})
-        lines += [
-            f"Measured on its own (`python bench/run.py --watch-only`, {machine.get('date', '?')}, "
-            f"{info.get('seconds', '?')} s per round, load before "
-            f"{' '.join(machine.get('load_before', []))}, after "
-            f"{' '.join(info.get('load_after', []))}), not in the run the sections above "
-            "come from.",
-            "",
-        ]
+    lines += report_text.separate_run_note(info, "--watch-only")
     lines += [
         "| round | watches held | reads/s | p50 ms | p99 ms | errors | others' CPU | "
         "stack CPU us/read | watch requests / early returns / 429s retried / errors |",
@@ -540,7 +566,7 @@ def write(out_dir: Path) -> Path:
         "",
         "Produced by `make bench` (and `make soak`) from `bench/`; do not edit by hand - the "
         "narrative in [bench/levers.md](../bench/levers.md) is included below. "
-        "`make bench BENCH_SMOKE=1` runs a ~20 s smoke of the same harness and writes its "
+        "`make bench BENCH_SMOKE=1` runs a ~35 s smoke of the same harness and writes its "
         "report to a temp directory.",
         "",
     ]
@@ -553,6 +579,7 @@ def write(out_dir: Path) -> Path:
     if bench:
         lines += ["", *bulk_section(bench)]
         lines += ["", *watch_section(bench)]
+        lines += ["", *cluster_report.section(bench)]
     levers = BENCH_DIR / "levers.md"
     if levers.exists():
         lines += ["", levers.read_text().rstrip()]

@@ -2,10 +2,12 @@
 Webdis in one run, and write docs/BENCHMARKS.md with its chart.
 
     python bench/run.py                 full run: 3 x 10 s per system and workload
-    python bench/run.py --smoke         ~20 s; report to a temp dir (CI keeps the harness working)
+    python bench/run.py --smoke         ~35 s; report to a temp dir (CI keeps the harness working)
     python bench/run.py --soak          10 min at a fixed moderate rate through the edge
     python bench/run.py --sweep         app-plane processes x Waitress threads (levers)
     python bench/run.py --watch-only    reads with / without 200 watches held (issue 13)
+    python bench/run.py --bulk-only     only the bulk workloads (issue 13), status per round
+    python bench/run.py --cluster-only  one redis vs a 3-master cluster, shares per master
 
 Results are kept as JSON next to the report (docs/bench-results.json,
 docs/soak-results.json, docs/sweep-results.json) and the report is rendered
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
 import ceiling_report
+import cluster_share
 import harness
 import report
 
@@ -178,11 +181,14 @@ BULK_WORKLOADS = {"bulk-read": "get", "bulk-write": "put"}
 
 def measure_bulk(system: harness.Hardened, seconds: float, reps: int) -> list[dict]:
     """Issue 13: POST /v1/bulk of 100 gets / 100 puts per request through the full edge;
-    a key operation per second is one item, so key ops/s = requests/s x 100."""
+    a key operation per second is one item, so key ops/s = requests/s x 100. Each
+    round keeps its answers by status class (2xx / 4xx / 429 / 503 / other) and what
+    redis holds after it (memory against maxmemory, audit entries): a round with
+    refusals says why."""
     runs = []
     for rep in range(reps):
         for name, op in BULK_WORKLOADS.items():
-            env = {"BENCH_BULK_OP": op, "BENCH_BULK_ITEMS": str(BULK_ITEMS)}
+            env = {"BENCH_BULK_OP": op, "BENCH_BULK_ITEMS": str(BULK_ITEMS), "BENCH_STATUS": "1"}
             result = harness.run_wrk(system, "bulk", seconds, extra_env=env, timeout_s=15)
             runs.append(
                 {
@@ -195,13 +201,16 @@ def measure_bulk(system: harness.Hardened, seconds: float, reps: int) -> list[di
                     "p99_ms": result.p99_ms,
                     "errors": result.errors,
                     "non2xx": result.non2xx,
+                    "status": result.status,
+                    "redis_after": redis_figures(system),
                     "foreign_cpu": result.foreign_cpu,
                 }
             )
             print(
                 f"bench: {rep + 1}/{reps} {name:10} {result.rps:8.0f} req/s "
                 f"= {result.rps * BULK_ITEMS:9.0f} keys/s  p99 {result.p99_ms:7.2f} ms  "
-                f"errors {result.errors}/{result.non2xx}  others' CPU {result.foreign_cpu:4.1f}%",
+                f"errors {result.errors}/{result.non2xx}  status {result.status}  "
+                f"redis {runs[-1]['redis_after']}  others' CPU {result.foreign_cpu:4.1f}%",
                 flush=True,
             )
     return runs
@@ -273,10 +282,31 @@ def measure_watch(
     return runs
 
 
-def run_watch_only(args: argparse.Namespace) -> Path:
-    """Only the watch workload, on its own hardened stack; its rounds replace the
-    ``watch_runs`` of the kept results (docs/bench-results.json) and the report is
-    rendered again, so the other workloads' figures stay those of their own run."""
+def measure_cluster(
+    single: harness.Hardened, seconds: float, reps: int, retries: int
+) -> tuple[list[dict], dict]:
+    """Issue 12: ``single`` (the hardened stack on its one redis) against the same
+    stack over a three-master cluster, started here, interleaved round by round."""
+    started = time.monotonic()
+    cluster = cluster_share.ClusterHardened()
+    try:
+        harness.run_wrk(cluster, "mix", 1 if seconds < 2 else 3)
+        runs = cluster_share.measure(single, cluster, seconds, reps, retries)
+    finally:
+        cluster.stop()
+    return runs, {
+        "seconds": seconds,
+        "reps": reps,
+        "elapsed_s": round(time.monotonic() - started),
+        "load_after": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def run_only(args: argparse.Namespace, section: str) -> Path:
+    """One section (``watch``, ``bulk`` or ``cluster``) on its own hardened stack; its
+    rounds replace that section's in the kept results (docs/bench-results.json) and
+    the report is rendered again, so the other sections' figures stay those of their
+    own run."""
     out_dir = Path(args.out) if args.out else DOCS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench-results.json"
@@ -285,14 +315,22 @@ def run_watch_only(args: argparse.Namespace) -> Path:
     data = json.loads(path.read_text())
     info = machine()
     hardened = harness.Hardened()
+    section_info: dict = {}
     try:
-        harness.run_wrk(hardened, "read", 3)
+        harness.run_wrk(hardened, "read" if section == "watch" else "mix", 3)
         started = time.monotonic()
-        runs = measure_watch(hardened, args.seconds, args.reps, WATCHES)
+        if section == "watch":
+            data["watch_runs"] = measure_watch(hardened, args.seconds, args.reps, WATCHES)
+        elif section == "bulk":
+            data["bulk_runs"] = measure_bulk(hardened, args.seconds, args.reps)
+        else:
+            data["cluster_runs"], section_info = measure_cluster(
+                hardened, args.seconds, args.reps, 2
+            )
     finally:
         hardened.stop()
-    data["watch_runs"] = runs
-    data["watch_info"] = {
+    data[f"{section}_info"] = {
+        **section_info,
         "separate_run": True,
         "machine": info,
         "seconds": args.seconds,
@@ -323,6 +361,8 @@ def run_bench(args: argparse.Namespace) -> Path:
     profile_info: dict = {}
     bulk_runs: list[dict] = []
     watch_runs: list[dict] = []
+    cluster_runs: list[dict] = []
+    cluster_info: dict = {}
 
     def record(system: harness.System, workload: str, rep: int) -> dict:
         nonlocal disturbed
@@ -385,6 +425,7 @@ def run_bench(args: argparse.Namespace) -> Path:
         watch_runs = measure_watch(
             hardened, seconds, reps, SMOKE_WATCHES if smoke else WATCHES, retries
         )
+        cluster_runs, cluster_info = measure_cluster(hardened, seconds, reps, retries)
         config = hardened.stack.config
         info["hardened_config"] = {
             "ap_workers": config.ap_workers,
@@ -407,6 +448,8 @@ def run_bench(args: argparse.Namespace) -> Path:
         "runs": runs,
         "bulk_runs": bulk_runs,
         "watch_runs": watch_runs,
+        "cluster_runs": cluster_runs,
+        "cluster_info": cluster_info,
         "disturbed": disturbed,
         "rerun_rounds": rerun_rounds,
         "profile": profile_info,
@@ -421,13 +464,13 @@ def run_bench(args: argparse.Namespace) -> Path:
     failed = [
         f"{r['system']}/{r['workload']} round {r['rep'] + 1}: {r['errors']} io errors, "
         f"{r['non2xx']} non-2xx"
-        for r in runs
-        if r["system"] in ceiling_report.PAIR and (r["errors"] or r["non2xx"])
+        for r in [*runs, *cluster_runs]
+        if r["system"] in (*ceiling_report.PAIR, "cluster") and (r["errors"] or r["non2xx"])
     ]
     if failed:
         # A ratio over error answers measures nothing: the run fails (the report stays).
         raise SystemExit(
-            "bench: failed requests in the ceiling/hardened runs: " + "; ".join(failed)
+            "bench: failed requests in the ceiling/hardened/cluster runs: " + "; ".join(failed)
         )
     return path
 
@@ -514,6 +557,7 @@ def redis_figures(stack: harness.Hardened) -> dict:
         memory = client.info("memory")
         return {
             "used_memory": int(memory["used_memory"]),
+            "maxmemory": int(memory.get("maxmemory", 0)),
             "audit_entries": int(client.llen("{plab}:audit")),
             "keys": int(client.dbsize()),
         }
@@ -559,7 +603,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--smoke", action="store_true", help="~20 s, report to a temp dir")
+    parser.add_argument("--smoke", action="store_true", help="~35 s, report to a temp dir")
     parser.add_argument("--soak", action="store_true", help="10-minute soak through the edge")
     parser.add_argument("--sweep", action="store_true", help="processes x threads sweep")
     parser.add_argument("--out", help="report directory (default docs/, smoke: a temp dir)")
@@ -570,6 +614,16 @@ def main() -> None:
         "--watch-only",
         action="store_true",
         help="only the read run with/without 200 watches (issue 13), into the kept results",
+    )
+    parser.add_argument(
+        "--bulk-only",
+        action="store_true",
+        help="only the bulk workloads (issue 13), into the kept results",
+    )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="only one redis vs a 3-master cluster (issue 12), into the kept results",
     )
     parser.add_argument("--soak-seconds", type=int, default=600)
     parser.add_argument("--soak-delay-ms", type=int, default=25)
@@ -586,7 +640,11 @@ def main() -> None:
     elif args.sweep:
         run_sweep(args)
     elif args.watch_only:
-        run_watch_only(args)
+        run_only(args, "watch")
+    elif args.bulk_only:
+        run_only(args, "bulk")
+    elif args.cluster_only:
+        run_only(args, "cluster")
     else:
         run_bench(args)
 

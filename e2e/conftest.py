@@ -144,6 +144,17 @@ def write_sboms(daemon: DockerDaemon) -> None:
             log(f"sbom: {path}")
 
 
+# Each of these files after the one before: the default topology's tests first,
+# then each profile in turn takes the session's project down and brings itself up
+# (test_cluster_profile.py would otherwise sort before test_compose.py).
+FILE_ORDER = ("test_compose.py", "test_ha.py", "test_cluster_profile.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, -1))
+
+
 @pytest.fixture(scope="session")
 def deployment() -> Iterator[Deployment]:
     started = time.monotonic()

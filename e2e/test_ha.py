@@ -16,72 +16,49 @@ again, rejoins as a replica. Times are logged, never asserted.
 
 from __future__ import annotations
 
-import secrets
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-import requests
 
-from e2e.conftest import Client, Deployment
+from e2e.conftest import Deployment
 from e2e.harness import HarnessError, log
+from e2e.profile_kit import (
+    AFTER_RECOVERY,
+    WriteLoad,
+    assert_confined_on_the_backend,
+    bring_up_profile,
+    plane_env,
+    redis_cli,
+)
 from productionlab.deploy import (
     HA_ADDRESSES,
     HA_ENV,
     HA_REPLICAS,
     HA_SENTINELS,
+    SENTINEL_ADMIN_PASSWORD,
+    SENTINEL_ADMIN_USER,
+    SENTINEL_PORT,
     SENTINEL_SERVICE,
-    prepare_secrets,
 )
 
 HA_SERVICES = ("redis", *HA_REPLICAS, *HA_SENTINELS)
-WARM_ACKS = 20  # acknowledged writes before the kill
-WARM_LIMIT = 90.0  # seconds, whatever the machine's speed
 RECOVERY_LIMIT = 240.0  # seconds after the kill for a promoted replica to take writes
-AFTER_RECOVERY = 3.0  # seconds of load kept once writes are back
-WRITERS = 2
 
 
 @pytest.fixture(scope="module")
 def ha(deployment: Deployment) -> Iterator[Deployment]:
-    started = time.monotonic()
-    compose = deployment.compose
-    deployment.save_logs("before-ha")
-    log("ha: down --volumes (the default topology), then the ha profile up")
-    compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
-    prepare_secrets(deployment.secrets_dir, topology="ha", durability="replicated")
-    # Every later compose command (ps, logs, down in the session's teardown) sees the profile.
-    compose.options = ["--env-file", str(deployment.secrets_dir / HA_ENV)]
-    deployment.up()
-    for service in HA_SERVICES:
-        compose.wait_healthy(service)
-    log(f"ha: deployment ready after {time.monotonic() - started:.0f}s")
+    bring_up_profile(deployment, "ha", HA_ENV, HA_SERVICES, durability="replicated")
     yield deployment
     deployment.save_logs("ha")
 
 
 def sentinel(deployment: Deployment, service: str, *command: str) -> list[str]:
-    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate)."""
-    result = deployment.compose.exec(
-        service,
-        "redis-cli",
-        "--tls",
-        "--cacert",
-        "/run/secrets/redis_ca_crt",
-        "--cert",
-        "/run/secrets/redis_health_crt",
-        "--key",
-        "/run/secrets/redis_health_key",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "26379",
-        *command,
-        check=False,
-    )
-    return result.stdout.split()
+    """A sentinel's answer to ``command`` (redis-cli over TLS with the health certificate,
+    as the operator's user: the sentinels take no anonymous client)."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    return redis_cli(deployment, service, SENTINEL_PORT, *command, login=login).split()
 
 
 PRIMARY = HA_ADDRESSES["redis"]
@@ -101,34 +78,12 @@ def agreed_primary(deployment: Deployment) -> str | None:
 
 
 def test_ha_services_are_confined_on_the_backend_only(ha):
-    project = ha.compose.project
-    for service in HA_SERVICES:
-        ids = ha.compose.container_ids(service)
-        assert len(ids) == 1, service
-        info = ha.daemon.inspect(*ids)[0]
-        host = info["HostConfig"]
-        assert host["ReadonlyRootfs"] is True, service
-        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], service
-        assert "no-new-privileges:true" in host["SecurityOpt"], service
-        assert host["Memory"] > 0 and host["PidsLimit"] > 0, service
-        assert info["State"]["Health"]["Status"] == "healthy", service
-        assert info["Config"]["User"].split(":")[0] not in ("", "0", "root"), service
-        networks = {
-            name.removeprefix(f"{project}_"): network["IPAddress"]
-            for name, network in info["NetworkSettings"]["Networks"].items()
-        }
-        assert networks == {"backend": HA_ADDRESSES[service]}, service
-        assert not host["PortBindings"], service
-        written = ha.compose.exec(service, "touch", "/plab-write-probe", check=False)
-        assert "Read-only file system" in written.stderr, service
+    assert_confined_on_the_backend(ha, {service: HA_ADDRESSES[service] for service in HA_SERVICES})
 
 
 def test_the_planes_find_the_primary_through_the_sentinels(ha):
     for plane in ("ap", "cp"):
-        env = dict(
-            item.split("=", 1)
-            for item in ha.daemon.inspect(ha.compose.container(plane))[0]["Config"]["Env"]
-        )
+        env = plane_env(ha, plane)
         assert env["PLAB_REDIS_URL"].startswith(
             f"redis+sentinel://{HA_ADDRESSES['sentinel-1']}:26379,"
         ), plane
@@ -141,52 +96,17 @@ def test_the_planes_find_the_primary_through_the_sentinels(ha):
     assert "min-replicas-to-write 1" in conf and "tls-replication yes" in conf
 
 
-@dataclass
-class WriteLoad:
-    """Writers PUT unique keys through the edge; every answer is kept (a
-    request that got no answer is kept as status 0)."""
-
-    client: Client
-    run: str = field(default_factory=lambda: secrets.token_hex(3))
-    answers: list[tuple[float, int, bool, str]] = field(default_factory=list)
-    acked: list[tuple[str, str, float]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def _write(self, writer: int) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            key, value = f"ha-{self.run}-{writer}-{n}", secrets.token_hex(8)
-            started = time.monotonic()
-            try:
-                response = self.client.put(f"/v1/kv/{key}", data=value.encode())
-                status, retry = response.status_code, "Retry-After" in response.headers
-                body = response.text[:200] if status >= 300 else ""
-            except requests.RequestException as exc:
-                status, retry, body = 0, False, f"{type(exc).__name__}: {exc}"[:200]
-            with self.lock:
-                self.answers.append((started, status, retry, body))
-                if status in (200, 201):
-                    self.acked.append((key, value, started))
-            if status == 503:
-                time.sleep(0.1)
-
-    def start(self) -> None:
-        for writer in range(WRITERS):
-            thread = threading.Thread(target=self._write, args=(writer,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def halt(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-    def acked_after(self, moment: float) -> int:
-        with self.lock:
-            return sum(1 for _, _, started in self.acked if started > moment)
+def test_a_sentinel_refuses_an_anonymous_client(ha):
+    for service in HA_SENTINELS:
+        answer = redis_cli(ha, service, SENTINEL_PORT, "sentinel", "masters")
+        assert "NOAUTH" in answer and SENTINEL_SERVICE not in answer, (service, answer)
+        answer = redis_cli(ha, service, SENTINEL_PORT, "ping")
+        assert "NOAUTH" in answer and "PONG" not in answer, (service, answer)
+    # the healthcheck's user may PING and nothing else
+    health = ("--user", "plab-health", "--pass", "ping-only", "--no-auth-warning")
+    assert redis_cli(ha, "sentinel-1", SENTINEL_PORT, "ping", login=health).strip() == "PONG"
+    refused = redis_cli(ha, "sentinel-1", SENTINEL_PORT, "sentinel", "masters", login=health)
+    assert "NOPERM" in refused, refused
 
 
 def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(ha):
@@ -194,13 +114,10 @@ def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(
     assert user.put("/v1/kv/ha-first", data=b"one").status_code == 201
     assert user.get("/v1/kv/ha-first").content == b"one"
 
-    load = WriteLoad(user)
+    load = WriteLoad(user, prefix="ha")
     load.start()
     try:
-        deadline = time.monotonic() + WARM_LIMIT
-        while load.acked_after(0) < WARM_ACKS and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert load.acked_after(0) > 0, "no write was acknowledged before the kill"
+        load.warm_up("the kill")
         primary = ha.compose.container("redis")
         ha.daemon.docker("kill", "--signal", "KILL", primary)
         killed = time.monotonic()
@@ -221,24 +138,7 @@ def test_killing_the_primary_promotes_a_replica_and_loses_no_acknowledged_write(
     finally:
         load.halt()
 
-    statuses: dict[int, int] = {}
-    for _, status, _, _ in load.answers:
-        statuses[status] = statuses.get(status, 0) + 1
-    during = [a for a in load.answers if a[0] > killed]
-    log(
-        f"ha: answers {statuses}; after the kill {len(during)}, of which "
-        f"{sum(1 for a in during if a[1] == 503)} were 503; acknowledged {len(load.acked)}"
-    )
-    wrong = [a for a in load.answers if a[1] not in (200, 201, 503)]
-    assert wrong == [], wrong[:5]
-    assert all(retry for _, status, retry, _ in load.answers if status == 503)
-
-    lost = []
-    for key, value, _ in load.acked:
-        answer = user.get(f"/v1/kv/{key}")
-        if answer.status_code != 200 or answer.content != value.encode():
-            lost.append((key, answer.status_code))
-    assert lost == [], f"{len(lost)} of {len(load.acked)} acknowledged writes lost: {lost[:5]}"
+    load.check("ha", killed)
     ha.wait_for("/ready", 200, timeout=120)
     assert user.get("/v1/kv/ha-first").content == b"one"
 
@@ -265,3 +165,35 @@ def test_the_old_primary_started_again_rejoins_as_a_replica(ha):
         raise HarnessError(f"redis did not rejoin as a replica: {replicas}")
     assert agreed_primary(ha) in REPLICA_ADDRESSES
     ha.wait_for("/ready", 200, timeout=60)
+
+
+def acl_refusals(deployment: Deployment, service: str, users: tuple[str, ...]) -> list[str]:
+    """What a sentinel's ACL LOG says it refused ``users`` (commands, channels; not
+    logins): redis-cli's raw answer is one flat name/value list per entry."""
+    secret = (deployment.secrets_dir / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    login = ("--user", SENTINEL_ADMIN_USER, "--pass", secret, "--no-auth-warning")
+    answer = redis_cli(deployment, service, SENTINEL_PORT, "acl", "log", "200", login=login)
+    lines = [line.strip() for line in answer.splitlines()]
+    entries: list[dict[str, str]] = []
+    for name, value in zip(lines[::2], lines[1::2], strict=False):
+        if name == "count":
+            entries.append({})
+        if entries:
+            entries[-1][name] = value
+    return [
+        f"{entry.get('username')} {entry.get('reason')} {entry.get('object')}"
+        for entry in entries
+        if entry.get("username") in users and entry.get("reason") != "auth"
+    ]
+
+
+def test_the_sentinels_refused_nothing_the_planes_and_the_sentinels_sent(ha):
+    """After the failover and the rejoin: the sentinels' ACL (SECURITY.md "Sentinel
+    users") let through everything the planes' discovery and the sentinels' own
+    failover sent; an anonymous client was refused before any of this."""
+    # the log is read: the healthcheck user's refused SENTINEL MASTERS (the test above)
+    health = acl_refusals(ha, "sentinel-1", ("plab-health",))
+    assert "plab-health command sentinel|masters" in health, health
+    for service in HA_SENTINELS:
+        refused = acl_refusals(ha, service, ("plab-ap", "plab-cp", "plab-sentinel"))
+        assert refused == [], (service, refused)

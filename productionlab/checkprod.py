@@ -29,7 +29,12 @@ from productionlab.settings import (
     secret_problem,
 )
 from productionlab.settings.deployment import EDGE_COUNTS, WATCH_COUNTS
-from productionlab.store.connection import REDIS_FAULTS, connect
+from productionlab.store.connection import (
+    REDIS_FAULTS,
+    config_of_every_master,
+    connect,
+    info_of_every_master,
+)
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -124,21 +129,32 @@ def redis_findings(settings: Settings) -> list[str]:
         findings.append("redis: no password configured (PLAB_REDIS_PASSWORD[_FILE])")
     try:
         client = connect(settings, pool_size=2)
-        aof = client.config_get("appendonly").get("appendonly")
-        persistence = client.info("persistence")
+        persistence = info_of_every_master(client, "persistence")
+        fsync = config_of_every_master(client, "appendfsync")
+        findings += memory_findings(client)
     except REDIS_FAULTS as exc:
         return [*findings, f"redis: cannot inspect {settings.redis_url}: {type(exc).__name__}"]
-    if aof != "yes" and not persistence.get("aof_enabled"):
-        findings.append("redis: AOF persistence is off (appendonly no)")
-    elif persistence.get("aof_last_write_status") not in (None, "ok"):
-        findings.append("redis: AOF writes are failing")
-    fsync = client.config_get("appendfsync").get("appendfsync")
-    if fsync == "no":
-        findings.append("redis: appendfsync is 'no'; acknowledged writes can be lost")
-    findings += memory_findings(client)
+    for node, info in sorted(persistence.items()):
+        findings += _persistence_findings(_node_label(node), info, fsync.get(node))
     client.close()
     if _accepts_anonymous(settings):
         findings.append("redis: accepts commands without a password (default user is on)")
+    return findings
+
+
+def _node_label(node: str) -> str:
+    return f"redis {node}" if node else "redis"
+
+
+def _persistence_findings(label: str, info: dict, fsync: str | None) -> list[str]:
+    """AOF off, AOF writes failing or ``appendfsync no`` on one redis (one master)."""
+    if not info.get("aof_enabled"):
+        return [f"{label}: AOF persistence is off (appendonly no)"]
+    findings = []
+    if info.get("aof_last_write_status") not in (None, "ok"):
+        findings.append(f"{label}: AOF writes are failing")
+    if fsync == "no":
+        findings.append(f"{label}: appendfsync is 'no'; acknowledged writes can be lost")
     return findings
 
 

@@ -154,6 +154,18 @@ class RedisReplication:
     max_lag: int = 10
 
 
+@dataclass
+class RedisClusterNode:
+    """A master of compose's ``cluster`` profile: cluster mode on, its bus over
+    TLS, its cluster state in ``nodes.conf`` beside the AOF (redis rewrites that
+    file, so it lives in the data volume)."""
+
+    node_timeout_ms: int = 5000
+    # no: a master that is down makes only its own slots unavailable (503), not
+    # every slot; the others keep answering (docs/RELIABILITY.md §10).
+    require_full_coverage: bool = False
+
+
 def render_redis_conf(
     *,
     port: int,
@@ -166,12 +178,16 @@ def render_redis_conf(
     maxmemory: str = "0",
     tls: RedisTLS | None = None,
     replication: RedisReplication | None = None,
+    cluster: RedisClusterNode | None = None,
 ) -> str:
     """redis.conf; with ``tls`` the plain port is closed (``port 0``) and redis
     listens on ``port`` with TLS only, requiring a client certificate; with
-    ``replication`` the node replicates over TLS (``tls`` is then required)."""
+    ``replication`` the node replicates over TLS (``tls`` is then required); with
+    ``cluster`` it is a Redis Cluster master whose bus is TLS too."""
     if replication is not None and tls is None:
         raise ValueError("a replicated redis.conf needs TLS (tls-replication)")
+    if cluster is not None and tls is None:
+        raise ValueError("a cluster node's redis.conf needs TLS (tls-cluster)")
     template = _environment(PACKAGE_TEMPLATES).get_template("redis.conf.j2")
     return template.render(
         port=port,
@@ -184,19 +200,76 @@ def render_redis_conf(
         maxmemory=maxmemory,
         tls=tls,
         replication=replication,
+        cluster=cluster,
     )
+
+
+# What each kind of sentinel user may run on a sentinel (verified with ACL LOG on
+# redis 7.0 while redis-py discovered, and while three sentinels failed over; the
+# sentinel's own command table has no keys, so no key pattern is given).
+# A plane: what redis-py's Sentinel client sends to find the primary and the
+# replicas (SENTINEL MASTERS and SLAVES; REPLICAS and GET-MASTER-ADDR-BY-NAME are
+# the same reads under other names), and PING. It cannot fail over, reconfigure
+# or remove a master.
+SENTINEL_PLANE_RULES = (
+    "+ping +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas"
+    " +sentinel|get-master-addr-by-name"
+)
+# The sentinels with each other (``sentinel sentinel-user``): hello messages on
+# their one channel, the down-vote during a failover, PING and their link name.
+SENTINEL_PEER_RULES = (
+    "&__sentinel__:hello +ping +publish +client|setname +sentinel|is-master-down-by-addr"
+)
+# The operator (docs/COMPOSE.md "Sentinel access and upgrades"): every SENTINEL
+# subcommand (FAILOVER, SET, RESET, CONFIG, ...), INFO, ROLE and the ACL log; no
+# SHUTDOWN, no ACL changes.
+SENTINEL_ADMIN_RULES = "+ping +info +role +sentinel +acl|log +acl|whoami +client|list"
+SENTINEL_HEALTH_RULES = "+ping"
+
+
+@dataclass
+class SentinelUsers:
+    """A sentinel's ACL: no anonymous access (``user default off``), each plane
+    may discover (``SENTINEL_PLANE_RULES``), ``peer`` is what the sentinels use
+    with each other (``sentinel sentinel-user``/``sentinel-pass``), ``admin`` the
+    operator's, ``health_name`` the healthcheck's (PING, no password). Passwords as
+    SHA-256, like redis.conf, except ``sentinel-pass``, which a sentinel must send.
+
+    ``lines()`` is what the start step (docker/redis-sentinel/start.sh) replaces
+    in a sentinel's own copy of its config on every start."""
+
+    planes: list[RedisUser]
+    peer: RedisUser
+    admin: RedisUser
+    health_name: str = "plab-health"
+
+    def lines(self) -> list[str]:
+        def user(acl: RedisUser, rules: str) -> str:
+            return f"user {acl.name} on #{acl.password_sha256} resetchannels -@all {rules}"
+
+        return [
+            "user default off resetpass resetchannels -@all",
+            *(user(plane, SENTINEL_PLANE_RULES) for plane in self.planes),
+            user(self.peer, SENTINEL_PEER_RULES),
+            user(self.admin, SENTINEL_ADMIN_RULES),
+            f"user {self.health_name} on nopass resetchannels -@all {SENTINEL_HEALTH_RULES}",
+            f"sentinel sentinel-user {self.peer.name}",
+            f"sentinel sentinel-pass {self.peer.password}",
+        ]
 
 
 @dataclass
 class SentinelConfig:
     """One sentinel's config: the service it monitors (initially at ``primary``),
-    the data nodes' ACL user it authenticates as, and when it fails over."""
+    the data nodes' ACL user it authenticates as, when it fails over, and who
+    may talk to it (``users``)."""
 
     service: str
     primary: str
     primary_port: int
     user: RedisUser
     tls: RedisTLS
+    users: SentinelUsers
     port: int = 26379
     quorum: int = 2
     down_after_ms: int = 5000
@@ -206,4 +279,4 @@ class SentinelConfig:
 
     def render(self) -> str:
         template = _environment(PACKAGE_TEMPLATES).get_template("sentinel.conf.j2")
-        return template.render(**self.__dict__)
+        return template.render(**{**self.__dict__, "acl": self.users.lines()})

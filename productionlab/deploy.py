@@ -13,6 +13,11 @@ replicas, three sentinels; docs/COMPOSE.md "High availability"): redis.conf for
 replicated data nodes, sentinel.conf, and ``ha.env``, the variables that point
 the planes at the sentinels (``docker compose --env-file secrets/ha.env up -d``).
 
+``secrets --topology cluster`` prepares compose's ``cluster`` profile (three Redis
+Cluster masters, docs/COMPOSE.md "Redis Cluster"): redis.conf for cluster nodes
+and ``cluster.env``, which points the planes at the three masters
+(``docker compose --env-file secrets/cluster.env up -d``).
+
 Run as ``python -m productionlab.deploy COMMAND``; ``register`` adds the same
 commands to the ``productionlab`` CLI.
 """
@@ -27,10 +32,12 @@ from pathlib import Path
 
 from productionlab.configfiles import (
     EdgeConfig,
+    RedisClusterNode,
     RedisReplication,
     RedisTLS,
     RedisUser,
     SentinelConfig,
+    SentinelUsers,
     plane_redis_users,
     render_redis_conf,
 )
@@ -79,7 +86,7 @@ REDIS_TLS = RedisTLS.in_directory(SECRETS_MOUNT)
 # certificate names them all), the Sentinel service name the planes ask for, and
 # the two redis users that are not a plane's, each allowed only what it sends
 # (redis's Sentinel documentation lists these commands).
-TOPOLOGIES = ("single", "ha")
+TOPOLOGIES = ("single", "ha", "cluster")
 HA_REPLICAS = ("redis-replica-1", "redis-replica-2")
 HA_SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 # Fixed addresses on the backend network (its default subnet, high so Docker's
@@ -103,6 +110,12 @@ HA_ENV = "ha.env"
 REPLICATION_PASSWORD = "redis_replica_password"  # noqa: S105 - a file name  # nosec B105
 SENTINEL_PASSWORD = "redis_sentinel_password"  # noqa: S105 - a file name  # nosec B105
 HA_PASSWORDS = (REPLICATION_PASSWORD, SENTINEL_PASSWORD)
+# The sentinels' own ACL (configfiles.SentinelUsers): the planes' users may only
+# discover; plab-sentinel (redis_sentinel_password, the sentinels' identity towards
+# the data nodes already) is also what they use with each other; the operator's
+# plab-sentinel-admin, with its own password, may run every SENTINEL subcommand.
+SENTINEL_ADMIN_PASSWORD = "redis_sentinel_admin_password"  # noqa: S105 - a file name  # nosec B105
+SENTINEL_ADMIN_USER = "plab-sentinel-admin"
 REPLICATION_RULES = "+psync +replconf +ping"
 SENTINEL_RULES = (
     "&__sentinel__:hello +multi +exec +slaveof +replicaof +ping +info +role +publish"
@@ -110,6 +123,35 @@ SENTINEL_RULES = (
 )
 MIN_REPLICAS_TO_WRITE = 1
 MIN_REPLICAS_MAX_LAG = 10  # seconds; docs/RELIABILITY.md §9 uses the same
+# Compose's cluster profile: three masters, each with a fixed backend address (the
+# same reason as the ha nodes': nodes and clients know each other by address; a
+# node announces it with --cluster-announce-ip), after the ha profile's. A
+# one-shot service joins them (docker/redis-cluster/join.sh) as the ACL user
+# plab-cluster, which may only run CLUSTER, INFO and PING; the healthcheck's user
+# may also read CLUSTER INFO (healthy means cluster_state:ok), NODES and SLOTS
+# there (which master owns which slots; docs/COMPOSE.md), and change nothing.
+CLUSTER_NODES = ("redis-cluster-1", "redis-cluster-2", "redis-cluster-3")
+CLUSTER_INIT = "redis-cluster-init"
+CLUSTER_ADDRESSES = {
+    "redis-cluster-1": "198.18.241.246",
+    "redis-cluster-2": "198.18.241.247",
+    "redis-cluster-3": "198.18.241.248",
+}
+CLUSTER_ENV = "cluster.env"
+CLUSTER_CONF = "redis-cluster.conf"
+CLUSTER_PASSWORD = "redis_cluster_password"  # noqa: S105 - a file name  # nosec B105
+CLUSTER_USER = "plab-cluster"
+CLUSTER_RULES = "+cluster +info +ping"
+CLUSTER_HEALTH_USER = RedisUser(
+    "plab-health", "unused", extra="-@all +ping +cluster|info +cluster|nodes +cluster|slots nopass"
+)
+# The planes' durability modes beyond everysec count replica or fsync acknowledgements
+# on the connection that wrote, which a cluster client does not keep (settings refuse
+# them with a redis+cluster:// URL); appendfsync everysec on every master.
+CLUSTER_DURABILITY = ("everysec",)
+CLUSTER_URL = "redis+cluster://" + ",".join(
+    f"{address}:{REDIS_PORT}" for address in CLUSTER_ADDRESSES.values()
+)
 SENTINEL_URL = (
     "redis+sentinel://"
     + ",".join(f"{HA_ADDRESSES[name]}:{SENTINEL_PORT}" for name in HA_SENTINELS)
@@ -169,16 +211,27 @@ def ha_users(directory: Path) -> tuple[RedisUser, RedisUser]:
     )
 
 
+def cluster_user(directory: Path) -> RedisUser:
+    """The user that joins the cluster's masters, with its password from ``directory``."""
+    secret = (directory / CLUSTER_PASSWORD).read_text().strip()
+    return RedisUser(CLUSTER_USER, secret, rules=CLUSTER_RULES)
+
+
 def redis_conf(
     directory: Path,
     durability: str = "everysec",
     maxmemory: str = "384mb",
     topology: str = "single",
 ) -> str:
-    """redis.conf for the ``redis`` service (and, in the ha topology, the replicas):
-    one ACL user per plane, passwords as SHA-256."""
+    """redis.conf for the ``redis`` service (and, in the ha topology, the replicas;
+    ``cluster`` for the cluster profile's masters): one ACL user per plane,
+    passwords as SHA-256."""
     users = [*plane_redis_users(directory), HEALTH_USER]
     replication = None
+    cluster = None
+    if topology == "cluster":
+        users = [*plane_redis_users(directory), CLUSTER_HEALTH_USER, cluster_user(directory)]
+        cluster = RedisClusterNode()
     if topology == "ha":
         replica_user, sentinel_user = ha_users(directory)
         users += [replica_user, sentinel_user]
@@ -197,17 +250,32 @@ def redis_conf(
         tls=REDIS_TLS,
         users=users,
         replication=replication,
+        cluster=cluster,
+    )
+
+
+def sentinel_users(directory: Path) -> SentinelUsers:
+    """Who may talk to the ha profile's sentinels, with the passwords from ``directory``:
+    the planes' redis users, plab-sentinel (peer), plab-sentinel-admin, plab-health."""
+    admin = (directory / SENTINEL_ADMIN_PASSWORD).read_text().strip()
+    return SentinelUsers(
+        planes=plane_redis_users(directory),
+        peer=ha_users(directory)[1],
+        admin=RedisUser(SENTINEL_ADMIN_USER, admin),
+        health_name=HEALTH_USER.name,
     )
 
 
 def sentinel_conf(directory: Path) -> str:
-    """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2."""
+    """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2,
+    with its ACL (:func:`sentinel_users`)."""
     return SentinelConfig(
         service=SENTINEL_SERVICE,
         primary=HA_ADDRESSES[REDIS_SERVICE],
         primary_port=REDIS_PORT,
         user=ha_users(directory)[1],
         tls=REDIS_TLS,
+        users=sentinel_users(directory),
         port=SENTINEL_PORT,
     ).render()
 
@@ -225,10 +293,33 @@ def ha_env(secrets_dir: Path, durability: str) -> str:
     )
 
 
+def cluster_env(secrets_dir: Path) -> str:
+    """The variables of the cluster profile: the profile, and the planes on the masters."""
+    return (
+        "# Written by `python -m productionlab.deploy secrets --topology cluster`; see\n"
+        "# docs/COMPOSE.md. Use: docker compose --env-file secrets/cluster.env up -d\n"
+        "COMPOSE_PROFILES=cluster\n"
+        f"PLAB_SECRETS_DIR={secrets_dir.resolve()}\n"
+        f"PLAB_REDIS_URL={CLUSTER_URL}\n"
+        "PLAB_DURABILITY=everysec\n"
+        + "".join(f"{address_variable(n)}={a}\n" for n, a in CLUSTER_ADDRESSES.items())
+    )
+
+
 def check_topology(topology: str, durability: str) -> None:
     """ConfigError when the durability cannot be kept by the topology."""
     if topology not in TOPOLOGIES:
         raise ConfigError([f"topology {topology!r} is not one of {', '.join(TOPOLOGIES)}"])
+    if topology == "cluster" and durability not in CLUSTER_DURABILITY:
+        raise ConfigError(
+            [
+                f"durability {durability!r} is not supported with --topology cluster: "
+                "the planes refuse PLAB_DURABILITY=strict|replicated with a redis+cluster:// "
+                "URL (WAIT and the fsync check count what their own connection wrote, and "
+                "a cluster client keeps none to the key's master); use everysec, or "
+                "--topology ha for replicated"
+            ]
+        )
     if durability == "replicated" and topology != "ha":
         raise ConfigError(
             [
@@ -254,9 +345,10 @@ def prepare_secrets(
     """Create what is missing; keep what exists; (re)render redis.conf from the passwords.
 
     ``topology`` ``ha`` renders redis.conf for replicated data nodes and writes
-    ``ha.env``; sentinel.conf and the replication and sentinel passwords are made
-    in both topologies, so every file compose names exists (the single topology's
-    redis.conf has no user for them).
+    ``ha.env``; ``cluster`` writes ``cluster.env``. sentinel.conf, redis-cluster.conf
+    (the cluster's masters) and the replication, sentinel, sentinel admin and cluster
+    passwords are made in every topology, so every file compose names exists
+    (redis.conf has a user only for those its topology uses).
 
     Compose bind-mounts file secrets with their host owner and mode, and the
     containers run as their own non-root users, so the files are made readable
@@ -264,10 +356,11 @@ def prepare_secrets(
     of the host can reach them, and each container sees only the ones it is given.
     """
     check_topology(topology, durability)
-    paths = list(ensure_secrets(directory, (*ALL_SECRETS, *HA_PASSWORDS)).values())
+    own = (*HA_PASSWORDS, SENTINEL_ADMIN_PASSWORD, CLUSTER_PASSWORD)
+    paths = list(ensure_secrets(directory, (*ALL_SECRETS, *own)).values())
     problems = [
         problem
-        for name in HA_PASSWORDS
+        for name in own
         if (problem := secret_problem(name, (directory / name).read_text().strip()))
     ]
     if problems:
@@ -275,27 +368,41 @@ def prepare_secrets(
     # the public key's previous half: compose mounts it too (empty outside a rotation)
     paths.append(directory / f"{TOKEN_PUBLIC_KEY}.previous")
     paths += ensure_tls(directory, hostnames=hostnames, addresses=addresses)
-    ha = topology == "ha"
+    ha, cluster = topology == "ha", topology == "cluster"
     redis_hosts = ["localhost", REDIS_SERVICE, *((*HA_REPLICAS, *HA_SENTINELS) if ha else ())]
     redis_addresses = ["127.0.0.1", "::1", *(HA_ADDRESSES.values() if ha else ())]
+    if cluster:
+        redis_hosts += CLUSTER_NODES
+        redis_addresses += CLUSTER_ADDRESSES.values()
     redis_tls = ensure_redis_tls(
         directory,
         hostnames=tuple(dict.fromkeys(redis_hosts)),
         addresses=tuple(redis_addresses),
         clients=REDIS_TLS_CLIENTS,
-        peer=ha,
+        peer=ha or cluster,
     )
     # The redis CA's key signs client certificates: it stays 0600, given to no container.
     paths += [path for name, path in redis_tls.items() if name != REDIS_TLS_CA_KEY]
+    # The cluster profile's masters have their own file: the profile-less ``redis``
+    # service still starts there (compose cannot leave it out), as the single
+    # topology's redis, idle, and must not become a lone cluster node.
     conf_path = directory / "redis.conf"
-    _write_if_changed(conf_path, redis_conf(directory, durability, maxmemory, topology))
+    single_or_ha = "ha" if ha else "single"
+    _write_if_changed(conf_path, redis_conf(directory, durability, maxmemory, single_or_ha))
     paths.append(conf_path)
+    cluster_conf_path = directory / CLUSTER_CONF
+    _write_if_changed(cluster_conf_path, redis_conf(directory, "everysec", maxmemory, "cluster"))
+    paths.append(cluster_conf_path)
     sentinel_path = directory / "sentinel.conf"
     _write_if_changed(sentinel_path, sentinel_conf(directory))
     paths.append(sentinel_path)
     if ha:
         env_path = directory / HA_ENV
         _write_if_changed(env_path, ha_env(directory, durability))
+        paths.append(env_path)
+    if cluster:
+        env_path = directory / CLUSTER_ENV
+        _write_if_changed(env_path, cluster_env(directory))
         paths.append(env_path)
     os.chmod(directory, 0o700)
     for path in paths:
@@ -342,13 +449,15 @@ def register(commands: argparse._SubParsersAction, secrets_name: str = "compose-
         "--topology",
         choices=TOPOLOGIES,
         default="single",
-        help="single: one redis (the default); ha: compose's ha profile (also writes ha.env)",
+        help="single: one redis (the default); ha: compose's ha profile (also writes ha.env); "
+        "cluster: compose's cluster profile (also writes cluster.env)",
     )
     prepare.add_argument(
         "--durability",
         choices=DURABILITY_MODES,
         default=None,
-        help="everysec (single's default), strict, or replicated (ha only; ha's default)",
+        help="everysec (single's and cluster's default; cluster's only one), strict, "
+        "or replicated (ha only; ha's default)",
     )
     prepare.add_argument(
         "--redis-maxmemory",

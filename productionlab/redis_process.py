@@ -71,13 +71,16 @@ class RedisProcess:
     as a Sentinel (no persistence directives; ``config`` holds its ``sentinel``
     lines). ``tls``: serve TLS only, with these files. ``host``: the loopback
     address it binds (another 127.0.0.0/8 address lets a test firewall one
-    server off from others).
+    server off from others). ``username``: our client logs in as this ACL user
+    (declared by ``config``'s ``user`` lines) with ``password``, and no
+    ``requirepass`` is written (e.g. a sentinel whose default user is off).
     """
 
     def __init__(
         self,
         *,
         password: bool | str = True,
+        username: str | None = None,
         appendonly: bool = True,
         appendfsync: str = "everysec",
         directory: Path | None = None,
@@ -98,6 +101,7 @@ class RedisProcess:
             self.password: str | None = secrets.token_hex(24)
         else:
             self.password = password or None
+        self.username = username
         self.appendonly, self.appendfsync = appendonly, appendfsync
         self.aof_source, self.config, self.sentinel = aof_source, dict(config or {}), sentinel
         self.tls = tls
@@ -140,7 +144,7 @@ class RedisProcess:
             lines.append("notify-keyspace-events Ex")  # expiries wake watches (watch.py)
         if self.aof_source is not None:
             lines.append("aof-load-truncated yes")
-        if self.password:
+        if self.password and self.username is None:
             lines.append(f"requirepass {self.password}")
         lines += [f"{name} {value}" for name, value in self.config.items()]
         return lines
@@ -150,6 +154,7 @@ class RedisProcess:
         options: dict[str, object] = {
             "host": self.host,
             "port": self.port,
+            "username": self.username,
             "password": self.password,
             "socket_timeout": self.socket_timeout,
         }

@@ -206,7 +206,15 @@ def serve(
         services.watches.feed.stop()
 
 
-WATCH_PATHS = ("/v1/watch", "/ops/v1/watch")
+def watch_paths(app: Flask) -> tuple[str, ...]:
+    """The path prefixes of ``app``'s watch routes (the ``watch`` blueprint, wherever
+    a plane mounts it): what :class:`SplitDispatcher` sends to the watch pool."""
+    prefixes = {
+        rule.rule.split("<", 1)[0].rstrip("/")
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("watch.")
+    }
+    return tuple(sorted(prefixes))
 
 
 class WatchThreads(ThreadedTaskDispatcher):
@@ -234,7 +242,8 @@ class SplitDispatcher:
     requirements.txt pins Waitress, and tests/test_watch.py proves that parked
     watches never take an ordinary thread)."""
 
-    def __init__(self, ordinary_threads: int, watch_threads: int):
+    def __init__(self, ordinary_threads: int, watch_threads: int, paths: tuple[str, ...]):
+        self.paths = paths
         self.ordinary = ThreadedTaskDispatcher()
         self.ordinary.set_thread_count(ordinary_threads)
         self.watches: ThreadedTaskDispatcher | None = None
@@ -245,7 +254,7 @@ class SplitDispatcher:
     def add_task(self, channel: Any) -> None:
         requests = getattr(channel, "requests", None)
         path = getattr(requests[0], "path", "") if requests else ""
-        if self.watches is not None and path.startswith(WATCH_PATHS):
+        if self.watches is not None and path.startswith(self.paths):
             self.watches.add_task(channel)
         else:
             self.ordinary.add_task(channel)
@@ -264,7 +273,9 @@ def run_waitress(app: Flask, host: str, port: int, settings: Settings) -> None:
     try:
         waitress.serve(
             app,
-            _dispatcher=SplitDispatcher(settings.threads, settings.watch_max_per_process),
+            _dispatcher=SplitDispatcher(
+                settings.threads, settings.watch_max_per_process, watch_paths(app)
+            ),
             threads=settings.threads,
             host=host,
             port=port,

@@ -1,8 +1,13 @@
 """A Sentinel topology on loopback for the failover tests: one primary, two
 replicas and three sentinels (``redis-server --sentinel``), each a
 ``RedisProcess`` on a free port in its own temp dir, AOF on, one shared
-password (``masterauth`` on the data nodes, ``auth-pass`` on the sentinels;
-the sentinels themselves take no password).
+password (``masterauth`` on the data nodes, ``auth-pass`` on the sentinels).
+
+The sentinels carry the ACL the deployment renders (configfiles.SentinelUsers,
+the same code): no anonymous client; the planes' user (``PLANE_USER``: both
+in-process planes share one, as they share the default user elsewhere; the data
+nodes know it too) may only discover; the sentinels use ``plab-sentinel`` with
+each other; our own clients of the sentinels log in as the admin user.
 
 ``min_replicas`` sets ``min-replicas-to-write`` (with ``min-replicas-max-lag``)
 on every data node, so whichever one is promoted keeps refusing writes once it
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import redis
 
+from productionlab.configfiles import RedisUser, SentinelUsers
 from productionlab.kv import ITEM
 from productionlab.redis_process import HOST, RedisProcess
 from productionlab.secretgen import ensure_secrets
@@ -44,6 +50,9 @@ from tests.topology_wait import wait_until_ready
 
 SERVICE = "plab"
 QUORUM = 2
+PLANE_USER = "plab-planes"
+PEER_USER = "plab-sentinel"
+ADMIN_USER = "plab-sentinel-admin"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 10_000
 MIN_REPLICAS_MAX_LAG = 10
@@ -60,6 +69,12 @@ ADDRESSES = {
     "sentinel2": "127.0.0.6",
     "sentinel3": "127.0.0.7",
 }
+
+
+def as_directives(lines: list[str]) -> dict[str, str]:
+    """Config lines as ``RedisProcess`` config (it writes ``name value``): the first
+    two words name each ("user plab-planes", "sentinel sentinel-user")."""
+    return {" ".join(line.split(" ", 2)[:2]): line.split(" ", 2)[2] for line in lines}
 
 
 @dataclass
@@ -81,6 +96,14 @@ class SentinelTopology:
     def address(self, name: str) -> str:
         return ADDRESSES[name] if self.separate_addresses else HOST
 
+    def sentinel_users(self) -> SentinelUsers:
+        """The sentinels' ACL, every user with the topology's password."""
+        return SentinelUsers(
+            planes=[RedisUser(PLANE_USER, self.password)],
+            peer=RedisUser(PEER_USER, self.password),
+            admin=RedisUser(ADMIN_USER, self.password),
+        )
+
     def _source(self, name: str) -> dict[str, str]:
         """Outgoing connections from the process's own address (replication, sentinel links)."""
         return {"bind-source-addr": ADDRESSES[name]} if self.separate_addresses else {}
@@ -90,6 +113,8 @@ class SentinelTopology:
             "masterauth": self.password,
             "min-replicas-to-write": str(self.min_replicas),
             "min-replicas-max-lag": str(MIN_REPLICAS_MAX_LAG),
+            f"user {PLANE_USER}": f"on #{RedisUser(PLANE_USER, self.password).password_sha256}"
+            " ~* &* +@all",
             **self._source(name),
         }
         if replicaof is not None:
@@ -113,6 +138,7 @@ class SentinelTopology:
             "sentinel down-after-milliseconds": f"{SERVICE} {DOWN_AFTER_MS}",
             "sentinel failover-timeout": f"{SERVICE} {FAILOVER_TIMEOUT_MS}",
             "sentinel parallel-syncs": f"{SERVICE} 1",
+            **as_directives(self.sentinel_users().lines()),
             **self._source(name),
         }
 
@@ -123,7 +149,8 @@ class SentinelTopology:
                 self.replicas.append(self._data_node(f"replica{n}", self.primary))
             for n in (1, 2, 3):
                 sentinel = RedisProcess(
-                    password=False,
+                    password=self.password,
+                    username=ADMIN_USER,
                     sentinel=True,
                     directory=self.root / f"sentinel{n}",
                     config=self._sentinel_config(f"sentinel{n}", self.primary),
@@ -204,6 +231,8 @@ def planes_over(primary: RedisProcess, url: str | None, extra: dict[str, str]) -
     """Both planes over ``url`` (default: ``primary``'s own), bootstrapped, with an admin."""
     state = Path(tempfile.mkdtemp(prefix="plab-failover-"))
     env = {**LOAD_ENV, **extra, **({"PLAB_REDIS_URL": url} if url else {})}
+    if url and url.startswith("redis+sentinel://"):
+        env["PLAB_REDIS_USERNAME"] = PLANE_USER  # the user SentinelTopology's nodes know
     try:
         ensure_secrets(state / "secrets")
         apps = create_apps(primary, state, env)

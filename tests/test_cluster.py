@@ -357,9 +357,10 @@ def test_aof_off_on_the_data_master_makes_the_planes_unready(cluster_planes):
     assert admin.direct("GET", "ap", "/ready").status_code == 200
 
 
-def test_stats_report_every_master(cluster_planes):
-    """``/admin/stats`` reads memory and AOF from every master, not the one node a
-    cluster client's INFO reaches: AOF off on a master that is not the seed shows."""
+def test_stats_and_check_prod_report_every_master(cluster_planes):
+    """``/admin/stats`` and ``check-prod`` read memory and AOF from every master, not
+    the one node a cluster client's INFO reaches: AOF off on a master that is not the
+    seed shows, named by its node."""
     admin = cluster_planes.admin()
     kit = kit_of(cluster_planes)
     stats = admin.get("/admin/stats")
@@ -376,6 +377,10 @@ def test_stats_report_every_master(cluster_planes):
         assert stats.json()["aof_enabled"] is False, stats.json()
         off = [m for m in stats.json()["redis_masters"] if not m["aof_enabled"]]
         assert [m["node"] for m in off] == [f"127.0.0.1:{other.port}"], off
+        checked = admin.get("/admin/check-prod")
+        assert checked.status_code == 200, checked.text
+        aof = [f for f in map(str, checked.json()["findings"]) if "appendonly no" in f]
+        assert aof == [f"redis 127.0.0.1:{other.port}: AOF persistence is off (appendonly no)"]
     finally:
         other.client.config_set("appendonly", "yes")
     for _ in range(400):  # bounded: until the AOF rewrite that turning it on starts is done

@@ -29,7 +29,14 @@ import pytest
 import redis
 from faultkit import record
 from partition_kit import run_in_namespace
-from sentinel_kit import SERVICE, SentinelTopology, close_planes, planes_over, warmed_load
+from sentinel_kit import (
+    PLANE_USER,
+    SERVICE,
+    SentinelTopology,
+    close_planes,
+    planes_over,
+    warmed_load,
+)
 
 from productionlab.errors import StoreUnavailable
 from productionlab.kv import ITEM
@@ -176,7 +183,9 @@ def test_a_pinned_connection_follows_a_failover():
     topology = SentinelTopology().start()
     try:
         assert topology.primary is not None and topology.sentinels[0].client is not None
-        settings = Settings(redis_url=topology.url, redis_password=topology.password)
+        settings = Settings(
+            redis_url=topology.url, redis_username=PLANE_USER, redis_password=topology.password
+        )
         client = connect(settings)
         durability = Durability(client, strict=False, replicated=True)
         durability.before_write()

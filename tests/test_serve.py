@@ -13,7 +13,7 @@ import pytest
 import waitress
 
 from productionlab.procutil import free_port
-from productionlab.serve import SplitDispatcher
+from productionlab.serve import SplitDispatcher, watch_paths
 
 release = threading.Event()
 
@@ -30,7 +30,9 @@ def app(environ, start_response):
 @contextlib.contextmanager
 def serving(ordinary: int, watches: int) -> Iterator[int]:
     port = free_port()
-    dispatcher = SplitDispatcher(ordinary_threads=ordinary, watch_threads=watches)
+    dispatcher = SplitDispatcher(
+        ordinary_threads=ordinary, watch_threads=watches, paths=("/ops/v1/watch", "/v1/watch")
+    )
     served = waitress.create_server(app, host="127.0.0.1", port=port, _dispatcher=dispatcher)
     thread = threading.Thread(target=served.run, daemon=True)
     thread.start()
@@ -81,3 +83,10 @@ def test_without_watch_threads_a_watch_is_an_ordinary_request():
     with serving(ordinary=1, watches=0) as port:
         release.set()
         assert get(port, "/v1/watch/k") == "waitress-0"
+
+
+def test_the_watch_pool_takes_the_watch_routes_each_plane_mounts(planes):
+    """The dispatcher's paths come from the apps' own routes, so a plane that mounts
+    the watch blueprint elsewhere sends those paths to the watch pool too."""
+    assert watch_paths(planes.ap) == ("/v1/watch",)
+    assert watch_paths(planes.cp) == ("/ops/v1/watch",)

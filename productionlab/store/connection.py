@@ -2,7 +2,7 @@
 
 ``redis://`` / ``rediss://`` / ``unix://`` give a plain client,
 ``redis+sentinel://host:port[,host:port]/service[/db]`` a Sentinel-managed
-master and ``redis+cluster://host:port`` a cluster client. Retries and
+master and ``redis+cluster://host:port[,host:port]`` a cluster client. Retries and
 timeouts are connection options, never loops in callers. Single-node and
 Sentinel clients are ``PinnableRedis`` (store/pinning.py), so a write and the
 ``WAIT`` after it can share one connection.
@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,6 +48,15 @@ def info_of_every_master(client: redis.Redis, section: str) -> dict[str, dict]:
     if isinstance(client, RedisCluster):
         return client.info(section, target_nodes=RedisCluster.PRIMARIES)
     return {"": client.info(section)}
+
+
+def config_of_every_master(client: redis.Redis, name: str) -> dict[str, str | None]:
+    """``CONFIG GET <name>`` of the redis (under ``""``) or of every cluster master by
+    node name, keyed as :func:`info_of_every_master` keys its answers."""
+    if isinstance(client, RedisCluster):
+        answers = client.config_get(name, target_nodes=RedisCluster.PRIMARIES)
+        return {node: answer.get(name) for node, answer in answers.items()}
+    return {"": client.config_get(name).get(name)}
 
 
 SOCKET_TIMEOUT = 2.0
@@ -148,6 +157,20 @@ class StartingRedisCluster(RedisCluster):
             super().close()
 
 
+def cluster_seeds(url: str) -> list[ClusterNode]:
+    """The nodes a ``redis+cluster://host:port[,host:port...]`` URL names (port
+    6379 when left out): the client asks the first that answers for the slot map,
+    so one node down at start-up does not keep the planes from the others."""
+    netloc = url.removeprefix("redis+cluster://").split("/", 1)[0].rsplit("@", 1)[-1]
+    seeds = []
+    for part in netloc.split(","):
+        parsed = urlparse(f"//{part}")
+        if not parsed.hostname:
+            raise ValueError(f"redis+cluster:// URL names no host in {part!r}")
+        seeds.append(ClusterNode(parsed.hostname, parsed.port or 6379))
+    return seeds
+
+
 def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     """A client for the configured topology with a pool sized to the server's threads."""
     size = pool_size or settings.redis_pool_size
@@ -165,9 +188,17 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             raise ValueError("redis+sentinel:// URL needs a service name: /mymaster[/db]")
         service, db = path[0], int(path[1]) if len(path) > 1 else 0
         sentinel_tls = {"ssl": True, **tls} if tls else {}
+        # The sentinels take no anonymous client (SECURITY.md "Sentinel users"): the
+        # plane logs in with its own redis user, which may only discover there.
+        # No CLIENT SETINFO (driver_info None): that user may not run it.
+        sentinel_auth = {
+            "username": settings.redis_username,
+            "password": settings.redis_password,
+            "driver_info": None,
+        }
         sentinel = redis.Sentinel(
             hosts,
-            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_tls},
+            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_auth, **sentinel_tls},
             socket_timeout=SOCKET_TIMEOUT,
             **sentinel_tls,
         )
@@ -180,10 +211,8 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             **{k: v for k, v in options.items() if k != "socket_timeout"},
         )
     if url.startswith("redis+cluster://"):
-        parsed = urlparse(url)
         return StartingRedisCluster(
-            host=parsed.hostname,
-            port=parsed.port or 6379,
+            startup_nodes=cluster_seeds(url),
             max_connections=size,
             **({"ssl": True, **tls} if tls else {}),
             **options,
