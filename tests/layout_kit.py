@@ -12,13 +12,50 @@ import redis
 
 from productionlab.audit_chains import chain_keys
 from productionlab.redis_process import RedisProcess
-from productionlab.store.layout import all_shards, shard_for, shard_of
+from productionlab.store.layout import (
+    SHARD_KEY_PREFIX,
+    all_shards,
+    key_of_item,
+    shard_for,
+    shard_of,
+)
 from tests.cluster_kit import RedisClusterKit
 
 
 def item_of(key: str) -> str:
     """The redis key of ``key``'s item."""
     return shard_for(key).item(key)
+
+
+def audit_log_of(key: str) -> str:
+    """The audit list that records ``key``'s changes (its shard's chain)."""
+    return shard_for(key).audit[0]
+
+
+def indexed_keys(client: redis.Redis) -> int:
+    """How many keys every shard's listing index holds together."""
+    return sum(int(client.zcard(place.index)) for place in all_shards())
+
+
+def indexed(client: redis.Redis) -> set[str]:
+    """The keys listed in their own shard's index."""
+    return {
+        member.decode()
+        for place in all_shards()
+        for member in client.zrange(place.index, 0, -1)
+        if shard_of(member.decode()) == place.number
+    }
+
+
+def stored_items(client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
+    """Every item hash found in redis (by scan, not by the indexes), by key, in every
+    shard (one redis-server: a scan of one node)."""
+    found = {}
+    for name in client.scan_iter(match=SHARD_KEY_PREFIX + "*", count=1000):
+        key = key_of_item(name.decode())
+        if key is not None:
+            found[key] = client.hgetall(name)
+    return found
 
 
 def counters(client: redis.Redis) -> tuple[int, ...]:
