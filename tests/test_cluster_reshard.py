@@ -1,6 +1,7 @@
 """Resharding a real three-master Redis Cluster (tests/cluster_kit.py) while
 traffic flows through both in-process planes (issue 12 item 3): the slot of
-``{plab}`` (today every key's) and a few other slots move to another master with
+``{plab}`` (users, tokens, every write's quota reservation) and the slots of a few
+keys' shards (their items, counters, indexes, chains) move to another master with
 redis's own live-resharding sequence (``CLUSTER SETSLOT ... IMPORTING`` /
 ``MIGRATING``, ``MIGRATE`` a few keys at a time, ``SETSLOT ... NODE``, what
 ``redis-cli --cluster reshard`` does) and back, while writers put, read,
@@ -12,8 +13,10 @@ Retry-After; never 500. Every acknowledged write reads back afterwards with
 its value and version; deleted keys stay deleted; the audit chain verifies.
 Recorded, not asserted: how many 503s each move caused and how long it took.
 
-Independent of the key layout: it moves whichever slots ``{plab}`` and a few
-sample keys hash to, and asks the cluster, not the layout, where they are.
+It moves whichever slots ``{plab}`` and the items of the watched key and a few
+sample keys hash to (the item's name from the layout, its slot and owner from the
+cluster). A transaction keeps to one shard (on a cluster, keys of two shards are
+400 ``cross_shard``): its two keys are picked in one shard (tests/layout_kit.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pytest
 
 from tests.cluster_kit import RedisClusterKit
 from tests.inprocess import Planes, park_watch, start_planes
+from tests.layout_kit import item_of, one_shard
 
 WRITERS = 2
 MAX_ROUNDS = 5000  # per writer: the traffic is bounded by count as well as by the moves
@@ -123,7 +127,7 @@ def one_round(client, traffic: Traffic, run: str, writer: int, n: int) -> None:
                     traffic.maybe_deleted[key] = traffic.acked.pop(key)
                 traffic.maybe.pop(key, None)  # either state or gone: not checked further
     if n % 5 == 1:
-        a, b = f"{key}-ta", f"{key}-tb"
+        a, b = one_shard(f"{key}-t", 2)  # a transaction on a cluster keeps to one shard
         txn = client.post(
             "/v1/txn",
             json={
@@ -200,16 +204,19 @@ def test_slots_move_to_another_master_and_back_under_traffic(planes, record_prop
             time.sleep(0.05)
         plab_slot = kit.slot_of("{plab}")
         home = kit.owner_of_slot(plab_slot)
-        legs = []  # the {plab} slot to each other master and back; a few others once
+        legs = []  # the {plab} slot to each other master and back; shards' slots once
         for away in (n for n in kit.nodes if n is not home):
             legs += [(plab_slot, away, "away"), (plab_slot, home, "back")]
-        for slot in sorted({kit.slot_of(k) for k in OTHER_SLOT_KEYS} - {plab_slot}):
+        watched_slot = kit.slot_of(item_of(watched))
+        shard_slots = {kit.slot_of(item_of(k)) for k in (watched, *OTHER_SLOT_KEYS)}
+        for slot in sorted(shard_slots - {plab_slot}):
             owner = kit.owner_of_slot(slot)
             other = next(n for n in kit.nodes if n is not owner)
             legs += [(slot, other, "away"), (slot, owner, "back")]
         for slot, target, leg in legs:
             before, asked = len(traffic.unavailable), traffic.requests
-            during = write_the_watched_key if not moves else None
+            # The watched key is written while its own shard's slot is half moved.
+            during = write_the_watched_key if slot == watched_slot and not written_during else None
             started = time.monotonic()
             keys = kit.move_slot(slot, target, batch=MOVE_BATCH, pause=MOVE_PAUSE, during=during)
             took = time.monotonic() - started
@@ -241,6 +248,8 @@ def test_slots_move_to_another_master_and_back_under_traffic(planes, record_prop
     assert not any(t.is_alive() for t in writers)
     assert not traffic.wrong, traffic.wrong[:20]
     assert moves and moves[0]["keys"] > 0  # the {plab} slot held data and it moved
+    moved_shards = [m for m in moves if m["slot"] in shard_slots and m["leg"] == "away"]
+    assert moved_shards and all(m["keys"] > 0 for m in moved_shards), moves  # items moved
     assert traffic.requests > 100
     # The watch: woken by the write made while its slot was half moved (or 503).
     assert written_during, "the watched key was never written"
