@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from productionlab.services import services_of
+from tests.layout_kit import audit_entries, counters, indexed_keys, item_of, stored_items
 
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
 CANARY = "hostile-canary"
@@ -489,10 +490,10 @@ def store_fingerprint(stack) -> dict:
     client = stack.redis_client()
     try:
         return {
-            "version_counter": client.get("{plab}:kv-version"),
-            "keys": client.zcard("{plab}:kv-index"),
-            "canary": client.hgetall(f"{{plab}}:kv:{CANARY}"),
-            "smuggled": client.exists(f"{{plab}}:kv:{SMUGGLED}"),
+            "version_counters": counters(client),
+            "keys": indexed_keys(client),
+            "canary": client.hgetall(item_of(CANARY)),
+            "smuggled": client.exists(item_of(SMUGGLED)),
         }
     finally:
         client.close()
@@ -635,10 +636,24 @@ def assert_json_error(response, status: int, code: str) -> dict:
     return body
 
 
-def version_counter(planes) -> bytes | None:
+def version_counter(planes) -> tuple[int, ...]:
+    """Every shard's version counter."""
     client = planes.redis_client()
     try:
-        return client.get("{plab}:kv-version")
+        return counters(client)
+    finally:
+        client.close()
+
+
+def stored_data(planes) -> tuple[dict, int]:
+    """Every KV item (in every shard) and the entries of every audit chain: what no
+    watch may change. Not the shard counters: an answered prefix watch raises the
+    counters of shards that lag to the highest version given (the Lamport
+    fast-forward of docs/design/virtual-shards.md), which gives no version and
+    changes no item; every write changes an item or appends an audit entry."""
+    client = planes.redis_client()
+    try:
+        return stored_items(client), audit_entries(client)
     finally:
         client.close()
 
@@ -660,7 +675,7 @@ def test_a_watch_sees_only_keys_under_its_grants(planes, admin, make_user, key):
     mine_version = admin.put(f"/v1/kv/{mine}", data=b"m").json()["version"]
     assert admin.put(f"/v1/kv/{other}", data=b"o").status_code == 201
     reader = make_user("reader", [f"{key}-mine-"])
-    before = version_counter(planes)
+    before = stored_data(planes)
 
     # Each 403 may name what was asked for, and nothing else.
     for path, asked in (
@@ -683,7 +698,7 @@ def test_a_watch_sees_only_keys_under_its_grants(planes, admin, make_user, key):
         assert body["keys"] == [{"key": mine, "version": mine_version}], body
         assert body["index"] >= mine_version
         assert answer.headers["X-Plab-Index"] == str(body["index"])
-    assert version_counter(planes) == before, "a watch changed the store"
+    assert stored_data(planes) == before, "a watch changed the store"
 
     # Writes outside the grants while the prefix watch is parked: it must end
     # unchanged, with only the granted key, whenever it ends.
