@@ -19,9 +19,11 @@ from pathlib import Path
 import redis
 import requests
 
+from productionlab.audit_chains import chain_keys
 from productionlab.redis_process import RedisProcess
 from productionlab.supervisor import Supervisor
 from tests.http_client import new_session
+from tests.layout_kit import indexed, stored_items
 
 
 @dataclass
@@ -184,15 +186,17 @@ def scratch_redis(aof_source: Path, workdir: Path):
 
 
 def kv_state(client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
-    """Every ``{plab}:kv:<key>`` hash, by key."""
-    found = {}
-    for name in client.scan_iter(match="{plab}:kv:*", count=1000):
-        found[name.decode()[len("{plab}:kv:") :]] = client.hgetall(name)
-    return found
+    """Every KV item hash, in every shard, by key."""
+    return stored_items(client)
 
 
 def audit_entries(client: redis.Redis) -> list[dict]:
-    return [json.loads(item) for item in client.lrange("{plab}:audit", 0, -1)]
+    """The entries of every audit chain (the main chain's first, then each shard's)."""
+    return [
+        json.loads(item)
+        for log, _meta in chain_keys().values()
+        for item in client.lrange(log, 0, -1)
+    ]
 
 
 def partial_state(client: redis.Redis, deletes_happened: bool = False) -> dict[str, list]:
@@ -202,7 +206,7 @@ def partial_state(client: redis.Redis, deletes_happened: bool = False) -> dict[s
     that was recorded but lost.
     """
     items = kv_state(client)
-    index = {m.decode() for m in client.zrange("{plab}:kv-index", 0, -1)}
+    index = indexed(client)
     puts: dict[str, set[str]] = collections.defaultdict(set)
     for entry in audit_entries(client):
         if entry.get("action") == "kv.put" and entry.get("outcome") in ("created", "updated"):

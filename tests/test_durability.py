@@ -22,8 +22,8 @@ from faultkit import (
 )
 
 from productionlab.audit_archive import Archive
+from productionlab.audit_chains import verify_every_chain
 from productionlab.audit_checkpoint import CheckpointFile
-from productionlab.audit_verify import verify_log
 from tests.supervisor_kit import kill, restart
 
 MIN_ACKED = int(os.environ.get("PLAB_DURABILITY_MIN_ACKED", "8000"))
@@ -97,8 +97,12 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
         ]
         problems = partial_state(image)
         entries = audit_entries(image)
-        audit_ok = verify_log(
-            image, Archive(tmp_path / "no-archive"), CheckpointFile(tmp_path / "none.jsonl"), {}
+        # Every chain: the main one and each shard's (where the KV changes are).
+        chains = verify_every_chain(
+            image,
+            lambda name: Archive(tmp_path / "no-archive" / name),
+            CheckpointFile(tmp_path / "none.jsonl"),
+            {},
         )
 
     figures = {
@@ -113,7 +117,7 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
         "redis_down_seconds": downtime,
         "writes_resumed_after_restart_s": recoveries,
         "audit_entries": len(entries),
-        "audit_chain_ok": audit_ok.ok,
+        "audit_chains_ok": all(result.ok for result in chains.values()),
         "partial_state": {k: len(v) for k, v in problems.items()},
     }
     record(f"durability-{durability}", figures)
@@ -125,4 +129,5 @@ def test_kill_9_redis_under_write_load_loses_no_acknowledged_write(
     assert set(tally.statuses) <= {200, 201, 503, "conn"}, figures
     assert tally.missing_retry_after == 0
     assert all(not v for v in problems.values()), {k: v[:5] for k, v in problems.items()}
-    assert audit_ok.ok, audit_ok.as_dict()
+    failing = {name: r.as_dict() for name, r in chains.items() if not r.ok}
+    assert not failing, failing
