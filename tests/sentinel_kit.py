@@ -40,12 +40,12 @@ from pathlib import Path
 import redis
 
 from productionlab.configfiles import RedisUser, SentinelUsers
-from productionlab.kv import ITEM
 from productionlab.redis_process import HOST, RedisProcess
 from productionlab.secretgen import ensure_secrets
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from tests.inprocess import Planes, create_apps, stop_listeners
+from tests.layout_kit import item_of
 from tests.topology_wait import wait_until_ready
 
 SERVICE = "plab"
@@ -353,7 +353,7 @@ class FailoverLoad:
         """The acknowledged writes ``client``'s server does not hold (call after ``halt``)."""
         with client.pipeline(transaction=False) as pipe:
             for key, _value in self.acked:
-                pipe.hget(ITEM + key, "v")
+                pipe.hget(item_of(key), "v")
             stored = pipe.execute()
         return [k for (k, v), got in zip(self.acked, stored, strict=True) if got != v.encode()]
 

@@ -39,12 +39,12 @@ from sentinel_kit import (
 )
 
 from productionlab.errors import StoreUnavailable
-from productionlab.kv import ITEM
 from productionlab.redis_process import RedisProcess
 from productionlab.settings import Settings
 from productionlab.store.connection import connect
 from productionlab.store.durability import Durability
 from productionlab.store.pinning import PinnableRedis
+from tests.layout_kit import item_of
 
 RECOVERY_LIMIT = 45.0  # seconds after the kill for writes to come back
 AFTER_RECOVERY = 2.0  # seconds of load kept after the first write succeeds again
@@ -73,7 +73,7 @@ def test_replicated_mode_without_a_replica_answers_503_and_is_not_ready(lone_pri
     assert answer.headers["Retry-After"].isdigit()
     assert answer.json()["error"]["code"] == "unavailable"
     # Not acknowledged, yet applied on the primary: redis has no rollback (documented).
-    assert primary.client.hget(ITEM + key, "v") == b"v"
+    assert primary.client.hget(item_of(key), "v") == b"v"
     assert admin.get("/ready").status_code == 503
 
 
@@ -120,7 +120,7 @@ def test_replicated_mode_waits_for_the_writes_own_replication(tmp_path):
         while admin.put("/v1/kv/rep-after", data=b"v").status_code not in (200, 201):
             assert time.monotonic() < deadline, "writes never came back after SIGCONT"
             time.sleep(0.2)
-        assert replica.client.hget(ITEM + "rep-after", "v") == b"v"
+        assert replica.client.hget(item_of("rep-after"), "v") == b"v"
     finally:
         if planes is not None:
             close_planes(planes)
@@ -238,7 +238,7 @@ def test_min_replicas_to_write_refuses_before_the_write_runs():
         answer = planes.admin().put("/v1/kv/noreplicas", data=b"v")
         assert answer.status_code == 503, answer.text
         assert answer.headers["Retry-After"].isdigit()
-        assert primary.client.exists(ITEM + "noreplicas") == 0
+        assert primary.client.exists(item_of("noreplicas")) == 0
     finally:
         if planes is not None:
             close_planes(planes)
