@@ -179,6 +179,10 @@ def test_a_full_redis_refuses_writes_with_503_keeps_reads_and_fails_ready(stack_
         assert read.status_code == 200 and read.content == b"kept"
         assert writer.get("/read/full-kept").json()["value"] == "kept"
         assert admin.get("/ops/v1/kv/full-kept").content == b"kept"  # operators read too
+        # a watch is a read too (the prefix watch's counter fast-forward is allowed)
+        for watch in ("/v1/watch?prefix=full-&wait=0", "/v1/watch/full-kept?wait=0"):
+            watched = writer.get(watch)
+            assert watched.status_code == 200, watched.text
         # the admin API stays usable to free memory: its route limit fails open
         listed = admin.get("/admin/users")
         assert listed.status_code == 200, listed.text

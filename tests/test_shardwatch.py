@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
+from productionlab.redis_process import RedisProcess
 from productionlab.shardwatch import ShardWatchStore
-from productionlab.store.layout import SHARDS, all_shards, shard_for, shard_of
+from productionlab.store.layout import SHARDS, all_shards, shard, shard_for, shard_of
 from productionlab.watch import ChangeFeed, PrefixTooBroad, Waiter
 from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
     actor,
@@ -147,3 +149,25 @@ def test_on_a_cluster_an_expiry_on_any_master_wakes_its_watch(cluster, cluster_c
         assert watches.key_state(key).index > put.version
     finally:
         feed.stop()
+
+
+def test_a_prefix_watch_is_answered_on_a_full_redis():
+    """A watch is a read: on a redis at ``maxmemory`` (``noeviction``) it is answered,
+    as key reads are. The prefix script's one write, the counters' fast-forward,
+    must not be refused as a write that grows memory (the shards that lag are
+    raised, so the index is still passed by every later write)."""
+    with RedisProcess(password=False) as client:
+        ahead = shard(3)
+        client.set(ahead.counter, 5)  # shard 3 has given versions; the others lag
+        client.config_set("maxmemory", "2mb")
+        for n in range(1000):  # bounded: fill until redis refuses a write
+            try:
+                client.set(f"{{plab}}:test-filler:{n}", b"f" * 100_000)
+            except redis.exceptions.OutOfMemoryError:
+                break
+        else:
+            raise AssertionError("redis never got full: maxmemory is not set")
+        state = ShardWatchStore(client).prefix_state(["full-"], 0)
+        assert state.index == 5 * SHARDS + 3 and state.keys == []
+        lagging = [s for s in all_shards() if s.number != 3]
+        assert all(int(client.get(s.counter)) == 5 for s in lagging)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --! keys: index counter
 --! args: tag shard since index budget prefixes...
 -- One shard's share of a watched prefix's state (shardwatch.py merges the
@@ -7,6 +8,9 @@
 -- when the caller read the counters). Returns {newest, key, version, ...}: the
 -- live keys under the ranges and the highest version of a change under them
 -- past `since` (a live key, a tombstone, or the floor); {-1} over budget.
+-- allow-oom: a watch is a read, answered on a redis at maxmemory as reads are;
+-- the fast-forward's SET rewrites a counter (or adds one small key), and
+-- refusing it would leave the shard lagging behind the index handed back.
 --! include shard_marks.lua
 local S = shard_of_tag(ARGV[1], tonumber(ARGV[2]))
 if KEYS[1] ~= S.index or KEYS[2] ~= S.counter then return redis.error_reply(LAYOUT_ERROR) end
