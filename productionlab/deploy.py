@@ -280,30 +280,30 @@ def sentinel_conf(directory: Path) -> str:
     ).render()
 
 
-def ha_env(secrets_dir: Path, durability: str) -> str:
-    """The variables of the ha profile: the profile, and the planes on the sentinels."""
+def profile_env(
+    topology: str, secrets_dir: Path, url: str, durability: str, addresses: Mapping[str, str]
+) -> str:
+    """The variables of a compose profile: the profile, the planes' redis URL and
+    durability, and the fixed address of each of its services."""
     return (
-        "# Written by `python -m productionlab.deploy secrets --topology ha`; see\n"
-        "# docs/COMPOSE.md. Use: docker compose --env-file secrets/ha.env up -d\n"
-        "COMPOSE_PROFILES=ha\n"
+        f"# Written by `python -m productionlab.deploy secrets --topology {topology}`; see\n"
+        f"# docs/COMPOSE.md. Use: docker compose --env-file secrets/{topology}.env up -d\n"
+        f"COMPOSE_PROFILES={topology}\n"
         f"PLAB_SECRETS_DIR={secrets_dir.resolve()}\n"
-        f"PLAB_REDIS_URL={SENTINEL_URL}\n"
+        f"PLAB_REDIS_URL={url}\n"
         f"PLAB_DURABILITY={durability}\n"
-        + "".join(f"{address_variable(n)}={a}\n" for n, a in HA_ADDRESSES.items())
+        + "".join(f"{address_variable(n)}={a}\n" for n, a in addresses.items())
     )
+
+
+def ha_env(secrets_dir: Path, durability: str) -> str:
+    """The variables of the ha profile: the planes on the sentinels."""
+    return profile_env("ha", secrets_dir, SENTINEL_URL, durability, HA_ADDRESSES)
 
 
 def cluster_env(secrets_dir: Path) -> str:
-    """The variables of the cluster profile: the profile, and the planes on the masters."""
-    return (
-        "# Written by `python -m productionlab.deploy secrets --topology cluster`; see\n"
-        "# docs/COMPOSE.md. Use: docker compose --env-file secrets/cluster.env up -d\n"
-        "COMPOSE_PROFILES=cluster\n"
-        f"PLAB_SECRETS_DIR={secrets_dir.resolve()}\n"
-        f"PLAB_REDIS_URL={CLUSTER_URL}\n"
-        "PLAB_DURABILITY=everysec\n"
-        + "".join(f"{address_variable(n)}={a}\n" for n, a in CLUSTER_ADDRESSES.items())
-    )
+    """The variables of the cluster profile: the planes on the masters."""
+    return profile_env("cluster", secrets_dir, CLUSTER_URL, "everysec", CLUSTER_ADDRESSES)
 
 
 def check_topology(topology: str, durability: str) -> None:
