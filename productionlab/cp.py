@@ -39,14 +39,15 @@ def create_app(
     return app
 
 
-def migrate_data(services: Services) -> None:
+def migrate_data(services: Services) -> bool:
     """Bring keys from earlier releases up to date (each a no-op once done), in
     order: charge keys from before per-user quotas, record the versions of keys
     with a TTL from before watches (both on the one-tag layout), then move the
     store to the virtual shards (:func:`migrate_to_shards`, which also moves any
-    key an app plane of the previous release wrote since the last run). Redis
-    may be down at start-up: the plane still starts (its KV routes answer 503
-    until the layout marker is set), and the next start-up finishes it."""
+    key an app plane of the previous release wrote since the last run). True
+    once the store is on the layout; False if a redis fault cut it short (every
+    step is idempotent: :func:`serve.bootstrap_control_plane` runs it again
+    until it finishes, while both planes' KV routes answer 503)."""
     client = services.redis
     charged = recorded = 0
     moved = False
@@ -57,10 +58,11 @@ def migrate_data(services: Services) -> None:
             moved = migrate_to_shards(client)
     except REDIS_FAULTS as exc:
         log.warning("data migration postponed: redis %s", type(exc).__name__)
-        return
+        return False
     if moved:
         log.info("the store is on the virtual-shard layout")
     if charged:
         log.info("usage migration charged %d keys written before quotas", charged)
     if recorded:
         log.info("watch migration recorded %d keys with a TTL from before watches", recorded)
+    return True

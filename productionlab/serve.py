@@ -28,7 +28,8 @@ log = logging.getLogger("productionlab.serve")
 
 
 def bootstrap_control_plane(services: Services) -> None:
-    """First start: create ``admin`` and render the edge's htpasswd; wait for redis."""
+    """First start: create ``admin`` and render the edge's htpasswd, then bring the
+    store up to date (``cp.migrate_data``); wait for redis, before and during both."""
     settings = services.settings
     users = services.users
     delay = 0.2
@@ -46,7 +47,10 @@ def bootstrap_control_plane(services: Services) -> None:
         log.warning("created user admin; its password is in %s", created)
     from productionlab.cp import migrate_data
 
-    migrate_data(services)
+    delay = 0.2
+    while not migrate_data(services):  # redis went away mid-way: the KV routes stay 503
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
     if widened:
         log.warning(
             "empty-string grants (a silent wildcard) are now the explicit '*' for: %s",

@@ -1,11 +1,14 @@
-"""serve.py's two thread pools behind one Waitress listener (watches, issue 13):
-a real Waitress server with the plane's dispatcher, driven over loopback."""
+"""serve.py: the two thread pools behind one Waitress listener (watches, issue 13),
+a real Waitress server with the plane's dispatcher driven over loopback; and the
+control plane's start-up over a real redis."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +16,13 @@ import pytest
 import waitress
 
 from productionlab.procutil import free_port
-from productionlab.serve import SplitDispatcher, watch_paths
+from productionlab.redis_process import RedisProcess
+from productionlab.secretgen import ensure_secrets
+from productionlab.serve import SplitDispatcher, bootstrap_control_plane, watch_paths
+from productionlab.shardmigrate import check_layout
+from productionlab.store.layout import LAYOUT_KEY
+from productionlab.wiring import build_services
+from tests.inprocess import plane_settings
 
 release = threading.Event()
 
@@ -90,3 +99,34 @@ def test_the_watch_pool_takes_the_watch_routes_each_plane_mounts(planes):
     the watch blueprint elsewhere sends those paths to the watch pool too."""
     assert watch_paths(planes.ap) == ("/v1/watch",)
     assert watch_paths(planes.cp) == ("/ops/v1/watch",)
+
+
+def test_the_control_plane_finishes_a_migration_that_redis_cut_short(tmp_path, caplog):
+    """A redis fault during the start-up migration (here: writes paused, so they time
+    out) postpones it; the control plane tries again until the store is on the layout,
+    rather than serving with its KV routes at 503 until someone restarts it."""
+    server = RedisProcess(directory=tmp_path / "redis")
+    control = server.start()
+    try:
+        ensure_secrets(tmp_path / "secrets")
+        services = build_services(plane_settings(server, tmp_path, "cp"))
+        services.users.ensure_admin(tmp_path / "secrets" / "admin.password")
+        assert control.exists(LAYOUT_KEY) == 0
+        control.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
+        caplog.set_level(logging.WARNING, logger="productionlab.cp")
+        bootstrap = threading.Thread(target=bootstrap_control_plane, args=(services,))
+        try:
+            bootstrap.start()
+            deadline = time.monotonic() + 120
+            while "data migration postponed" not in caplog.text:
+                assert time.monotonic() < deadline, "the paused writes never failed the migration"
+                time.sleep(0.2)
+            assert bootstrap.is_alive()
+            assert control.exists(LAYOUT_KEY) == 0
+        finally:
+            control.execute_command("CLIENT", "UNPAUSE")
+        bootstrap.join(120)
+        assert not bootstrap.is_alive()
+        assert check_layout(control) is True
+    finally:
+        server.stop()
