@@ -115,6 +115,14 @@ def test_secret_and_file_together_refused(tmp_path):
         ("PLAB_USER_RATE", "lots"),
         ("PLAB_MAX_BODY", "1x"),
         ("PLAB_REDIS_URL", "http://x"),
+        ("PLAB_REDIS_URL", "redis://127.0.0.1:port/0"),
+        ("PLAB_REDIS_URL", "redis://127.0.0.1:6379/zero"),
+        ("PLAB_REDIS_URL", "redis+cluster://"),
+        ("PLAB_REDIS_URL", "redis+cluster://127.0.0.1:7000,:7001"),
+        ("PLAB_REDIS_URL", "redis+cluster://127.0.0.1:99999"),
+        ("PLAB_REDIS_URL", "redis+sentinel://127.0.0.1:26379"),
+        ("PLAB_REDIS_URL", "redis+sentinel://127.0.0.1:x/mymaster"),
+        ("PLAB_REDIS_URL", "redis+sentinel://127.0.0.1/mymaster/db"),
         ("PLAB_THREADS", "0"),
         ("PLAB_THREADS", "many"),
         # issue 9: auth-abuse settings
@@ -399,3 +407,24 @@ def test_replicated_durability_and_its_timeout():
             )
         )
     assert "PLAB_DURABILITY=replicated" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6390/0",
+        "redis://user:pass@127.0.0.1:6390/1",
+        "unix:///run/redis.sock",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,[::1]",
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1/mymaster/2",
+    ],
+)
+def test_well_formed_redis_urls_are_taken(url):
+    assert Settings.from_env(strong_env(PLAB_REDIS_URL=url)).redis_url == url
+
+
+def test_a_refused_redis_url_never_shows_its_password():
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(strong_env(PLAB_REDIS_URL="redis+sentinel://:hunter2secret@h:1"))
+    assert "hunter2secret" not in str(failure.value)
+    assert "service name" in str(failure.value)

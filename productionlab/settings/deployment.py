@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from productionlab.settings.secretcheck import read_secret
 from productionlab.settings.values import ConfigError, EnvReader, parse_cidrs, redis_maxmemory
+from productionlab.store.urls import redacted, url_problem
 
 if TYPE_CHECKING:
     from productionlab.settings.model import Settings
@@ -158,10 +159,9 @@ def check_redis(s: Settings, problems: list[str], warnings: list[str]) -> None:
     """rediss:// needs the CA (the server is verified, never trusted blindly);
     a client certificate comes with its key; every file named must be readable;
     certificate files with a plain redis:// URL are a mistake, not a silent downgrade."""
-    if not s.redis_url.startswith(
-        ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
-    ):
-        problems.append(f"PLAB_REDIS_URL={s.redis_url!r} has an unknown scheme")
+    problem = url_problem(s.redis_url)
+    if problem:
+        problems.append(f"PLAB_REDIS_URL={redacted(s.redis_url)!r} {problem}")
     files = {
         "PLAB_REDIS_TLS_CA_FILE": s.redis_tls_ca_file,
         "PLAB_REDIS_TLS_CERT_FILE": s.redis_tls_cert_file,

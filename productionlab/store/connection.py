@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from productionlab.settings import Settings
+from productionlab.store import urls
 from productionlab.store.pinning import PinnableRedis, SentinelConnection, SentinelSSLConnection
 
 # What a redis call raises when the store fails, whatever the topology: redis-py's
@@ -158,17 +159,8 @@ class StartingRedisCluster(RedisCluster):
 
 
 def cluster_seeds(url: str) -> list[ClusterNode]:
-    """The nodes a ``redis+cluster://host:port[,host:port...]`` URL names (port
-    6379 when left out): the client asks the first that answers for the slot map,
-    so one node down at start-up does not keep the planes from the others."""
-    netloc = url.removeprefix("redis+cluster://").split("/", 1)[0].rsplit("@", 1)[-1]
-    seeds = []
-    for part in netloc.split(","):
-        parsed = urlparse(f"//{part}")
-        if not parsed.hostname:
-            raise ValueError(f"redis+cluster:// URL names no host in {part!r}")
-        seeds.append(ClusterNode(parsed.hostname, parsed.port or 6379))
-    return seeds
+    """The seed nodes of a ``redis+cluster://`` URL (:func:`urls.cluster_seeds`)."""
+    return [ClusterNode(host, port) for host, port in urls.cluster_seeds(url)]
 
 
 def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
@@ -178,15 +170,7 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     options = _common_options(settings)
     tls = tls_options(settings)
     if url.startswith("redis+sentinel://"):
-        parsed = urlparse(url)
-        hosts = []
-        for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
-            host, _, port = part.partition(":")
-            hosts.append((host, int(port or 26379)))
-        path = [p for p in parsed.path.split("/") if p]
-        if not path:
-            raise ValueError("redis+sentinel:// URL needs a service name: /mymaster[/db]")
-        service, db = path[0], int(path[1]) if len(path) > 1 else 0
+        target = urls.sentinel_target(url)
         sentinel_tls = {"ssl": True, **tls} if tls else {}
         # The sentinels take no anonymous client (SECURITY.md "Sentinel users"): the
         # plane logs in with its own redis user, which may only discover there.
@@ -197,16 +181,16 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
             "driver_info": None,
         }
         sentinel = redis.Sentinel(
-            hosts,
+            target.hosts,
             sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, **sentinel_auth, **sentinel_tls},
             socket_timeout=SOCKET_TIMEOUT,
             **sentinel_tls,
         )
         return sentinel.master_for(
-            service,
+            target.service,
             redis_class=PinnableRedis,
             connection_class=SentinelSSLConnection if tls else SentinelConnection,
-            db=db,
+            db=target.db,
             max_connections=size,
             **{k: v for k, v in options.items() if k != "socket_timeout"},
         )
