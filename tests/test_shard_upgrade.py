@@ -9,13 +9,10 @@ the move is picked up by the next control-plane start."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from upgrade_kit import ONE_TAG_RELEASE, PreviousState, previous_release_state
+from upgrade_kit import ONE_TAG_RELEASE, upgraded_fixture
 
 from productionlab.audit import Actor
 from productionlab.backup import create_backup, restore_backup
@@ -30,21 +27,11 @@ from productionlab.shardmigrate import (
 )
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, shard_for, shard_of
-from productionlab.supervisor import Supervisor
-from tests.conftest import Client, small_stack_config, state_dir
+from tests.conftest import Client
 from tests.layout_kit import live_items
 from tests.supervisor_kit import restart
 
-
-@pytest.fixture(scope="module")
-def upgraded() -> Iterator[tuple[Supervisor, PreviousState]]:
-    directory = state_dir("plab-shard-upgrade-")
-    old = previous_release_state(directory)
-    stack = Supervisor(small_stack_config(directory))
-    stack.start(timeout=90)
-    yield stack, old
-    stack.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+upgraded = upgraded_fixture("plab-shard-upgrade-")
 
 
 def test_the_previous_releases_keys_move_to_the_shards(upgraded):
@@ -121,16 +108,8 @@ def test_a_write_of_an_old_app_plane_is_moved_by_the_next_start(upgraded):
         client.close()
 
 
-@pytest.fixture(scope="module")
-def one_tag_upgraded() -> Iterator[tuple[Supervisor, PreviousState]]:
-    """577e7c6's state (written by its own stack), then this release started on it."""
-    directory = state_dir("plab-onetag-upgrade-")
-    old = previous_release_state(directory, ONE_TAG_RELEASE)
-    stack = Supervisor(small_stack_config(directory))
-    stack.start(timeout=90)
-    yield stack, old
-    stack.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+# 577e7c6's state (written by its own stack), then this release started on it.
+one_tag_upgraded = upgraded_fixture("plab-onetag-upgrade-", ONE_TAG_RELEASE)
 
 
 def expected_value(stored: dict) -> bytes:

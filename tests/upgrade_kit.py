@@ -24,16 +24,23 @@ whole.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis
+
+from productionlab.supervisor import Supervisor
+from tests.conftest import small_stack_config, state_dir
 
 REPO = Path(__file__).resolve().parent.parent
 # The last release before the state changes of issue 9 (audit chain, ACLs, tokens, quotas).
@@ -41,6 +48,16 @@ PREVIOUS_RELEASE = "c64ef1124ea63af082305e1e5057ed35d4e46178"
 # The last release of the one-tag KV layout (every KV key under {plab}), before the
 # virtual shards of issue 12 (main's merge-base of that work).
 ONE_TAG_RELEASE = "577e7c62e978327b699024c16374d64263205df5"
+
+# Both fill scripts' one request helper (put where a fill says #CALL): a request to
+# the old stack's edge, trusting its self-signed certificate, no proxy.
+_CALL = """
+def call(method, path, auth=None, **kw):
+    with requests.Session() as s:
+        s.trust_env = False
+        s.verify = str(stack.tls_cert)
+        return s.request(method, stack.url + path, auth=auth, timeout=30, **kw)
+"""
 
 # Runs inside the previous release's checkout, with its own `productionlab` first
 # on sys.path. Prints one JSON line describing what it stored.
@@ -55,13 +72,8 @@ state = sys.argv[1]
 stack = Supervisor(StackConfig.ephemeral(__import__("pathlib").Path(state), ap_workers=1,
                    threads=4, edge_rate=5000, edge_burst=5000, admin_rate=1000, admin_burst=1000))
 stack.start(timeout=90)
+#CALL
 try:
-    def call(method, path, auth=None, **kw):
-        with requests.Session() as s:
-            s.trust_env = False
-            s.verify = str(stack.tls_cert)
-            r = s.request(method, stack.url + path, auth=auth, timeout=30, **kw)
-        return r
     admin = ("admin", stack.admin_password_file.read_text().strip())
     users = {}
     for name, role in (("olduser-w", "writer"), ("olduser-r", "reader")):
@@ -119,12 +131,8 @@ state = pathlib.Path(sys.argv[1])
 stack = Supervisor(StackConfig.ephemeral(state, ap_workers=1, threads=4, edge_rate=5000,
                    edge_burst=5000, admin_rate=1000, admin_burst=1000))
 stack.start(timeout=90)
+#CALL
 try:
-    def call(method, path, auth=None, **kw):
-        with requests.Session() as s:
-            s.trust_env = False
-            s.verify = str(stack.tls_cert)
-            return s.request(method, stack.url + path, auth=auth, timeout=30, **kw)
     admin = ("admin", stack.admin_password_file.read_text().strip())
     users = {}
     for name, role in (("olduser-w", "writer"), ("olduser-v", "writer"), ("olduser-r", "reader")):
@@ -178,7 +186,10 @@ finally:
     stack.stop()
 """
 
-FILLS = {PREVIOUS_RELEASE: _FILL, ONE_TAG_RELEASE: _FILL_ONE_TAG}
+FILLS = {
+    release: fill.replace("#CALL\n", _CALL)
+    for release, fill in ((PREVIOUS_RELEASE, _FILL), (ONE_TAG_RELEASE, _FILL_ONE_TAG))
+}
 
 # Runs inside ONE_TAG_RELEASE's checkout: its KVStore writes the ops (JSON on stdin)
 # to the redis named by argv, and prints one JSON line of results.
@@ -340,3 +351,32 @@ def one_tag_backup(
     return OldBackup(
         directory / summary["name"], summary["keys"], summary["digest"], summary["kv_version"]
     )
+
+
+@contextlib.contextmanager
+def started_on_release_state(
+    prefix: str, release: str = PREVIOUS_RELEASE
+) -> Iterator[tuple[Supervisor, PreviousState]]:
+    """``release``'s state in a new state directory, then this release's stack
+    started on it (its start-up migrations run); stopped and removed after."""
+    directory = state_dir(prefix)
+    old = previous_release_state(directory, release)
+    stack = Supervisor(small_stack_config(directory))
+    stack.start(timeout=90)
+    try:
+        yield stack, old
+    finally:
+        stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def upgraded_fixture(prefix: str, release: str = PREVIOUS_RELEASE):
+    """A module-scoped fixture giving (this release's stack, ``release``'s
+    PreviousState), as :func:`started_on_release_state` makes them."""
+
+    @pytest.fixture(scope="module")
+    def upgraded() -> Iterator[tuple[Supervisor, PreviousState]]:
+        with started_on_release_state(prefix, release) as both:
+            yield both
+
+    return upgraded
