@@ -3,10 +3,13 @@
 the main thread, insensitive to other processes' load, unlike the wall-clock
 ``usec_per_call`` of ``INFO commandstats``, also shown).
 
-Runs a throwaway redis-server and calls :class:`productionlab.kv.KVStore`
-directly: overwrites of one key by one user, writes of new keys, and writes
-with a TTL. To compare with older code run it with that checkout first on ``PYTHONPATH``
-(releases whose audit chain was keyed get a random audit key)::
+Runs a throwaway redis-server and calls the KV core directly
+(:class:`productionlab.shardkv.ShardedKV`, one script per write on one redis):
+overwrites of one key by one user, writes of new keys, and writes with a TTL.
+To compare with an older release run it with that checkout first on
+``PYTHONPATH``: releases before the virtual shards (577e7c6 and before) have
+``productionlab.kv.KVStore`` instead, and those whose audit chain was keyed
+(c64ef11 and before) get a random audit key::
 
     python bench/kv_script_cost.py [--calls 20000]
     PYTHONPATH=/path/to/old/checkout python bench/kv_script_cost.py
@@ -20,7 +23,6 @@ import secrets
 import time
 
 from productionlab.audit import Actor
-from productionlab.kv import KVStore
 from productionlab.redis_process import RedisProcess
 from productionlab.store.durability import Durability
 
@@ -51,10 +53,17 @@ def main() -> None:
     args = parser.parse_args()
     with RedisProcess() as client:
         durability = Durability(client, strict=False)
-        if "audit_key" in inspect.signature(KVStore).parameters:  # c64ef11 and before
-            store = KVStore(client, secrets.token_bytes(32), durability)
+        try:
+            from productionlab.shardkv import ShardedKV
+        except ImportError:  # a release of the one-tag layout (577e7c6 and before)
+            from productionlab.kv import KVStore
+
+            if "audit_key" in inspect.signature(KVStore).parameters:  # c64ef11 and before
+                store = KVStore(client, secrets.token_bytes(32), durability)
+            else:
+                store = KVStore(client, durability)
         else:
-            store = KVStore(client, durability)
+            store = ShardedKV(client, durability)
         actor = Actor("bench", "127.0.0.1", "bench")
         value = b"v" * 100
         for i in range(1000):  # warm up and make the overwrite case an overwrite

@@ -3,8 +3,13 @@
 (``INFO cpu`` of the main thread) and client CPU (``time.process_time``) per
 request for each shape of round trips, on one throwaway redis-server.
 
-Shapes (a prototype: the shard scripts are today's kv_get / kv_put with their
-keys under ``{plab:s03}``; single redis has no cross-slot check):
+Shapes (a prototype: the shard scripts are the one-tag release's kv_get / kv_put,
+577e7c6, with their keys under ``{plab:s03}``; single redis has no cross-slot
+check). These rows run that release's scripts, so run them with its checkout
+first on ``PYTHONPATH`` (``git worktree add /tmp/plab-577e7c6 577e7c6``)::
+
+    PYTHONPATH=/tmp/plab-577e7c6 python bench/shard_limit_cost.py [--calls 20000]
+
 
 - ``today``: the limit (and for a put the quota) inside the one KV script;
 - ``(b) per shard``: the same one script with the limit counter and usage under
@@ -17,12 +22,13 @@ keys under ``{plab:s03}``; single redis has no cross-slot check):
   (one round trip on single redis; the value is dropped when the ticket is
   refused).
 
-Then the built code (``--built``): today's ``KVStore`` against ``ShardedKV`` on
-the same redis, composed (one script per write) and with the cluster's three
-scripts, reads with the ticket pipelined; on the planes' client (``PinnableRedis``,
-each thread's kept connection).
+Then the built code (``--built``, this checkout): ``ShardedKV`` composed (one
+script per write) against the cluster's three scripts, on one redis, reads with
+the ticket pipelined; on the planes' client (``PinnableRedis``, each thread's
+kept connection). The one-tag ``KVStore`` it was first compared with is gone
+from the package (the design file keeps those numbers).
 
-    python bench/shard_limit_cost.py [--calls 20000] [--built]
+    python bench/shard_limit_cost.py --built [--calls 20000]
 """
 
 from __future__ import annotations
@@ -31,10 +37,9 @@ import argparse
 import time
 
 from productionlab.audit import AUDIT_KEYS, Actor
-from productionlab.kv import KV_GET, KV_PUT, KVStore
+from productionlab.luascripts import LUA_DIR
 from productionlab.ratelimit import Ticket
 from productionlab.redis_process import RedisProcess
-from productionlab.shardkv import ShardedKV
 from productionlab.store.durability import Durability
 from productionlab.store.pinning import PinnableRedis
 
@@ -44,16 +49,15 @@ LIMIT_SHARD = SHARD + ":limits:user:bench:60"
 
 # The reservation: the limit ticket and, for a put, a hold of the write's worst
 # case growth (one key, len(key) + len(value) bytes) on the user's usage.
-RESERVE = """
-local function take_limit(counter, limit, window, n)
-  if limit <= 0 then return 0 end
-  local used = redis.call('INCRBY', counter, n)
-  if used == n then redis.call('EXPIRE', counter, window) end
-  if used <= limit then return 0 end
-  local ttl = redis.call('TTL', counter)
-  if ttl < 0 then redis.call('EXPIRE', counter, window) ttl = window end
-  return math.max(ttl, 1)
-end
+# The per-user limit's fragment as the planes' scripts include it (no copy here).
+TAKE_LIMIT = "\n".join(
+    line
+    for line in (LUA_DIR / "user_limit.lua").read_text().splitlines()
+    if not line.startswith("--!")
+)
+RESERVE = (
+    TAKE_LIMIT
+    + """
 local wait = take_limit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1)
 if wait > 0 then return {-2, wait} end
 local hold_keys, hold_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -67,6 +71,7 @@ redis.call('HINCRBY', KEYS[2], 'keys', hold_keys)
 redis.call('HINCRBY', KEYS[2], 'bytes', hold_bytes)
 return {0, 1}
 """
+)
 SETTLE = """
 redis.call('HINCRBY', KEYS[1], 'keys', tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[1], 'bytes', tonumber(ARGV[2]))
@@ -101,6 +106,9 @@ def main() -> None:
     if args.built:
         built(args.calls)
         return
+    # the one-tag release's scripts (577e7c6 first on PYTHONPATH, see above)
+    from productionlab.kv import KV_GET, KV_PUT
+
     with RedisProcess() as client:
         reserve_sha = client.script_load(RESERVE)
         settle_sha = client.script_load(SETTLE)
@@ -195,6 +203,8 @@ def main() -> None:
 
 
 def built(calls: int) -> None:
+    from productionlab.shardkv import ShardedKV
+
     with RedisProcess() as plain:
         # The planes' client: a thread keeps its connection (execute_held, pipeline_held).
         given = plain.connection_pool.connection_kwargs
@@ -206,7 +216,6 @@ def built(calls: int) -> None:
         ticket = Ticket(LIMIT_PLAB, 10**9, 60)
         value = b"v" * 100
         stores = {
-            "today KVStore": KVStore(client, durability),
             "ShardedKV composed": ShardedKV(client, durability, composed=True),
             "ShardedKV 3 scripts": ShardedKV(client, durability, composed=False),
         }

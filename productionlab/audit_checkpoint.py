@@ -76,6 +76,18 @@ def key_id(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def signature_valid(keys: dict[str, Ed25519PublicKey], key: str, sig: str, message: bytes) -> bool:
+    """Whether ``sig`` (base64) signs ``message`` under the key named ``key`` in ``keys``."""
+    public = keys.get(key)
+    if public is None:
+        return False
+    try:
+        public.verify(base64.b64decode(sig), message)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     seq: int
@@ -103,14 +115,7 @@ class Checkpoint:
         )
 
     def valid_under(self, keys: dict[str, Ed25519PublicKey]) -> bool:
-        public = keys.get(self.key)
-        if public is None:
-            return False
-        try:
-            public.verify(base64.b64decode(self.sig), self.message())
-        except (InvalidSignature, binascii.Error, ValueError):
-            return False
-        return True
+        return signature_valid(keys, self.key, self.sig, self.message())
 
     def as_dict(self) -> dict:
         return {
@@ -167,14 +172,7 @@ class MultiCheckpoint:
         return MultiCheckpoint(self.chains, self.time, key_id(private.public_key()), signature)
 
     def valid_under(self, keys: dict[str, Ed25519PublicKey]) -> bool:
-        public = keys.get(self.key)
-        if public is None:
-            return False
-        try:
-            public.verify(base64.b64decode(self.sig), self.message())
-        except (InvalidSignature, binascii.Error, ValueError):
-            return False
-        return True
+        return signature_valid(keys, self.key, self.sig, self.message())
 
     def for_chain(self, name: str) -> ChainCheckpoint | None:
         """This checkpoint as chain ``name``'s, or None when it does not cover it."""

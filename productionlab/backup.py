@@ -27,7 +27,7 @@ from typing import IO, Protocol
 import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from productionlab.audit import AUDIT_KEYS, Actor
+from productionlab.audit import Actor
 from productionlab.backup_format import (
     FORMAT,
     MAGIC,
@@ -40,12 +40,8 @@ from productionlab.backup_format import (
     read_header,
     record_line,
 )
-from productionlab.backup_records import Digest, Record, read_records
-from productionlab.kv import INDEX, ITEM, VERSION_COUNTER, charge_unowned_keys
-from productionlab.luascripts import script
+from productionlab.backup_records import Digest, Record
 from productionlab.shardbackup import ShardStore
-
-KV_RESTORE = script("kv_restore")
 
 
 class RecordStore(Protocol):
@@ -58,48 +54,6 @@ class RecordStore(Protocol):
         self, client: redis.Redis, batch: list[Record], actor: Actor, overwrite: bool
     ) -> int: ...
     def finish_restore(self, client: redis.Redis, kv_version: int) -> None: ...
-
-
-class OneTagStore:
-    """Today's layout, every key under ``{plab}`` (the virtual shards' store is
-    ``shardbackup.ShardStore``)."""
-
-    def kv_version(self, client: redis.Redis) -> int:
-        return int(client.get(VERSION_COUNTER) or 0)
-
-    def key_count(self, client: redis.Redis) -> int:
-        return int(client.zcard(INDEX))
-
-    def records(self, client: redis.Redis) -> Iterator[Record]:
-        return read_records(client)
-
-    def restore_batch(
-        self, client: redis.Redis, batch: list[Record], actor: Actor, overwrite: bool
-    ) -> int:
-        records: list = []
-        for record in batch:
-            records += [record.key, record.value, record.version, record.ttl_ms]
-        return int(
-            KV_RESTORE(
-                client,
-                keys={"audit": AUDIT_KEYS, "counter": VERSION_COUNTER, "index": INDEX},
-                args={
-                    "audit": actor.audit_args(),
-                    "item_prefix": ITEM,
-                    "overwrite": "1" if overwrite else "0",
-                    "records": records,
-                },
-            )
-        )
-
-    def finish_restore(self, client: redis.Redis, kv_version: int) -> None:
-        current = int(client.get(VERSION_COUNTER) or 0)
-        if kv_version > current:
-            client.set(VERSION_COUNTER, kv_version)
-        charge_unowned_keys(client)  # restored keys carry no owner: charge them
-
-
-ONE_TAG = OneTagStore()
 
 
 # --- progress -------------------------------------------------------------------

@@ -13,12 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import redis
-
-from productionlab.kv import ITEM, index_pages
 
 BATCH = 500
 
@@ -59,20 +55,6 @@ class Digest:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
-
-
-def read_records(client: redis.Redis, batch: int = BATCH) -> Iterator[Record]:
-    """Every live key in lexical order, a batch at a time (each batch in MULTI)."""
-    for keys in index_pages(client, batch):
-        pipe = client.pipeline(transaction=True)
-        for key in keys:
-            pipe.hmget(ITEM + key, "v", "ver")
-            pipe.pttl(ITEM + key)
-        results = pipe.execute()
-        for key, (value, version), ttl in zip(keys, results[::2], results[1::2], strict=True):
-            if version is None:
-                continue  # expired or deleted since it was indexed
-            yield Record(key, value or b"", int(version), max(0, int(ttl)))
 
 
 def live_digest(records: Iterable[Record]) -> Digest:

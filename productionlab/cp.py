@@ -11,14 +11,12 @@ from flask import Flask
 from productionlab import console
 from productionlab.admin import admin_blueprint
 from productionlab.factory import base_app
-from productionlab.kv import KVStore
 from productionlab.kv_routes import kv_blueprint
 from productionlab.services import Services
 from productionlab.settings import Settings
-from productionlab.shardmigrate import OLD_INDEX, check_layout, migrate_to_shards
+from productionlab.shardmigrate import migrate_to_shards
 from productionlab.store.connection import REDIS_FAULTS
 from productionlab.token_routes import token_blueprint
-from productionlab.watch import WatchStore
 from productionlab.watch_routes import watch_blueprint
 
 log = logging.getLogger("productionlab.cp")
@@ -40,29 +38,19 @@ def create_app(
 
 
 def migrate_data(services: Services) -> bool:
-    """Bring keys from earlier releases up to date (each a no-op once done), in
-    order: charge keys from before per-user quotas, record the versions of keys
-    with a TTL from before watches (both on the one-tag layout), then move the
-    store to the virtual shards (:func:`migrate_to_shards`, which also moves any
-    key an app plane of the previous release wrote since the last run). True
-    once the store is on the layout; False if a redis fault cut it short (every
-    step is idempotent: :func:`serve.bootstrap_control_plane` runs it again
-    until it finishes, while both planes' KV routes answer 503)."""
-    client = services.redis
-    charged = recorded = 0
-    moved = False
+    """Bring keys from earlier releases up to date (a no-op once done): move the
+    one-tag store to the virtual shards (:func:`migrate_to_shards`, which also
+    charges keys from before per-user quotas, records the versions of keys with
+    a TTL from before watches, and moves any key an app plane of the previous
+    release wrote since the last run). True once the store is on the layout;
+    False if a redis fault cut it short (it is idempotent:
+    :func:`serve.bootstrap_control_plane` runs it again until it finishes, while
+    both planes' KV routes answer 503)."""
     try:
-        if not check_layout(client) or client.exists(OLD_INDEX):
-            charged = KVStore(client, services.durability, services.quota).migrate_usage()
-            recorded = WatchStore(client).migrate_ttl_versions()
-            moved = migrate_to_shards(client)
+        moved = migrate_to_shards(services.redis)
     except REDIS_FAULTS as exc:
         log.warning("data migration postponed: redis %s", type(exc).__name__)
         return False
     if moved:
         log.info("the store is on the virtual-shard layout")
-    if charged:
-        log.info("usage migration charged %d keys written before quotas", charged)
-    if recorded:
-        log.info("watch migration recorded %d keys with a TTL from before watches", recorded)
     return True

@@ -2,12 +2,12 @@
 to call them.
 
 Every change a request makes happens in one script, so the check, the change
-and its audit entry are atomic and cost one round trip (see kv.py, audit.py).
+and its audit entry are atomic and cost one round trip (see shardkv.py, audit.py).
 A file is either a *script* or a *fragment*. A script declares, in its header,
 the names of its KEYS and ARGV in order::
 
-    --! keys: audit[2] item counter index limit
-    --! args: audit[6] key value ttl_ms cond expected owner max_keys max_bytes limit window
+    --! keys: audit[2] item counter index
+    --! args: audit[6] tag shard key value ttl_ms cond expected owner grant_keys grant_bytes
 
 ``name`` is one slot, ``name[N]`` a group of N slots (its value is a sequence
 of N), and a last ``name...`` takes the rest (a sequence of any length). A
@@ -21,8 +21,8 @@ Other ``--!`` lines are dropped, and a ``#!lua`` first line (flags such as
 Every file is read and composed once, at import. A call names its keys and
 args::
 
-    KV_PUT = luascripts.script("kv_put")
-    KV_PUT(client, keys={"audit": AUDIT_KEYS, "item": ...}, args={...})
+    SHARD_PUT = luascripts.script("shard_put")
+    SHARD_PUT(client, keys={"audit": place.audit, "item": ...}, args={...})
 
 A missing or unknown name raises :class:`ScriptCallError` before anything
 reaches redis (a programming error). The call is ``EVALSHA`` straight through

@@ -13,7 +13,12 @@ start and finishes):
   owner, copied with ``HSET`` and its expiry with ``PEXPIREAT``: a cluster cannot
   ``RENAME`` across slots, and the control plane's redis user may not ``RESTORE``,
   a @dangerous command), as they were: a client's ETag stays valid;
-- its listing-index entry, its tombstone and its TTL version to the shard's.
+- its listing-index entry, its tombstone and its TTL version to the shard's;
+- what releases before quotas and watches left out (c64ef11's state), folded in
+  here so that one migration reads the old layout: an item without an owner
+  gets one, its last writer in the audit chains or else ``-`` (unattributed),
+  and an item with a TTL but no recorded TTL version gets its version recorded,
+  so its expiry leaves a tombstone.
 
 Then each shard's counter is set past the old global counter (``V // 16 + 1``,
 so every new version, ``counter * 16 + shard``, is above every old one), each
@@ -34,6 +39,8 @@ from collections.abc import Iterable
 import redis
 
 from productionlab.errors import StoreUnavailable
+from productionlab.kv import UNATTRIBUTED
+from productionlab.shardbackup import last_writers_of_every_chain
 from productionlab.shardkv import HOLDS, USAGE_TOTAL
 from productionlab.store.layout import (
     LAYOUT_KEY,
@@ -51,6 +58,8 @@ OLD_USAGE = "{plab}:usage:"
 OLD_TOMBS = "{plab}:kv-watch:tombs"
 OLD_FLOOR = "{plab}:kv-watch:floor"
 OLD_TTL_VERSIONS = "{plab}:kv-watch:ttl"
+OLD_USAGE_MIGRATED = "{plab}:usage-migrated"  # the markers of the two migrations folded in
+OLD_TTL_VERSIONS_MIGRATED = "{plab}:kv-watch:migrated"
 USERS = "{plab}:users"  # users.py's USERS (a test pins it)
 
 
@@ -109,12 +118,20 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _move_items(client: redis.Redis, keys: list[str], renumber: bool = False) -> None:
+def _move_items(
+    client: redis.Redis,
+    keys: list[str],
+    renumber: bool = False,
+    writers: dict[str, str] | None = None,
+) -> dict[str, str] | None:
     """Move these old items (and index entries, tombstones, TTL versions).
 
     ``renumber``: the store was migrated already, so these were written since by
     an app plane of the previous release, on a counter that restarted: each
-    item gets a new version from its shard's counter (never one the key had)."""
+    item gets a new version from its shard's counter (never one the key had).
+    ``writers``: key -> last writer, for items without an owner (from before
+    quotas); read from the audit chains when one is met and none is given, and
+    returned for the next batch."""
     read = client.pipeline(transaction=False)
     for key in keys:
         read.hgetall(OLD_ITEM + key)
@@ -129,10 +146,16 @@ def _move_items(client: redis.Redis, keys: list[str], renumber: bool = False) ->
         if fields:
             if renumber:
                 fields[b"ver"] = version_of(int(client.incr(place.counter)), place.number)
+            if b"o" not in fields:  # written before quotas: charged to its last writer
+                if writers is None:
+                    writers = last_writers_of_every_chain(client)
+                fields[b"o"] = writers.get(key, UNATTRIBUTED)
             write.delete(place.item(key))  # a copy left by a run cut short
             write.hset(place.item(key), mapping=fields)
             if int(expire_at) > 0:
                 write.pexpireat(place.item(key), int(expire_at))
+                if ttl_version is None:  # a TTL from before watches: its expiry's version
+                    ttl_version = fields[b"ver"]
             write.zadd(place.index, {key: 0})
         if tomb is not None:
             write.zadd(place.tombs, {key: int(tomb)})
@@ -147,6 +170,7 @@ def _move_items(client: redis.Redis, keys: list[str], renumber: bool = False) ->
         drop.zrem(OLD_TOMBS, key)
         drop.hdel(OLD_TTL_VERSIONS, key)
     drop.execute()
+    return writers
 
 
 def _old_keys(client: redis.Redis, batch: int) -> Iterable[list[str]]:
@@ -190,7 +214,7 @@ def _rebuild_usage(client: redis.Redis, users: set[str], batch: int) -> None:
             for n, key in enumerate(page):
                 owner, size, expire_at = found[3 * n : 3 * n + 3]
                 if owner is None or int(expire_at) == -2:
-                    continue  # pre-quota (migrate_usage charges it) or gone
+                    continue  # gone (every moved item has an owner)
                 user = _decode(owner)
                 users.add(user)
                 size = len(key) + int(size)
@@ -242,14 +266,16 @@ def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
     if check_layout(client):
         if not client.exists(OLD_INDEX):
             return False
+        writers: dict[str, str] | None = None
         for keys in _old_keys(client, batch):
-            _move_items(client, keys, renumber=True)
+            writers = _move_items(client, keys, renumber=True, writers=writers)
         _finish(client, batch)
         return True
     old_counter = int(client.get(OLD_COUNTER) or 0)
     floor = client.get(OLD_FLOOR)
+    writers: dict[str, str] | None = None  # read once, at the first item without an owner
     for keys in _old_keys(client, batch):
-        _move_items(client, keys)
+        writers = _move_items(client, keys, writers=writers)
     setup = client.pipeline(transaction=False)
     for place in all_shards():
         # Past every old version; never back (a run after a crash finds it set).
@@ -273,3 +299,4 @@ def _finish(client: redis.Redis, batch: int) -> None:
         client.hdel(USAGE_TOTAL + user, "hk", "hb")
     client.hset(LAYOUT_KEY, mapping={"shards": SHARDS, "version": LAYOUT_VERSION})
     client.delete(OLD_COUNTER, OLD_INDEX, OLD_TOMBS, OLD_FLOOR, OLD_TTL_VERSIONS)
+    client.delete(OLD_USAGE_MIGRATED, OLD_TTL_VERSIONS_MIGRATED)

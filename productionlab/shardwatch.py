@@ -1,5 +1,5 @@
-"""The states watches wait on, on the virtual shards (issue 12 item 2; being
-built beside watch.py's ``WatchStore``, not yet serving ``/v1/watch``).
+"""The states watches wait on, on the virtual shards (issue 12 item 2; what
+``/v1/watch`` reads; the waiting itself is watch.py's).
 
 A key's watch reads its shard alone (``shard_watch_key.lua``): its index is its
 version, or its tombstone's, as today. A prefix's index stays one integer, by a

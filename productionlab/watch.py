@@ -2,18 +2,19 @@
 changes past an index, without polling redis and without taking the threads
 ordinary requests need.
 
-Indexes. Every change takes a version from the items' one counter
-(``{plab}:kv-version``), deletes and expiries included: a delete leaves a
-*tombstone* (the key and a new version in ``{plab}:kv-watch:tombs``), and a
+Indexes. Every change takes a version from its shard's counter (the virtual
+shards, ``store/layout.py``), deletes and expiries included: a delete leaves a
+*tombstone* (the key and a new version in its shard's ``kv-watch:tombs``), and a
 key redis expires gets its tombstone when the expired-key event reaches a
 process where a watch waits for it, or from the next watch or listing that
-meets the key, whichever comes first (``lua/watch_marks.lua``).
+meets the key, whichever comes first (``lua/shard_marks.lua``).
 So a key's index (its version while it lives, its tombstone's after) never
 goes back, and a watch can tell a delete from "nothing happened". The newest
 100,000 tombstones are kept; a key whose tombstone was dropped reads as the
 floor (the newest dropped version), which is still past any index a client
-saw before the delete. A prefix's index is the counter at the time of the
-read: whatever changes under the prefix later has a higher version.
+saw before the delete. A prefix's index is the highest version any shard has
+given at the time of the read (``shardwatch.py``): whatever changes under the
+prefix later has a higher version.
 
 Wake-ups. The KV scripts publish ``"<version> <key>"`` on ``{plab}:kv-changes``
 (no value: a subscriber learns only that a key changed); redis publishes
@@ -44,7 +45,6 @@ from typing import TYPE_CHECKING, TypeVar
 import redis
 from redis.cluster import RedisCluster
 
-from productionlab.backup_records import read_records
 from productionlab.contract import whole_number
 from productionlab.errors import MalformedRequest, RateLimited
 from productionlab.store.connection import REDIS_FAULTS
@@ -57,11 +57,7 @@ log = logging.getLogger("productionlab.watch")
 State = TypeVar("State")
 
 CHANGES = "{plab}:kv-changes"
-TOMBS = "{plab}:kv-watch:tombs"
-FLOOR = "{plab}:kv-watch:floor"
-TTL_VERSIONS = "{plab}:kv-watch:ttl"
 TOMBS_KEPT = 100_000
-TTL_VERSIONS_MIGRATED = "{plab}:kv-watch:migrated"
 MAX_VERSION = 2**63 - 1  # redis INCR's most
 RESET = "*"  # a change message's key that wakes every watch (a restore)
 SLOTS_RETRY_AFTER = 5  # seconds a client waits when a process holds all the watches it may
@@ -85,34 +81,6 @@ class PrefixState:
 
 class PrefixTooBroad(MalformedRequest):
     pass
-
-
-class WatchStore:
-    """The one-tag layout's watch records, for the start-up migration only (the
-    states watches wait on are the shards': shardwatch.ShardWatchStore)."""
-
-    def __init__(self, client: redis.Redis, prefix_keys: int = 10_000):
-        self.client = client
-        self.prefix_keys = prefix_keys
-
-    def migrate_ttl_versions(self, batch: int = 500) -> int:
-        """Record the version of every key that carries a TTL (written before
-        watches existed), so its expiry gets a tombstone; returns how many.
-        Safe to run while the planes serve and to run again; a marker skips
-        the walk once it has completed."""
-        if self.client.exists(TTL_VERSIONS_MIGRATED):
-            return 0
-        recorded = 0
-        with self.client.pipeline(transaction=False) as pipe:
-            for record in read_records(self.client, batch):
-                if record.ttl_ms > 0:
-                    pipe.hsetnx(TTL_VERSIONS, record.key, record.version)
-                    recorded += 1
-                    if len(pipe) >= batch:
-                        pipe.execute()
-            pipe.execute()
-        self.client.set(TTL_VERSIONS_MIGRATED, "1")
-        return recorded
 
 
 @dataclass(eq=False)

@@ -5,13 +5,18 @@ length) and the live items under a prefix, whatever their shard."""
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from productionlab.audit import Actor
 from productionlab.audit_chains import chain_keys
+from productionlab.kv import Quota
 from productionlab.redis_process import RedisProcess
+from productionlab.shardkv import ShardedKV
+from productionlab.store.durability import Durability
 from productionlab.store.layout import (
     SHARD_KEY_PREFIX,
     all_shards,
@@ -106,3 +111,20 @@ def client(request) -> Iterator[redis.Redis]:
     finally:
         connection.close()
         kit.stop()
+
+
+def store_for(backend, quota: Quota | None = None) -> ShardedKV:
+    """The KV core on a ``shard_backends`` backend (its composition by name)."""
+    name, client, _ = backend
+    composed = None if name != "single-3-scripts" else False
+    kv = ShardedKV(client, Durability(client, strict=False), quota, composed=composed)
+    assert kv.composed == (name == "single")
+    return kv
+
+
+def fresh(prefix: str = "k") -> str:
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+def actor(name: str | None = None) -> Actor:
+    return Actor(name or f"u{secrets.token_hex(4)}", "127.0.0.1", "test")

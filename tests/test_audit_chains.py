@@ -32,20 +32,9 @@ from productionlab.audit_checkpoint import (
 )
 from productionlab.audit_verify import verify_log
 from productionlab.store.layout import SHARDS, shard_for, shard_of
-from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
-    actor,
-    cluster,
-    cluster_client,
-    fresh,
-    make_backend,
-    single,
-    store_for,
-)
+from tests.layout_kit import actor, fresh, store_for
 
-
-@pytest.fixture(params=["single", "cluster"])
-def where(request):
-    return make_backend(request, request.param)
+pytest_plugins = ["tests.shard_backends"]
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ import pytest
 import redis
 
 import productionlab
-from productionlab import kv, luascripts, ratelimit
-from productionlab.audit import AUDIT_KEYS, Actor
+from productionlab import luascripts, ratelimit, shardkv
+from productionlab.audit import Actor
 from productionlab.luascripts import SCRIPTS, ScriptCallError, ScriptError, script
 from productionlab.redis_process import RedisProcess
+from productionlab.store.layout import shard_for
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,11 @@ def client() -> Iterator[redis.Redis]:
 
 def test_the_package_ships_scripts_and_fragments():
     assert len(SCRIPTS) >= 14
-    assert set(luascripts.fragment_names()) >= {"audit_prelude.lua", "quota.lua", "kv_write.lua"}
+    assert set(luascripts.fragment_names()) >= {
+        "audit_prelude.lua",
+        "shard_quota.lua",
+        "shard_write.lua",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -50,27 +55,30 @@ def test_every_script_is_used_by_a_module_and_every_fragment_by_a_script():
 
 
 def test_a_fragment_is_inlined_where_declared_and_only_once():
-    put = SCRIPTS["kv_put"].text
+    put = SCRIPTS["shard_put_fused"].text
     prelude = (luascripts.LUA_DIR / "audit_prelude.lua").read_text()
     body = "\n".join(line for line in prelude.splitlines() if not line.startswith("--!"))
     assert body in put
-    # kv_write.lua includes the prelude and quota.lua again: they stay where kv_put put them
+    # shard_write.lua includes the prelude and shard_quota.lua, which includes
+    # shard_marks.lua: each once, in the order the includes stand
     assert put.count("local function audit(") == 1
-    assert put.count("local function uncharge(") == 1
+    assert put.count("local function shard_of_tag(") == 1
     order = [
         put.index(marker)
         for marker in (
             "local function audit(",
-            "local function take_limit(",
+            "local function shard_of_tag(",
             "local function uncharge(",
             "local function put_item(",
-            "local item, counter, index",
+            "local function take_limit(",
+            "local function ledger_total(",
+            "local S = shard_of_tag(",
         )
     ]
     assert order == sorted(order)
     assert "--!" not in put
     # a #!lua line stays first; the fragment's text follows
-    delete = SCRIPTS["kv_delete"].text
+    delete = SCRIPTS["shard_delete_fused"].text
     assert delete.startswith("#!lua flags=allow-oom\n")
     assert delete.count("#!lua") == 1
 
@@ -92,19 +100,19 @@ def test_declared_slots_match_what_the_script_reads():
 
 
 def test_lua_constants_are_the_python_ones():
-    quota = (luascripts.LUA_DIR / "quota.lua").read_text()
-    assert f"local ITEM, USAGE = '{kv.ITEM}', '{kv.USAGE}'" in quota
+    assert f"local USAGE_TOTAL = '{shardkv.USAGE_TOTAL}'" in SCRIPTS["shard_settle"].text
     assert ratelimit.NO_TICKET.counter.startswith(ratelimit.LIMITS)
     assert ratelimit.NO_TICKET.limit == 0
 
 
 def test_a_wrong_name_is_refused_before_redis(client):
-    put = script("kv_put")
-    keys = {"audit": AUDIT_KEYS, "item": "{plab}:kv:k", "counter": kv.VERSION_COUNTER}
-    keys |= {"index": kv.INDEX, "limit": ratelimit.NO_TICKET.counter}
-    args = {"audit": Actor("t").audit_args(), "key": "k", "value": b"v", "ttl_ms": 0}
-    args |= {"cond": "", "expected": "", "owner": "t", "max_keys": 10, "max_bytes": 1000}
-    args |= {"limit": 0, "window": 0}
+    put = script("shard_put_fused")
+    place = shard_for("k")
+    keys = {**shardkv.shard_keys(place, "k"), "limit": ratelimit.NO_TICKET.counter}
+    keys |= {"usage": shardkv.USAGE_TOTAL + "t"}
+    args = {"audit": Actor("t").audit_args(), "tag": place.tag, "shard": place.number}
+    args |= {"key": "k", "value": b"v", "ttl_ms": 0, "cond": "", "expected": "", "owner": "t"}
+    args |= {"max_keys": 10, "max_bytes": 1000, "limit": 0, "window": 0}
     client.config_resetstat()
     with pytest.raises(ScriptCallError, match=r"missing \['window'\]"):
         put(client, keys=keys, args={k: v for k, v in args.items() if k != "window"})
@@ -119,22 +127,21 @@ def test_a_wrong_name_is_refused_before_redis(client):
     assert "cmdstat_evalsha" not in client.info("commandstats")
     assert client.dbsize() == 0
     # the same call with every name right runs
-    assert put(client, keys=keys, args=args) == [0, 1]
-    assert client.hget("{plab}:kv:k", "v") == b"v"
+    assert put(client, keys=keys, args=args)[0] == 0
+    assert client.hget(place.item("k"), "v") == b"v"
     with pytest.raises(ScriptError, match="no Lua script"):
         script("kv_nothing")
 
 
 def test_a_script_redis_lost_is_loaded_again(client):
-    usage = script("kv_usage")
-    assert usage(
-        client, keys={"usage": "{plab}:usage:nobody"}, args={"user": "nobody", "batch": 10}
-    ) == [0, 0, 0]
+    usage = script("shard_usage")
+    place = shard_for("nobody")
+    keys = {"usage": place.usage("nobody")}
+    args = {"tag": place.tag, "shard": place.number, "user": "nobody", "batch": 10}
+    assert usage(client, keys=keys, args=args)[:4] == [0, b"nobody", b"0", b"0"]
     client.script_flush()
     assert client.script_exists(usage.sha) == [False]
-    assert usage(
-        client, keys={"usage": "{plab}:usage:nobody"}, args={"user": "nobody", "batch": 10}
-    ) == [0, 0, 0]
+    assert usage(client, keys=keys, args=args)[:4] == [0, b"nobody", b"0", b"0"]
     assert client.script_exists(usage.sha) == [True]
 
 

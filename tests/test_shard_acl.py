@@ -17,7 +17,6 @@ import redis
 from productionlab.audit import Actor
 from productionlab.batch import Op
 from productionlab.configfiles import RedisUser, render_redis_conf
-from productionlab.kv import KVStore
 from productionlab.redis_process import RedisProcess
 from productionlab.shardbatch import ShardBatches
 from productionlab.shardkv import ShardedKV
@@ -26,6 +25,7 @@ from productionlab.shardwatch import ShardWatchStore
 from productionlab.store.durability import Durability
 from productionlab.store.layout import shard_for
 from tests.cluster_kit import ACL_RULE, RedisClusterKit
+from tests.upgrade_kit import one_tag_writes
 
 USERS = [RedisUser("plab-ap", secrets.token_hex(16)), RedisUser("plab-cp", secrets.token_hex(16))]
 
@@ -113,11 +113,10 @@ def test_the_app_planes_user_only_appends_to_a_shards_chain(planes):
     assert json.loads(before[-1])["target"] == key
 
 
-def test_the_control_planes_user_migrates_todays_layout(planes):
+def test_the_control_planes_user_migrates_the_one_tag_layout(planes):
     cp = planes["plab-cp"]
-    old = KVStore(cp, Durability(cp, strict=False))
     key = f"mig-{secrets.token_hex(4)}"
-    version = old.put(key, b"old", Actor("someone")).version
+    (version,) = one_tag_writes(cp, [["put", key, b"old".hex(), "someone", None]])  # 577e7c6
     migrate_to_shards(cp)
     assert ShardedKV(cp, Durability(cp, strict=False)).get(key).version == version
 

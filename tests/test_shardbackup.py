@@ -1,7 +1,8 @@
 """Backups on the virtual shards (productionlab/shardbackup.py through backup.py's
 create and restore), on a real single redis and a real three-master cluster:
 a backup of the shards restores into them with values, versions, TTLs, audit
-entries and charges; a backup of today's layout restores into the shards with
+entries and charges; a backup that the last release of the one-tag layout
+(577e7c6, its own code: tests/upgrade_kit.py) took restores into the shards with
 the same digest; new versions after a restore are above the backup's."""
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from productionlab.audit import Actor, AuditLog
-from productionlab.backup import ONE_TAG, create_backup, restore_backup, verify_backup
+from productionlab.backup import create_backup, restore_backup, verify_backup
 from productionlab.backup_format import BackupError
 from productionlab.backup_records import Digest
-from productionlab.kv import KVStore
 from productionlab.shardbackup import ShardStore
 from productionlab.shardkv import ShardedKV
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, shard_for, shard_of
 from tests import layout_kit
+from tests.upgrade_kit import one_tag_backup, one_tag_writes
 
 client = layout_kit.client  # the fixture: a single redis, then a cluster
 
@@ -74,13 +75,18 @@ def test_a_backup_of_the_shards_restores_into_them(client):
     assert newest.version > summary.kv_version
 
 
-def test_a_backup_of_todays_layout_restores_into_the_shards(client):
-    old = KVStore(client, Durability(client, strict=False))
+def test_a_backup_of_the_one_tag_layout_restores_into_the_shards(client):
     bob = Actor("bob", "127.0.0.1", "b")
-    keys = {f"old-{n}": old.put(f"old-{n}", f"o{n}".encode(), bob).version for n in range(20)}
+    names = [f"old-{n}" for n in range(20)]
+    versions = one_tag_writes(
+        client, [["put", k, f"o{k[4:]}".encode().hex(), "bob", None] for k in names]
+    )
+    keys = dict(zip(names, versions, strict=True))
     with tempfile.TemporaryDirectory() as scratch:
-        summary = create_backup(client, SECRET, Path(scratch), progress=False, store=ONE_TAG)
+        summary = one_tag_backup(client, SECRET, Path(scratch))
         assert summary.keys == 20
+        for key in names:  # what 577e7c6 backed up, gone: the shards are empty
+            client.delete("{plab}:kv:" + key)
         store = ShardStore()
         assert store.key_count(client) == 0
         restored = restore_backup(

@@ -16,23 +16,9 @@ from productionlab.kv import Quota
 from productionlab.ratelimit import Ticket
 from productionlab.shardbatch import CrossShard, ShardBatches
 from productionlab.store.layout import SHARDS, shard_for, shard_of, shard_of_version
-from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
-    BACKENDS,
-    actor,
-    cluster,
-    cluster_client,
-    fresh,
-    make_backend,
-    single,
-    store_for,
-)
+from tests.layout_kit import actor, fresh, store_for
 
-
-@pytest.fixture(params=BACKENDS)
-def where(request):
-    """The backend: single redis (one script), single redis with the cluster's
-    scripts, a real cluster."""
-    return make_backend(request, request.param)
+pytest_plugins = ["tests.shard_backends"]
 
 
 def same_shard_keys(count: int) -> list[str]:
@@ -55,15 +41,15 @@ def spread_keys(count: int) -> list[str]:
     return list(keys.values())
 
 
-def keys_for(where, count: int) -> list[str]:
+def keys_for(backend, count: int) -> list[str]:
     """Keys a transaction may span here: any shards in one script, else one shard."""
-    return spread_keys(count) if where[0] == "single" else same_shard_keys(count)
+    return spread_keys(count) if backend[0] == "single" else same_shard_keys(count)
 
 
-def test_a_transaction_applies_together_in_order_with_versions_of_its_shards(where):
-    kv, who = store_for(where), actor()
+def test_a_transaction_applies_together_in_order_with_versions_of_its_shards(backend):
+    kv, who = store_for(backend), actor()
     batches = ShardBatches(kv)
-    a, b, c = keys_for(where, 3)
+    a, b, c = keys_for(backend, 3)
     kv.put(c, b"old", who)
     results = batches.run(
         [
@@ -92,10 +78,10 @@ def test_a_transaction_applies_together_in_order_with_versions_of_its_shards(whe
         assert kv.get(key).version == result.version
 
 
-def test_a_failed_condition_applies_nothing_and_names_its_index(where):
-    kv, who = store_for(where), actor()
+def test_a_failed_condition_applies_nothing_and_names_its_index(backend):
+    kv, who = store_for(backend), actor()
     batches = ShardBatches(kv)
-    a, b, c = keys_for(where, 3)
+    a, b, c = keys_for(backend, 3)
     version = kv.put(a, b"kept", who).version
     with pytest.raises(ConditionFailed) as failed:
         batches.run(
@@ -124,10 +110,10 @@ def test_a_failed_condition_applies_nothing_and_names_its_index(where):
     )
 
 
-def test_a_transaction_over_quota_applies_nothing(where):
-    kv, who = store_for(where, Quota(max_keys=3, max_bytes=10_000)), actor()
+def test_a_transaction_over_quota_applies_nothing(backend):
+    kv, who = store_for(backend, Quota(max_keys=3, max_bytes=10_000)), actor()
     batches = ShardBatches(kv)
-    keys = keys_for(where, 4)
+    keys = keys_for(backend, 4)
     kv.put(keys[0], b"x", who)
     with pytest.raises(TxnQuotaExceeded) as over:
         batches.run([Op("put", k, b"x") for k in keys[1:]], who, atomic=True)
@@ -141,8 +127,8 @@ def test_a_transaction_over_quota_applies_nothing(where):
     assert kv.usage(who.name).keys == 3
 
 
-def test_bulk_items_are_independent_and_a_put_over_quota_is_refused_alone(where):
-    kv, who = store_for(where, Quota(max_keys=2, max_bytes=10_000)), actor()
+def test_bulk_items_are_independent_and_a_put_over_quota_is_refused_alone(backend):
+    kv, who = store_for(backend, Quota(max_keys=2, max_bytes=10_000)), actor()
     batches = ShardBatches(kv)
     keys = spread_keys(4)  # a bulk request may span shards everywhere
     results = batches.run(
@@ -154,13 +140,13 @@ def test_bulk_items_are_independent_and_a_put_over_quota_is_refused_alone(where)
     assert outcomes[1] == "absent"
     puts = [outcomes[0], *outcomes[2:]]
     assert sorted(puts) == ["created", "created", "quota_exceeded"]
-    if where[0] == "single":  # one script: the items apply in the request's order
+    if backend[0] == "single":  # one script: the items apply in the request's order
         assert outcomes[0] == "created" and outcomes[3] == "quota_exceeded"
     assert kv.usage(who.name).keys == 2
 
 
-def test_each_operation_counts_against_the_user_limit(where):
-    kv, who = store_for(where), actor()
+def test_each_operation_counts_against_the_user_limit(backend):
+    kv, who = store_for(backend), actor()
     batches = ShardBatches(kv)
     ticket = Ticket(f"{{plab}}:limits:user:{who.name}:60", 5, 60)
     keys = spread_keys(3)
@@ -170,10 +156,10 @@ def test_each_operation_counts_against_the_user_limit(where):
     assert kv.get(keys[0]).value == b"x"
 
 
-def test_every_change_has_one_audit_entry_in_its_shards_chain(where):
-    kv, who = store_for(where), actor()
-    _, client, _ = where
-    keys = keys_for(where, 3)
+def test_every_change_has_one_audit_entry_in_its_shards_chain(backend):
+    kv, who = store_for(backend), actor()
+    _, client, _ = backend
+    keys = keys_for(backend, 3)
     ShardBatches(kv).run(
         [Op("put", keys[0], b"x"), Op("put", keys[1], b"y"), Op("get", keys[2])], who, atomic=True
     )
@@ -186,9 +172,9 @@ def test_every_change_has_one_audit_entry_in_its_shards_chain(where):
         assert [e["action"] for e in entries] == ([] if key == keys[2] else ["kv.put"])
 
 
-def test_a_transaction_over_several_shards_runs_on_one_redis_and_is_refused_on_a_cluster(where):
-    kv, who = store_for(where), actor()
-    name = where[0]
+def test_a_transaction_over_several_shards_runs_on_one_redis_and_is_refused_on_a_cluster(backend):
+    kv, who = store_for(backend), actor()
+    name = backend[0]
     keys = spread_keys(2)
     ops = [Op("put", keys[0], b"a"), Op("put", keys[1], b"b")]
     if name == "single":

@@ -10,14 +10,13 @@ from __future__ import annotations
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from productionlab import shardkv
-from productionlab.audit import Actor, AuditLog
+from productionlab.audit import AuditLog
 from productionlab.audit_archive import Archive
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_verify import verify_log
@@ -25,69 +24,14 @@ from productionlab.errors import KeyNotFound, QuotaExceeded, RateLimited, Versio
 from productionlab.kv import Quota
 from productionlab.luascripts import SCRIPTS
 from productionlab.ratelimit import Ticket
-from productionlab.redis_process import RedisProcess
 from productionlab.shardkv import USAGE_TOTAL, ShardedKV
 from productionlab.store import layout
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, shard_for, shard_of, shard_of_version
 from productionlab.store.pinning import PinnableRedis
-from tests.cluster_kit import RedisClusterKit
+from tests.layout_kit import actor, fresh, store_for
 
-BACKENDS = ("single", "single-3-scripts", "cluster")
-
-
-@pytest.fixture(scope="module")
-def single() -> Iterator[redis.Redis]:
-    with RedisProcess() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterKit]:
-    kit = RedisClusterKit().start()
-    yield kit
-    kit.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster_client(cluster) -> Iterator[redis.RedisCluster]:
-    client = cluster.client()
-    yield client
-    client.close()
-
-
-def make_backend(request, name: str) -> tuple[str, redis.Redis, RedisClusterKit | None]:
-    if name == "cluster":
-        kit = request.getfixturevalue("cluster")
-        return name, request.getfixturevalue("cluster_client"), kit
-    return name, request.getfixturevalue("single"), None
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> tuple[str, redis.Redis, RedisClusterKit | None]:
-    return make_backend(request, request.param)
-
-
-@pytest.fixture(params=["single-3-scripts", "cluster"])
-def three_scripts(request) -> tuple[str, redis.Redis, RedisClusterKit | None]:
-    """The backends where a write is three scripts (holds outlive a script)."""
-    return make_backend(request, request.param)
-
-
-def store_for(backend, quota: Quota | None = None) -> ShardedKV:
-    name, client, _ = backend
-    composed = None if name != "single-3-scripts" else False
-    kv = ShardedKV(client, Durability(client, strict=False), quota, composed=composed)
-    assert kv.composed == (name == "single")
-    return kv
-
-
-def fresh(prefix: str = "k") -> str:
-    return f"{prefix}-{secrets.token_hex(5)}"
-
-
-def actor(name: str | None = None) -> Actor:
-    return Actor(name or f"u{secrets.token_hex(4)}", "127.0.0.1", "test")
+pytest_plugins = ["tests.shard_backends"]
 
 
 def test_a_key_lives_in_its_shard_and_its_versions_carry_the_shard(backend):

@@ -1,5 +1,6 @@
-"""The move of a one-tag store (today's kv.py layout, written by today's KVStore)
-to the virtual shards (productionlab/shardmigrate.py), on a real single redis
+"""The move of a one-tag store (written by the last release of that layout,
+577e7c6, through its own KVStore: tests/upgrade_kit.one_tag_writes) to the
+virtual shards (productionlab/shardmigrate.py), on a real single redis
 and a real three-master cluster: values, versions (ETags), TTLs, tombstones,
 listings and usage survive; new versions are above every old one; a run cut
 short finishes when run again; a store of another shard count is refused."""
@@ -15,7 +16,7 @@ import redis
 from productionlab import users as users_module
 from productionlab.audit import Actor
 from productionlab.errors import QuotaExceeded, VersionConflict
-from productionlab.kv import KVStore, Quota
+from productionlab.kv import Quota
 from productionlab.shardkv import ShardedKV
 from productionlab.shardmigrate import (
     OLD_COUNTER,
@@ -30,34 +31,33 @@ from productionlab.shardmigrate import (
 )
 from productionlab.store.durability import Durability
 from productionlab.store.layout import LAYOUT_KEY, SHARDS, shard_for, shard_of
-from productionlab.watch import TOMBS
 from tests import layout_kit
+from tests.upgrade_kit import one_tag_writes
 
 client = layout_kit.client  # the fixture: a single redis, then a cluster
 
 
 def old_state(client: redis.Redis) -> dict:
-    """Today's layout, written by today's KVStore: what the migration must keep."""
-    kv = KVStore(client, Durability(client, strict=False))
-    alice, bob = Actor("alice", "127.0.0.1", "t"), Actor("bob", "127.0.0.1", "t")
+    """The one-tag layout, written by 577e7c6's KVStore: what the migration must keep."""
     client.sadd(USERS, "alice", "bob", "carol")
     live = {}
+    ops: list[list] = []
     for n in range(40):
         key = f"m-{n:02d}-{secrets.token_hex(2)}"
-        who = alice if n % 3 else bob
-        ttl = 3600 if n % 5 == 0 else None
-        kv.put(key, f"value {n}".encode(), who, ttl=ttl)
-        live[key] = who.name
+        who = "alice" if n % 3 else "bob"
+        ops.append(["put", key, f"value {n}".encode().hex(), who, 3600 if n % 5 == 0 else None])
+        live[key] = who
     moved = sorted(live)[0]
-    kv.put(moved, b"bob's now", bob)  # the charge moves to bob
+    ops.append(["put", moved, b"bob's now".hex(), "bob", None])  # the charge moves to bob
     live[moved] = "bob"
     deleted = []
     for key in sorted(live)[1:6]:
-        kv.delete(key, alice)
+        ops.append(["delete", key, "alice"])
         deleted.append(key)
         del live[key]
     expiring = "m-expiring"
-    kv.put(expiring, b"soon gone", alice, ttl=1)
+    ops.append(["put", expiring, b"soon gone".hex(), "alice", 1])
+    one_tag_writes(client, ops)
     deadline = time.monotonic() + 30
     while client.exists(OLD_ITEM + expiring) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -66,13 +66,14 @@ def old_state(client: redis.Redis) -> dict:
         value, version = client.hmget(OLD_ITEM + key, "v", "ver")
         expire_at = int(client.execute_command("PEXPIRETIME", OLD_ITEM + key))
         items[key] = (value, int(version), expire_at)
-    tombs = {key: int(client.zscore(TOMBS, key)) for key in deleted}
-    usage = {name: kv.usage(name) for name in ("alice", "bob", "carol")}
+    tombs = {key: int(client.zscore(OLD_TOMBS, key)) for key in deleted}
+    names = ("alice", "bob", "carol")
+    usage = one_tag_writes(client, [["usage", name] for name in names])
     return {
         "items": items,
         "tombs": tombs,
         "counter": int(client.get(OLD_COUNTER)),
-        "usage": {name: (u.keys, u.bytes) for name, u in usage.items()},
+        "usage": {name: tuple(used) for name, used in zip(names, usage, strict=True)},
         "expiring": expiring,
     }
 

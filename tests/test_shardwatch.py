@@ -14,20 +14,9 @@ from productionlab.redis_process import RedisProcess
 from productionlab.shardwatch import ShardWatchStore
 from productionlab.store.layout import SHARDS, all_shards, shard, shard_for, shard_of
 from productionlab.watch import ChangeFeed, PrefixTooBroad, Waiter
-from tests.test_shardkv import (  # noqa: F401 - the fixtures single, cluster, cluster_client
-    actor,
-    cluster,
-    cluster_client,
-    fresh,
-    make_backend,
-    single,
-    store_for,
-)
+from tests.layout_kit import actor, fresh, store_for
 
-
-@pytest.fixture(params=["single", "cluster"])
-def where(request):
-    return make_backend(request, request.param)
+pytest_plugins = ["tests.shard_backends"]
 
 
 def test_a_keys_index_never_goes_back(where):
@@ -106,7 +95,7 @@ def test_every_shard_counter_is_read_for_the_index(where):
     assert watches.current_index() >= before + 1000 * SHARDS - SHARDS
 
 
-def test_an_expired_shard_key_wakes_its_watch_through_the_change_feed(single):  # noqa: F811
+def test_an_expired_shard_key_wakes_its_watch_through_the_change_feed(single):
     """The process's ChangeFeed hears the expired-key event of a shard's item,
     gives the key its tombstone in its shard and wakes the watch waiting on it."""
     kv, who, key = store_for(("single", single, None)), actor(), fresh("e")
@@ -128,7 +117,7 @@ def test_an_expired_shard_key_wakes_its_watch_through_the_change_feed(single):  
         feed.stop()
 
 
-def test_on_a_cluster_an_expiry_on_any_master_wakes_its_watch(cluster, cluster_client):  # noqa: F811
+def test_on_a_cluster_an_expiry_on_any_master_wakes_its_watch(cluster, cluster_client):
     """Keyspace events are node-local: the feed hears the expiry of a shard item
     held by another master than the one its change messages come through."""
     changes_master = cluster.node_for("{plab}:kv-changes")

@@ -1,7 +1,7 @@
 --! keys: index
 --! args: tag shard pairs...
 -- Charges a shard's keys that have no owner (restored from a backup, or
--- written before quotas) to the given owners (as kv_charge_unowned.lua): ARGV
+-- written before quotas) to the given owners: ARGV
 -- from 3 is key, owner, key, owner, ... A key that has an owner is left alone.
 -- Returns {charged, reports...} for the settle.
 --! include shard_quota.lua

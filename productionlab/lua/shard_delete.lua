@@ -3,7 +3,7 @@
 --! args: audit[6] tag shard key expected
 -- One delete in its key's shard (cluster mode: the reservation took the limit
 -- ticket before it; the settle records the released charge after it).
--- allow-oom: a delete must work at maxmemory (see kv_delete.lua).
+-- allow-oom: a delete must work at maxmemory (a delete frees memory).
 -- Returns {1, version, reports...} deleted, {0, '', reports...} absent,
 -- {-1, current, reports...} condition failed.
 --! include shard_write.lua

@@ -3,7 +3,7 @@
 --! args: audit[6] tag shard key expected limit window
 -- One delete on a single redis: the limit ticket, the shard's delete and the
 -- settle of its released charge in one script (see shard_put_fused.lua).
--- Returns what kv_delete.lua returns.
+-- Returns what shard_delete.lua returns.
 --! include shard_write.lua
 --! include user_limit.lua
 --! include usage_ledger.lua

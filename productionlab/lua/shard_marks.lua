@@ -1,6 +1,5 @@
 --! fragment
--- A shard's names and watch marks (virtual shards, store/layout.py; as
--- watch_marks.lua, per shard). shard_of_tag(tag, number) gives a shard's
+-- A shard's names and watch marks (virtual shards, store/layout.py). shard_of_tag(tag, number) gives a shard's
 -- context S: every name under its hash tag (layout.Shard's names; a test pins
 -- them). Versions are the shard's counter * SHARDS + its number. The change
 -- channel stays {plab}'s (classic pub/sub reaches every node).

@@ -4,7 +4,7 @@
 -- reservation (limit ticket, quota hold), the shard's put and the settle of
 -- shard_reserve.lua, shard_put.lua and shard_settle.lua composed from the same
 -- fragments into one script (one round trip; no cross-slot check outside
--- cluster mode). Returns what kv_put.lua returns: {0|1, version}, {-1,
+-- cluster mode). Returns: {0|1, version}, {-1,
 -- current}, {-2, wait}, {-3, used keys, used bytes}.
 --! include shard_write.lua
 --! include user_limit.lua

@@ -1,5 +1,5 @@
 --! fragment
--- Each user's exact usage in one shard (as quota.lua, per shard), for the
+-- Each user's exact usage in one shard, for the
 -- shard scripts; every change of a user's usage bumps its `seq`, and
 -- reports(S) is what the settle records on {plab} (usage_ledger.lua).
 --! include shard_marks.lua

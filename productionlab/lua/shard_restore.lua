@@ -1,7 +1,6 @@
 --! keys: audit[2] counter index
 --! args: audit[6] tag shard overwrite records...
--- Restores a batch of a backup's records that all belong to one shard (as
--- kv_restore.lua for the one-tag layout): records are key, value, version,
+-- Restores a batch of a backup's records that all belong to one shard: records are key, value, version,
 -- ttl_ms, ... Without overwrite ('1') an existing key is left alone. Each
 -- restored key gets its own audit entry in the shard's chain and carries no
 -- owner (the caller charges it afterwards); a replaced key's charge is
