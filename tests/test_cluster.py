@@ -520,3 +520,37 @@ def test_the_admin_route_limit_counts_in_the_cluster(cluster_planes):
     assert answers[:2] == [200, 200] and 429 in answers[2:], answers
     owner = kit_of(cluster_planes).node_for("{plab}:routelimit")
     assert owner.client is not None and owner.client.keys("{plab}:routelimit*"), "no counter"
+
+
+def getkeys_calls(planes: Planes) -> int:
+    """How many COMMAND GETKEYS every master has answered."""
+    total = 0
+    for node in planes.redis_nodes():
+        try:
+            stats = node.info("commandstats")
+        finally:
+            node.close()
+        total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total
+
+
+def test_scripts_in_a_pipeline_find_their_slot_without_asking_a_node(cluster_planes):
+    """A limited read pipelines the limit script with the shard read, a listing
+    every shard's script. redis-py's cluster pipeline knows no routing policy for
+    EVALSHA and asked a node COMMAND GETKEYS for each script: one more round trip
+    a request. The planes' cluster client routes a script by its KEYS, as a
+    script sent alone is (store/connection.py, ``ScriptRouting``)."""
+    planes = cluster_planes
+    admin = planes.admin()
+    name = f"g{secrets.token_hex(5)}"
+    created = admin.post("/admin/users", json={"name": name, "role": "writer", "prefixes": ["*"]})
+    assert created.status_code == 201, created.text
+    user = planes.client(name, created.json()["password"])
+    key = f"{name}-k"
+    assert user.put(f"/v1/kv/{key}", data=b"v").status_code in (200, 201)
+    before = getkeys_calls(planes)
+    for _ in range(10):
+        assert user.get(f"/v1/kv/{key}").status_code == 200
+    assert key in user.get("/v1/kv", params={"prefix": name}).json()["keys"]
+    assert user.put(f"/v1/kv/{key}", data=b"w").status_code == 200
+    assert getkeys_calls(planes) == before
