@@ -71,6 +71,37 @@ def master_medians(runs: list[dict], workload: str) -> dict[str, dict]:
     }
 
 
+def holds(roles: dict, name: str) -> str:
+    """What the layout puts on master ``name``: ``{plab}`` and/or its shards."""
+    role = roles.get(name)
+    if not role:
+        return "?"
+    shards = role["shards"]
+    parts = (["`{plab}`"] if role["main"] else []) + (
+        [f"{len(shards)} shards ({shards[0]}-{shards[-1]})"] if shards else []
+    )
+    return " + ".join(parts) or "nothing"
+
+
+def command_mix(runs: list[dict], workload: str, top: int = 6) -> list[str]:
+    """Per master, the commands redis ran most per request (medians over the rounds)."""
+    rows = [r for r in clean(runs) if r["system"] == "cluster" and r["workload"] == workload]
+    if not rows or "per_command" not in next(iter(rows[0]["masters"].values())):
+        return []
+    lines = []
+    for name in sorted({n for r in rows for n in r["masters"]}):
+        commands = {c for r in rows for c in r["masters"].get(name, {}).get("per_command", {})}
+        median = {
+            c: statistics.median(r["masters"][name]["per_command"].get(c, 0) for r in rows)
+            for c in commands
+        }
+        ranked = sorted(median.items(), key=lambda kv: -kv[1])[:top]
+        lines.append(
+            f"{workload}, {name}: " + ", ".join(f"{c} {v:.2f}" for c, v in ranked if v >= 0.01)
+        )
+    return lines
+
+
 def section(data: dict) -> list[str]:
     runs = data.get("cluster_runs") or []
     info = data.get("cluster_info") or {}
@@ -124,25 +155,38 @@ def masters_table(runs: list[dict]) -> list[str]:
     """Each cluster master's shares and per-request figures, per workload."""
     lines = [
         "",
-        "Each master of the cluster (medians over the rounds): its share of the commands "
-        "redis counted (INFO commandstats; a command a script runs counts as well as the "
-        "EVALSHA that ran it; INFO left out), of the EVALSHA calls alone (one per KV "
-        "request), of the keys (INFO keyspace), its dataset bytes (`used_memory_dataset`, "
-        "an empty master's included), commands per request and main-thread CPU per "
-        "request (`used_cpu_*_main_thread`).",
+        "Each master of the cluster (medians over the rounds): what the key layout puts "
+        "on it (`{plab}`: users, tokens, the per-user limit and the quota ledger; the "
+        "virtual shards whose tags' slots it owns), its share of the commands redis "
+        "counted (INFO commandstats; a command a script runs counts as well as the "
+        "EVALSHA that ran it; INFO left out), of the EVALSHA calls alone (a read's limit "
+        "ticket on `{plab}`'s master; a write's reservation and settle there and its "
+        "shard's script on the shard's master), of the keys (INFO keyspace), its dataset "
+        "bytes (`used_memory_dataset`, an empty master's included), commands per request "
+        "and main-thread CPU per request (`used_cpu_*_main_thread`).",
         "",
-        "| workload | master | commands | EVALSHA | keys | keys held | dataset KiB | "
+        "| workload | master | holds | commands | EVALSHA | keys | keys held | dataset KiB | "
         "commands/request | main-thread CPU us/request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    roles = next((r["roles"] for r in runs if r.get("roles")), {})
     for workload in ("read", "write", "mix"):
         for name, m in master_medians(runs, workload).items():
             lines.append(
-                f"| {workload} | {name} | {m['calls_share']:.1%} | "
+                f"| {workload} | {name} | {holds(roles, name)} | {m['calls_share']:.1%} | "
                 f"{m['script_calls_share']:.1%} | {m['keys_share']:.1%} | {m['keys']:,.0f} | "
                 f"{m['dataset'] / 1024:,.0f} | {m['calls_per_request']:.1f} | "
                 f"{m['cpu_main_us_per_request']:.1f} |"
             )
+    mix = [line for workload in ("read", "write") for line in command_mix(runs, workload)]
+    if mix:
+        lines += [
+            "",
+            "The commands each master ran most, per request (medians; `evalsha` the "
+            "scripts, the others mostly run inside them):",
+            "",
+            *[f"- {line}" for line in mix],
+        ]
     refused = [
         f"{r['system']}/{r['workload']} round {r['rep'] + 1}: {r['status']}"
         for r in runs

@@ -5,19 +5,21 @@ does of the work.
 Per master, from two INFO readings around each wrk run (``snapshot`` before and
 after, ``shares``):
 
-- commands: the ``calls`` of every ``cmdstat_*`` (INFO commandstats) summed. Redis
-  counts a command a script runs as a call of its own too, so a KV write is one
-  EVALSHA plus the calls inside it; the EVALSHA calls alone are kept as well
-  (``script_calls``), the round trips that carry the KV work. ``INFO`` itself (these
+- commands: the ``calls`` of every ``cmdstat_*`` (INFO commandstats) summed, and per
+  command (``per_command``, calls per request). Redis counts a command a script runs
+  as a call of its own too, so a KV write is its EVALSHA(s) plus the calls inside;
+  the EVALSHA calls alone are kept as well (``script_calls``). ``INFO`` itself (these
   readings, the planes' gauges) is left out.
 - memory: ``used_memory`` and ``used_memory_dataset`` (after, and the change), and
   its keys (INFO keyspace, so that only INFO, left out of the count, is sent).
 - main-thread CPU: ``used_cpu_sys_main_thread + used_cpu_user_main_thread`` (INFO
   cpu), per request of the run.
 
-Nothing here knows the key layout: the shares are whatever the masters report, so
-they show today's concentration (every KV key in the ``{plab}`` slot, one master)
-and a layout that spreads keys alike.
+The shares are whatever the masters report. What the layout puts on each master
+(whether it owns ``{plab}``'s slot, which virtual shards' tags it owns:
+``store/layout.py``) is read from the cluster once per run (``roles``), so the
+report can say which master takes the per-user limit and quota ledger every KV
+request touches and which only hold shards.
 
     python bench/run.py --cluster-only    only this section, into the kept results
 """
@@ -38,6 +40,7 @@ if str(ROOT) not in sys.path:  # tests/cluster_kit.py: the tests' cluster launch
 import harness  # noqa: E402
 
 from productionlab.configfiles import plane_redis_users  # noqa: E402
+from productionlab.store.layout import MAIN_TAG, all_shards  # noqa: E402
 from productionlab.supervisor import Supervisor  # noqa: E402
 from tests.cluster_kit import RedisClusterKit  # noqa: E402
 
@@ -103,6 +106,11 @@ def shares(
             if command not in NOT_COUNTED
         }
         figures[name] = {
+            "per_command": {
+                command: round(calls / max(1, requests), 3)
+                for command, calls in sorted(delta.items(), key=lambda kv: -kv[1])
+                if calls
+            },
             "calls": sum(delta.values()),
             "script_calls": sum(delta.get(c, 0) for c in SCRIPT_COMMANDS),
             "keys": end.keys,
@@ -152,6 +160,16 @@ class ClusterHardened(harness.Hardened):
             for index, node in enumerate(self.cluster.nodes)
             if node.client is not None
         }
+
+    def roles(self) -> dict[str, dict]:
+        """Per master: whether it owns ``{plab}``'s slot and the virtual shards whose
+        tags' slots it owns (the cluster's own map, read now)."""
+        names = {node.port: f"redis-m{index + 1}" for index, node in enumerate(self.cluster.nodes)}
+        found = {name: {"main": False, "shards": []} for name in names.values()}
+        found[names[self.cluster.node_for(MAIN_TAG).port]]["main"] = True
+        for place in all_shards():
+            found[names[self.cluster.node_for(place.tag).port]]["shards"].append(place.number)
+        return found
 
     def processes(self) -> dict[str, int]:
         found = {k: v for k, v in super().processes().items() if k != "redis"}
@@ -232,6 +250,7 @@ def measure(
     """Interleaved rounds: per rep and workload, the single-redis stack and the
     cluster stack back to back (which goes first alternates by rep)."""
     pairs = [(single, single_masters(single)), (cluster, cluster.masters())]
+    roles = cluster.roles()
     runs = []
     try:
         for rep in range(reps):
@@ -239,6 +258,8 @@ def measure(
                 for system, masters in pairs if rep % 2 == 0 else pairs[::-1]:
                     run = measure_round(system, masters, workload, seconds, retries)
                     run["rep"] = rep
+                    if system is cluster:
+                        run["roles"] = roles
                     runs.append(run)
                     calls = {n: m["calls_share"] for n, m in run["masters"].items()}
                     print(

@@ -1,5 +1,5 @@
-"""The KV core on the virtual-shard layout (issue 12 item 2; being built, not yet
-what the routes call: docs/design/virtual-shards.md, "Status").
+"""The KV core on the virtual-shard layout (issue 12 item 2): every KV route of
+both planes calls it (``wiring.py``; docs/ARCHITECTURE.md, "The key layout").
 
 Each key lives in its shard (:mod:`productionlab.store.layout`): the item, the
 shard's version counter (versions ``counter * 16 + shard``), listing index,
@@ -15,7 +15,7 @@ the quota total stay in ``{plab}`` (the design's "Per-user limit and quota"):
   ``{plab}`` (release the hold, record the shard's report of each changed user's
   usage there). On a single redis, which holds ``{plab}`` and every shard, the
   same fragments compose one script (``shard_put_fused.lua``,
-  ``shard_delete_fused.lua``): one round trip, as today.
+  ``shard_delete_fused.lua``): one round trip, as before the shards.
 
 A write refused for quota while a TTL charge of the writer in another shard
 has expired reconciles those shards and is tried once more, so a user whose

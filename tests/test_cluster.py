@@ -4,9 +4,10 @@ reads, the users' and the change feed's pub/sub, the probes and admin reads that
 ask a server (INFO, CONFIG GET, SCAN), the audit verification and a backup, and a
 master restart under traffic (503 + Retry-After, never 500).
 
-The key layout still puts every key in the ``{plab}`` hash slot (issue 12 item 2
-redesigns it), so one master holds all the data; ``test_keys_per_master`` records
-the spread rather than asserting it.
+The KV data lives in 16 virtual shards with their own placed hash tags
+(``productionlab/store/layout.py``; 5/6/5 shards on the three masters), and users,
+tokens, the per-user limit and the quota ledger stay in ``{plab}``, on one master
+every KV request touches; ``test_keys_per_master`` asserts the spread.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from productionlab import ap, backup, cp
 from productionlab.audit import Actor
 from productionlab.configfiles import plane_redis_users
 from productionlab.lastused import LastUsed
+from productionlab.redis_process import RedisProcess
 from productionlab.secretgen import ensure_secrets
 from productionlab.securitymetrics import record_audit_verification
 from productionlab.serve import bootstrap_control_plane
 from productionlab.services import services_of
 from productionlab.settings import ConfigError, Settings
-from productionlab.store.layout import shard_for
+from productionlab.store.layout import LAYOUT_KEY, shard_for
 from tests.cluster_kit import RedisClusterKit
 from tests.inprocess import Planes, park_watch, plane_settings, start_planes, stop_listeners
 from tests.layout_kit import item_of
@@ -60,6 +62,8 @@ def test_the_planes_write_and_read_over_the_cluster(cluster_planes):
     key = f"c-{secrets.token_hex(6)}"
     written = admin.put(f"/v1/kv/{key}", data=b"on a cluster")
     assert written.status_code in (200, 201), written.text
+    owner = kit_of(planes).node_for(item_of(key))  # the item, on its shard's master
+    assert owner.client is not None and owner.client.hget(item_of(key), "v") == b"on a cluster"
     read = admin.get(f"/v1/kv/{key}")
     assert read.status_code == 200 and read.content == b"on a cluster"
     listed = admin.get("/v1/kv", params={"prefix": "c-"})
@@ -71,9 +75,9 @@ def test_the_planes_write_and_read_over_the_cluster(cluster_planes):
     assert stale.status_code == 412, stale.text
     assert admin.delete(f"/v1/kv/{key}").status_code in (200, 204)
     assert admin.get(f"/v1/kv/{key}").status_code == 404
-    # The data sits where redis's cluster client put it: the {plab} slot's master.
-    owner = kit_of(planes).node_for("{plab}:audit")
-    assert owner.client is not None and owner.client.exists("{plab}:audit") == 1
+    # The main audit chain (the users' and tokens' events) sits on {plab}'s master.
+    main = kit_of(planes).node_for("{plab}:audit")
+    assert main.client is not None and main.client.exists("{plab}:audit") == 1
 
 
 def test_users_and_their_invalidation_events_work_over_the_cluster(cluster_planes):
@@ -204,25 +208,24 @@ def test_keys_per_master(cluster_planes, record_property):
     assert max(items.values()) <= WRITES * 0.55, items
 
 
-def test_the_planes_survive_a_master_restart(cluster_planes):
-    """SIGKILL the master that holds the data while writes and reads go on: every
-    answer is 2xx or 503 with Retry-After, never 500; once it is back (its AOF,
-    appendfsync always) the writes acknowledged before the kill are there and
-    new writes succeed."""
-    planes, admin = cluster_planes, cluster_planes.admin()
-    kit = kit_of(planes)
-    run = secrets.token_hex(4)
-    acked = []
-    for n in range(20):
-        answer = admin.put(f"/v1/kv/rs-{run}-{n}", data=str(n).encode())
-        assert answer.status_code in (200, 201), answer.text
-        acked.append(n)
-    owner = kit.node_for("{plab}:kv-index")
-    kit.kill(owner)
+def kill_under_traffic(
+    planes: Planes, node: RedisProcess, writes: list[str], reads: list[str]
+) -> dict[str, bytes]:
+    """SIGKILL the master ``node``, then write the new keys ``writes`` (in order) and
+    read the keys of ``reads`` (in turn) through the routes until six answers are
+    503 (bounded by RESTART_REQUESTS): every answer must be 2xx, or 503 +
+    Retry-After with the code ``unavailable``, never 500. Returns the writes
+    acknowledged during the outage (key: value), for the caller to find later."""
+    admin = planes.admin()
+    kit_of(planes).kill(node)
     answers = []
-    for n in range(RESTART_REQUESTS):
-        answers.append(admin.put(f"/v1/kv/rs-{run}-down-{n}", data=b"x"))
-        answers.append(admin.get(f"/v1/kv/rs-{run}-0"))
+    acked: dict[str, bytes] = {}
+    for n, key in enumerate(writes[:RESTART_REQUESTS]):
+        value = f"down {n}".encode()
+        written = admin.put(f"/v1/kv/{key}", data=value)
+        if written.status_code in (200, 201):
+            acked[key] = value
+        answers += [written, admin.get(f"/v1/kv/{reads[n % len(reads)]}")]
         if sum(1 for a in answers if a.status_code == 503) >= 6:
             break
     statuses = sorted({a.status_code for a in answers})
@@ -232,22 +235,82 @@ def test_the_planes_survive_a_master_restart(cluster_planes):
         if answer.status_code == 503:
             assert int(answer.headers["Retry-After"]) >= 1
             assert answer.json()["error"]["code"] == "unavailable"
-    for plane in ("ap", "cp"):
-        ready = admin.direct("GET", plane, "/ready")
-        assert ready.status_code == 503, ready.text
-    kit.restart(owner)
+    return acked
+
+
+def restart_and_write(planes: Planes, node: RedisProcess, key: str) -> RedisProcess:
+    """Restart the killed ``node`` (from its AOF, appendfsync always) and write
+    ``key`` until the write succeeds: 503 meanwhile, never 500."""
+    admin = planes.admin()
+    again = kit_of(planes).restart(node)
     back = None
     for n in range(RESTART_REQUESTS):
-        back = admin.put(f"/v1/kv/rs-{run}-back-{n}", data=b"x")
+        back = admin.put(f"/v1/kv/{key}-{n}", data=b"x")
         assert back.status_code in (200, 201, 503), (back.status_code, back.text)
         if back.status_code in (200, 201):
             break
         time.sleep(0.05)
     assert back is not None and back.status_code in (200, 201), back.text
-    for n in acked:
-        kept = admin.get(f"/v1/kv/rs-{run}-{n}")
-        assert kept.status_code == 200 and kept.content == str(n).encode(), kept.text
+    return again
+
+
+def assert_kept(planes: Planes, acked: dict[str, bytes]) -> None:
+    """Every acknowledged write reads back with its value."""
+    admin = planes.admin()
+    for key, value in acked.items():
+        kept = admin.get(f"/v1/kv/{key}")
+        assert kept.status_code == 200 and kept.content == value, (key, kept.text)
+
+
+def test_the_planes_survive_a_master_restart(cluster_planes):
+    """SIGKILL a master while writes and reads go on, twice: first the master of
+    ``{plab}`` (users, tokens, the per-user limit and the quota ledger, which every
+    KV request touches: the ticket of a read, the reservation and settle of a
+    write), then a master that holds only virtual shards (the items, counters,
+    indexes and audit chains of 5 or 6 of the 16). Every answer is 2xx or 503 with
+    Retry-After, never 500; the planes are unready while the ``{plab}`` master is
+    down; once each master is back (its AOF, appendfsync always) every write
+    acknowledged before or during its outage is there, new writes succeed, a watch
+    wakes and every audit chain verifies."""
+    planes, admin = cluster_planes, cluster_planes.admin()
+    kit = kit_of(planes)
+    run = secrets.token_hex(4)
+    # Every master's keys, found while all answer (CLUSTER KEYSLOT asks a node).
+    main = kit.node_for(LAYOUT_KEY)
+    shard_master = next(node for node in kit.nodes if node is not main)
+    candidates = [f"rs-{run}-{n}" for n in range(200)]
+    on_shard_master = [k for k in candidates if kit.node_for(item_of(k)) is shard_master]
+    elsewhere = [k for k in candidates if kit.node_for(item_of(k)) is not shard_master]
+    assert len(on_shard_master) >= 11 and len(elsewhere) >= 10
+    acked: dict[str, bytes] = {}
+    for key in on_shard_master[:10] + elsewhere[:10]:
+        answer = admin.put(f"/v1/kv/{key}", data=key.encode())
+        assert answer.status_code in (200, 201), answer.text
+        acked[key] = key.encode()
+
+    downs = [f"rs-{run}-down-{n}" for n in range(RESTART_REQUESTS)]
+    during = kill_under_traffic(planes, main, downs, list(acked))
+    acked.update(during)
+    for plane in ("ap", "cp"):
+        ready = admin.direct("GET", plane, "/ready")
+        assert ready.status_code == 503, ready.text
+    restart_and_write(planes, main, f"rs-{run}-back")
+    assert_kept(planes, acked)
     assert_a_watch_wakes(planes, f"rs-{run}-watch")  # the feed resubscribed
+
+    # A shard master: its shards' keys answer 503 while it is down, the other
+    # masters keep serving theirs (cluster-require-full-coverage no), and what they
+    # acknowledged meanwhile is kept.
+    pool = [f"rs-{run}-down2-{n}" for n in range(300)]
+    dead = [k for k in pool if kit.node_for(item_of(k)) is shard_master]
+    live = [k for k in pool if kit.node_for(item_of(k)) is not shard_master]
+    writes = [k for pair in zip(dead, live, strict=False) for k in pair]
+    during = kill_under_traffic(planes, shard_master, writes, on_shard_master[:10])
+    assert during and set(during) <= set(live), sorted(during)
+    acked.update(during)
+    restart_and_write(planes, shard_master, f"rs-{run}-back-shard")
+    assert_kept(planes, acked)
+    assert_a_watch_wakes(planes, on_shard_master[10])  # a key of the restarted master
     assert admin.post("/admin/audit/verify").status_code == 200
 
 
@@ -338,7 +401,7 @@ def test_the_planes_run_as_their_own_acl_users_over_the_cluster():
 
 
 def test_aof_off_on_the_data_master_makes_the_planes_unready(cluster_planes):
-    """``appendonly no`` on the master that holds the data only: /ready says so
+    """``appendonly no`` on one master only (``{plab}``'s): /ready says so
     although a cluster client's INFO goes to one node."""
     admin = cluster_planes.admin()
     owner = kit_of(cluster_planes).node_for("{plab}:audit")
@@ -457,3 +520,37 @@ def test_the_admin_route_limit_counts_in_the_cluster(cluster_planes):
     assert answers[:2] == [200, 200] and 429 in answers[2:], answers
     owner = kit_of(cluster_planes).node_for("{plab}:routelimit")
     assert owner.client is not None and owner.client.keys("{plab}:routelimit*"), "no counter"
+
+
+def getkeys_calls(planes: Planes) -> int:
+    """How many COMMAND GETKEYS every master has answered."""
+    total = 0
+    for node in planes.redis_nodes():
+        try:
+            stats = node.info("commandstats")
+        finally:
+            node.close()
+        total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total
+
+
+def test_scripts_in_a_pipeline_find_their_slot_without_asking_a_node(cluster_planes):
+    """A limited read pipelines the limit script with the shard read, a listing
+    every shard's script. redis-py's cluster pipeline knows no routing policy for
+    EVALSHA and asked a node COMMAND GETKEYS for each script: one more round trip
+    a request. The planes' cluster client routes a script by its KEYS, as a
+    script sent alone is (store/connection.py, ``ScriptRouting``)."""
+    planes = cluster_planes
+    admin = planes.admin()
+    name = f"g{secrets.token_hex(5)}"
+    created = admin.post("/admin/users", json={"name": name, "role": "writer", "prefixes": ["*"]})
+    assert created.status_code == 201, created.text
+    user = planes.client(name, created.json()["password"])
+    key = f"{name}-k"
+    assert user.put(f"/v1/kv/{key}", data=b"v").status_code in (200, 201)
+    before = getkeys_calls(planes)
+    for _ in range(10):
+        assert user.get(f"/v1/kv/{key}").status_code == 200
+    assert key in user.get("/v1/kv", params={"prefix": name}).json()["keys"]
+    assert user.put(f"/v1/kv/{key}", data=b"w").status_code == 200
+    assert getkeys_calls(planes) == before

@@ -18,6 +18,7 @@ import yaml
 
 from productionlab import deploy
 from productionlab.settings import PLANE_SECRETS, ConfigError, secret_problem
+from productionlab.store.layout import shard_for
 from productionlab.token_keys import SigningKey
 from tests.conftest import state_dir
 
@@ -80,7 +81,15 @@ def test_redis_conf_starts_redis_and_the_health_user_may_only_ping(tmp_path):
             health.get("{plab}:anything")
         ap_password = (directory / "redis_ap_password").read_text().strip()
         ap = redis.Redis(unix_socket_path=str(sock), username="plab-ap", password=ap_password)
-        assert ap.hset("{plab}:kv:deploy-test", "v", "1") == 1
+        # The app plane writes a virtual shard's item (store/layout.py names it) and
+        # only appends to that shard's audit chain.
+        place = shard_for("deploy-test")
+        assert ap.hset(place.item("deploy-test"), "v", "1") == 1
+        log, meta = place.audit
+        assert ap.rpush(log, "entry") == 1
+        for refused in (lambda: ap.delete(log), lambda: ap.hset(meta, "seq", "0")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                refused()
         with pytest.raises(redis.exceptions.NoPermissionError):
             ap.hset("{plab}:user:admin", "role", "admin")  # the app plane reads users only
         assert ap.config_get("appendonly") == {"appendonly": "yes"}

@@ -24,6 +24,14 @@ from urllib.parse import unquote, urlparse
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.policies import (
+    BasePolicyResolver,
+    CommandPolicies,
+    PolicyResolver,
+    RequestPolicy,
+    ResponsePolicy,
+    StaticPolicyResolver,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -102,6 +110,31 @@ class ClusterNotFound(RedisClusterException, AttributeError):
     answers "no" instead of failing while the cluster is away."""
 
 
+class ScriptRouting(BasePolicyResolver):
+    """EVAL and EVALSHA are routed by their KEYS, then redis-py's static policies.
+
+    redis-py 8.1's cluster pipeline has no policy for EVALSHA and asks a node
+    ``COMMAND GETKEYS`` for every script it holds, to learn that the script has
+    keys: one more round trip per pipelined script (a limited read, a listing, a
+    batch). A script sent alone is routed by its KEYS without asking; with this
+    policy a pipelined one is too (test_cluster pins it)."""
+
+    def __init__(self, fallback: PolicyResolver | None = None) -> None:
+        keyed = CommandPolicies(
+            request_policy=RequestPolicy.DEFAULT_KEYED,
+            response_policy=ResponsePolicy.DEFAULT_KEYED,
+        )
+        super().__init__(
+            {"core": {"eval": keyed, "evalsha": keyed}}, fallback or StaticPolicyResolver()
+        )
+
+    def with_fallback(self, fallback: PolicyResolver) -> PolicyResolver:
+        return ScriptRouting(fallback)
+
+
+SCRIPT_ROUTING = ScriptRouting()
+
+
 class StartingRedisCluster(RedisCluster):
     """A cluster client that can be made while no cluster node answers.
 
@@ -138,6 +171,12 @@ class StartingRedisCluster(RedisCluster):
             finally:
                 state["_plab_discovering"] = None
             state["_plab_discovered"] = True
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        # RedisCluster.pipeline() does not hand its policy resolver on (redis-py 8.1).
+        pipe._policy_resolver = SCRIPT_ROUTING
+        return pipe
 
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__
@@ -197,6 +236,7 @@ def connect(settings: Settings, pool_size: int | None = None) -> redis.Redis:
     if url.startswith("redis+cluster://"):
         return StartingRedisCluster(
             startup_nodes=cluster_seeds(url),
+            policy_resolver=SCRIPT_ROUTING,
             max_connections=size,
             **({"ssl": True, **tls} if tls else {}),
             **options,
