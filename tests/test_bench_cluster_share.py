@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from productionlab.store.layout import MAIN_TAG, SHARDS, all_shards
 from tests.cluster_kit import RedisClusterKit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -92,6 +93,10 @@ def test_the_report_shows_each_masters_share(kit):
         node.client.set(f"{plain}:r{n}", "z")
     after = cluster_share.snapshot_all(masters)
     common = {"rep": 0, "p50_ms": 1.0, "errors": 0, "non2xx": 0, "foreign_cpu": 0.0}
+    roles = {name: {"main": False, "shards": []} for name in masters}  # what the layout puts where
+    roles[name_of(kit, MAIN_TAG)]["main"] = True
+    for place in all_shards():
+        roles[name_of(kit, place.tag)]["shards"].append(place.number)
     runs = [
         {
             **common,
@@ -115,11 +120,16 @@ def test_the_report_shows_each_masters_share(kit):
                 **{f"redis-{name}": 40 for name in masters},
             },
             "masters": cluster_share.shares(before, after, 20),
+            "roles": roles,
         },
     ]
     text = "\n".join(cluster_report.section({"cluster_runs": runs}))
-    assert f"| write | {owner} | 100.0% | 0.0% |" in text
-    for name in set(masters) - {owner}:
-        assert f"| write | {name} | 0.0% | 0.0% |" in text
+    main = name_of(kit, MAIN_TAG)
+    assert roles[main]["main"] and sum(len(r["shards"]) for r in roles.values()) == SHARDS
+    for name in masters:
+        held = cluster_report.holds(roles, name)
+        assert ("`{plab}`" in held) == (name == main)
+        share = "100.0%" if name == owner else "0.0%"
+        assert f"| write | {name} | {held} | {share} | 0.0% |" in text
     assert "write: req/s x0.90, CPU per request x1.10 (app x1.10, redis x1.20)" in text
     assert "| write | one | 1 | 1,000 | 10.0 | 100 | 800 | 0 | 100 | 1,000 | 0 % |" in text
