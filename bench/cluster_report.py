@@ -102,6 +102,33 @@ def command_mix(runs: list[dict], workload: str, top: int = 6) -> list[str]:
     return lines
 
 
+def getkeys_line(runs: list[dict], workload: str) -> str | None:
+    """Per master, COMMAND GETKEYS per request (medians; rounds recorded before the
+    bench kept the count, zeros included, are left out: absent is not zero)."""
+    rows = [
+        r
+        for r in clean(runs)
+        if r["system"] == "cluster"
+        and r["workload"] == workload
+        and all("command_getkeys" in m for m in r["masters"].values())
+    ]
+    if not rows:
+        return None
+    names = sorted({n for r in rows for n in r["masters"]})
+    figures = {
+        name: statistics.median(
+            r["masters"][name]["command_getkeys_per_request"] for r in rows if name in r["masters"]
+        )
+        for name in names
+    }
+    total = sum(r["masters"][n]["command_getkeys"] for r in rows for n in r["masters"])
+    return (
+        f"{workload}: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in figures.items())
+        + f" ({total:,} in {len(rows)} rounds)"
+    )
+
+
 def section(data: dict) -> list[str]:
     runs = data.get("cluster_runs") or []
     info = data.get("cluster_info") or {}
@@ -186,6 +213,14 @@ def masters_table(runs: list[dict]) -> list[str]:
             "scripts, the others mostly run inside them):",
             "",
             *[f"- {line}" for line in mix],
+        ]
+    getkeys = [line for w in ("read", "write", "mix") if (line := getkeys_line(runs, w))]
+    if getkeys:
+        lines += [
+            "",
+            "`COMMAND GETKEYS` per request on each master (INFO `cmdstat_command|getkeys`, "
+            "medians, and all of them counted over the rounds: a cluster client asking a "
+            "node where a command's keys are, one more round trip): " + "; ".join(getkeys) + ".",
         ]
     refused = [
         f"{r['system']}/{r['workload']} round {r['rep'] + 1}: {r['status']}"

@@ -9,7 +9,10 @@ after, ``shares``):
   command (``per_command``, calls per request). Redis counts a command a script runs
   as a call of its own too, so a KV write is its EVALSHA(s) plus the calls inside;
   the EVALSHA calls alone are kept as well (``script_calls``). ``INFO`` itself (these
-  readings, the planes' gauges) is left out.
+  readings, the planes' gauges) is left out. ``COMMAND GETKEYS`` (INFO's
+  ``cmdstat_command|getkeys``: a cluster client asking a node where a command's keys
+  are, one more round trip) is kept on its own too, a zero included
+  (``command_getkeys``), so the report can say it was measured as none.
 - memory: ``used_memory`` and ``used_memory_dataset`` (after, and the change), and
   its keys (INFO keyspace, so that only INFO, left out of the count, is sent).
 - main-thread CPU: ``used_cpu_sys_main_thread + used_cpu_user_main_thread`` (INFO
@@ -46,6 +49,7 @@ from tests.cluster_kit import RedisClusterKit  # noqa: E402
 
 WORKLOADS = ("read", "write", "mix")
 SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+GETKEYS = "command|getkeys"  # INFO commandstats' name for COMMAND GETKEYS
 NOT_COUNTED = ("info",)  # the readings themselves (and the planes' memory gauges)
 DISTURBED_PERCENT = 10.0  # run.DISTURBED_PERCENT
 
@@ -113,6 +117,8 @@ def shares(
             },
             "calls": sum(delta.values()),
             "script_calls": sum(delta.get(c, 0) for c in SCRIPT_COMMANDS),
+            "command_getkeys": delta.get(GETKEYS, 0),
+            "command_getkeys_per_request": round(delta.get(GETKEYS, 0) / max(1, requests), 3),
             "keys": end.keys,
             "keys_delta": end.keys - start.keys,
             "used_memory": end.used_memory,

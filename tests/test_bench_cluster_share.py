@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from productionlab.store.layout import MAIN_TAG, SHARDS, all_shards
 from tests.cluster_kit import RedisClusterKit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -82,6 +81,25 @@ def test_shares_count_each_master_from_two_readings(kit):
     assert all(f["cpu_main_us_per_request"] >= 0 for f in figures.values())
 
 
+def test_command_getkeys_is_counted_per_master_zero_included(kit):
+    """COMMAND GETKEYS (a cluster client asking a node where a command's keys are)
+    is kept per master, a master that answered none with an explicit 0, so the
+    report can say none was measured rather than none was recorded."""
+    asked = kit.nodes[0]
+    masters = masters_of(kit)
+    before = cluster_share.snapshot_all(masters)
+    for n in range(7):
+        assert asked.client.command_getkeys("SET", f"k{n}", "v") == [f"k{n}"]
+    after = cluster_share.snapshot_all(masters)
+    figures = cluster_share.shares(before, after, 14)
+    assert figures["m0"]["command_getkeys"] == 7
+    assert figures["m0"]["command_getkeys_per_request"] == 0.5
+    assert figures["m0"]["per_command"] == {"command|getkeys": 0.5}
+    for name in set(figures) - {"m0"}:
+        assert (figures[name]["command_getkeys"], figures[name]["per_command"]) == (0, {})
+        assert figures[name]["command_getkeys_per_request"] == 0.0
+
+
 def test_the_report_shows_each_masters_share(kit):
     """Two rounds, one per stack, built from real readings: the section names each
     master with its share, and the cluster-against-one-redis ratios."""
@@ -93,10 +111,6 @@ def test_the_report_shows_each_masters_share(kit):
         node.client.set(f"{plain}:r{n}", "z")
     after = cluster_share.snapshot_all(masters)
     common = {"rep": 0, "p50_ms": 1.0, "errors": 0, "non2xx": 0, "foreign_cpu": 0.0}
-    roles = {name: {"main": False, "shards": []} for name in masters}  # what the layout puts where
-    roles[name_of(kit, MAIN_TAG)]["main"] = True
-    for place in all_shards():
-        roles[name_of(kit, place.tag)]["shards"].append(place.number)
     runs = [
         {
             **common,
@@ -120,16 +134,20 @@ def test_the_report_shows_each_masters_share(kit):
                 **{f"redis-{name}": 40 for name in masters},
             },
             "masters": cluster_share.shares(before, after, 20),
-            "roles": roles,
+            "roles": {
+                name: {"main": name == owner, "shards": [0, 1, 2] if name == owner else []}
+                for name in masters
+            },
         },
     ]
     text = "\n".join(cluster_report.section({"cluster_runs": runs}))
-    main = name_of(kit, MAIN_TAG)
-    assert roles[main]["main"] and sum(len(r["shards"]) for r in roles.values()) == SHARDS
-    for name in masters:
-        held = cluster_report.holds(roles, name)
-        assert ("`{plab}`" in held) == (name == main)
-        share = "100.0%" if name == owner else "0.0%"
-        assert f"| write | {name} | {held} | {share} | 0.0% |" in text
+    assert f"| write | {owner} | `{{plab}}` + 3 shards (0-2) | 100.0% | 0.0% |" in text
+    for name in set(masters) - {owner}:
+        assert f"| write | {name} | nothing | 0.0% | 0.0% |" in text
     assert "write: req/s x0.90, CPU per request x1.10 (app x1.10, redis x1.20)" in text
     assert "| write | one | 1 | 1,000 | 10.0 | 100 | 800 | 0 | 100 | 1,000 | 0 % |" in text
+    assert "write: m0 0.00, m1 0.00, m2 0.00 (0 in 1 rounds)" in text
+    # rounds recorded without the count say nothing about it (absent is not zero)
+    for name in runs[1]["masters"]:
+        del runs[1]["masters"][name]["command_getkeys"]
+    assert "COMMAND GETKEYS" not in "\n".join(cluster_report.section({"cluster_runs": runs}))
