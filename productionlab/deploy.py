@@ -226,11 +226,12 @@ def redis_conf(
     """redis.conf for the ``redis`` service (and, in the ha topology, the replicas;
     ``cluster`` for the cluster profile's masters): one ACL user per plane,
     passwords as SHA-256."""
-    users = [*plane_redis_users(directory), HEALTH_USER]
+    planes = plane_redis_users(directory)
+    users = [*planes, HEALTH_USER]
     replication = None
     cluster = None
     if topology == "cluster":
-        users = [*plane_redis_users(directory), CLUSTER_HEALTH_USER, cluster_user(directory)]
+        users = [*planes, CLUSTER_HEALTH_USER, cluster_user(directory)]
         cluster = RedisClusterNode()
     if topology == "ha":
         replica_user, sentinel_user = ha_users(directory)
@@ -269,13 +270,14 @@ def sentinel_users(directory: Path) -> SentinelUsers:
 def sentinel_conf(directory: Path) -> str:
     """sentinel.conf for the ha profile's sentinels: monitor ``redis`` over TLS, quorum 2,
     with its ACL (:func:`sentinel_users`)."""
+    users = sentinel_users(directory)
     return SentinelConfig(
         service=SENTINEL_SERVICE,
         primary=HA_ADDRESSES[REDIS_SERVICE],
         primary_port=REDIS_PORT,
-        user=ha_users(directory)[1],
+        user=users.peer,
         tls=REDIS_TLS,
-        users=sentinel_users(directory),
+        users=users,
         port=SENTINEL_PORT,
     ).render()
 
