@@ -158,9 +158,9 @@ class ShardBatches:
             place.number,
             charge=charge if ticket.limit > 0 else 0,
         )
-        if hold is None:
-            refused(wait)
-        assert hold is not None
+        if hold is None:  # the limit is spent: its script answers a wait of 1 s or more
+            refused(max(int(wait), 1))
+            return []  # not reached: refused() raises for a positive wait
         items, op_args = _op_args(ops)
         reply = SHARD_BATCH(
             self.kv.client,
