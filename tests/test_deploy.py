@@ -92,6 +92,13 @@ def test_redis_conf_starts_redis_and_the_health_user_may_only_ping(tmp_path):
                 refused()
         with pytest.raises(redis.exceptions.NoPermissionError):
             ap.hset("{plab}:user:admin", "role", "admin")  # the app plane reads users only
+        # Nor the previous layout's KV keys: nothing of this release writes them, and
+        # an old app plane left running must not write where no plane reads.
+        for name in ("{plab}:kv:deploy-test", "{plab}:usage:someone"):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                ap.hset(name, "v", "1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            ap.incr("{plab}:kv-version")
         assert ap.config_get("appendonly") == {"appendonly": "yes"}
     finally:
         server.terminate()
