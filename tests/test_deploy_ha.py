@@ -373,7 +373,9 @@ def test_the_rendered_files_replicate_over_tls_and_the_sentinel_finds_both(ha_on
         lambda: replica.info("replication").get("master_link_status") == "up",
         "the replica syncs from the primary over TLS as plab-replica",
     )
-    assert primary.set("{plab}:ha-check", "x") is True
+    # The link is up on the replica's side before the primary has its first ACK: until
+    # then min-replicas-to-write 1 refuses the write (NOREPLICAS), as it should.
+    assert eventually(lambda: primary.set("{plab}:ha-check", "x"), "a replica the primary counts")
     assert primary.execute_command("WAIT", 1, 5000) == 1
     assert eventually(lambda: replica.get("{plab}:ha-check"), "the write replicated") == b"x"
     assert primary.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
