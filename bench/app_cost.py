@@ -113,13 +113,14 @@ def main() -> None:
             password=system.stack.secret("redis_ap_password"),
             **system.stack.redis_tls_options("ap"),  # type: ignore[arg-type]
         )
-        client.set("{plab}:kv:naive", "value")
+        # the naive app logs in as plab-ap, whose ACL lets it write shard keys only
+        client.set("{plab:s00.J}:kv:naive", "value")
         naive = naive_app.create_app(client)
         for name, target, path, method, header in (
             ("hardened read", app, "/read/bench-1", "GET", auth),
             ("hardened write", app, "/write/bench-1/value", "POST", auth),
-            ("naive read", naive, "/read/{plab}:kv:naive", "GET", None),
-            ("naive write", naive, "/write/{plab}:kv:naive/value", "POST", None),
+            ("naive read", naive, "/read/{plab:s00.J}:kv:naive", "GET", None),
+            ("naive write", naive, "/write/{plab:s00.J}:kv:naive/value", "POST", None),
         ):
             micros, status = cost(target, path, method, header, args.calls)
             print(f"{name:15} {micros:6.0f} us CPU per request ({status})", file=out, flush=True)

@@ -136,6 +136,51 @@ def stack() -> Iterator[Supervisor]:
     stop_stack(stack)
 
 
+# Nothing supervises the session stack, and a dead component's free port can be
+# taken by another suite's stack on this machine: the session's edge then forwards
+# to a stranger's plane and every later test fails with a 401 that hides the cause
+# (seen once in CI's TLS pass). So each test that uses the stack first checks that
+# every component still runs, and if one died, names it, shows its log and restarts it.
+_previous_stack_test: dict[str, str] = {}
+
+
+def dead_components(stack: Supervisor) -> dict[str, int | None]:
+    """The stack's components whose process has exited, with their exit status."""
+    return {
+        name: component.process.returncode
+        for name, component in stack.components.items()
+        if component.process is not None and not component.alive
+    }
+
+
+@pytest.fixture(autouse=True)
+def session_stack_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack: Supervisor = request.getfixturevalue("stack")
+    dead = dead_components(stack)
+    if dead:
+        logs = {
+            name: stack.components[name].log_path.read_text(errors="replace")[-1500:]
+            for name in dead
+        }
+        restarted = stack.supervise_once()
+        for name in restarted:
+            if name == "redis":
+                stack.wait_redis(30)
+            elif name != "nginx":
+                (port,) = stack.components[name].ports
+                stack.wait_http(port, stack.config.ready_path, 30)
+        pytest.fail(
+            f"the session stack's {dead} (name: exit status) died after "
+            f"{_previous_stack_test.get('id', 'its start')}; restarted {restarted or 'none'}"
+            f" (a port another stack took cannot be reused). Last log lines: {logs}"
+        )
+    _previous_stack_test["id"] = request.node.nodeid
+    yield
+
+
 @pytest.fixture
 def stack_factory() -> Iterator[Callable[..., Supervisor]]:
     started: list[Supervisor] = []

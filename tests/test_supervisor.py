@@ -21,7 +21,7 @@ from productionlab.supervisor import (
     port_free,
     process_group_members,
 )
-from tests.conftest import Client, admin_of, state_dir, stop_stack
+from tests.conftest import Client, admin_of, dead_components, state_dir, stop_stack
 from tests.supervisor_kit import (
     RunProcess,
     all_ports_free,
@@ -41,7 +41,9 @@ def test_redis_down_gives_503_with_retry_after_then_recovers(stack_factory):
     stack = stack_factory(ap_workers=1, restart_redis=False)
     admin = admin_of(stack)
     assert admin.post("/write/outage-key/before").status_code == 201
+    assert dead_components(stack) == {}
     kill(stack, "redis")
+    assert dead_components(stack) == {"redis": -signal.SIGKILL}  # what the session guard names
     for response in (
         admin.post("/write/outage-key/during"),
         admin.get("/read/outage-key"),
