@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import redis
 from flask import g, request
@@ -117,8 +117,14 @@ def take_ticket() -> Ticket | None:
     return g.pop("plab_ticket", None)
 
 
+def limit_spent(wait: int) -> NoReturn:
+    """Raise 429: a script refused the request because the caller's window is spent
+    (its ``-2`` status), ``wait`` seconds before it reopens (Retry-After is at least 1)."""
+    securitymetrics.throttled("user_limit")
+    raise RateLimited("too many requests for this user; wait and retry", retry_after=wait)
+
+
 def refused(wait: int) -> None:
     """Raise 429 when a limit script answered a positive wait in seconds."""
     if wait > 0:
-        securitymetrics.throttled("user_limit")
-        raise RateLimited("too many requests for this user; wait and retry", retry_after=wait)
+        limit_spent(wait)

@@ -27,7 +27,7 @@ from productionlab.audit import Actor
 from productionlab.batch import WRITES, ConditionFailed, Op, OpResult, TxnQuotaExceeded
 from productionlab.errors import CrossShardTransaction
 from productionlab.luascripts import script
-from productionlab.ratelimit import NO_TICKET, Ticket, refused
+from productionlab.ratelimit import NO_TICKET, Ticket, limit_spent
 from productionlab.shardkv import USAGE_TOTAL, ShardedKV
 from productionlab.store.layout import shard_for, shard_of
 
@@ -135,7 +135,7 @@ class ShardBatches:
         )
         status = int(reply[0])
         if status == -2:
-            refused(int(reply[1]))
+            limit_spent(int(reply[1]))
         if status == -1:
             current = reply[2]
             raise ConditionFailed(int(reply[1]) - 1, int(current) if current else None)
@@ -158,9 +158,8 @@ class ShardBatches:
             place.number,
             charge=charge if ticket.limit > 0 else 0,
         )
-        if hold is None:  # the limit is spent: its script answers a wait of 1 s or more
-            refused(max(int(wait), 1))
-            return []  # not reached: refused() raises for a positive wait
+        if hold is None:
+            limit_spent(wait)
         items, op_args = _op_args(ops)
         reply = SHARD_BATCH(
             self.kv.client,

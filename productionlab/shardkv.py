@@ -36,7 +36,7 @@ from productionlab.audit import Actor
 from productionlab.errors import KeyNotFound, QuotaExceeded, VersionConflict
 from productionlab.kv import Item, PutResult, Quota, Usage, validate_key
 from productionlab.luascripts import LuaScript, script
-from productionlab.ratelimit import NO_TICKET, USER_LIMIT_CHARGE, Ticket, refused
+from productionlab.ratelimit import NO_TICKET, USER_LIMIT_CHARGE, Ticket, limit_spent, refused
 from productionlab.store.durability import Durability
 from productionlab.store.layout import SHARDS, Shard, all_shards, shard, shard_for
 
@@ -186,7 +186,7 @@ class ShardedKV:
             # The ticket is taken once: the retry carries none.
             status, version, extra = self._put(key, value, actor, write, NO_TICKET)
         if status == -2:
-            refused(int(version))
+            limit_spent(int(version))
         if status == -3:
             raise QuotaExceeded(
                 f"this write would take you past your quota of {self.quota.max_keys} keys "
@@ -275,7 +275,7 @@ class ShardedKV:
                 if reports:
                     self._settle(actor.name, "", place.number, reports)
         if int(status) == -2:
-            refused(int(version))
+            limit_spent(int(version))
         if int(status) == 0:
             raise KeyNotFound(f"key {key!r} not found")
         if int(status) < 0:

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from productionlab.errors import RateLimited
+from productionlab.ratelimit import limit_spent
 from tests.conftest import admin_of, create_user
 from tests.layout_kit import counters
 
@@ -264,3 +266,13 @@ def test_route_limit_keys_live_under_the_project_prefix(route_limited_stack):
             client.get(f"LIMITS:LIMITER/{address}/admin/8/1/minute")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("wait", [0, 1, 7])
+def test_a_spent_window_is_always_a_429_with_a_retry_after(wait):
+    """A script's "limit spent" status raises whatever wait it answered: a wait of 0
+    (the window closing as it answered) still refuses, with Retry-After 1."""
+    with pytest.raises(RateLimited) as refused:
+        limit_spent(wait)
+    assert refused.value.code == 429
+    assert refused.value.headers["Retry-After"] == str(max(wait, 1))

@@ -20,29 +20,30 @@ class SentinelTarget:
     db: int
 
 
+def _hosts(netloc: str, scheme: str, default_port: int) -> list[tuple[str, int]]:
+    """The ``host[:port]`` list of a URL's network location (credentials dropped);
+    IPv6 hosts in brackets. A part without a host, or a bad port: ValueError."""
+    hosts = []
+    for part in netloc.rsplit("@", 1)[-1].split(","):
+        node = urlparse(f"//{part}")
+        if not node.hostname:
+            raise ValueError(f"{scheme} URL names no host in {part!r}")
+        hosts.append((node.hostname, node.port or default_port))  # a bad port: ValueError
+    return hosts
+
+
 def cluster_seeds(url: str) -> list[tuple[str, int]]:
     """The nodes a ``redis+cluster://host:port[,host:port...]`` URL names (port
     6379 when left out): the client asks the first that answers for the slot map,
     so one node down at start-up does not keep the planes from the others."""
-    netloc = url.removeprefix("redis+cluster://").split("/", 1)[0].rsplit("@", 1)[-1]
-    seeds = []
-    for part in netloc.split(","):
-        parsed = urlparse(f"//{part}")
-        if not parsed.hostname:
-            raise ValueError(f"redis+cluster:// URL names no host in {part!r}")
-        seeds.append((parsed.hostname, parsed.port or 6379))  # a bad port: ValueError
-    return seeds
+    netloc = url.removeprefix("redis+cluster://").split("/", 1)[0]
+    return _hosts(netloc, "redis+cluster://", 6379)
 
 
 def sentinel_target(url: str) -> SentinelTarget:
     """``redis+sentinel://host[:port][,host[:port]...]/service[/db]`` (port 26379)."""
     parsed = urlparse(url)
-    hosts = []
-    for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
-        node = urlparse(f"//{part}")
-        if not node.hostname:
-            raise ValueError(f"redis+sentinel:// URL names no host in {part!r}")
-        hosts.append((node.hostname, node.port or 26379))  # a bad port: ValueError
+    hosts = _hosts(parsed.netloc, "redis+sentinel://", 26379)
     path = [p for p in parsed.path.split("/") if p]
     if not path:
         raise ValueError("redis+sentinel:// URL needs a service name: /mymaster[/db]")
@@ -62,9 +63,10 @@ def url_problem(url: str) -> str | None:
             sentinel_target(url)
         else:
             parse_url(url)  # redis-py's own parser: a bad port raises
-            path = urlparse(url).path.strip("/")
-            if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
-                raise ValueError(f"the database {path!r} is not a number")  # redis-py: db 0
+            if url.startswith(("redis://", "rediss://")):
+                path = urlparse(url).path.strip("/")
+                if path and not path.isdigit():  # redis-py would quietly use db 0
+                    raise ValueError(f"the database {path!r} is not a number")
     except ValueError as exc:
         return f"is malformed: {exc}"
     return None
