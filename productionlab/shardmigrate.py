@@ -118,20 +118,29 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class LastWriters:
+    """Who last wrote each key, by the audit chains: an item from before quotas has
+    no owner and is charged to its last writer. The chains are read once per
+    migration, at the first item that needs them (most stores have none)."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._by_key: dict[str, str] | None = None
+
+    def of(self, key: str) -> str:
+        if self._by_key is None:
+            self._by_key = last_writers_of_every_chain(self.client)
+        return self._by_key.get(key, UNATTRIBUTED)
+
+
 def _move_items(
-    client: redis.Redis,
-    keys: list[str],
-    renumber: bool = False,
-    writers: dict[str, str] | None = None,
-) -> dict[str, str] | None:
+    client: redis.Redis, keys: list[str], writers: LastWriters, renumber: bool = False
+) -> None:
     """Move these old items (and index entries, tombstones, TTL versions).
 
     ``renumber``: the store was migrated already, so these were written since by
     an app plane of the previous release, on a counter that restarted: each
-    item gets a new version from its shard's counter (never one the key had).
-    ``writers``: key -> last writer, for items without an owner (from before
-    quotas); read from the audit chains when one is met and none is given, and
-    returned for the next batch."""
+    item gets a new version from its shard's counter (never one the key had)."""
     read = client.pipeline(transaction=False)
     for key in keys:
         read.hgetall(OLD_ITEM + key)
@@ -147,9 +156,7 @@ def _move_items(
             if renumber:
                 fields[b"ver"] = version_of(int(client.incr(place.counter)), place.number)
             if b"o" not in fields:  # written before quotas: charged to its last writer
-                if writers is None:
-                    writers = last_writers_of_every_chain(client)
-                fields[b"o"] = writers.get(key, UNATTRIBUTED)
+                fields[b"o"] = writers.of(key)
             write.delete(place.item(key))  # a copy left by a run cut short
             write.hset(place.item(key), mapping=fields)
             if int(expire_at) > 0:
@@ -170,7 +177,6 @@ def _move_items(
         drop.zrem(OLD_TOMBS, key)
         drop.hdel(OLD_TTL_VERSIONS, key)
     drop.execute()
-    return writers
 
 
 def _old_keys(client: redis.Redis, batch: int) -> Iterable[list[str]]:
@@ -266,16 +272,16 @@ def migrate_to_shards(client: redis.Redis, batch: int = 200) -> bool:
     if check_layout(client):
         if not client.exists(OLD_INDEX):
             return False
-        writers: dict[str, str] | None = None
+        writers = LastWriters(client)
         for keys in _old_keys(client, batch):
-            writers = _move_items(client, keys, renumber=True, writers=writers)
+            _move_items(client, keys, writers, renumber=True)
         _finish(client, batch)
         return True
     old_counter = int(client.get(OLD_COUNTER) or 0)
     floor = client.get(OLD_FLOOR)
-    writers: dict[str, str] | None = None  # read once, at the first item without an owner
+    writers = LastWriters(client)
     for keys in _old_keys(client, batch):
-        writers = _move_items(client, keys, writers=writers)
+        _move_items(client, keys, writers)
     setup = client.pipeline(transaction=False)
     for place in all_shards():
         # Past every old version; never back (a run after a crash finds it set).

@@ -24,6 +24,7 @@ from productionlab.shardmigrate import (
     OLD_ITEM,
     OLD_TOMBS,
     USERS,
+    LastWriters,
     LayoutMismatch,
     _move_items,
     check_layout,
@@ -123,7 +124,7 @@ def test_a_store_of_todays_layout_moves_to_the_shards(client):
 def test_a_migration_cut_short_finishes_when_run_again(client):
     before = old_state(client)
     some = sorted(before["items"])[:9] + sorted(before["tombs"])[:2]
-    _move_items(client, some)
+    _move_items(client, some, LastWriters(client))
     # A crash between a copy and the removal of its original: both exist.
     key = sorted(before["items"])[12]
     client.hset(shard_for(key).item(key), mapping=client.hgetall(OLD_ITEM + key))
