@@ -9,8 +9,9 @@ chain's in ``PLAB_AUDIT_ARCHIVE_DIR``, a shard's in its subdirectory ``sNN``), a
 trim archives-then-trims each chain.
 
 Each round of the thread: migrate the previous release's entries (once), archive
-and trim each chain that holds more than ``PLAB_AUDIT_MAX_ENTRIES`` (down to half
-of it), and sign a checkpoint when a head moved since the last one.
+and trim when the whole log holds more than ``PLAB_AUDIT_MAX_ENTRIES`` (the
+longest chains, down to one length that leaves half the bound), and sign a
+checkpoint when a head moved since the last one.
 
 Between rounds the thread also checks the log's length every second and archives
 and trims as soon as it passes the bound: bulk writes append tens of thousands of
@@ -99,6 +100,20 @@ def checkpoint_summary(checkpoint: MultiCheckpoint) -> dict:
     body = checkpoint.as_dict()
     main = body["chains"].get(MAIN_CHAIN, {})
     return {**main, **body}
+
+
+def trim_level(lengths: list[int], budget: int) -> int:
+    """The length to cut the longest chains to so that all chains together hold
+    at most ``budget`` entries (at least 1 each): chains already shorter keep
+    every entry, so a quiet chain is not trimmed because a busy one grew."""
+    remaining = budget
+    ordered = sorted(lengths)
+    for index, length in enumerate(ordered):
+        left = len(ordered) - index
+        if length * left > remaining:
+            return max(1, remaining // left)
+        remaining -= length
+    return max(1, max(ordered, default=1))
 
 
 class AuditKeeper:
@@ -195,17 +210,18 @@ class AuditKeeper:
         return result
 
     def trim_past_bound(self) -> None:
-        """Archive and trim each chain past ``PLAB_AUDIT_MAX_ENTRIES`` to half of it."""
+        """When the whole log (every chain together) holds more than
+        ``PLAB_AUDIT_MAX_ENTRIES``, archive and trim the longest chains to one
+        length (:func:`trim_level`) that leaves half the bound in redis. A bound
+        per chain would let redis hold one bound per chain (17 with the virtual
+        shards: ~220 MB of entries at the default, most of a 256 MB redis)."""
         if not self.max_entries:
             return
-        over = {
-            name
-            for name, (lst, _) in chain_keys().items()
-            if self.client.llen(lst) > self.max_entries
-        }
-        if not over:
+        lengths = {name: int(self.client.llen(lst)) for name, (lst, _) in chain_keys().items()}
+        if sum(lengths.values()) <= self.max_entries:
             return
-        keep = max(1, self.max_entries // 2)
+        keep = trim_level(list(lengths.values()), self.max_entries // 2)
+        over = {name for name, length in lengths.items() if length > keep}
         for name, (dropped, first, path) in self.trim_chains(KEEPER, keep, over).items():
             log.info(
                 "audit: chain %s: archived %d entries to %s; redis keeps from %d",

@@ -39,7 +39,9 @@ from productionlab.audit_archive import (
     archive_and_trim,
     migrate_legacy,
 )
+from productionlab.audit_chains import chain_keys
 from productionlab.audit_checkpoint import CheckpointFile
+from productionlab.audit_keeper import trim_level
 from productionlab.audit_verify import verify_log
 from productionlab.redis_process import RedisProcess
 from productionlab.settings import ConfigError, Settings
@@ -309,6 +311,48 @@ def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_the_bound_holds_for_the_whole_log_not_for_each_chain():
+    """Writes spread over every shard: no chain passes PLAB_AUDIT_MAX_ENTRIES on its own,
+    the log as a whole does, and the keeper trims it (a bound per chain let redis hold
+    one bound per chain: 17 of them)."""
+    directory = state_dir("plab-bound-")
+    stack = Supervisor(
+        small_stack_config(
+            directory,
+            extra_env={"PLAB_AUDIT_MAX_ENTRIES": "60", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "300"},
+        )
+    )
+    stack.start(timeout=90)
+    try:
+        writer = create_user(admin_of(stack), "writer", ["w-"])
+        keys = [f"w-{n}" for n in range(96)]  # six a shard on average
+        for key in keys:
+            assert writer.post(f"/write/{key}/v").status_code == 201
+        cp = stack.redis_client()
+        lists = [lst for lst, _ in chain_keys().values()]
+
+        def whole_log() -> int:
+            return sum(int(cp.llen(lst)) for lst in lists)
+
+        wait_for(lambda: whole_log() <= 60, timeout=60, what="the trim of the whole log")
+        metas = [meta for _, meta in chain_keys().values()]
+        trimmed = [meta for meta in metas if int(cp.hget(meta, "first") or 1) > 1]
+        assert len(trimmed) > 1  # more than one chain gave up its oldest entries
+        cp.close()
+        assert verify(stack)["ok"] is True
+    finally:
+        stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_trim_level_cuts_the_longest_chains_to_one_length():
+    assert trim_level([0] * 15 + [12, 60], 20) == 10
+    assert trim_level([3000] * 16 + [10], 25_000) == 1561  # the quiet chain keeps its 10
+    assert trim_level([100, 1, 1], 20) == 18
+    assert trim_level([5, 5], 100) == 5  # under budget: nothing to cut
+    assert trim_level([50] * 17, 5) == 1  # never below one entry a chain
+
+
 # --- settings: the checkpoint key and the bounds -----------------------------------------
 def control_env(**extra: str) -> dict[str, str]:
     env = {f"PLAB_{n}": secrets.token_hex(32) for n in ("SECRET_KEY", "TOKEN_KEY", "BACKUP_KEY")}
@@ -363,6 +407,7 @@ def test_audit_bounds_are_validated(tmp_path):
     assert settings.audit_archive_path == tmp_path / "audit" / "archive"
     for name, value in (
         ("PLAB_AUDIT_MAX_ENTRIES", "0"),
+        ("PLAB_AUDIT_MAX_ENTRIES", "39"),
         ("PLAB_AUDIT_MAX_ENTRIES", "many"),
         ("PLAB_AUDIT_CHECKPOINT_INTERVAL", "0"),
         ("PLAB_AUDIT_CHECKPOINT_INTERVAL", "100000"),

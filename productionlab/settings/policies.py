@@ -259,10 +259,12 @@ def check_audit(s: Settings, problems: list[str], warnings: list[str]) -> None:
         problems.append("PLAB_AUDIT_RETENTION is a number of entries (0: keep all)")
     if not 1 <= s.audit_checkpoint_interval <= 86_400:
         problems.append("PLAB_AUDIT_CHECKPOINT_INTERVAL must be 1..86400 seconds")
-    if not 10 <= s.audit_max_entries <= 100_000_000:
+    if not 40 <= s.audit_max_entries <= 100_000_000:
+        # At least two entries per chain and room: a trim leaves half the bound plus
+        # one audit.trim entry in each of the 17 chains, and must end under the bound.
         problems.append(
-            "PLAB_AUDIT_MAX_ENTRIES must be 10..100000000 (entries kept in redis "
-            "before the oldest are archived and trimmed)"
+            "PLAB_AUDIT_MAX_ENTRIES must be 40..100000000 (entries kept in redis, all "
+            "chains together, before the oldest are archived and trimmed)"
         )
     if s.plane == "cp":
         problems += _checkpoint_key_problems(s.audit_checkpoint_key)
