@@ -11,6 +11,7 @@ and ``plab-monitor``, which may run MONITOR.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -280,18 +281,32 @@ def test_the_log_is_archived_trimmed_and_checkpointed_on_its_own(custody):
     cp.close()
 
 
-def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
-    """Bulk writes append faster than a 300 s round trims: the keeper checks the
-    length between rounds and trims as soon as the log passes the bound."""
-    directory = state_dir("plab-trim-")
+@contextlib.contextmanager
+def bounded_stack(prefix: str, max_entries: int) -> Iterator[Supervisor]:
+    """A small stack whose keeper trims past ``max_entries`` and signs its scheduled
+    checkpoint only every 300 s (so a trim is not a round's work)."""
+    directory = state_dir(prefix)
     stack = Supervisor(
         small_stack_config(
             directory,
-            extra_env={"PLAB_AUDIT_MAX_ENTRIES": "40", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "300"},
+            extra_env={
+                "PLAB_AUDIT_MAX_ENTRIES": str(max_entries),
+                "PLAB_AUDIT_CHECKPOINT_INTERVAL": "300",
+            },
         )
     )
     stack.start(timeout=90)
     try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
+    """Bulk writes append faster than a 300 s round trims: the keeper checks the
+    length between rounds and trims as soon as the log passes the bound."""
+    with bounded_stack("plab-trim-", 40) as stack:
         checkpoints = stack.state / "audit" / "checkpoints.jsonl"
         signed_at_start = checkpoints.read_text().splitlines()
         writer = create_user(admin_of(stack), "writer", ["b-"])
@@ -306,24 +321,13 @@ def test_the_log_is_trimmed_when_it_passes_the_bound_not_at_the_next_round():
         assert checkpoints.read_text().splitlines() == signed_at_start
         cp.close()
         assert verify(stack)["ok"] is True
-    finally:
-        stack.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_the_bound_holds_for_the_whole_log_not_for_each_chain():
     """Writes spread over every shard: no chain passes PLAB_AUDIT_MAX_ENTRIES on its own,
     the log as a whole does, and the keeper trims it (a bound per chain let redis hold
     one bound per chain: 17 of them)."""
-    directory = state_dir("plab-bound-")
-    stack = Supervisor(
-        small_stack_config(
-            directory,
-            extra_env={"PLAB_AUDIT_MAX_ENTRIES": "60", "PLAB_AUDIT_CHECKPOINT_INTERVAL": "300"},
-        )
-    )
-    stack.start(timeout=90)
-    try:
+    with bounded_stack("plab-bound-", 60) as stack:
         writer = create_user(admin_of(stack), "writer", ["w-"])
         keys = [f"w-{n}" for n in range(96)]  # six a shard on average
         for key in keys:
@@ -340,9 +344,6 @@ def test_the_bound_holds_for_the_whole_log_not_for_each_chain():
         assert len(trimmed) > 1  # more than one chain gave up its oldest entries
         cp.close()
         assert verify(stack)["ok"] is True
-    finally:
-        stack.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_trim_level_cuts_the_longest_chains_to_one_length():
