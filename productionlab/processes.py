@@ -112,6 +112,12 @@ class Component:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def exited(self) -> bool:
+        """Started, and its leader has exited since (on its own or killed): not
+        the same as not ``alive``, which a component never started is too."""
+        return self.process is not None and self.process.poll() is not None
+
     def members(self) -> list[int]:
         """Live processes of this component's group (the leader may be gone)."""
         return [] if self.pgid is None else process_group_members(self.pgid)

@@ -59,7 +59,7 @@ class Readiness:
 
     def _check_alive(self, name: str) -> None:
         component = self.components.get(name)
-        if component is not None and component.process is not None and not component.alive:
+        if component is not None and component.exited:
             lines = component.log_path.read_text(errors="replace").strip().splitlines()
             last = lines[-1].strip() if lines else "no output"
             raise StackError(
@@ -72,7 +72,7 @@ class Readiness:
 
         def check_alive() -> None:
             for name, component in self.components.items():
-                if name != "redis" and component.process is not None and not component.alive:
+                if name != "redis" and component.exited:
                     self._check_alive(name)
 
         url = f"http://{self.config.bind}:{port}{path}"

@@ -266,8 +266,7 @@ class Supervisor(StackLayout, Readiness):
         if self._stopping:
             return restarted
         for component in list(self.components.values()):
-            dead = component.process is not None and not component.alive
-            if not component.restart or not (dead or component.pending_restart):
+            if not component.restart or not (component.exited or component.pending_restart):
                 continue
             component.stop(timeout=5.0, signum=signal.SIGKILL)
             if component.held_ports():

@@ -149,7 +149,7 @@ def dead_components(stack: Supervisor) -> dict[str, int | None]:
     return {
         name: component.process.returncode
         for name, component in stack.components.items()
-        if component.process is not None and not component.alive
+        if component.exited
     }
 
 
