@@ -1,5 +1,4 @@
-"""Every audit chain of the virtual-shard layout (issue 12 item 2; being built,
-not yet what ``/admin/audit/verify`` and ``audit checkpoint`` run).
+"""Every audit chain of the virtual-shard layout (issue 12 item 2).
 
 The main chain (``{plab}:audit``: users, tokens, auth events, and the KV
 changes made before the migration) and one chain per shard (``layout.Shard.audit``:
@@ -12,6 +11,7 @@ verified by ``audit_verify.verify_log`` on its own, with its own archive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -37,6 +37,16 @@ def chain_name(number: int) -> str:
 def chain_keys() -> dict[str, tuple[str, str]]:
     """Every chain's list and meta keys, by name (the main chain first)."""
     return {MAIN_CHAIN: AUDIT_KEYS, **{chain_name(s.number): s.audit for s in all_shards()}}
+
+
+def chain_lengths(client: redis.Redis) -> dict[str, int]:
+    """Every chain's length in one round trip (one per master on a cluster): the
+    keeper asks every second, while bulk writes may keep redis busy."""
+    keys = chain_keys()
+    pipe = client.pipeline(transaction=False)
+    for list_key, _ in keys.values():
+        pipe.llen(list_key)
+    return {name: int(length) for name, length in zip(keys, pipe.execute(), strict=True)}
 
 
 def heads(client: redis.Redis, archives: Callable[[str], Archive]) -> dict[str, ChainHead]:
@@ -85,11 +95,17 @@ def verify_every_chain(
 
 
 def trim_every_chain(
-    client: redis.Redis, archives: Callable[[str], Archive], actor: Actor, keep: int
-) -> dict[str, int]:
-    """Archive-then-trim each chain into its own archive, keeping its newest
-    ``keep`` entries; entries dropped, by chain (the trim's own entry is in that chain)."""
+    client: redis.Redis,
+    archives: Callable[[str], Archive],
+    actor: Actor,
+    keep: int,
+    only: set[str] | None = None,
+) -> dict[str, tuple[int, int, Path | None]]:
+    """Archive-then-trim each chain (or those named in ``only``) into its own archive,
+    keeping its newest ``keep`` entries: (entries dropped, first sequence number left
+    in redis, segment) by chain (the trim's own entry is in that chain)."""
     return {
-        name: archive_and_trim(client, archives(name), actor, keep, log_keys=keys)[0]
+        name: archive_and_trim(client, archives(name), actor, keep, log_keys=keys)
         for name, keys in chain_keys().items()
+        if only is None or name in only
     }

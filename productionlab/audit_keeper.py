@@ -36,11 +36,16 @@ from productionlab.audit import Actor, AuditLog
 from productionlab.audit_archive import (
     Archive,
     LegacyResult,
-    archive_and_trim,
     legacy_present,
     migrate_legacy,
 )
-from productionlab.audit_chains import chain_keys, checkpoint_every_chain, verify_every_chain
+from productionlab.audit_chains import (
+    chain_keys,
+    chain_lengths,
+    checkpoint_every_chain,
+    trim_every_chain,
+    verify_every_chain,
+)
 from productionlab.audit_checkpoint import (
     MAIN_CHAIN,
     CheckpointFile,
@@ -161,11 +166,7 @@ class AuditKeeper:
         self, actor: Actor, keep: int, only: set[str] | None = None
     ) -> dict[str, tuple[int, int, Path | None]]:
         """Archive-then-trim each chain (or those in ``only``) into its own archive."""
-        return {
-            name: archive_and_trim(self.client, self.archive_of(name), actor, keep, log_keys=keys)
-            for name, keys in chain_keys().items()
-            if only is None or name in only
-        }
+        return trim_every_chain(self.client, self.archive_of, actor, keep, only)
 
     def checkpoint(self, force: bool = True) -> MultiCheckpoint | None:
         """Sign every chain's head in one line; unless ``force``, only if one moved."""
@@ -217,7 +218,7 @@ class AuditKeeper:
         shards: ~220 MB of entries at the default, most of a 256 MB redis)."""
         if not self.max_entries:
             return
-        lengths = {name: int(self.client.llen(lst)) for name, (lst, _) in chain_keys().items()}
+        lengths = chain_lengths(self.client)
         if sum(lengths.values()) <= self.max_entries:
             return
         keep = trim_level(list(lengths.values()), self.max_entries // 2)

@@ -17,6 +17,7 @@ from productionlab.audit import Actor, AuditLog
 from productionlab.audit_archive import Archive
 from productionlab.audit_chains import (
     chain_keys,
+    chain_lengths,
     chain_name,
     checkpoint_every_chain,
     heads,
@@ -62,6 +63,31 @@ def test_there_is_a_main_chain_and_one_per_shard():
     names = list(chain_keys())
     assert names[0] == MAIN_CHAIN and names[1:] == [chain_name(n) for n in range(SHARDS)]
     assert len({keys for keys in chain_keys().values()}) == SHARDS + 1
+
+
+def test_every_chain_length_is_read_in_one_pipeline(where):
+    _, client, _ = where
+    fill(where)
+    lengths = chain_lengths(client)
+    assert lengths == {name: client.llen(lst) for name, (lst, _) in chain_keys().items()}
+    assert all(length >= 1 for length in lengths.values()), lengths
+
+
+def test_a_range_of_entries_is_read_in_one_round_trip_of_batches(where):
+    _, client, _ = where
+    fill(where)
+    log = AuditLog(client)
+    stored = client.lrange(log.list_key, 0, -1)
+    length = len(stored)
+    assert length >= 2
+    for start, stop, batch in ((0, length - 1, 1000), (0, length - 1, 1), (1, length - 1, 2)):
+        assert (
+            log.raw_range(start, stop, batch)
+            == stored[start : stop + 1]
+            == list(log.iter_raw(start, stop, batch))
+        )
+    assert log.raw_range(0, length + 5, 3) == stored  # a range past the end: what there is
+    assert log.raw_range(3, 2) == []
 
 
 def test_one_signed_line_covers_every_chain_and_each_verifies(where, files):
@@ -143,7 +169,8 @@ def test_every_chain_archives_and_trims_into_its_own_archive_and_still_verifies(
     fill(where)
     private = Ed25519PrivateKey.generate()
     checkpoint_every_chain(client, archives_in(root), checkpoints, private)
-    dropped = trim_every_chain(client, archives_in(root), Actor("keeper"), keep=1)
+    trimmed = trim_every_chain(client, archives_in(root), Actor("keeper"), keep=1)
+    dropped = {name: count for name, (count, _, _) in trimmed.items()}
     assert dropped[MAIN_CHAIN] >= 1 and all(n >= 1 for n in dropped.values()), dropped
     for name in chain_keys():
         assert archives_in(root)(name).segments(), name

@@ -40,7 +40,7 @@ from productionlab.audit_archive import (
     archive_and_trim,
     migrate_legacy,
 )
-from productionlab.audit_chains import chain_keys
+from productionlab.audit_chains import chain_keys, chain_lengths
 from productionlab.audit_checkpoint import CheckpointFile
 from productionlab.audit_keeper import trim_level
 from productionlab.audit_verify import verify_log
@@ -333,10 +333,9 @@ def test_the_bound_holds_for_the_whole_log_not_for_each_chain():
         for key in keys:
             assert writer.post(f"/write/{key}/v").status_code == 201
         cp = stack.redis_client()
-        lists = [lst for lst, _ in chain_keys().values()]
 
         def whole_log() -> int:
-            return sum(int(cp.llen(lst)) for lst in lists)
+            return sum(chain_lengths(cp).values())
 
         wait_for(lambda: whole_log() <= 60, timeout=60, what="the trim of the whole log")
         metas = [meta for _, meta in chain_keys().values()]
