@@ -95,7 +95,7 @@ def command_mix(runs: list[dict], workload: str, top: int = 6) -> list[str]:
             c: statistics.median(r["masters"][name]["per_command"].get(c, 0) for r in rows)
             for c in commands
         }
-        ranked = sorted(median.items(), key=lambda kv: -kv[1])[:top]
+        ranked = sorted(median.items(), key=lambda kv: (-kv[1], kv[0]))[:top]  # ties by name
         lines.append(
             f"{workload}, {name}: " + ", ".join(f"{c} {v:.2f}" for c, v in ranked if v >= 0.01)
         )

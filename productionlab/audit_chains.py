@@ -11,6 +11,7 @@ verified by ``audit_verify.verify_log`` on its own, with its own archive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
@@ -26,6 +27,7 @@ from productionlab.audit_checkpoint import (
     new_multi_checkpoint,
 )
 from productionlab.audit_verify import VerifyResult, verify_log
+from productionlab.settings.model import AUDIT_ARCHIVERS
 from productionlab.store.layout import all_shards
 
 
@@ -103,9 +105,15 @@ def trim_every_chain(
 ) -> dict[str, tuple[int, int, Path | None]]:
     """Archive-then-trim each chain (or those named in ``only``) into its own archive,
     keeping its newest ``keep`` entries: (entries dropped, first sequence number left
-    in redis, segment) by chain (the trim's own entry is in that chain)."""
-    return {
-        name: archive_and_trim(client, archives(name), actor, keep, log_keys=keys)
-        for name, keys in chain_keys().items()
-        if only is None or name in only
-    }
+    in redis, segment) by chain (the trim's own entry is in that chain).
+
+    ``AUDIT_ARCHIVERS`` chains at once, each on its own connection; a chain's archive
+    lock keeps any other archiver off it. If one chain fails, its error is raised once
+    the others are done: their trims stand, each recorded in its own chain."""
+    chosen = {name: keys for name, keys in chain_keys().items() if only is None or name in only}
+    with ThreadPoolExecutor(AUDIT_ARCHIVERS, thread_name_prefix="audit-archiver") as pool:
+        running = {
+            name: pool.submit(archive_and_trim, client, archives(name), actor, keep, log_keys=keys)
+            for name, keys in chosen.items()
+        }
+        return {name: future.result() for name, future in running.items()}

@@ -75,11 +75,12 @@ def test_every_chain_length_is_read_in_one_pipeline(where):
 
 def test_a_range_of_entries_is_read_in_one_round_trip_of_batches(where):
     _, client, _ = where
-    fill(where)
     log = AuditLog(client)
+    for number in range(7):
+        log.append(Actor("admin"), "user.create", f"reader-{number}", "created")
     stored = client.lrange(log.list_key, 0, -1)
     length = len(stored)
-    assert length >= 2
+    assert length >= 7
     for start, stop, batch in ((0, length - 1, 1000), (0, length - 1, 1), (1, length - 1, 2)):
         assert (
             log.raw_range(start, stop, batch)
@@ -126,6 +127,26 @@ def test_a_changed_entry_is_found_in_its_own_chain_only(where, files):
     bad = {name for name, result in results.items() if not result.ok}
     assert bad == {chain_name(shard_of(key))}, {n: r.problems for n, r in results.items()}
     assert verify_every_chain(client, archives_in(root), checkpoints, {})[bad.pop()].ok
+
+
+def test_a_chain_that_cannot_be_archived_fails_alone(where, files):
+    """Chains are archived several at once: one chain's failure is raised, the others'
+    trims stand (archived, then trimmed) and the failing chain keeps every entry."""
+    root, _ = files
+    _, client, _ = where
+    fill(where)
+    broken = chain_name(3)
+    (root / "archive").mkdir()
+    (root / "archive" / broken).write_text("a file where the chain's archive should be\n")
+    broken_log = AuditLog(client, chain_keys()[broken])
+    before = broken_log.snapshot()
+    with pytest.raises(OSError):
+        trim_every_chain(client, archives_in(root), Actor("keeper"), keep=1)
+    assert broken_log.snapshot() == before
+    for name, keys in chain_keys().items():
+        if name != broken:
+            assert archives_in(root)(name).segments(), name
+            assert AuditLog(client, keys).snapshot().length == 2, name  # kept one + the trim's
 
 
 def test_format_one_lines_still_cover_the_main_chain(where, files):

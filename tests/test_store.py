@@ -10,6 +10,7 @@ import redis
 
 from productionlab.redis_process import RedisProcess
 from productionlab.settings import Settings
+from productionlab.settings.model import AUDIT_ARCHIVERS
 from productionlab.store.connection import connect
 from tests.conftest import admin_of
 
@@ -31,8 +32,8 @@ def test_pool_is_sized_to_the_servers_threads(stack):
     pool = client.connection_pool
     assert isinstance(pool, redis.BlockingConnectionPool)
     # threads, watches, the connection each ordinary thread keeps for the KV core's
-    # script, two listeners and a spare
-    assert pool.max_connections == 5 + 3 + 5 + 3
+    # script, two listeners, a spare, and one per audit chain archived at once
+    assert pool.max_connections == 5 + 3 + 5 + 3 + AUDIT_ARCHIVERS == 16 + 4
     assert client.ping()
     client.close()
 

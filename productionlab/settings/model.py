@@ -17,6 +17,12 @@ from productionlab.settings.concerns import (
 from productionlab.settings.deployment import DEFAULT_NGINX_TEMPLATE
 from productionlab.settings.values import DEFAULT_REDIS_MAXMEMORY, ConfigError, EnvReader
 
+# Audit chains archived at once (``audit_chains.trim_every_chain``). A big reply leaves
+# redis 64 KiB per event-loop pass while other clients' scripts run, so under bulk
+# writes one connection reading a chain after another archived fewer entries a second
+# than the planes wrote (bench/levers.md, "Open findings").
+AUDIT_ARCHIVERS = 4
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -138,8 +144,9 @@ class Settings:
     def redis_pool_size(self) -> int:
         """One connection per Waitress thread (watches included), plus the two
         pub/sub listeners (user events, KV changes) and a spare, plus the one
-        each ordinary thread keeps for the KV core's script (``PinnableRedis.execute_held``)."""
-        return self.serving_threads + self.threads + 3
+        each ordinary thread keeps for the KV core's script (``PinnableRedis.execute_held``),
+        plus one per chain the control plane's audit keeper archives at once."""
+        return self.serving_threads + self.threads + 3 + AUDIT_ARCHIVERS
 
     @property
     def serving_threads(self) -> int:
