@@ -157,15 +157,8 @@ def test_the_command_mix_breaks_ties_by_name():
     """The report re-rendered from the same results is the same text: commands run as
     often come in name order, not in the order a set of names happened to have."""
     per_command = {"rpush": 0.29, "hmget": 0.29, "lindex": 0.29, "hget": 1.18, "zadd": 0.29}
-    runs = [
-        {
-            "system": "cluster",
-            "workload": "write",
-            "errors": 0,
-            "non2xx": 0,
-            "masters": {"m1": {"per_command": per_command}},
-        },
-    ]
+    masters = {"m1": {"per_command": per_command}}
+    runs = [dict(system="cluster", workload="write", errors=0, non2xx=0, masters=masters)]
     assert cluster_report.command_mix(runs, "write", top=4) == [
         "write, m1: hget 1.18, hmget 0.29, lindex 0.29, rpush 0.29"
     ]
