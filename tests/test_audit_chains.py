@@ -6,8 +6,12 @@ a forged format-2 line verifies nowhere."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +151,55 @@ def test_a_chain_that_cannot_be_archived_fails_alone(where, files):
         if name != broken:
             assert archives_in(root)(name).segments(), name
             assert AuditLog(client, keys).snapshot().length == 2, name  # kept one + the trim's
+
+
+def archive_lock_waited_on(thread: threading.Thread) -> str | None:
+    """The chain whose archive lock ``thread`` is waiting for, if it is in one."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        archive = frame.f_locals.get("self")
+        if frame.f_code.co_name == "lock" and isinstance(archive, Archive):
+            return archive.directory.name
+        frame = frame.f_back
+    return None
+
+
+def lock_is_free(archive: Archive) -> bool:
+    with open(archive.directory / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_a_verification_locks_one_chain_at_a_time(where, files):
+    """A verification reads the whole archive and may take long: it holds the lock of
+    the chain it reads only, so the keeper goes on archiving and trimming the others.
+    Here it waits for the last chain's lock (a trim of that chain under way) while
+    every other chain's archive is free, then verifies every chain."""
+    root, checkpoints = files
+    _, client, _ = where
+    fill(where)
+    archives = archives_in(root)
+    last = list(chain_keys())[-1]
+    results: dict = {}
+    verifier = threading.Thread(
+        target=lambda: results.update(verify_every_chain(client, archives, checkpoints, {}))
+    )
+    with archives(last).lock():
+        verifier.start()
+        deadline = time.monotonic() + 30
+        while archive_lock_waited_on(verifier) != last:
+            assert verifier.is_alive() and time.monotonic() < deadline, "it did not wait"
+            time.sleep(0.01)
+        others = [name for name in chain_keys() if name != last]
+        assert [name for name in others if not lock_is_free(archives(name))] == []
+    verifier.join(30)
+    assert not verifier.is_alive()
+    assert set(results) == set(chain_keys())
+    assert all(result.ok for result in results.values()), results
 
 
 def test_format_one_lines_still_cover_the_main_chain(where, files):
