@@ -202,15 +202,22 @@ class AuditLog:
             start += len(raw)
             yield from raw
 
-    def raw_range(self, start: int, stop: int, batch: int = 1000) -> list[bytes]:
-        """The stored entries from list index ``start`` to ``stop`` (inclusive) in one
-        round trip: a pipeline of ``batch``-sized LRANGEs. The keeper archives tens
-        of thousands of entries while bulk writes keep redis busy, and one round trip
-        per batch waited its turn behind their scripts each time."""
-        pipe = self.client.pipeline(transaction=False)
-        for first in range(start, stop + 1, batch):
-            pipe.lrange(self.list_key, first, min(stop, first + batch - 1))
-        return [raw for chunk in pipe.execute() for raw in chunk]
+    def raw_range(
+        self, start: int, stop: int, batch: int = 1000, per_trip: int = 20
+    ) -> list[bytes]:
+        """The stored entries from list index ``start`` to ``stop`` (inclusive), in
+        round trips of ``per_trip`` LRANGEs of ``batch`` entries (a pipeline each).
+        The keeper archives tens of thousands of entries while bulk writes keep redis
+        busy, and one round trip per LRANGE waited its turn behind their scripts each
+        time; ``per_trip`` bounds what redis buffers for one reply (~5 MB)."""
+        firsts = range(start, stop + 1, batch)
+        raws: list[bytes] = []
+        for trip in range(0, len(firsts), per_trip):
+            pipe = self.client.pipeline(transaction=False)
+            for first in firsts[trip : trip + per_trip]:
+                pipe.lrange(self.list_key, first, min(stop, first + batch - 1))
+            raws += [raw for chunk in pipe.execute() for raw in chunk]
+        return raws
 
     def iter_all(self, batch: int = 1000) -> Iterator[dict]:
         for raw in self.iter_raw(batch=batch):

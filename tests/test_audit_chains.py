@@ -77,7 +77,7 @@ def test_every_chain_length_is_read_in_one_pipeline(where):
     assert all(length >= 1 for length in lengths.values()), lengths
 
 
-def test_a_range_of_entries_is_read_in_one_round_trip_of_batches(where):
+def test_a_range_of_entries_is_read_in_round_trips_of_batches(where):
     _, client, _ = where
     log = AuditLog(client)
     for number in range(7):
@@ -85,9 +85,15 @@ def test_a_range_of_entries_is_read_in_one_round_trip_of_batches(where):
     stored = client.lrange(log.list_key, 0, -1)
     length = len(stored)
     assert length >= 7
-    for start, stop, batch in ((0, length - 1, 1000), (0, length - 1, 1), (1, length - 1, 2)):
+    for start, stop, batch, per_trip in (
+        (0, length - 1, 1000, 20),
+        (0, length - 1, 1, 20),
+        (1, length - 1, 2, 20),
+        (1, length - 1, 2, 1),  # a round trip per LRANGE
+        (0, length - 1, 2, 3),  # the last trip shorter than the others
+    ):
         assert (
-            log.raw_range(start, stop, batch)
+            log.raw_range(start, stop, batch, per_trip)
             == stored[start : stop + 1]
             == list(log.iter_raw(start, stop, batch))
         )
