@@ -145,6 +145,7 @@ def test_a_chain_that_cannot_be_archived_fails_alone(where, files):
     root, _ = files
     _, client, _ = where
     fill(where)
+    fill(where)  # every chain at least two entries: each has one to archive
     broken = chain_name(3)
     (root / "archive").mkdir()
     (root / "archive" / broken).write_text("a file where the chain's archive should be\n")
