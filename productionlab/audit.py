@@ -192,32 +192,30 @@ class AuditLog:
         snap = self.snapshot()
         return {"seq": snap.seq, "hash": snap.head, "first": snap.first}
 
-    def iter_raw(self, start: int = 0, stop: int = -1, batch: int = 1000) -> Iterator[bytes]:
-        """The stored entries from list index ``start`` to ``stop`` (inclusive; -1: the end)."""
+    def iter_raw(
+        self, start: int = 0, stop: int = -1, batch: int = 1000, per_trip: int = 20
+    ) -> Iterator[bytes]:
+        """The stored entries from list index ``start`` to ``stop`` (inclusive; -1: the
+        end), read in round trips of ``per_trip`` LRANGEs of ``batch`` entries (a
+        pipeline each). A chain read while bulk writes keep redis busy waits its turn
+        behind their scripts once a round trip, not once an LRANGE; ``per_trip`` bounds
+        what redis buffers for one reply (~5 MB)."""
         while stop < 0 or start <= stop:
-            end = start + batch - 1 if stop < 0 else min(stop, start + batch - 1)
-            raw = self.client.lrange(self.list_key, start, end)
-            if not raw:
-                return
-            start += len(raw)
-            yield from raw
-
-    def raw_range(
-        self, start: int, stop: int, batch: int = 1000, per_trip: int = 20
-    ) -> list[bytes]:
-        """The stored entries from list index ``start`` to ``stop`` (inclusive), in
-        round trips of ``per_trip`` LRANGEs of ``batch`` entries (a pipeline each).
-        The keeper archives tens of thousands of entries while bulk writes keep redis
-        busy, and one round trip per LRANGE waited its turn behind their scripts each
-        time; ``per_trip`` bounds what redis buffers for one reply (~5 MB)."""
-        firsts = range(start, stop + 1, batch)
-        raws: list[bytes] = []
-        for trip in range(0, len(firsts), per_trip):
             pipe = self.client.pipeline(transaction=False)
-            for first in firsts[trip : trip + per_trip]:
-                pipe.lrange(self.list_key, first, min(stop, first + batch - 1))
-            raws += [raw for chunk in pipe.execute() for raw in chunk]
-        return raws
+            asked = []
+            first = start
+            while len(asked) < per_trip and (stop < 0 or first <= stop):
+                end = first + batch - 1 if stop < 0 else min(stop, first + batch - 1)
+                pipe.lrange(self.list_key, first, end)
+                asked.append(end - first + 1)
+                first = end + 1
+            for size, raw in zip(asked, pipe.execute(), strict=True):
+                if not raw:
+                    return
+                start += len(raw)
+                yield from raw
+                if len(raw) < size:
+                    break  # the end of the list: the next trip asks again from there
 
     def iter_all(self, batch: int = 1000) -> Iterator[dict]:
         for raw in self.iter_raw(batch=batch):

@@ -142,7 +142,7 @@ def archive_and_trim(
         drop = snap.length - keep
         if drop <= 0:
             return 0, 0, None
-        raws = log.raw_range(0, drop - 1)
+        raws = list(log.iter_raw(0, drop - 1))
         if len(raws) != drop:
             raise ArchiveError("the audit log changed while it was read")
         path = archive.write(snap.first, raws)

@@ -87,10 +87,11 @@ def verify_every_chain(
     verification reads the whole archive and may take long)."""
     results = {}
     for name, keys in chain_keys().items():
-        with archives(name).lock():
+        archive = archives(name)
+        with archive.lock():
             results[name] = verify_log(
                 client,
-                archives(name),
+                archive,
                 checkpoints,
                 trusted,
                 legacy_key if name == MAIN_CHAIN else None,
@@ -114,10 +115,10 @@ def trim_every_chain(
     ``AUDIT_ARCHIVERS`` chains at once, each on its own connection; a chain's archive
     lock keeps any other archiver off it. If one chain fails, its error is raised once
     the others are done: their trims stand, each recorded in its own chain."""
-    chosen = {name: keys for name, keys in chain_keys().items() if only is None or name in only}
     with ThreadPoolExecutor(AUDIT_ARCHIVERS, thread_name_prefix="audit-archiver") as pool:
         running = {
             name: pool.submit(archive_and_trim, client, archives(name), actor, keep, log_keys=keys)
-            for name, keys in chosen.items()
+            for name, keys in chain_keys().items()
+            if only is None or name in only
         }
         return {name: future.result() for name, future in running.items()}

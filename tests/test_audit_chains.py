@@ -92,13 +92,11 @@ def test_a_range_of_entries_is_read_in_round_trips_of_batches(where):
         (1, length - 1, 2, 1),  # a round trip per LRANGE
         (0, length - 1, 2, 3),  # the last trip shorter than the others
     ):
-        assert (
-            log.raw_range(start, stop, batch, per_trip)
-            == stored[start : stop + 1]
-            == list(log.iter_raw(start, stop, batch))
-        )
-    assert log.raw_range(0, length + 5, 3) == stored  # a range past the end: what there is
-    assert log.raw_range(3, 2) == []
+        assert list(log.iter_raw(start, stop, batch, per_trip)) == stored[start : stop + 1]
+    for batch, per_trip in ((1000, 20), (2, 3), (1, 1), (3, 2)):  # -1: to the end
+        assert list(log.iter_raw(1, -1, batch, per_trip)) == stored[1:]
+    assert list(log.iter_raw(0, length + 5, 3)) == stored  # a range past the end: what there is
+    assert list(log.iter_raw(3, 2)) == []
 
 
 def test_one_signed_line_covers_every_chain_and_each_verifies(where, files):
